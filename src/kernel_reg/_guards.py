@@ -1,0 +1,103 @@
+"""Shared helpers: the model-state guard, argument checks and small tensor utilities."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator, Sequence
+
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _NormBase
+
+
+@contextlib.contextmanager
+def preserved_state(model: nn.Module, mode: bool | None = None) -> Iterator[None]:
+    """Run a block on ``model`` and leave it exactly as it was found.
+
+    Saves the train/eval flag of every submodule, optionally switches the whole model to ``mode``
+    (True: train, False: eval) for the block, and restores the flags afterwards, even on error.
+    BatchNorm-like layers run the block on copies of their running statistics, which are discarded:
+    the caller's buffers are never written, so graphs built in the block stay valid for backward.
+    """
+    flags = [(module, module.training) for module in model.modules()]
+    swapped = []
+    for module in model.modules():
+        if isinstance(module, _NormBase):
+            originals = dict(module._buffers)
+            swapped.append((module, originals))
+            for name, buffer in originals.items():
+                if buffer is not None:
+                    module._buffers[name] = buffer.clone()
+    if mode is not None:
+        model.train(mode)
+    try:
+        yield
+    finally:
+        for module, flag in flags:
+            module.training = flag
+        for module, originals in swapped:
+            module._buffers.update(originals)
+
+
+def check_positive(name: str, value: float) -> float:
+    """``value`` as a float, or ValueError if it is not a finite number > 0."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
+def check_nonnegative(name: str, value: float) -> float:
+    """``value`` as a float, or ValueError if it is not a finite number >= 0."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
+def check_int(name: str, value: int, minimum: int = 1) -> int:
+    """``value``, or ValueError if it is not an integer >= ``minimum``."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def check_choice(name: str, value: str, choices: Sequence[str]) -> str:
+    """``value``, or ValueError naming the valid choices."""
+    if value not in choices:
+        valid = ", ".join(repr(c) for c in choices)
+        raise ValueError(f"{name} must be one of {valid}, got {value!r}")
+    return value
+
+
+def check_clip(clip: tuple[float, float] | None) -> tuple[float, float] | None:
+    """A valid input range (lo, hi) with lo < hi, or None for no clipping."""
+    if clip is None:
+        return None
+    if len(clip) != 2 or not all(isinstance(c, (int, float)) for c in clip) or not clip[0] < clip[1]:
+        raise ValueError(f"clip must be None or a pair (lo, hi) with lo < hi, got {clip!r}")
+    return float(clip[0]), float(clip[1])
+
+
+def check_logits(logits: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """The model output, or ValueError unless it is a 2-D (batch, classes) tensor of logits."""
+    if logits.dim() != 2 or logits.shape[0] != batch_size:
+        raise ValueError(
+            f"model output must be 2-D logits of shape (batch={batch_size}, classes), got shape "
+            f"{tuple(logits.shape)}; wrap the model so that it returns one row of class scores per input"
+        )
+    return logits
+
+
+def flat_norm(t: torch.Tensor) -> torch.Tensor:
+    """Per-example l2 norms of a batch, shaped (n, 1, ..., 1) to broadcast against it."""
+    return t.flatten(1).norm(dim=1).view(-1, *([1] * (t.dim() - 1)))
+
+
+def project_l2(delta: torch.Tensor, eps: float) -> torch.Tensor:
+    """Projection of each example of ``delta`` onto the l2 ball of radius ``eps``."""
+    return delta * (eps / flat_norm(delta).clamp_min(eps))
+
+
+def normalize_l2(t: torch.Tensor) -> torch.Tensor:
+    """Each example of ``t`` divided by its l2 norm (zero rows stay zero)."""
+    return t / flat_norm(t).clamp_min(torch.finfo(t.dtype).tiny)

@@ -1,0 +1,94 @@
+"""Differentiable image deformations and their tangent vectors.
+
+A displacement field v maps each pixel position u (normalised coordinates in [-1, 1], as used by
+``grid_sample`` with ``align_corners=True``) to a shift v(u). The deformed image is
+
+    T_v(x)(u) = x(u + v(u)),
+
+computed by bilinear resampling, and its tangent vector is the first-order term in a,
+
+    t = d/da T_{a v}(x) |_{a=0} = <grad_u x(u), v(u)>,
+
+with the image gradient grad_u x taken by central differences (zero outside the image, as
+``grid_sample`` pads). Bilinear resampling has kinks exactly at the pixel centres, so its one-sided
+derivative at a = 0 is not used; central differences are the derivative of the smooth image model.
+
+Random fields are smooth (a coarse Gaussian control grid upsampled bicubically) plus a small linear map
+v(u) = A u, as in the small elastic and affine distortions of Infinite-MNIST.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ._guards import check_int, check_nonnegative
+
+
+def identity_grid(height: int, width: int, *, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """Sampling grid (1, H, W, 2) of the identity map, (x, y) order, ``align_corners=True`` convention."""
+    ys = torch.linspace(-1.0, 1.0, height, device=device, dtype=dtype)
+    xs = torch.linspace(-1.0, 1.0, width, device=device, dtype=dtype)
+    grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
+    return torch.stack([grid_x, grid_y], dim=-1).unsqueeze(0)
+
+
+def deform(images: torch.Tensor, field: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+    """T_{scale * v}(x): images (n, C, H, W) resampled at u + scale * field(u); field (n, H, W, 2)."""
+    height, width = images.shape[-2:]
+    grid = identity_grid(height, width, device=images.device, dtype=images.dtype) + scale * field
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+
+
+def image_gradient(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Central-difference derivatives (d/du_x, d/du_y) of images (n, C, H, W) in normalised units."""
+    height, width = images.shape[-2:]
+    padded = F.pad(images, (1, 1, 1, 1))
+    # one pixel is 2 / (size - 1) normalised units, a central difference spans two pixels
+    d_x = (padded[..., 1:-1, 2:] - padded[..., 1:-1, :-2]) * ((width - 1) / 4.0)
+    d_y = (padded[..., 2:, 1:-1] - padded[..., :-2, 1:-1]) * ((height - 1) / 4.0)
+    return d_x, d_y
+
+
+def tangent(images: torch.Tensor, fields: torch.Tensor) -> torch.Tensor:
+    """Tangent vectors t_m = <grad x, v_m> for images (n, C, H, W) and fields (n, m, H, W, 2) -> (n, m, C, H, W)."""
+    d_x, d_y = image_gradient(images)
+    v_x = fields[..., 0].unsqueeze(2)  # (n, m, 1, H, W)
+    v_y = fields[..., 1].unsqueeze(2)
+    return d_x.unsqueeze(1) * v_x + d_y.unsqueeze(1) * v_y
+
+
+@dataclass(frozen=True)
+class RandomDeformation:
+    """Sampler of smooth random displacement fields.
+
+    amplitude: standard deviation of the smooth part, in pixels.
+    control: side of the coarse control grid (larger: less smooth fields).
+    affine: standard deviation of the entries of the linear part A (v(u) = A u, u in [-1, 1]^2).
+    """
+
+    amplitude: float = 1.0
+    control: int = 4
+    affine: float = 0.05
+
+    def __post_init__(self) -> None:
+        check_nonnegative("amplitude", self.amplitude)
+        check_int("control", self.control, minimum=2)
+        check_nonnegative("affine", self.affine)
+
+    def sample(self, count: int, height: int, width: int, *, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """``count`` fields of shape (count, H, W, 2), drawn from torch's RNG on ``device``."""
+        coarse = torch.randn(count, 2, self.control, self.control, device=device, dtype=dtype)
+        smooth = F.interpolate(coarse, size=(height, width), mode="bicubic", align_corners=True)
+        pixel = torch.tensor([2.0 / max(width - 1, 1), 2.0 / max(height - 1, 1)], device=device, dtype=dtype)
+        smooth = smooth.permute(0, 2, 3, 1) * (self.amplitude * pixel)
+        linear = self.affine * torch.randn(count, 2, 2, device=device, dtype=dtype)
+        positions = identity_grid(height, width, device=device, dtype=dtype)  # (1, H, W, 2)
+        return smooth + torch.einsum("nij,hwj->nhwi", linear, positions[0])
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        """One random deformation of each image of a batch (data augmentation)."""
+        fields = self.sample(images.shape[0], *images.shape[-2:], device=images.device, dtype=images.dtype)
+        return deform(images, fields)

@@ -1,0 +1,145 @@
+"""The networks of the paper, as plain ``nn.Sequential`` stacks on [0, 1] pixels.
+
+Input normalisation is the first layer, so attacks, penalties and certificates all act on pixels.
+Being sequences of standard layers (plus ``BasicBlock``, which states its own Lipschitz rule) lets
+``spectral.lipschitz_upper_bound`` walk every model here.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR_STD = (0.2023, 0.1994, 0.2010)
+MNIST_MEAN = (0.1307,)
+MNIST_STD = (0.3081,)
+
+VGG11 = (64, "P", 128, "P", 256, 256, "P", 512, 512, "P", 512, 512, "P")
+VGG16 = (64, 64, "P", 128, 128, "P", 256, 256, 256, "P", 512, 512, 512, "P", 512, 512, 512, "P")
+
+
+class Normalize(nn.Module):
+    """(x - mean) / std per channel; mean and std are buffers, so they follow ``.to(device)``."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean).view(-1, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(-1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+    def lipschitz_upper_bound(self, child_bound: Callable[[nn.Module], float]) -> float:
+        """A diagonal map: its l2 Lipschitz constant is 1 / min(std)."""
+        return float(1.0 / self.std.min())
+
+
+class BasicBlock(nn.Module):
+    """Residual block without BatchNorm: relu(conv2(relu(conv1(x))) + shortcut(x))."""
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or in_planes != planes:
+            self.shortcut = nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.conv2(F.relu(self.conv1(x))) + self.shortcut(x))
+
+    def lipschitz_upper_bound(self, child_bound: Callable[[nn.Module], float]) -> float:
+        """Sum rule: Lip(relu(g(x) + s(x))) <= Lip(conv2) Lip(conv1) + Lip(s)."""
+        return child_bound(self.conv2) * child_bound(self.conv1) + child_bound(self.shortcut)
+
+
+def _kaiming_init(model: nn.Module) -> nn.Module:
+    """Convolutions: N(0, 2 / (kh * kw * out)), biases zero (the original's initialisation)."""
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            fan_out = module.kernel_size[0] * module.kernel_size[1] * module.out_channels
+            nn.init.normal_(module.weight, 0.0, math.sqrt(2.0 / fan_out))
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+    return model
+
+
+def _features(config: Sequence[int | str], in_channels: int, pool: str, bias: bool) -> list[nn.Module]:
+    """3x3 convolutions with ReLU; "P" is a 2x2 max or average pooling."""
+    layers: list[nn.Module] = []
+    for item in config:
+        if item == "P":
+            layers.append(nn.MaxPool2d(2, 2) if pool == "max" else nn.AvgPool2d(2, 2))
+        else:
+            layers += [nn.Conv2d(in_channels, int(item), 3, padding=1, bias=bias), nn.ReLU()]
+            in_channels = int(item)
+    return layers
+
+
+def _cifar_vgg(config: Sequence[int | str], num_classes: int) -> nn.Sequential:
+    return _kaiming_init(
+        nn.Sequential(
+            Normalize(CIFAR_MEAN, CIFAR_STD),
+            *_features(config, 3, pool="max", bias=True),
+            nn.Flatten(),
+            nn.Linear(512, 512),
+            nn.ReLU(),
+            nn.Linear(512, 512),
+            nn.ReLU(),
+            nn.Linear(512, num_classes),
+        )
+    )
+
+
+def vgg11(num_classes: int = 10) -> nn.Sequential:
+    """VGG-11 for 3x32x32 inputs: max-pooling, no BatchNorm, classifier 512-512-k."""
+    return _cifar_vgg(VGG11, num_classes)
+
+
+def vgg16(num_classes: int = 10) -> nn.Sequential:
+    """VGG-16 for 3x32x32 inputs: max-pooling, no BatchNorm, classifier 512-512-k."""
+    return _cifar_vgg(VGG16, num_classes)
+
+
+def vgg5_stable(num_classes: int = 10, widths: Sequence[int] = (64, 128, 256, 512)) -> nn.Sequential:
+    """The 'stable' VGG-5 for 1x28x28 inputs: four 3x3 convolutions each followed by 2x2 average
+    pooling (28 -> 14 -> 7 -> 3 -> 1), then a linear layer; no biases anywhere."""
+    config: list[int | str] = []
+    for width in widths:
+        config += [width, "P"]
+    return _kaiming_init(
+        nn.Sequential(
+            Normalize(MNIST_MEAN, MNIST_STD),
+            *_features(config, 1, pool="avg", bias=False),
+            nn.Flatten(),
+            nn.Linear(widths[-1], num_classes, bias=False),
+        )
+    )
+
+
+def resnet18(num_classes: int = 10) -> nn.Sequential:
+    """ResNet-18 for 3x32x32 inputs without BatchNorm (stages of 64, 128, 256, 512 channels)."""
+    layers: list[nn.Module] = [
+        Normalize(CIFAR_MEAN, CIFAR_STD),
+        nn.Conv2d(3, 64, 3, padding=1, bias=False),
+        nn.ReLU(),
+    ]
+    in_planes = 64
+    for planes, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
+        layers += [BasicBlock(in_planes, planes, stride), BasicBlock(planes, planes, 1)]
+        in_planes = planes
+    layers += [nn.AvgPool2d(4), nn.Flatten(), nn.Linear(512, num_classes)]
+    return nn.Sequential(*layers)
+
+
+MODELS: dict[str, Callable[..., nn.Sequential]] = {
+    "vgg11": vgg11,
+    "vgg16": vgg16,
+    "resnet18": resnet18,
+    "vgg5_stable": vgg5_stable,
+}

@@ -1,0 +1,269 @@
+"""Lower bounds of the RKHS norm of a classifier, used as penalties.
+
+Every penalty is a callable ``penalty(model, x, y) -> scalar tensor``, already multiplied by its
+weight, to be added to the task loss; gradients flow to the model's parameters. f denotes the model
+(inputs -> logits of k classes, k read from the output), f_j its j-th logit, x_i the i-th example.
+
+Supremum penalties (||grad f||^2, ||f||_delta^2, ||f||_tau^2, ||D_tau f||^2) work in two passes: a
+search without a parameter graph finds, for each class j, the maximising example; the penalty is then
+recomputed, with its graph, on those k examples only. The argmax is a constant, so this is the exact
+gradient of the definition, at a fraction of the cost of a graph through the whole search.
+
+Per-example input gradients are gradients of a sum over the batch, which is exact when examples do
+not interact (no BatchNorm in train mode). Penalties run the model in the caller's train/eval mode and
+leave BatchNorm running statistics unchanged.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ._guards import (
+    check_choice,
+    check_int,
+    check_logits,
+    check_nonnegative,
+    check_positive,
+    normalize_l2,
+    preserved_state,
+    project_l2,
+)
+from .deformations import RandomDeformation, deform, tangent
+
+
+def class_input_gradients(
+    model: nn.Module, x: torch.Tensor, create_graph: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits (n, k) and per-class input gradients (n, k, *x.shape[1:]): grads[i, j] = grad_x f_j(x_i).
+
+    One forward pass, then k input-only backward passes on the retained graph (no parameter
+    gradients are formed unless ``create_graph``).
+    """
+    x_in = x.detach().requires_grad_(True)
+    logits = check_logits(model(x_in), x.shape[0])
+    k = logits.shape[1]
+    cotangents = torch.eye(k, dtype=logits.dtype, device=logits.device)
+    grads = [
+        torch.autograd.grad(
+            logits,
+            x_in,
+            grad_outputs=cotangents[j].expand_as(logits),
+            retain_graph=create_graph or j < k - 1,
+            create_graph=create_graph,
+        )[0]
+        for j in range(k)
+    ]
+    return logits, torch.stack(grads, dim=1)
+
+
+def _selected_class_gradients(model: nn.Module, x_selected: torch.Tensor) -> torch.Tensor:
+    """grad_x f_j(x_selected[j]) for j = 0..k-1, with a graph for double backpropagation: (k, *shape)."""
+    x_in = x_selected.detach().requires_grad_(True)
+    logits = check_logits(model(x_in), x_in.shape[0])
+    return torch.autograd.grad(logits.diagonal().sum(), x_in, create_graph=True)[0]
+
+
+def _own_class_logits(model: nn.Module, inputs: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+    """f_{classes[c]}(inputs[c, i]) for inputs (c, n, *shape): one logit per copy of the batch, (c, n)."""
+    c, n = inputs.shape[:2]
+    logits = model(inputs.flatten(0, 1)).view(c, n, -1)
+    return logits.gather(2, classes.view(c, 1, 1).expand(c, n, 1)).squeeze(2)
+
+
+def _logits_in_chunks(model: nn.Module, inputs: torch.Tensor, chunk_size: int) -> torch.Tensor:
+    """Logits of a large batch, ``chunk_size`` examples per forward pass, without a graph."""
+    with torch.no_grad():
+        return torch.cat([model(chunk) for chunk in inputs.split(chunk_size)])
+
+
+class GradientPenalty:
+    """||grad f||^2, the supremum gradient penalty.
+
+    lmbda * sum_j ||grad_x f_j(x_{i_j})||_2^2,  i_j = argmax_i ||grad_x f_j(x_i)||_2^2.
+    """
+
+    def __init__(self, lmbda: float = 0.1) -> None:
+        self.lmbda = check_nonnegative("lmbda", lmbda)
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        with preserved_state(model):
+            _, grads = class_input_gradients(model, x)  # (n, k, *shape)
+            winners = grads.flatten(2).pow(2).sum(2).argmax(0)  # (k,)
+            selected = _selected_class_gradients(model, x[winners])
+            return self.lmbda * selected.pow(2).sum()
+
+
+class AdversarialPerturbationPenalty:
+    """||f||_delta^2, the adversarial perturbation penalty.
+
+    For each class j and example i, d_ij approximately maximises f_j(x_i + d) - f_j(x_i) over
+    ||d||_2 <= eps by ``steps`` normalised gradient steps of size ``step_size`` (default 1.5 eps / steps)
+    from d = 0, each followed by projection on the ball. With i_j the example of largest increase,
+
+        lmbda * sum_j (f_j(x_{i_j} + d_{i_j j}) - f_j(x_{i_j}))^2,
+
+    gradients flowing through both terms. The search forwards k copies of the batch, ``chunk_size``
+    examples at a time (default: the batch size, one class per pass).
+    """
+
+    def __init__(
+        self,
+        eps: float = 1.0,
+        steps: int = 5,
+        step_size: float | None = None,
+        lmbda: float = 1.0,
+        chunk_size: int | None = None,
+    ) -> None:
+        self.eps = check_positive("eps", eps)
+        self.steps = check_int("steps", steps)
+        self.step_size = 1.5 * self.eps / self.steps if step_size is None else check_positive("step_size", step_size)
+        self.lmbda = check_nonnegative("lmbda", lmbda)
+        self.chunk_size = None if chunk_size is None else check_int("chunk_size", chunk_size)
+
+    def _search(self, model: nn.Module, x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Ascent for all (class, example) pairs: perturbations d (k, n, *shape) and f_j(x_i + d_ij) (k, n)."""
+        n = x.shape[0]
+        classes_per_pass = max(1, (self.chunk_size or n) // n)
+        deltas, values = [], []
+        for classes in torch.arange(k, device=x.device).split(classes_per_pass):
+            x_rep = x.detach().unsqueeze(0).expand(classes.numel(), *x.shape)
+            delta = torch.zeros_like(x_rep)
+            for _ in range(self.steps):
+                delta.requires_grad_(True)
+                gain = _own_class_logits(model, x_rep + delta, classes).sum()
+                grad = torch.autograd.grad(gain, delta)[0].flatten(0, 1)
+                moved = delta.detach().flatten(0, 1) + self.step_size * normalize_l2(grad)
+                delta = project_l2(moved, self.eps).view_as(x_rep)
+            with torch.no_grad():
+                values.append(_own_class_logits(model, x_rep + delta, classes))
+            deltas.append(delta)
+        return torch.cat(deltas), torch.cat(values)
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        with preserved_state(model):
+            with torch.no_grad():
+                clean = check_logits(model(x), x.shape[0])  # (n, k)
+            k = clean.shape[1]
+            deltas, perturbed = self._search(model, x, k)  # (k, n, *shape), (k, n)
+            winners = (perturbed - clean.T).argmax(1)  # (k,)
+            classes = torch.arange(k, device=x.device)
+            x_sel = x[winners].detach()
+            logits = model(torch.cat([x_sel + deltas[classes, winners], x_sel]))
+            increase = logits[:k].diagonal() - logits[k:].diagonal()
+            return self.lmbda * increase.pow(2).sum()
+
+
+class LossGradientPenalty:
+    """grad-l2 / grad-l1: lmbda / n * sum_i ||grad_x l(f(x_i), y_i)||, squared l2 norm or l1 norm.
+
+    l is the per-example cross-entropy.
+    """
+
+    def __init__(self, lmbda: float = 0.1, norm: str = "l2") -> None:
+        self.lmbda = check_nonnegative("lmbda", lmbda)
+        self.norm = check_choice("norm", norm, ("l2", "l1"))
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        with preserved_state(model):
+            x_in = x.detach().requires_grad_(True)
+            logits = check_logits(model(x_in), x.shape[0])
+            loss = F.cross_entropy(logits, y, reduction="sum")
+            grads = torch.autograd.grad(loss, x_in, create_graph=True)[0].flatten(1)
+            per_example = grads.pow(2).sum(1) if self.norm == "l2" else grads.abs().sum(1)
+            return self.lmbda * per_example.mean()
+
+
+def _kl(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:
+    """Mean over examples of KL(p || q) for logits (n, k)."""
+    return F.kl_div(F.log_softmax(q_logits, 1), F.log_softmax(p_logits, 1), log_target=True, reduction="batchmean")
+
+
+class VATPenalty:
+    """Virtual adversarial training (Miyato et al., 2018).
+
+    alpha * mean_i KL(p(.|x_i) || p(.|x_i + r_i)), r_i = eps * d_i / ||d_i||, where d_i comes from
+    ``iters`` power-iteration steps d <- grad_d KL(p(.|x) || p(.|x + xi d / ||d||)) from a Gaussian
+    draw. As in VAT, p(.|x) is held constant (no gradient through the clean prediction).
+    """
+
+    def __init__(self, alpha: float = 1.0, eps: float = 1.0, xi: float = 1e-6, iters: int = 1) -> None:
+        self.alpha = check_nonnegative("alpha", alpha)
+        self.eps = check_positive("eps", eps)
+        self.xi = check_positive("xi", xi)
+        self.iters = check_int("iters", iters)
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        with preserved_state(model):
+            x = x.detach()
+            with torch.no_grad():
+                clean = check_logits(model(x), x.shape[0])
+            direction = torch.randn_like(x)
+            for _ in range(self.iters):
+                probe = (self.xi * normalize_l2(direction)).requires_grad_(True)
+                direction = torch.autograd.grad(_kl(clean, model(x + probe)), probe)[0]
+            r_adv = self.eps * normalize_l2(direction)
+            return self.alpha * _kl(clean, model(x + r_adv))
+
+
+class DeformationStabilityPenalty:
+    """||f||_tau^2, stability to deformations.
+
+    lmbda * sum_j max_{i, m} (f_j(T_{v_im} x_i) - f_j(x_i))^2 over ``deformations`` random fields v_im
+    per example (see ``deformations.RandomDeformation``). Inputs are image batches (n, C, H, W).
+    """
+
+    def __init__(
+        self,
+        lmbda: float = 0.1,
+        deformations: int = 4,
+        sampler: RandomDeformation | None = None,
+        chunk_size: int = 512,
+    ) -> None:
+        self.lmbda = check_nonnegative("lmbda", lmbda)
+        self.deformations = check_int("deformations", deformations)
+        self.sampler = sampler or RandomDeformation()
+        self.chunk_size = check_int("chunk_size", chunk_size)
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        n, m = x.shape[0], self.deformations
+        x = x.detach()
+        with preserved_state(model):
+            fields = self.sampler.sample(n * m, *x.shape[-2:], device=x.device, dtype=x.dtype)
+            x_rep = x.repeat_interleave(m, dim=0)  # row i * m + r is example i
+            with torch.no_grad():
+                clean = check_logits(model(x), n)
+            moved = _logits_in_chunks(model, deform(x_rep, fields), self.chunk_size)
+            k = clean.shape[1]
+            winners = (moved - clean.repeat_interleave(m, dim=0)).pow(2).argmax(0)  # (k,) rows of x_rep
+            x_sel = x_rep[winners]
+            logits = model(torch.cat([deform(x_sel, fields[winners]), x_sel]))
+            change = logits[:k].diagonal() - logits[k:].diagonal()
+            return self.lmbda * change.pow(2).sum()
+
+
+class TangentGradientPenalty:
+    """||D_tau f||^2, gradients along deformation tangents.
+
+    lmbda * sum_j max_i sum_m <grad_x f_j(x_i), t_im>^2, t_im the tangent vectors of ``deformations``
+    random fields per example (see ``deformations.tangent``). Inputs are image batches (n, C, H, W).
+    """
+
+    def __init__(self, lmbda: float = 0.1, deformations: int = 4, sampler: RandomDeformation | None = None) -> None:
+        self.lmbda = check_nonnegative("lmbda", lmbda)
+        self.deformations = check_int("deformations", deformations)
+        self.sampler = sampler or RandomDeformation()
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        n, m = x.shape[0], self.deformations
+        x = x.detach()
+        with preserved_state(model):
+            fields = self.sampler.sample(n * m, *x.shape[-2:], device=x.device, dtype=x.dtype)
+            tangents = tangent(x, fields.view(n, m, *fields.shape[1:])).flatten(2)  # (n, m, D)
+            _, grads = class_input_gradients(model, x)  # (n, k, *shape)
+            scores = torch.einsum("nkd,nmd->nkm", grads.flatten(2), tangents).pow(2).sum(2)  # (n, k)
+            winners = scores.argmax(0)  # (k,)
+            selected = _selected_class_gradients(model, x[winners]).flatten(1)  # (k, D)
+            directional = torch.einsum("kd,kmd->km", selected, tangents[winners])
+            return self.lmbda * directional.pow(2).sum()

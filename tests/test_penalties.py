@@ -1,0 +1,165 @@
+"""Each penalty against its definition, computed by brute force one example and one class at a time."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.autograd.functional import jacobian
+
+from kernel_reg import penalties
+from kernel_reg.deformations import RandomDeformation, deform, tangent
+
+
+def example_jacobian(model, x_i, create_graph=False):
+    """(k, *shape): d f(x_i) / d x_i for one example."""
+    return jacobian(lambda z: model(z.unsqueeze(0)).squeeze(0), x_i, create_graph=create_graph)
+
+
+def param_grads(model, value):
+    return torch.autograd.grad(
+        value, list(model.parameters()), retain_graph=True, allow_unused=True, materialize_grads=True
+    )
+
+
+def assert_same_grads(model, value, reference):
+    for got, want in zip(param_grads(model, value), param_grads(model, reference)):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-9)
+
+
+def brute_gradient_penalty(model, x, lmbda):
+    per_example = [example_jacobian(model, x_i, create_graph=True).flatten(1).pow(2).sum(1) for x_i in x]
+    norms = torch.stack(per_example)  # (n, k)
+    return lmbda * norms.max(0).values.sum()
+
+
+def test_gradient_penalty_matches_brute_force(model, batch):
+    x, y = batch
+    value = penalties.GradientPenalty(lmbda=0.3)(model, x, y)
+    reference = brute_gradient_penalty(model, x, 0.3)
+    torch.testing.assert_close(value, reference, rtol=1e-5, atol=0)
+    assert_same_grads(model, value, reference)
+
+
+def brute_adversarial_perturbation(model, x, eps, steps, step_size, lmbda):
+    k = model(x[:1]).shape[1]
+    best = []
+    for j in range(k):
+        increases, finals = [], []
+        for x_i in x:
+            d = torch.zeros_like(x_i)
+            for _ in range(steps):
+                g = example_jacobian(model, x_i + d)[j]
+                d = d + step_size * g / g.norm()
+                d = d * min(1.0, eps / float(d.norm()))
+            finals.append(d)
+            with torch.no_grad():
+                increases.append(model((x_i + d)[None])[0, j] - model(x_i[None])[0, j])
+        i = int(torch.stack(increases).argmax())
+        best.append(model((x[i] + finals[i])[None])[0, j] - model(x[i][None])[0, j])
+    return lmbda * torch.stack(best).pow(2).sum()
+
+
+@pytest.mark.parametrize("chunk_size", [None, 12, 1000])
+def test_adversarial_perturbation_penalty_matches_brute_force(model, batch, chunk_size):
+    x, y = batch
+    penalty = penalties.AdversarialPerturbationPenalty(eps=0.7, steps=3, lmbda=2.0, chunk_size=chunk_size)
+    value = penalty(model, x, y)
+    reference = brute_adversarial_perturbation(model, x, 0.7, 3, 1.5 * 0.7 / 3, 2.0)
+    torch.testing.assert_close(value, reference, rtol=1e-5, atol=0)
+    assert_same_grads(model, value, reference)
+
+
+@pytest.mark.parametrize("norm", ["l2", "l1"])
+def test_loss_gradient_penalty_matches_brute_force(model, batch, norm):
+    x, y = batch
+    value = penalties.LossGradientPenalty(lmbda=0.5, norm=norm)(model, x, y)
+    terms = []
+    for x_i, y_i in zip(x, y):
+        g = jacobian(lambda z: F.cross_entropy(model(z[None]), y_i[None]), x_i, create_graph=True)
+        terms.append(g.pow(2).sum() if norm == "l2" else g.abs().sum())
+    reference = 0.5 * torch.stack(terms).mean()
+    torch.testing.assert_close(value, reference, rtol=1e-5, atol=0)
+    assert_same_grads(model, value, reference)
+
+
+def test_vat_penalty_matches_brute_force(model, batch):
+    x, y = batch
+    alpha, eps, xi = 0.8, 0.5, 1e-6
+    torch.manual_seed(5)
+    value = penalties.VATPenalty(alpha=alpha, eps=eps, xi=xi, iters=2)(model, x, y)
+    torch.manual_seed(5)
+    start = torch.randn_like(x)
+    terms = []
+    for x_i, d in zip(x, start):
+        p = F.softmax(model(x_i[None]), 1).detach()
+
+        def kl(r):
+            log_q = F.log_softmax(model((x_i + r)[None]), 1)
+            return (p * (p.log() - log_q)).sum()
+
+        for _ in range(2):
+            d = jacobian(kl, xi * d / d.norm())
+        terms.append(kl(eps * d / d.norm()))
+    reference = alpha * torch.stack(terms).mean()
+    torch.testing.assert_close(value, reference, rtol=1e-5, atol=0)
+    assert_same_grads(model, value, reference)
+
+
+def test_deformation_stability_penalty_matches_brute_force(model, batch):
+    x, y = batch
+    m, sampler = 3, RandomDeformation(amplitude=1.5, affine=0.1)
+    torch.manual_seed(3)
+    value = penalties.DeformationStabilityPenalty(lmbda=0.7, deformations=m, sampler=sampler)(model, x, y)
+    torch.manual_seed(3)
+    fields = sampler.sample(len(x) * m, 6, 6, device=x.device, dtype=x.dtype).view(len(x), m, 6, 6, 2)
+    k = model(x[:1]).shape[1]
+    terms = []
+    for j in range(k):
+        pairs = [(i, r) for i in range(len(x)) for r in range(m)]
+        changes = [
+            model(deform(x[i : i + 1], fields[i, r : r + 1]))[0, j] - model(x[i : i + 1])[0, j] for i, r in pairs
+        ]
+        terms.append(torch.stack(changes).pow(2).max())
+    reference = 0.7 * torch.stack(terms).sum()
+    torch.testing.assert_close(value, reference, rtol=1e-5, atol=0)
+    assert_same_grads(model, value, reference)
+
+
+def test_tangent_gradient_penalty_matches_brute_force(model, batch):
+    x, y = batch
+    m, sampler = 3, RandomDeformation()
+    torch.manual_seed(4)
+    value = penalties.TangentGradientPenalty(lmbda=0.2, deformations=m, sampler=sampler)(model, x, y)
+    torch.manual_seed(4)
+    fields = sampler.sample(len(x) * m, 6, 6, device=x.device, dtype=x.dtype).view(len(x), m, 6, 6, 2)
+    tangents = tangent(x, fields)  # (n, m, C, H, W)
+    scores = []
+    for i, x_i in enumerate(x):
+        jac = example_jacobian(model, x_i, create_graph=True).flatten(1)  # (k, D)
+        scores.append((jac @ tangents[i].flatten(1).T).pow(2).sum(1))  # (k,)
+    reference = 0.2 * torch.stack(scores).max(0).values.sum()
+    torch.testing.assert_close(value, reference, rtol=1e-5, atol=0)
+    assert_same_grads(model, value, reference)
+
+
+def test_class_input_gradients_are_the_jacobian(model, batch):
+    x, _ = batch
+    logits, grads = penalties.class_input_gradients(model, x)
+    torch.testing.assert_close(logits, model(x))
+    for i, x_i in enumerate(x):
+        torch.testing.assert_close(grads[i], example_jacobian(model, x_i))
+
+
+def test_penalties_leave_inputs_untouched(model, batch):
+    x, y = batch
+    x_copy, y_copy = x.clone(), y.clone()
+    for penalty in (
+        penalties.GradientPenalty(),
+        penalties.AdversarialPerturbationPenalty(),
+        penalties.LossGradientPenalty(),
+        penalties.VATPenalty(),
+        penalties.DeformationStabilityPenalty(),
+        penalties.TangentGradientPenalty(),
+    ):
+        penalty(model, x, y).backward()
+        assert torch.equal(x, x_copy) and torch.equal(y, y_copy)
+        assert x.grad is None
