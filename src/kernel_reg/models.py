@@ -143,3 +143,10 @@ MODELS: dict[str, Callable[..., nn.Sequential]] = {
     "resnet18": resnet18,
     "vgg5_stable": vgg5_stable,
 }
+
+
+def build(name: str, num_classes: int = 10, width: int = 64) -> nn.Sequential:
+    """A model by name; ``width`` is the first layer's width of vgg5_stable (then doubled per stage)."""
+    if name == "vgg5_stable":
+        return vgg5_stable(num_classes, widths=(width, 2 * width, 4 * width, 8 * width))
+    return MODELS[name](num_classes)

@@ -16,6 +16,8 @@ leave BatchNorm running statistics unchanged.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -31,6 +33,8 @@ from ._guards import (
     project_l2,
 )
 from .deformations import RandomDeformation, deform, tangent
+
+Penalty = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def class_input_gradients(
@@ -267,3 +271,15 @@ class TangentGradientPenalty:
             selected = _selected_class_gradients(model, x[winners]).flatten(1)  # (k, D)
             directional = torch.einsum("kd,kmd->km", selected, tangents[winners])
             return self.lmbda * directional.pow(2).sum()
+
+
+class FirstExamples:
+    """A penalty applied to the first ``count`` examples of each batch only (for costly penalties, as the
+    original's ``stability_ex_per_batch``): ``penalty(model, x[:count], y[:count])``."""
+
+    def __init__(self, penalty: Penalty, count: int) -> None:
+        self.penalty = penalty
+        self.count = check_int("count", count)
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        return self.penalty(model, x[: self.count], None if y is None else y[: self.count])

@@ -103,6 +103,13 @@ class SpectralNormPenalty:
         self._left_vectors[name] = u
         return u @ mat @ v
 
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The persistent power-iteration vectors, for checkpoints."""
+        return dict(self._left_vectors)
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self._left_vectors = dict(state)
+
     def sigmas(self, model: nn.Module) -> list[torch.Tensor]:
         """sigma_max(W_mat) of each layer, differentiable with respect to the weights."""
         layers = spectral_layers(model)

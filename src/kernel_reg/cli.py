@@ -1,0 +1,201 @@
+"""Command line: ``kernel-reg train | evaluate | report | demo``.
+
+Every field of ``Config`` is a flag, in kebab case (``--data-dir``) and, as in the original scripts, in
+snake case (``--data_dir``); regularizers are chosen with ``--reg NAME`` or the original's ``--reg_NAME``
+flags, so ``python main.py ARGS`` of the original becomes ``kernel-reg train ARGS``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from .config import ORIGINAL_FLAGS, PRESETS, REGULARIZERS, Config, preset_config
+from .data import DataNotFoundError
+from .evaluation import EvalSettings, evaluate_run
+from .report import write_report
+from .rundir import run_path
+
+# fields with their own flags below
+_SPECIAL = {"experiment", "regs"}
+
+
+def _field_type(field: dataclasses.Field) -> type:
+    text = str(field.type)
+    for name, kind in (("bool", bool), ("int", int), ("float", float)):
+        if text.startswith(name):
+            return kind
+    return str
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--experiment", default="fmnist1000_vgg5", choices=sorted(PRESETS), metavar="NAME",
+        help=f"preset whose defaults the other flags override; one of: {', '.join(sorted(PRESETS))}",
+    )  # fmt: skip
+    parser.add_argument(
+        "--reg", dest="regs", action="append", choices=REGULARIZERS, default=None, metavar="NAME",
+        help=f"add a regularizer (repeatable): {', '.join(REGULARIZERS)}",
+    )  # fmt: skip
+    for reg, flag in ORIGINAL_FLAGS.items():
+        parser.add_argument(flag, dest="regs", action="append_const", const=reg, help=f"same as --reg {reg}")
+    group = parser.add_argument_group("configuration (defaults from the preset)")
+    for field in dataclasses.fields(Config):
+        if field.name in _SPECIAL:
+            continue
+        names = [f"--{field.name.replace('_', '-')}"]
+        if "_" in field.name:
+            names.append(f"--{field.name}")
+        kind = _field_type(field)
+        if kind is bool:
+            group.add_argument(*names, dest=field.name, action=argparse.BooleanOptionalAction, default=None)
+        else:
+            group.add_argument(*names, dest=field.name, type=kind, default=None, metavar=kind.__name__.upper())
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    """The preset of ``--experiment`` with every flag that was given."""
+    overrides = {f.name: getattr(args, f.name, None) for f in dataclasses.fields(Config) if f.name not in _SPECIAL}
+    if args.regs:
+        overrides["regs"] = tuple(dict.fromkeys(args.regs))
+    return preset_config(args.experiment, **overrides)
+
+
+def _add_eval_flags(parser: argparse.ArgumentParser) -> None:
+    defaults = EvalSettings()
+    parser.add_argument("--eps-l2", "--eps_l2", type=float, nargs="+", default=list(defaults.l2_eps))
+    parser.add_argument(
+        "--eps-linf", "--eps_linf", type=float, nargs="+", default=[round(e * 255) for e in defaults.linf_eps],
+        help="linf radii in units of 1/255",
+    )  # fmt: skip
+    parser.add_argument("--attack-steps", "--attack_steps", type=int, default=defaults.steps)
+    parser.add_argument("--l2-step", "--l2_step", type=float, default=defaults.l2_step_size)
+    parser.add_argument("--linf-step", "--linf_step", type=float, default=defaults.linf_step_size)
+    parser.add_argument("--restarts", type=int, default=defaults.restarts)
+    parser.add_argument("--eval-n-test", "--eval_n_test", type=int, default=defaults.n_test,
+                        help="evaluate on the first N test images (0: all)")  # fmt: skip
+    parser.add_argument("--eval-batch-size", "--eval_batch_size", type=int, default=defaults.batch_size)
+
+
+def eval_settings_from_args(args: argparse.Namespace) -> EvalSettings:
+    return EvalSettings(
+        l2_eps=tuple(args.eps_l2),
+        linf_eps=tuple(e / 255 for e in args.eps_linf),
+        steps=args.attack_steps,
+        l2_step_size=args.l2_step,
+        linf_step_size=args.linf_step,
+        restarts=args.restarts,
+        n_test=args.eval_n_test or None,
+        batch_size=args.eval_batch_size,
+    )
+
+
+class _Parser(argparse.ArgumentParser):
+    """Bad input: one line naming the problem (and the valid choices), exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="kernel-reg", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train a (regularized) network; resumes an existing run folder")
+    _add_config_flags(train)
+    train.add_argument("--fresh", action="store_true", help="set an existing run folder aside and start over")
+
+    evaluate = commands.add_parser("evaluate", help="robustness of trained runs -> robustness.json")
+    evaluate.add_argument("runs", nargs="*", type=Path, help="run folders (default: --root/--experiment/--name)")
+    evaluate.add_argument("--experiment", default=None, choices=sorted(PRESETS), metavar="NAME")
+    evaluate.add_argument("--name", default="tmp")
+    evaluate.add_argument("--root", default="runs")
+    evaluate.add_argument("--device", default="auto")
+    evaluate.add_argument("--weights", choices=("best", "last"), default="best",
+                          help="the weights of best validation accuracy (default) or the last ones")  # fmt: skip
+    _add_eval_flags(evaluate)
+
+    report = commands.add_parser("report", help="Markdown table and plots over a folder of runs")
+    report.add_argument("root", nargs="?", type=Path, default=Path("runs"))
+    report.add_argument("--out", type=Path, default=None, help="folder for report.md and the plots (default: root)")
+
+    demo = commands.add_parser("demo", help="the main job: four methods on 1000 embedded Fashion-MNIST images")
+    demo.add_argument("--root", type=Path, default=Path("runs/demo"))
+    demo.add_argument("--epochs", type=int, default=40)
+    demo.add_argument("--device", default="auto")
+    return parser
+
+
+def _set_aside(run_dir: Path) -> None:
+    if run_dir.exists():
+        target = run_dir.with_name(f"{run_dir.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
+        run_dir.rename(target)
+        print(f"set the old run aside as {target}")
+
+
+def demo_configs(root: Path, epochs: int, device: str) -> list[Config]:
+    """Baseline, a lower-bound penalty, adversarial training and a penalty with the projection."""
+    base = preset_config(
+        "fmnist1000_vgg5", data_dir="embedded", n_val=2000, root=str(root), num_epochs=epochs,
+        eval_delta=max(1, epochs // 10), width=16, sched_step=max(1, epochs // 2), device=device, probe_size=64,
+    )  # fmt: skip
+    return [
+        base.replace(name="baseline"),
+        base.replace(name="grad_penalty", regs=("gradient-penalty",), lmbda=0.05),
+        base.replace(name="pgd_l2", regs=("pgd-l2",), epsilon=1.0, steps=3),
+        base.replace(name="gradl2_project", regs=("loss-gradl2", "project-sn"), lmbda=0.1, tau=3.0),
+    ]
+
+
+def run_demo(args: argparse.Namespace) -> None:
+    from .training import train
+
+    began = time.perf_counter()
+    settings = EvalSettings(
+        l2_eps=(0.5, 1.0, 1.5), linf_eps=(2 / 255, 8 / 255), steps=20, l2_step_size=0.25, n_test=500
+    )
+    for config in demo_configs(args.root, args.epochs, args.device):
+        print(f"== training {config.name}: {', '.join(config.regs) or 'no regularization'}", flush=True)
+        train(config, log=lambda line: print(line, flush=True))
+        evaluate_run(run_path(config), settings, args.device)
+    table, files = write_report(args.root)
+    print(table)
+    print("wrote " + ", ".join(str(f) for f in files))
+    print(f"demo finished in {time.perf_counter() - began:.0f} s")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "train":
+            from .training import TrainingDiverged, train
+
+            config = config_from_args(args)
+            if args.fresh:
+                _set_aside(run_path(config))
+            try:
+                train(config, log=lambda line: print(line, flush=True))
+            except TrainingDiverged as error:
+                print(f"kernel-reg: training diverged: {error}", file=sys.stderr)
+                return 1
+        elif args.command == "evaluate":
+            settings = eval_settings_from_args(args)
+            runs = args.runs or [Path(args.root) / (args.experiment or "fmnist1000_vgg5") / args.name]
+            for run_dir in runs:
+                result = evaluate_run(run_dir, settings, args.device, args.weights)
+                print(f"{run_dir}: clean {result['clean']:.4f}, l2 {result['l2']}, linf {result['linf']}, "
+                      f"certified l2 {result['certified_l2']}")  # fmt: skip
+        elif args.command == "report":
+            table, files = write_report(args.root, args.out)
+            print(table)
+            print("wrote " + ", ".join(str(f) for f in files))
+        elif args.command == "demo":
+            run_demo(args)
+    except (ValueError, DataNotFoundError, FileNotFoundError) as error:
+        parser.exit(2, f"kernel-reg {args.command}: error: {error}\n")
+    return 0
