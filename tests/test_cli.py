@@ -42,6 +42,7 @@ def test_the_original_commands_are_accepted():
         (["train", "--data-dir", "/nonexistent"], "/nonexistent"),
         (["train", "--data-dir", "embedded", "--n-val", "3500"], "exceeds the 4000 examples"),
         (["train", "--steps", "zero"], "invalid int value"),
+        (["evaluate", "--attacks", "fgsm"], "attack must be one of"),
         (["evaluate", "/nonexistent/run"], "is not a run folder"),
         (["report", "/nonexistent"], "no run with logged evaluations"),
     ],
@@ -62,13 +63,20 @@ def test_train_evaluate_report_end_to_end(tmp_path):
         assert completed.returncode == 0, completed.stderr
         assert "epoch 1, train_loss" in completed.stdout
     run = root / "fmnist1000_vgg5" / "gp"
-    assert main(["evaluate", str(run), "--eps-l2", "0.5", "--eps-linf", "2", "--attack-steps", "3"]) == 0
+    assert (
+        main(["evaluate", str(run), "--eps-l2", "0.5", "--eps-linf", "2", "--attack-steps", "3", "--queries", "20"])
+        == 0
+    )
     result = json.loads((run / "robustness.json").read_text())
     assert set(result["l2"]) == {"0.5"} and set(result["certified_l2"]) == {"0.5"}
+    assert result["attacks"]["l2"].startswith("PGD-l2 (3 steps") and isinstance(result["suspicious"], list)
     assert list(result["linf"]) == ["0.00784314"]
     assert result["certified_l2"]["0.5"] <= result["l2"]["0.5"] <= result["clean"]
     for name in ("base", "adv"):
-        assert main(["evaluate", "--root", str(root), "--name", name, "--eps-l2", "0.5", "--attack-steps", "2"]) == 0
+        flags = ["--eps-l2", "0.5", "--attack-steps", "2", "--attacks", "strong,square", "--queries", "20"]
+        assert main(["evaluate", "--root", str(root), "--name", name, *flags, "--no-checks"]) == 0
+    strong = json.loads((root / "fmnist1000_vgg5" / "adv" / "robustness.json").read_text())
+    assert strong["attacks"]["l2"].startswith("worst case of APGD-CE-l2") and "Square-l2" in strong["attacks"]["l2"]
     assert main(["report", str(root), "--out", str(tmp_path / "report")]) == 0
     table = (tmp_path / "report" / "report.md").read_text()
     assert "| gradient-penalty | lmbda=0.1 | 64 |" in table and "| pgd-l2 | epsilon=0.1 |" in table

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .config import ORIGINAL_FLAGS, PRESETS, REGULARIZERS, Config, preset_config
 from .data import DataNotFoundError
-from .evaluation import EvalSettings, evaluate_run
+from .evaluation import ATTACK_NAMES, EvalSettings, evaluate_run
 from .report import write_report
 from .rundir import run_path
 
@@ -72,6 +72,13 @@ def _add_eval_flags(parser: argparse.ArgumentParser) -> None:
         "--eps-linf", "--eps_linf", type=float, nargs="+", default=[round(e * 255) for e in defaults.linf_eps],
         help="linf radii in units of 1/255",
     )  # fmt: skip
+    parser.add_argument(
+        "--attacks", default=",".join(defaults.attacks),
+        help=f"comma-separated, their per-example worst case: {', '.join(ATTACK_NAMES)} (strong: APGD-CE + APGD-T)",
+    )  # fmt: skip
+    parser.add_argument("--queries", type=int, default=defaults.queries, help="queries of the Square attack")
+    parser.add_argument("--n-target-classes", "--n_target_classes", type=int, default=defaults.n_target_classes)
+    parser.add_argument("--no-checks", dest="checks", action="store_false", help="skip the gradient-masking checks")
     parser.add_argument("--attack-steps", "--attack_steps", type=int, default=defaults.steps)
     parser.add_argument("--l2-step", "--l2_step", type=float, default=defaults.l2_step_size)
     parser.add_argument("--linf-step", "--linf_step", type=float, default=defaults.linf_step_size)
@@ -85,6 +92,10 @@ def eval_settings_from_args(args: argparse.Namespace) -> EvalSettings:
     return EvalSettings(
         l2_eps=tuple(args.eps_l2),
         linf_eps=tuple(e / 255 for e in args.eps_linf),
+        attacks=tuple(a.strip() for a in args.attacks.split(",") if a.strip()),
+        queries=args.queries,
+        n_target_classes=args.n_target_classes,
+        checks=args.checks,
         steps=args.attack_steps,
         l2_step_size=args.l2_step,
         linf_step_size=args.linf_step,
@@ -156,7 +167,7 @@ def run_demo(args: argparse.Namespace) -> None:
 
     began = time.perf_counter()
     settings = EvalSettings(
-        l2_eps=(0.5, 1.0, 1.5), linf_eps=(2 / 255, 8 / 255), steps=20, l2_step_size=0.25, n_test=500
+        l2_eps=(0.5, 1.0, 1.5), linf_eps=(2 / 255, 8 / 255), steps=20, l2_step_size=0.25, n_test=500, queries=300
     )
     for config in demo_configs(args.root, args.epochs, args.device):
         print(f"== training {config.name}: {', '.join(config.regs) or 'no regularization'}", flush=True)
@@ -190,6 +201,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 result = evaluate_run(run_dir, settings, args.device, args.weights)
                 print(f"{run_dir}: clean {result['clean']:.4f}, l2 {result['l2']}, linf {result['linf']}, "
                       f"certified l2 {result['certified_l2']}")  # fmt: skip
+                for check in result.get("suspicious", []):
+                    print(f"  WARNING: {check}")
         elif args.command == "report":
             table, files = write_report(args.root, args.out)
             print(table)

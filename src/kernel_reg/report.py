@@ -58,10 +58,10 @@ def markdown_table(runs: list[RunSummary]) -> str:
     """One row per run: method, hyperparameters, best val, test at best val, robust and certified accuracies."""
     l2_keys = sorted({k for r in runs if r.robustness for k in r.robustness["l2"]}, key=float)
     linf_keys = sorted({k for r in runs if r.robustness for k in r.robustness["linf"]}, key=float)
-    cert_keys = sorted({k for r in runs if r.robustness for k in r.robustness["certified_l2"]}, key=float)
+    cert_keys = sorted({k for r in runs if r.robustness for k in (r.robustness["certified_l2"] or {})}, key=float)
     header = ["method", "hyperparameters", "n_train", "epoch", "val acc", "test acc", "clean"]
     header += [f"PGD-l2 {k}" for k in l2_keys] + [f"PGD-linf {float(k) * 255:.3g}/255" for k in linf_keys]
-    header += [f"certified l2 {k}" for k in cert_keys]
+    header += [f"certified l2 {k}" for k in cert_keys] + ["masking checks"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for run in sorted(runs, key=lambda r: (r.method, sorted(hyperparameters(r.config).items()), str(r.path))):
         best = run.best
@@ -71,7 +71,8 @@ def markdown_table(runs: list[RunSummary]) -> str:
         row += [_percent(best.get("val_acc")), _percent(best["test_acc"]), _percent(rob.get("clean"))]
         row += [_percent(rob.get("l2", {}).get(k)) for k in l2_keys]
         row += [_percent(rob.get("linf", {}).get(k)) for k in linf_keys]
-        row += [_percent(rob.get("certified_l2", {}).get(k)) for k in cert_keys]
+        row += [_percent((rob.get("certified_l2") or {}).get(k)) for k in cert_keys]
+        row.append(("FIRED: " + "; ".join(rob["suspicious"])) if rob.get("suspicious") else ("ok" if rob else "-"))
         lines.append("| " + " | ".join(row) + " |")
     notes = sorted({f"{k}: {v}" for r in runs if r.robustness for k, v in r.robustness.get("attacks", {}).items()})
     footer = [

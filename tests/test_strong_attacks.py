@@ -1,0 +1,170 @@
+"""APGD, Square and the worst case: exact answers on linear models, comparisons on a trained network,
+and the gradient-masking checks."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kernel_reg import attacks, spectral
+from kernel_reg.data import EMBEDDED, load_arrays, make_splits
+from kernel_reg.evaluation import EvalSettings, evaluate_model, robust_accuracy
+
+N = 200
+
+
+@pytest.fixture(scope="module")
+def linear_problem():
+    """f(x) = W x + b on 1x4x5 'images', some labels wrong, no input range."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(20, 5)).double()
+    x = 0.5 * torch.randn(N, 1, 4, 5, dtype=torch.float64)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    flip = torch.rand(N) < 0.1
+    y[flip] = torch.randint(0, 5, (int(flip.sum()),))
+    return model, x, y
+
+
+def exact_robust_accuracy(model, x, y, eps, norm):
+    """Robust iff correct and every margin (f_y - f_j)(x) / ||w_y - w_j||_q exceeds eps (q = 2, or 1 for linf)."""
+    weight = model[1].weight.detach()
+    with torch.no_grad():
+        logits = model(x)
+    robust = 0
+    for i in range(len(y)):
+        if logits[i].argmax() != y[i]:
+            continue
+        yi = int(y[i])
+        distances = [
+            float((logits[i, yi] - logits[i, j]) / (weight[yi] - weight[j]).norm(p=2 if norm == "l2" else 1))
+            for j in range(weight.shape[0])
+            if j != yi
+        ]
+        robust += min(distances) > eps
+    return robust / len(y)
+
+
+def accuracy_under(model, attack, x, y):
+    x_copy = x.clone()
+    x_adv = attack(model, x, y)
+    assert torch.equal(x, x_copy)
+    return float((model(x_adv).argmax(1) == y).double().mean())
+
+
+@pytest.mark.parametrize(("norm", "eps"), [("l2", 0.3), ("l2", 0.8), ("linf", 0.05), ("linf", 0.15)])
+def test_attacks_on_a_linear_model_against_the_closed_form(linear_problem, norm, eps):
+    model, x, y = linear_problem
+    exact = exact_robust_accuracy(model, x, y, eps, norm)
+    assert 0.0 < exact < 0.9  # the radius matters
+    pgd = attacks.PGDL2(eps, 50, clip=None) if norm == "l2" else attacks.PGDLinf(eps, 50, eps / 10, clip=None)
+    members = {
+        "pgd": pgd,
+        "apgd-ce": attacks.APGD(norm, eps, "ce", steps=50, clip=None),
+        "apgd-dlr": attacks.APGD(norm, eps, "dlr", steps=50, clip=None),
+        "apgd-t": attacks.APGD(norm, eps, "dlr", targeted=True, steps=50, clip=None),
+        "square": attacks.Square(norm, eps, 500, clip=None),
+    }
+    for name, attack in members.items():
+        assert accuracy_under(model, attack, x, y) >= exact - 1e-12, name  # only real adversarial examples
+    strong = accuracy_under(model, attacks.strong(norm, eps, steps=50, clip=None), x, y)
+    assert exact <= strong <= exact + 1 / N
+    if norm == "l2":
+        lipschitz = spectral.lipschitz_upper_bound(model, (1, 4, 5))
+        assert spectral.certified_accuracy(model, x, y, eps, lipschitz) <= exact
+
+
+@pytest.mark.parametrize("norm", ["l2", "linf"])
+def test_apgd_and_square_stay_in_the_ball_and_the_range(norm):
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Conv2d(1, 3, 3), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 4 * 4, 5))
+    x, y = torch.rand(16, 1, 6, 6), torch.randint(0, 5, (16,))
+    eps = 0.5 if norm == "l2" else 0.1
+    for attack in (attacks.APGD(norm, eps, steps=10), attacks.Square(norm, eps, 100)):
+        delta = attack(model, x, y) - x
+        size = delta.flatten(1).norm(dim=1) if norm == "l2" else delta.flatten(1).abs().amax(1)
+        assert torch.all(size <= eps * (1 + 1e-5))
+        assert (x + delta).min() >= 0 and (x + delta).max() <= 1
+
+
+def test_apgd_checkpoints_follow_the_paper():
+    # p = 0, 0.22, 0.41, 0.57, 0.70, 0.80, 0.87, 0.93, 0.99 (then > 1)
+    assert attacks._apgd_checkpoints(100) == [22, 41, 57, 70, 80, 87, 93, 99]
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """A small convolutional network trained for a few epochs on the embedded Fashion-MNIST subset."""
+    torch.manual_seed(2)
+    splits = make_splits(load_arrays("fashion-mnist", EMBEDDED), 1000, 0, 0, torch.device("cpu"), n_test=200)
+    model = nn.Sequential(
+        nn.Conv2d(1, 8, 5, stride=2), nn.ReLU(), nn.Conv2d(8, 16, 5, stride=2), nn.ReLU(),
+        nn.Flatten(), nn.Linear(16 * 4 * 4, 10),
+    )  # fmt: skip
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(8):
+        for start in range(0, 1000, 100):
+            xb, yb = splits.train_x[start : start + 100], splits.train_y[start : start + 100]
+            optimizer.zero_grad()
+            F.cross_entropy(model(xb), yb).backward()
+            optimizer.step()
+    model.eval()
+    return model, splits.test_x, splits.test_y
+
+
+def test_apgd_is_at_least_as_strong_as_pgd_with_the_same_budget(trained):
+    model, x, y = trained
+    for norm, eps in (("l2", 1.0), ("linf", 8 / 255)):
+        pgd = attacks.PGDL2(eps, 20, eps / 4) if norm == "l2" else attacks.PGDLinf(eps, 20, eps / 4)
+        torch.manual_seed(3)
+        apgd = robust_accuracy(model, attacks.APGD(norm, eps, "ce", steps=20), x, y)
+        assert apgd <= robust_accuracy(model, pgd, x, y)
+
+
+def test_worst_case_is_below_each_member_and_accounts_for_each_break(trained):
+    model, x, y = trained
+    members = [attacks.PGDL2(0.5, 10, 0.05), attacks.PGDL2(0.5, 10, 0.3), attacks.PGDLinf(0.5 / 28, 10, 0.005)]
+    x_adv, breakdown = attacks.worst_case(model, members, x, y)
+    with torch.no_grad():
+        worst = int((model(x_adv).argmax(1) == y).sum()) / len(y)
+        clean = int((model(x).argmax(1) == y).sum()) / len(y)
+    for member in members:
+        assert worst <= robust_accuracy(model, member, x, y)
+    assert sum(breakdown.values()) == round((clean - worst) * len(y))
+    assert worst == robust_accuracy(model, attacks.WorstCase(members), x, y)
+
+
+class Quantize(nn.Module):
+    """A hard quantization of the input: zero gradient almost everywhere, the classic masking defence."""
+
+    def forward(self, x):
+        return torch.round(x * 4) / 4
+
+
+QUICK = EvalSettings(
+    l2_eps=(0.5, 1.0, 2.0), linf_eps=(4 / 255, 8 / 255, 16 / 255), steps=10, l2_step_size=0.25, queries=300
+)
+
+
+def test_masking_checks_fire_on_a_masked_model_and_stay_quiet_on_an_ordinary_one(trained):
+    model, x, y = trained
+    torch.manual_seed(4)
+    ordinary = evaluate_model(model, x, y, QUICK, (1, 28, 28))
+    assert ordinary["suspicious"] == [], ordinary["masking_checks"]
+    masked = nn.Sequential(Quantize(), model)
+    result = evaluate_model(masked, x, y, QUICK, (1, 28, 28))
+    assert "zero input gradients" in result["suspicious"]
+    assert any("score-based attack beats the gradient attacks" in c for c in result["suspicious"])
+    assert result["certified_l2"] is None and "Quantize" in result["certified_note"]
+
+
+def test_a_certificate_above_the_attack_is_flagged_as_a_bug(trained):
+    model, x, y = trained
+    settings = EvalSettings(l2_eps=(0.5,), linf_eps=(4 / 255,), steps=5, queries=20)
+    result = evaluate_model(model, x, y, settings, (1, 28, 28))
+    assert "certified accuracy exceeds robust accuracy (a bug)" not in result["suspicious"]
+    from kernel_reg.evaluation import masking_checks
+
+    forged = {**result, "certified_l2": {"0.5": 1.0}}
+    checks = masking_checks(model, x, y, settings, forged, {})
+    assert any(c["fired"] and "(a bug)" in c["check"] for c in checks)
