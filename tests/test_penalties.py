@@ -163,3 +163,23 @@ def test_penalties_leave_inputs_untouched(model, batch):
         penalty(model, x, y).backward()
         assert torch.equal(x, x_copy) and torch.equal(y, y_copy)
         assert x.grad is None
+
+
+def test_candidate_preselection_is_exact_with_enough_candidates_and_a_lower_bound_otherwise(model, batch):
+    x, y = batch
+    exact = penalties.AdversarialPerturbationPenalty(eps=0.7, steps=3)(model, x, y)
+    assert torch.equal(
+        penalties.AdversarialPerturbationPenalty(eps=0.7, steps=3, candidates=len(x))(model, x, y), exact
+    )
+    for m in (1, 2, 4):
+        fewer = penalties.AdversarialPerturbationPenalty(eps=0.7, steps=3, candidates=m)(model, x, y)
+        assert float(fewer) <= float(exact) * (1 + 1e-12)  # a maximum over fewer (identical) ascents
+    sampler = RandomDeformation(amplitude=1.5)
+
+    def stability(candidates):
+        torch.manual_seed(9)
+        penalty = penalties.DeformationStabilityPenalty(1.0, deformations=3, sampler=sampler, candidates=candidates)
+        return penalty(model, x, y)
+
+    assert torch.equal(stability(len(x)), stability(None))
+    assert float(stability(1)) <= float(stability(None)) * (1 + 1e-12)

@@ -23,6 +23,7 @@ from ._guards import (
     preserved_state,
     project_l2,
 )
+from .distributed import SINGLE, Group
 
 
 class _PGD:
@@ -40,7 +41,9 @@ class _PGD:
         random_start: bool,
         restarts: int,
         clip: tuple[float, float] | None,
+        group: Group,
     ) -> None:
+        self.group = group
         self.eps = check_positive("eps", eps)
         self.steps = check_int("steps", steps)
         self.step_size = check_positive("step_size", step_size)
@@ -49,6 +52,10 @@ class _PGD:
         self.clip = check_clip(clip)
 
     def _start(self, x: torch.Tensor) -> torch.Tensor:
+        """A random start: per-example noise drawn through the group (see ``distributed.Group.draw``)."""
+        return self.group.draw(lambda count: self._noise(count, x), x.shape[0])
+
+    def _noise(self, count: int, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
     def _step(self, grad: torch.Tensor) -> torch.Tensor:
@@ -109,15 +116,17 @@ class PGDL2(_PGD):
         random_start: bool = False,
         restarts: int = 1,
         clip: tuple[float, float] | None = (0.0, 1.0),
+        group: Group = SINGLE,
     ) -> None:
         eps = check_positive("eps", eps)
         steps = check_int("steps", steps)
         step_size = 1.5 * eps / steps if step_size is None else step_size
-        super().__init__(eps, steps, step_size, random_start, restarts, clip)
+        super().__init__(eps, steps, step_size, random_start, restarts, clip, group)
 
-    def _start(self, x: torch.Tensor) -> torch.Tensor:
-        direction = normalize_l2(torch.randn_like(x))
-        radius = self.eps * torch.rand(x.shape[0], device=x.device, dtype=x.dtype) ** (1.0 / x[0].numel())
+    def _noise(self, count: int, x: torch.Tensor) -> torch.Tensor:
+        """Uniform in the l2 ball: a Gaussian direction and radius eps * U^(1/d)."""
+        direction = normalize_l2(torch.randn(count, *x.shape[1:], device=x.device, dtype=x.dtype))
+        radius = self.eps * torch.rand(count, device=x.device, dtype=x.dtype) ** (1.0 / x[0].numel())
         return direction * radius.view(-1, *([1] * (x.dim() - 1)))
 
     def _step(self, grad: torch.Tensor) -> torch.Tensor:
@@ -138,11 +147,12 @@ class PGDLinf(_PGD):
         random_start: bool = True,
         restarts: int = 1,
         clip: tuple[float, float] | None = (0.0, 1.0),
+        group: Group = SINGLE,
     ) -> None:
-        super().__init__(eps, steps, step_size, random_start, restarts, clip)
+        super().__init__(eps, steps, step_size, random_start, restarts, clip, group)
 
-    def _start(self, x: torch.Tensor) -> torch.Tensor:
-        return (2 * torch.rand_like(x) - 1) * self.eps
+    def _noise(self, count: int, x: torch.Tensor) -> torch.Tensor:
+        return (2 * torch.rand(count, *x.shape[1:], device=x.device, dtype=x.dtype) - 1) * self.eps
 
     def _step(self, grad: torch.Tensor) -> torch.Tensor:
         return self.step_size * grad.sign()

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
+import subprocess
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from .config import ORIGINAL_FLAGS, PRESETS, REGULARIZERS, Config, preset_config
+from .config import ORIGINAL_FLAGS, PRESETS, REGULARIZERS, Config, field_types, parse_bool, preset_config
 from .data import DataNotFoundError
 from .evaluation import ATTACK_NAMES, EvalSettings, evaluate_run
 from .report import write_report
@@ -22,14 +24,6 @@ from .rundir import run_path
 
 # fields with their own flags below
 _SPECIAL = {"experiment", "regs"}
-
-
-def _field_type(field: dataclasses.Field) -> type:
-    text = str(field.type)
-    for name, kind in (("bool", bool), ("int", int), ("float", float)):
-        if text.startswith(name):
-            return kind
-    return str
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
@@ -44,17 +38,14 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     for reg, flag in ORIGINAL_FLAGS.items():
         parser.add_argument(flag, dest="regs", action="append_const", const=reg, help=f"same as --reg {reg}")
     group = parser.add_argument_group("configuration (defaults from the preset)")
-    for field in dataclasses.fields(Config):
-        if field.name in _SPECIAL:
+    for name, parse in field_types().items():
+        if name in _SPECIAL:
             continue
-        names = [f"--{field.name.replace('_', '-')}"]
-        if "_" in field.name:
-            names.append(f"--{field.name}")
-        kind = _field_type(field)
-        if kind is bool:
-            group.add_argument(*names, dest=field.name, action=argparse.BooleanOptionalAction, default=None)
+        names = [f"--{name.replace('_', '-')}"] + ([f"--{name}"] if "_" in name else [])
+        if parse is parse_bool:
+            group.add_argument(*names, dest=name, action=argparse.BooleanOptionalAction, default=None)
         else:
-            group.add_argument(*names, dest=field.name, type=kind, default=None, metavar=kind.__name__.upper())
+            group.add_argument(*names, dest=name, type=parse, default=None, metavar=parse.__name__.upper())
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
@@ -119,6 +110,23 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train a (regularized) network; resumes an existing run folder")
     _add_config_flags(train)
     train.add_argument("--fresh", action="store_true", help="set an existing run folder aside and start over")
+    train.add_argument("--nproc", type=int, default=1, help="processes (GPUs) to train on, launched with torchrun")
+
+    sweep = commands.add_parser("sweep", help="a grid of runs with submitit (local processes or Slurm)")
+    _add_config_flags(sweep)
+    sweep.add_argument("--grid", action="append", default=[], help="'key=v1,v2 key2=w' (repeatable: a union)")
+    sweep.add_argument("--grid-file", "--grid_file", type=Path, help="JSON or YAML: a list of grids")
+    sweep.add_argument("--seeds", type=int, default=1, help="training-subset seeds 0..N-1 (shuf_seed)")
+    sweep.add_argument("--jobs", type=int, default=2, help="runs at once (Slurm: the array's parallelism)")
+    sweep.add_argument("--cluster", choices=("local", "slurm", "debug"), default="local")
+    sweep.add_argument("--partition", default=None)
+    sweep.add_argument("--time", type=int, default=240, help="minutes per run (Slurm)")
+    sweep.add_argument("--gpus-per-node", "--gpus_per_node", type=int, default=0)
+    sweep.add_argument("--cpus-per-task", "--cpus_per_task", type=int, default=2)
+    sweep.add_argument("--mem-gb", "--mem_gb", type=int, default=None)
+    sweep.add_argument("--evaluate", action="store_true", help="evaluate each run after training")
+    sweep.add_argument("--dry-run", "--dry_run", action="store_true", help="list the runs and stop")
+    _add_eval_flags(sweep)
 
     evaluate = commands.add_parser("evaluate", help="robustness of trained runs -> robustness.json")
     evaluate.add_argument("runs", nargs="*", type=Path, help="run folders (default: --root/--experiment/--name)")
@@ -179,14 +187,51 @@ def run_demo(args: argparse.Namespace) -> None:
     print(f"demo finished in {time.perf_counter() - began:.0f} s")
 
 
+def run_sweep_command(args: argparse.Namespace) -> None:
+    from .sweep import Cluster, expand, load_grid_file, parse_grid, run_sweep
+
+    grids = [parse_grid(text) for text in args.grid]
+    if args.grid_file is not None:
+        grids += load_grid_file(args.grid_file)
+    if not grids:
+        raise ValueError("give the runs with --grid 'key=v1,v2 ...' or --grid-file FILE")
+    configs = expand(config_from_args(args), grids, args.seeds)
+    if args.dry_run:
+        for config in configs:
+            print(run_path(config))
+        return
+    cluster = Cluster(
+        args.cluster, args.jobs, args.partition, args.time, args.gpus_per_node, args.cpus_per_task, args.mem_gb
+    )
+    settings = eval_settings_from_args(args) if args.evaluate else None
+    run_sweep(configs, cluster, settings, log=lambda line: print(line, flush=True))
+
+
+def _launch_with_torchrun(argv: Sequence[str], nproc: int) -> int:
+    """Run this same command under torchrun on ``nproc`` processes (``--nproc`` removed)."""
+    rest, skip = [], False
+    for item in argv:
+        if skip:
+            skip = False
+        elif item == "--nproc":
+            skip = True
+        elif not item.startswith("--nproc="):
+            rest.append(item)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+    return subprocess.call(command + ["-m", "kernel_reg", *rest])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     try:
         if args.command == "train":
             from .training import TrainingDiverged, train
 
             config = config_from_args(args)
+            if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
+                return _launch_with_torchrun(argv, args.nproc)
             if args.fresh:
                 _set_aside(run_path(config))
             try:
@@ -194,6 +239,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             except TrainingDiverged as error:
                 print(f"kernel-reg: training diverged: {error}", file=sys.stderr)
                 return 1
+        elif args.command == "sweep":
+            run_sweep_command(args)
         elif args.command == "evaluate":
             settings = eval_settings_from_args(args)
             runs = args.runs or [Path(args.root) / (args.experiment or "fmnist1000_vgg5") / args.name]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -120,6 +121,28 @@ class Config:
         if unknown:
             raise ValueError(f"unknown config keys {unknown}; valid keys: {sorted(known)}")
         return cls(**values)
+
+
+def parse_bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"not a boolean: {text!r} (use true or false)")
+
+
+def field_types() -> dict[str, Callable[[str], Any]]:
+    """Per Config field, the parser of its value from text (int, float, bool or str)."""
+    parsers: dict[str, Callable[[str], Any]] = {}
+    for f in dataclasses.fields(Config):
+        text = str(f.type)
+        parser: Callable[[str], Any] = str
+        for name, kind in (("bool", parse_bool), ("int", int), ("float", float)):
+            if text.startswith(name):
+                parser = kind
+                break
+        parsers[f.name] = parser
+    return parsers
 
 
 def _cifar(n_train: int | None, model: str, aug: bool = True) -> dict[str, Any]:

@@ -33,6 +33,7 @@ from ._guards import (
     project_l2,
 )
 from .deformations import RandomDeformation, deform, tangent
+from .distributed import SINGLE, Group
 
 Penalty = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -76,6 +77,16 @@ def _own_class_logits(model: nn.Module, inputs: torch.Tensor, classes: torch.Ten
     return logits.gather(2, classes.view(c, 1, 1).expand(c, n, 1)).squeeze(2)
 
 
+def _draw_fields(sampler: RandomDeformation, group: Group, x: torch.Tensor, m: int) -> torch.Tensor:
+    """``m`` random displacement fields per example of the image batch x: (n, m, H, W, 2)."""
+    height, width = x.shape[-2:]
+
+    def sample(count: int) -> torch.Tensor:
+        return sampler.sample(count * m, height, width, device=x.device, dtype=x.dtype).view(count, m, height, width, 2)
+
+    return group.draw(sample, x.shape[0])
+
+
 def _logits_in_chunks(model: nn.Module, inputs: torch.Tensor, chunk_size: int) -> torch.Tensor:
     """Logits of a large batch, ``chunk_size`` examples per forward pass, without a graph."""
     with torch.no_grad():
@@ -86,17 +97,21 @@ class GradientPenalty:
     """||grad f||^2, the supremum gradient penalty.
 
     lmbda * sum_j ||grad_x f_j(x_{i_j})||_2^2,  i_j = argmax_i ||grad_x f_j(x_i)||_2^2.
+
+    Supremum penalties take a ``group`` (``distributed.Group``): on several processes the maximiser is
+    sought over the global batch.
     """
 
-    def __init__(self, lmbda: float = 0.1) -> None:
+    def __init__(self, lmbda: float = 0.1, group: Group = SINGLE) -> None:
         self.lmbda = check_nonnegative("lmbda", lmbda)
+        self.group = group
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         with preserved_state(model):
             _, grads = class_input_gradients(model, x)  # (n, k, *shape)
-            winners = grads.flatten(2).pow(2).sum(2).argmax(0)  # (k,)
-            selected = _selected_class_gradients(model, x[winners])
-            return self.lmbda * selected.pow(2).sum()
+            scores, winners = grads.flatten(2).pow(2).sum(2).max(0)  # (k,)
+            terms = _selected_class_gradients(model, x[winners]).flatten(1).pow(2).sum(1)
+            return self.lmbda * self.group.supremum_sum(terms, scores)
 
 
 class AdversarialPerturbationPenalty:
@@ -108,8 +123,13 @@ class AdversarialPerturbationPenalty:
 
         lmbda * sum_j (f_j(x_{i_j} + d_{i_j j}) - f_j(x_{i_j}))^2,
 
-    gradients flowing through both terms. The search forwards k copies of the batch, ``chunk_size``
-    examples at a time (default: the batch size, one class per pass).
+    gradients flowing through both terms.
+
+    The first step, from d = 0, needs only the per-class input gradients of the clean batch (one forward,
+    k input-only backward passes); the other steps forward k copies of the batch, ``chunk_size`` examples
+    at a time (default: the batch size, one class per pass). With ``candidates=m``, only the m examples of
+    steepest ascent per class (largest ||grad_x f_j(x_i)||) continue after the first step: the search
+    then costs about m / n of the exact one, and is exact when m >= n.
     """
 
     def __init__(
@@ -119,44 +139,66 @@ class AdversarialPerturbationPenalty:
         step_size: float | None = None,
         lmbda: float = 1.0,
         chunk_size: int | None = None,
+        candidates: int | None = None,
+        group: Group = SINGLE,
     ) -> None:
+        self.group = group
         self.eps = check_positive("eps", eps)
         self.steps = check_int("steps", steps)
         self.step_size = 1.5 * self.eps / self.steps if step_size is None else check_positive("step_size", step_size)
         self.lmbda = check_nonnegative("lmbda", lmbda)
         self.chunk_size = None if chunk_size is None else check_int("chunk_size", chunk_size)
+        self.candidates = None if candidates is None else check_int("candidates", candidates)
 
-    def _search(self, model: nn.Module, x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Ascent for all (class, example) pairs: perturbations d (k, n, *shape) and f_j(x_i + d_ij) (k, n)."""
-        n = x.shape[0]
-        classes_per_pass = max(1, (self.chunk_size or n) // n)
+    def _step(self, delta: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+        """One normalised ascent step and projection, for a batch of (pair, *shape) perturbations."""
+        return project_l2(delta + self.step_size * normalize_l2(grad), self.eps)
+
+    def _ascend(self, model: nn.Module, x_pool: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+        """The remaining steps for pairs (class j, x_pool[j, i]) from ``delta`` (k, m, *shape): the final
+        perturbations and f_j(x_pool[j, i] + d) (k, m)."""
+        k, m = x_pool.shape[:2]
+        classes_per_pass = max(1, (self.chunk_size or m) // m)
         deltas, values = [], []
-        for classes in torch.arange(k, device=x.device).split(classes_per_pass):
-            x_rep = x.detach().unsqueeze(0).expand(classes.numel(), *x.shape)
-            delta = torch.zeros_like(x_rep)
-            for _ in range(self.steps):
-                delta.requires_grad_(True)
-                gain = _own_class_logits(model, x_rep + delta, classes).sum()
-                grad = torch.autograd.grad(gain, delta)[0].flatten(0, 1)
-                moved = delta.detach().flatten(0, 1) + self.step_size * normalize_l2(grad)
-                delta = project_l2(moved, self.eps).view_as(x_rep)
+        for classes in torch.arange(k, device=x_pool.device).split(classes_per_pass):
+            x_rep, d = x_pool[classes], delta[classes]
+            for _ in range(self.steps - 1):
+                d.requires_grad_(True)
+                gain = _own_class_logits(model, x_rep + d, classes).sum()
+                grad = torch.autograd.grad(gain, d)[0]
+                d = self._step(d.detach().flatten(0, 1), grad.flatten(0, 1)).view_as(x_rep)
             with torch.no_grad():
-                values.append(_own_class_logits(model, x_rep + delta, classes))
-            deltas.append(delta)
+                values.append(_own_class_logits(model, x_rep + d, classes))
+            deltas.append(d)
         return torch.cat(deltas), torch.cat(values)
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        return self.lmbda * self.group.supremum_sum(*self.search(model, x))
+
+    def class_terms(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """The unweighted terms (f_j(x_{i_j} + d) - f_j(x_{i_j}))^2 of each class j on this batch, (k,)."""
+        return self.search(model, x)[0]
+
+    def search(self, model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The terms of each class (k,), with their graph, and the increases that selected them (k,)."""
+        n = x.shape[0]
+        x = x.detach()
         with preserved_state(model):
-            with torch.no_grad():
-                clean = check_logits(model(x), x.shape[0])  # (n, k)
-            k = clean.shape[1]
-            deltas, perturbed = self._search(model, x, k)  # (k, n, *shape), (k, n)
-            winners = (perturbed - clean.T).argmax(1)  # (k,)
+            clean, grads = class_input_gradients(model, x)  # (n, k), (n, k, *shape)
+            clean, k = clean.detach(), clean.shape[1]
             classes = torch.arange(k, device=x.device)
-            x_sel = x[winners].detach()
-            logits = model(torch.cat([x_sel + deltas[classes, winners], x_sel]))
+            if self.candidates is not None and self.candidates < n:
+                pool = grads.flatten(2).norm(dim=2).topk(self.candidates, dim=0).indices.T  # (k, m)
+            else:
+                pool = torch.arange(n, device=x.device).expand(k, n)
+            first = grads.transpose(0, 1)[classes[:, None], pool]  # (k, m, *shape): grad f_j at pool[j]
+            delta = self._step(torch.zeros_like(first).flatten(0, 1), first.flatten(0, 1)).view_as(first)
+            deltas, perturbed = self._ascend(model, x[pool], delta)  # (k, m, *shape), (k, m)
+            scores, best = (perturbed - clean.T.gather(1, pool)).max(1)  # (k,)
+            x_sel = x[pool[classes, best]]
+            logits = model(torch.cat([x_sel + deltas[classes, best], x_sel]))
             increase = logits[:k].diagonal() - logits[k:].diagonal()
-            return self.lmbda * increase.pow(2).sum()
+            return increase.pow(2), scores
 
 
 class LossGradientPenalty:
@@ -192,7 +234,10 @@ class VATPenalty:
     draw. As in VAT, p(.|x) is held constant (no gradient through the clean prediction).
     """
 
-    def __init__(self, alpha: float = 1.0, eps: float = 1.0, xi: float = 1e-6, iters: int = 1) -> None:
+    def __init__(
+        self, alpha: float = 1.0, eps: float = 1.0, xi: float = 1e-6, iters: int = 1, group: Group = SINGLE
+    ) -> None:
+        self.group = group
         self.alpha = check_nonnegative("alpha", alpha)
         self.eps = check_positive("eps", eps)
         self.xi = check_positive("xi", xi)
@@ -203,7 +248,7 @@ class VATPenalty:
             x = x.detach()
             with torch.no_grad():
                 clean = check_logits(model(x), x.shape[0])
-            direction = torch.randn_like(x)
+            direction = self.group.draw(lambda c: torch.randn(c, *x.shape[1:], device=x.device, dtype=x.dtype), len(x))
             for _ in range(self.iters):
                 probe = (self.xi * normalize_l2(direction)).requires_grad_(True)
                 direction = torch.autograd.grad(_kl(clean, model(x + probe)), probe)[0]
@@ -214,8 +259,11 @@ class VATPenalty:
 class DeformationStabilityPenalty:
     """||f||_tau^2, stability to deformations.
 
-    lmbda * sum_j max_{i, m} (f_j(T_{v_im} x_i) - f_j(x_i))^2 over ``deformations`` random fields v_im
+    lmbda * sum_j max_{i, r} (f_j(T_{v_ir} x_i) - f_j(x_i))^2 over ``deformations`` random fields v_ir
     per example (see ``deformations.RandomDeformation``). Inputs are image batches (n, C, H, W).
+
+    With ``candidates=m``, every example is first deformed by its first field only, and the other fields
+    are tried on the m examples per class that this moved most: exact when m >= n.
     """
 
     def __init__(
@@ -224,27 +272,47 @@ class DeformationStabilityPenalty:
         deformations: int = 4,
         sampler: RandomDeformation | None = None,
         chunk_size: int = 512,
+        candidates: int | None = None,
+        group: Group = SINGLE,
     ) -> None:
+        self.group = group
         self.lmbda = check_nonnegative("lmbda", lmbda)
         self.deformations = check_int("deformations", deformations)
         self.sampler = sampler or RandomDeformation()
         self.chunk_size = check_int("chunk_size", chunk_size)
+        self.candidates = None if candidates is None else check_int("candidates", candidates)
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        return self.lmbda * self.group.supremum_sum(*self.search(model, x))
+
+    def class_terms(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """The unweighted terms (f_j(T x_{i_j}) - f_j(x_{i_j}))^2 of each class j on this batch, (k,)."""
+        return self.search(model, x)[0]
+
+    def search(self, model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The terms of each class (k,), with their graph, and the changes that selected them (k,)."""
         n, m = x.shape[0], self.deformations
         x = x.detach()
         with preserved_state(model):
-            fields = self.sampler.sample(n * m, *x.shape[-2:], device=x.device, dtype=x.dtype)
-            x_rep = x.repeat_interleave(m, dim=0)  # row i * m + r is example i
+            fields = _draw_fields(self.sampler, self.group, x, m)  # (n, m, H, W, 2): field r of example i
             with torch.no_grad():
-                clean = check_logits(model(x), n)
-            moved = _logits_in_chunks(model, deform(x_rep, fields), self.chunk_size)
-            k = clean.shape[1]
-            winners = (moved - clean.repeat_interleave(m, dim=0)).pow(2).argmax(0)  # (k,) rows of x_rep
-            x_sel = x_rep[winners]
-            logits = model(torch.cat([deform(x_sel, fields[winners]), x_sel]))
+                clean = check_logits(model(x), n)  # (n, k)
+                k = clean.shape[1]
+                changes = torch.full((n, m, k), -1.0, device=x.device, dtype=clean.dtype)  # -1: not tried
+                changes[:, 0] = (model(deform(x, fields[:, 0])) - clean).pow(2)
+            rows = torch.arange(n, device=x.device)
+            if self.candidates is not None and self.candidates < n:
+                rows = changes[:, 0].topk(self.candidates, dim=0).indices.flatten().unique()
+            if m > 1:
+                moved = deform(x[rows].repeat_interleave(m - 1, dim=0), fields[rows, 1:].flatten(0, 1))
+                rest = _logits_in_chunks(model, moved, self.chunk_size).view(len(rows), m - 1, k)
+                changes[rows, 1:] = (rest - clean[rows, None]).pow(2)
+            scores, winners = changes.flatten(0, 1).max(0)  # (k,), indices i * m + r
+            examples, which = winners // m, winners % m
+            x_sel = x[examples]
+            logits = model(torch.cat([deform(x_sel, fields[examples, which]), x_sel]))
             change = logits[:k].diagonal() - logits[k:].diagonal()
-            return self.lmbda * change.pow(2).sum()
+            return change.pow(2), scores
 
 
 class TangentGradientPenalty:
@@ -254,23 +322,29 @@ class TangentGradientPenalty:
     random fields per example (see ``deformations.tangent``). Inputs are image batches (n, C, H, W).
     """
 
-    def __init__(self, lmbda: float = 0.1, deformations: int = 4, sampler: RandomDeformation | None = None) -> None:
+    def __init__(
+        self,
+        lmbda: float = 0.1,
+        deformations: int = 4,
+        sampler: RandomDeformation | None = None,
+        group: Group = SINGLE,
+    ) -> None:
+        self.group = group
         self.lmbda = check_nonnegative("lmbda", lmbda)
         self.deformations = check_int("deformations", deformations)
         self.sampler = sampler or RandomDeformation()
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        n, m = x.shape[0], self.deformations
+        m = self.deformations
         x = x.detach()
         with preserved_state(model):
-            fields = self.sampler.sample(n * m, *x.shape[-2:], device=x.device, dtype=x.dtype)
-            tangents = tangent(x, fields.view(n, m, *fields.shape[1:])).flatten(2)  # (n, m, D)
+            tangents = tangent(x, _draw_fields(self.sampler, self.group, x, m)).flatten(2)  # (n, m, D)
             _, grads = class_input_gradients(model, x)  # (n, k, *shape)
             scores = torch.einsum("nkd,nmd->nkm", grads.flatten(2), tangents).pow(2).sum(2)  # (n, k)
-            winners = scores.argmax(0)  # (k,)
+            best, winners = scores.max(0)  # (k,)
             selected = _selected_class_gradients(model, x[winners]).flatten(1)  # (k, D)
-            directional = torch.einsum("kd,kmd->km", selected, tangents[winners])
-            return self.lmbda * directional.pow(2).sum()
+            terms = torch.einsum("kd,kmd->km", selected, tangents[winners]).pow(2).sum(1)
+            return self.lmbda * self.group.supremum_sum(terms, best)
 
 
 class FirstExamples:

@@ -18,12 +18,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
-from . import penalties, spectral
+from . import distributed, penalties, spectral
 from .attacks import PGDL2, PGDLinf
 from .config import Config
 from .data import Splits, batches, random_crop_flip
 from .deformations import RandomDeformation
+from .distributed import SINGLE, Group
 from .evaluation import accuracy
 from .rundir import (
     CHECKPOINT,
@@ -60,20 +62,21 @@ class Regularizers:
         return next((p for p in self.penalties.values() if isinstance(p, spectral.SpectralNormPenalty)), None)
 
 
-def build_regularizers(config: Config) -> Regularizers:
-    """The penalties, attack and projection named by ``config.regs``, with the config's strengths."""
+def build_regularizers(config: Config, group: Group = SINGLE) -> Regularizers:
+    """The penalties, attack and projection named by ``config.regs``, with the config's strengths; on
+    several processes (``group``), suprema and per-example noise span the global batch."""
     deformation = RandomDeformation(amplitude=config.deform_amplitude)
     makers: dict[str, Callable[[], penalties.Penalty]] = {
-        "adv-perturbation": lambda: penalties.AdversarialPerturbationPenalty(config.epsilon, config.steps),
-        "gradient-penalty": lambda: penalties.GradientPenalty(config.lmbda),
+        "adv-perturbation": lambda: penalties.AdversarialPerturbationPenalty(config.epsilon, config.steps, group=group),
+        "gradient-penalty": lambda: penalties.GradientPenalty(config.lmbda, group),
         "loss-gradl2": lambda: penalties.LossGradientPenalty(config.lmbda, "l2"),
         "loss-gradl1": lambda: penalties.LossGradientPenalty(config.lmbda, "l1"),
-        "vat": lambda: penalties.VATPenalty(config.vat_alpha, config.epsilon, config.vat_xi),
+        "vat": lambda: penalties.VATPenalty(config.vat_alpha, config.epsilon, config.vat_xi, group=group),
         "stability": lambda: penalties.DeformationStabilityPenalty(
-            config.lmbdast, config.stability_tr_per_ex, deformation
+            config.lmbdast, config.stability_tr_per_ex, deformation, group=group
         ),
         "gradtangent": lambda: penalties.TangentGradientPenalty(
-            config.lmbdatan, config.stability_num_deformations, deformation
+            config.lmbdatan, config.stability_num_deformations, deformation, group=group
         ),
         "penalize-sn-pi": lambda: spectral.SpectralNormPenalty(config.lmbdasn, "power", config.nb_it),
         "penalize-sn-svd": lambda: spectral.SpectralNormPenalty(config.lmbdasn, "svd"),
@@ -86,9 +89,9 @@ def build_regularizers(config: Config) -> Regularizers:
                 penalty = penalties.FirstExamples(penalty, config.stability_ex_per_batch)
             built.penalties[reg] = penalty
     if "pgd-l2" in config.regs:
-        built.attack = PGDL2(config.epsilon, config.steps)
+        built.attack = PGDL2(config.epsilon, config.steps, group=group)
     if "pgd-linf" in config.regs:
-        built.attack = PGDLinf(config.epsilon, config.steps, config.linf_step_size)
+        built.attack = PGDLinf(config.epsilon, config.steps, config.linf_step_size, group=group)
     return built
 
 
@@ -125,7 +128,7 @@ def rkhs_bracket(model: nn.Module, probe_x: torch.Tensor, probe_eps: float) -> d
     )
 
 
-def _prepare_run_dir(config: Config, log: Log) -> tuple[Path, dict | None]:
+def _prepare_run_dir(config: Config, log: Log, write: bool = True) -> tuple[Path, dict | None]:
     """The run folder with config.json written, and the checkpoint to resume from, if any."""
     run_dir = run_path(config)
     checkpoint = run_dir / CHECKPOINT
@@ -145,7 +148,8 @@ def _prepare_run_dir(config: Config, log: Log) -> tuple[Path, dict | None]:
         state = torch.load(checkpoint, map_location="cpu", weights_only=False)
     else:
         state = None
-    atomic_write_text(run_dir / CONFIG, config.to_json())
+    if write:
+        atomic_write_text(run_dir / CONFIG, config.to_json())
     return run_dir, state
 
 
@@ -159,18 +163,32 @@ def _progress(iterable, total: int, description: str):  # type: ignore[no-untype
 
 
 def train(config: Config, log: Log = print) -> list[dict]:
-    """Train as ``config`` says, resuming from the run folder's checkpoint if there is one; returns the metrics."""
-    device = resolve_device(config.device)
+    """Train as ``config`` says, resuming from the run folder's checkpoint if there is one; returns the metrics.
+
+    Under torchrun (WORLD_SIZE > 1) every process trains its shard of each global batch with
+    DistributedDataParallel; rank 0 alone logs and writes."""
+    group, rank_device = distributed.setup()
+    try:
+        return _train(config, log if group.is_main else lambda _: None, group, rank_device)
+    finally:
+        distributed.teardown(group)
+
+
+def _train(config: Config, log: Log, group: Group, rank_device: torch.device | None) -> list[dict]:
+    device = rank_device or resolve_device(config.device)
     splits: Splits = load_splits(config, device)
     model = build_model(config, device)
+    trained: nn.Module = model
+    if group.world > 1:
+        trained = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.wd)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, config.sched_step, config.sched_gamma)
-    regs = build_regularizers(config)
+    regs = build_regularizers(config, group)
     data_rng = torch.Generator().manual_seed(config.seed)
     augment = build_augmentation(config, splits.train_x.shape[1], data_rng)
     probe_x = splits.train_x[: config.probe_size]
 
-    run_dir, state = _prepare_run_dir(config, log)
+    run_dir, state = _prepare_run_dir(config, log, write=group.is_main)
     metrics: list[dict] = []
     best: dict | None = None  # the weights of best validation accuracy, which evaluation uses
     start_epoch = 0
@@ -200,17 +218,19 @@ def train(config: Config, log: Log = print) -> list[dict]:
             batches(splits.train_x, splits.train_y, config.batch_size, data_rng), steps, f"epoch {epoch}"
         ):
             if augment is not None:
-                x = augment(x)
+                x = augment(x)  # on the global batch, so that each example's draw is that of one process
+            shard = group.shard(len(x))
+            x, y = x[shard], y[shard]
             if regs.attack is not None:
                 x = regs.attack(model, x, y)
-            terms = {"cross-entropy": F.cross_entropy(model(x), y)}
+            terms = {"cross-entropy": F.cross_entropy(trained(x), y)}
             terms.update({name: penalty(model, x, y) for name, penalty in regs.penalties.items()})
             total = torch.stack(list(terms.values())).sum()
-            if not torch.isfinite(total):
-                name = next(name for name, value in terms.items() if not torch.isfinite(value))
+            if group.any(~torch.isfinite(total)):
+                name = next((name for name, value in terms.items() if not torch.isfinite(value)), "another rank's loss")
+                value = float(terms[name].detach()) if name in terms else float("nan")
                 raise TrainingDiverged(
-                    f"{name} became {float(terms[name].detach())} at epoch {epoch}; "
-                    f"the last good checkpoint is kept in {run_dir}"
+                    f"{name} became {value} at epoch {epoch}; the last good checkpoint is kept in {run_dir}"
                 )
             optimizer.zero_grad(set_to_none=True)
             total.backward()
@@ -240,14 +260,14 @@ def train(config: Config, log: Log = print) -> list[dict]:
                 best = dict(epoch=epoch, val_acc=record["val_acc"], model=_cpu_copy(model.state_dict()))
             metrics.append(record)
             log(_format(record))
-            spectral_state = regs.spectral_penalty.state_dict() if regs.spectral_penalty is not None else {}
-            rng = {
-                "torch": torch.get_rng_state(),
-                "data": data_rng.get_state(),
-                "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-            }
-            atomic_torch_save(
-                dict(
+            if group.is_main:
+                spectral_state = regs.spectral_penalty.state_dict() if regs.spectral_penalty is not None else {}
+                rng = {
+                    "torch": torch.get_rng_state(),
+                    "data": data_rng.get_state(),
+                    "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+                }
+                checkpoint = dict(
                     model=model.state_dict(),
                     optimizer=optimizer.state_dict(),
                     scheduler=scheduler.state_dict(),
@@ -256,10 +276,9 @@ def train(config: Config, log: Log = print) -> list[dict]:
                     best=best,
                     rng=rng,
                     spectral={k: v.cpu() for k, v in spectral_state.items()},
-                ),
-                run_dir / CHECKPOINT,
-            )
-            write_metrics(run_dir, metrics)
+                )
+                atomic_torch_save(checkpoint, run_dir / CHECKPOINT)
+                write_metrics(run_dir, metrics)
     return metrics
 
 

@@ -1,0 +1,228 @@
+"""What one regularized training step costs, as a multiple of a plain step.
+
+    python bench/step_cost.py                       # VGG-11 (3x32x32) and VGG-5 (1x28x28), every regularizer
+    python bench/step_cost.py --models vgg5 --configs plain grad-penalty --steps 7
+    python bench/step_cost.py --agreement           # candidate pre-selection vs exact search, real data
+
+Each configuration runs in its own process (2 warm-up steps, then the median of ``--steps`` timed steps
+and the process's peak memory) on a batch of 128 random inputs in [0, 1], SGD with momentum 0.9. A step
+is forward, loss, penalty, backward, optimizer step, and the projection after it where there is one.
+The floor is what the arithmetic needs, in forward passes F (a plain step is about 3F; an input-only
+backward pass is about F).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from kernel_reg import attacks, models, penalties, spectral
+
+K, STEPS = 10, 5  # classes; inner steps of ||f||_delta^2 and PGD
+
+# name -> (what it builds, floor formula in F, floor ratio to 3F)
+CONFIGS: dict[str, tuple[Callable[[], dict], str, float]] = {
+    "plain": (lambda: {}, "3F", 1.0),
+    "grad-penalty": (
+        lambda: {"penalty": penalties.GradientPenalty(0.1)},
+        "3F + (1 + k)F",
+        (3 + 1 + K) / 3,
+    ),
+    "adv-perturbation": (
+        lambda: {"penalty": penalties.AdversarialPerturbationPenalty(1.0, STEPS)},
+        "3F + (1 + k)F + k(2(s - 1) + 1)F",
+        (3 + 1 + K + K * (2 * (STEPS - 1) + 1)) / 3,
+    ),
+    "adv-perturbation-replicated": (
+        lambda: {"penalty": penalties.AdversarialPerturbationPenalty(1.0, STEPS, chunk_size=K * 128)},
+        "as above, k copies in one batch",
+        (3 + 1 + K + K * (2 * (STEPS - 1) + 1)) / 3,
+    ),
+    "adv-perturbation-m16": (
+        lambda: {"penalty": penalties.AdversarialPerturbationPenalty(1.0, STEPS, candidates=16)},
+        "3F + (1 + k)F + k(m/n)(2(s - 1) + 1)F",
+        (3 + 1 + K + K * 16 / 128 * (2 * (STEPS - 1) + 1)) / 3,
+    ),
+    "loss-gradl2": (
+        lambda: {"penalty": penalties.LossGradientPenalty(0.1)},
+        "3F + F + F + 2F (double backward)",
+        7 / 3,
+    ),
+    "pgd-l2": (lambda: {"attack": attacks.PGDL2(1.0, STEPS)}, "3F + 2sF", (3 + 2 * STEPS) / 3),
+    "pgd-linf": (lambda: {"attack": attacks.PGDLinf(8 / 255, STEPS, 2 / 255)}, "3F + 2sF", (3 + 2 * STEPS) / 3),
+    "vat": (lambda: {"penalty": penalties.VATPenalty()}, "3F + F + 2F + 2F", 8 / 3),
+    "stability": (
+        lambda: {"penalty": penalties.DeformationStabilityPenalty(0.1, deformations=4)},
+        "3F + F + mF (m = 4 fields)",
+        (3 + 1 + 4) / 3,
+    ),
+    "gradtangent": (
+        lambda: {"penalty": penalties.TangentGradientPenalty(0.1, deformations=4)},
+        "3F + (1 + k)F",
+        (3 + 1 + K) / 3,
+    ),
+    "project-sn": (lambda: {"project": True}, "3F + one eigh per layer", 1.0),
+    "penalize-sn-pi": (
+        lambda: {"penalty": spectral.SpectralNormPenalty(0.01, "power", 2)},
+        "3F + 2 matvecs per layer",
+        1.0,
+    ),
+    "penalize-sn-svd": (
+        lambda: {"penalty": spectral.SpectralNormPenalty(0.01, "svd")},
+        "3F + one eigh per layer",
+        1.0,
+    ),
+}
+MODELS = {"vgg11": (models.vgg11, (3, 32, 32)), "vgg5": (models.vgg5_stable, (1, 28, 28))}
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def run_child(model_name: str, config_name: str, steps: int, warmup: int, device: torch.device) -> dict:
+    """Time one configuration in this process."""
+    torch.manual_seed(0)
+    build, shape = MODELS[model_name]
+    model = build().to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    x = torch.rand(128, *shape, device=device)
+    y = torch.randint(0, K, (128,), device=device)
+    parts = CONFIGS[config_name][0]()
+
+    def step() -> None:
+        inputs = parts["attack"](model, x, y) if "attack" in parts else x
+        loss = F.cross_entropy(model(inputs), y)
+        if "penalty" in parts:
+            loss = loss + parts["penalty"](model, inputs, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if parts.get("project"):
+            spectral.project_(model, 1.0)
+
+    times = []
+    for i in range(warmup + steps):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        began = time.perf_counter()
+        step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if i >= warmup:
+            times.append(time.perf_counter() - began)
+    return {"seconds": statistics.median(times), "all_seconds": times, "peak_mb": peak_memory_mb(device)}
+
+
+def agreement(device: torch.device, batches: int = 10) -> list[dict]:
+    """How often candidate pre-selection finds the exact search's maximiser, per class, on real data:
+    a VGG-5 trained 3 epochs on 1000 embedded Fashion-MNIST images, test batches of 128."""
+    from kernel_reg.data import EMBEDDED, load_arrays, make_splits
+
+    torch.manual_seed(0)
+    splits = make_splits(load_arrays("fashion-mnist", EMBEDDED), 1000, 0, 0, device)
+    model = models.vgg5_stable().to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    for _ in range(3):
+        for start in range(0, 1000, 128):
+            loss = F.cross_entropy(model(splits.train_x[start : start + 128]), splits.train_y[start : start + 128])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    rows = []
+    for name, make in (
+        ("||f||_delta^2", lambda m: penalties.AdversarialPerturbationPenalty(1.0, STEPS, candidates=m)),
+        ("||f||_tau^2", lambda m: penalties.DeformationStabilityPenalty(1.0, deformations=4, candidates=m)),
+    ):
+        for m in (4, 16, 32):
+            same, ratio, seconds = 0, [], [0.0, 0.0]
+            for b in range(batches):
+                x = splits.test_x[b * 128 : (b + 1) * 128]
+                values = []
+                for i, penalty in enumerate((make(None), make(m))):
+                    torch.manual_seed(b)  # the same deformations for both
+                    began = time.perf_counter()
+                    values.append(penalty.class_terms(model, x).detach())
+                    seconds[i] += time.perf_counter() - began
+                same += int((values[0] == values[1]).sum())
+                ratio.append(float(values[1].sum() / values[0].sum()))
+            rows.append(
+                dict(
+                    penalty=name,
+                    candidates=m,
+                    same_maximiser=same / (batches * K),
+                    value_ratio=statistics.mean(ratio),
+                    speedup=seconds[0] / seconds[1],
+                )
+            )
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--json", help="also write the raw figures to this file")
+    parser.add_argument("--agreement", action="store_true", help="measure candidate pre-selection on real data")
+    parser.add_argument("--child", nargs=2, metavar=("MODEL", "CONFIG"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+
+    if args.child:
+        print(json.dumps(run_child(*args.child, args.steps, args.warmup, device)))
+        return
+    if args.agreement:
+        print("| penalty | candidates m | same maximiser (per class) | value / exact | speed-up |")
+        print("|---|---|---|---|---|")
+        for row in agreement(device):
+            print(
+                f"| {row['penalty']} | {row['candidates']} | {100 * row['same_maximiser']:.0f}% | "
+                f"{row['value_ratio']:.3f} | {row['speedup']:.1f}x |"
+            )
+        return
+
+    machine = platform.processor() or platform.machine()
+    print(f"device {device}, {args.threads} threads, torch {torch.__version__}, {machine}")
+    print("| model | step | s/step | ratio | peak MB | floor | floor ratio |")
+    print("|---|---|---|---|---|---|---|")
+    results: dict = {}
+    for model_name in args.models:
+        plain = None
+        for config_name in args.configs:
+            command = [sys.executable, __file__, "--child", model_name, config_name, "--steps", str(args.steps)]
+            command += ["--warmup", str(args.warmup), "--threads", str(args.threads), "--device", args.device]
+            out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+            figures = json.loads(out.strip().splitlines()[-1])
+            results[f"{model_name}/{config_name}"] = figures
+            plain = figures["seconds"] if config_name == "plain" else plain
+            ratio = f"{figures['seconds'] / plain:.2f}x" if plain else "-"
+            _, floor, floor_ratio = CONFIGS[config_name]
+            print(
+                f"| {model_name} | {config_name} | {figures['seconds']:.3f} | {ratio} | {figures['peak_mb']:.0f} | "
+                f"{floor} | {floor_ratio:.2f}x |",
+                flush=True,
+            )
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
