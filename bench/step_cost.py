@@ -143,8 +143,8 @@ def agreement(device: torch.device, batches: int = 10) -> list[dict]:
             optimizer.step()
     rows = []
     for name, make in (
-        ("||f||_delta^2", lambda m: penalties.AdversarialPerturbationPenalty(1.0, STEPS, candidates=m)),
-        ("||f||_tau^2", lambda m: penalties.DeformationStabilityPenalty(1.0, deformations=4, candidates=m)),
+        ("adv-perturbation", lambda m: penalties.AdversarialPerturbationPenalty(1.0, STEPS, candidates=m)),
+        ("stability", lambda m: penalties.DeformationStabilityPenalty(1.0, deformations=4, candidates=m)),
     ):
         for m in (4, 16, 32):
             same, ratio, seconds = 0, [], [0.0, 0.0]
