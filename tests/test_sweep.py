@@ -29,13 +29,13 @@ def test_grids_expand_to_named_typed_runs(tmp_path):
     names = [c.name for c in configs]
     assert names == [
         "gradient-penalty+project-sn_lmbda0.01_tau1.5_s0",
-        "gradient-penalty+project-sn_lmbda0.01_tau1.5_s1",
         "gradient-penalty+project-sn_lmbda0.1_tau1.5_s0",
-        "gradient-penalty+project-sn_lmbda0.1_tau1.5_s1",
         "none_s0",
+        "gradient-penalty+project-sn_lmbda0.01_tau1.5_s1",
+        "gradient-penalty+project-sn_lmbda0.1_tau1.5_s1",
         "none_s1",
     ]
-    assert [c.shuf_seed for c in configs[:2]] == [0, 1] and configs[2].lmbda == 0.1
+    assert [c.shuf_seed for c in configs] == [0, 0, 0, 1, 1, 1] and configs[1].lmbda == 0.1
     (tmp_path / "grid.yaml").write_text("- reg: [pgd-l2]\n  epsilon: [0.5, 1.0]\n- {reg: [none]}\n")
     assert load_grid_file(tmp_path / "grid.yaml") == [{"regs": [("pgd-l2",)], "epsilon": [0.5, 1.0]}, {"regs": [()]}]
     (tmp_path / "grid.json").write_text(json.dumps({"reg": "vat", "vat_alpha": [1, 2]}))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -77,12 +78,13 @@ def run_name(config: Config) -> str:
 
 
 def expand(base: Config, grids: Sequence[Grid], seeds: int) -> list[Config]:
-    """Every point of every grid, for training-subset seeds 0..seeds-1, each named by ``run_name``."""
+    """Every point of every grid for training-subset seeds 0..seeds-1, each named by ``run_name``; seed by
+    seed, so that a sweep cut short has covered every method once before it repeats any."""
     configs: dict[str, Config] = {}
-    for grid in grids:
-        keys = list(grid)
-        for values in itertools.product(*(grid[k] for k in keys)):
-            for seed in range(seeds):
+    for seed in range(seeds):
+        for grid in grids:
+            keys = list(grid)
+            for values in itertools.product(*(grid[k] for k in keys)):
                 config = base.replace(**dict(zip(keys, values)), shuf_seed=seed)
                 config = config.replace(name=run_name(config))
                 configs.setdefault(config.name, config)
@@ -96,10 +98,14 @@ def finished(config: Config, evaluate: bool) -> bool:
     return done and (not evaluate or (run_path(config) / ROBUSTNESS).is_file())
 
 
-def run_job(config_values: dict, settings_values: dict | None) -> dict:
-    """One run of a sweep (what a submitit job executes): train, resuming, then evaluate if asked."""
+def run_job(config_values: dict, settings_values: dict | None, threads: int) -> dict:
+    """One run of a sweep (what a submitit job executes): train, resuming, then evaluate if asked, on
+    ``threads`` CPU threads (so that concurrent runs do not oversubscribe the cores)."""
+    import torch
+
     from .training import train
 
+    torch.set_num_threads(threads)
     config = Config.from_dict(config_values)
     metrics = train(config, log=lambda line: print(line, flush=True))
     summary = {"run": str(run_path(config)), "last": metrics[-1] if metrics else None}
@@ -154,7 +160,8 @@ def run_sweep(
     folder = Path(todo[0].root) / todo[0].experiment / ".submitit"
     executor = make_executor(folder, cluster)
     settings_values = asdict(settings) if settings is not None else None
-    arguments = [(asdict(c), settings_values) for c in todo]
+    threads = cluster.cpus_per_task if cluster.kind == "slurm" else max(1, (os.cpu_count() or 1) // cluster.jobs)
+    arguments = [(asdict(c), settings_values, threads) for c in todo]
     if cluster.kind == "slurm":
         jobs = executor.map_array(run_job, *zip(*arguments))
         log(f"submitted job array {jobs[0].job_id.split('_')[0]} ({len(jobs)} runs); logs in {folder}")
