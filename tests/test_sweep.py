@@ -105,3 +105,15 @@ def test_slurm_sweep_writes_the_job_array_it_would_submit(tmp_path, monkeypatch)
     assert "submitit.core._submit" in text
     pickles = list((tmp_path / "runs" / "fmnist1000_vgg5" / ".submitit").rglob("*_submitted.pkl"))
     assert len(pickles) == 4
+
+
+def test_report_marks_unfinished_runs_and_leaves_them_out_of_the_selection(tmp_path):
+    from kernel_reg.report import markdown_table
+    from kernel_reg.training import train
+
+    config = base(tmp_path, name="cut")
+    train(config, log=lambda _: None)
+    (run_path(config) / "config.json").write_text(config.replace(num_epochs=5).to_json())  # as if cut short
+    runs = collect_runs(tmp_path)
+    assert "| none (unfinished: epoch 1) |" in markdown_table(runs)
+    assert selection_table(runs) == ""

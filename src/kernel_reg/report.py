@@ -29,6 +29,10 @@ class RunSummary:
         return method_label(self.config)
 
     @property
+    def finished(self) -> bool:
+        return self.metrics[-1]["epoch"] == self.config.num_epochs - 1
+
+    @property
     def best(self) -> dict:
         """The evaluation of best validation accuracy (ties: the earliest), or the last one."""
         with_val = [m for m in self.metrics if m.get("val_acc") is not None]
@@ -68,7 +72,8 @@ def markdown_table(runs: list[RunSummary]) -> str:
         best = run.best
         params = ", ".join(f"{k}={v:g}" for k, v in hyperparameters(run.config).items()) or "-"
         rob = run.robustness or {}
-        row = [run.method, params, str(run.config.n_train or "all"), str(best["epoch"])]
+        method = run.method if run.finished else f"{run.method} (unfinished: epoch {run.metrics[-1]['epoch']})"
+        row = [method, params, str(run.config.n_train or "all"), str(best["epoch"])]
         row += [_percent(best.get("val_acc")), _percent(best["test_acc"]), _percent(rob.get("clean"))]
         row += [_percent(rob.get("l2", {}).get(k)) for k in l2_keys]
         row += [_percent(rob.get("linf", {}).get(k)) for k in linf_keys]
@@ -87,10 +92,10 @@ def markdown_table(runs: list[RunSummary]) -> str:
 
 def selection_table(runs: list[RunSummary]) -> str:
     """Per method, the hyperparameters of best mean validation accuracy over seeds (as the paper
-    selected them), and the test accuracy there: mean +- std over the seeds."""
+    selected them), and the test accuracy there: mean +- std over the seeds. Finished runs only."""
     groups: dict[tuple[str, str], list[RunSummary]] = defaultdict(list)
     for run in runs:
-        if run.best.get("val_acc") is not None:
+        if run.finished and run.best.get("val_acc") is not None:
             params = ", ".join(f"{k}={v:g}" for k, v in hyperparameters(run.config).items()) or "-"
             groups[(run.method, params)].append(run)
     if not groups:
