@@ -167,19 +167,19 @@ def test_penalties_leave_inputs_untouched(model, batch):
 
 def test_candidate_preselection_is_exact_with_enough_candidates_and_a_lower_bound_otherwise(model, batch):
     x, y = batch
-    exact = penalties.AdversarialPerturbationPenalty(eps=0.7, steps=3)(model, x, y)
+    exact = penalties.AdversarialPerturbationPenalty(eps=0.7, steps=3)(model, x, y).detach()
     assert torch.equal(
-        penalties.AdversarialPerturbationPenalty(eps=0.7, steps=3, candidates=len(x))(model, x, y), exact
+        penalties.AdversarialPerturbationPenalty(eps=0.7, steps=3, candidates=len(x))(model, x, y).detach(), exact
     )
     for m in (1, 2, 4):
-        fewer = penalties.AdversarialPerturbationPenalty(eps=0.7, steps=3, candidates=m)(model, x, y)
+        fewer = penalties.AdversarialPerturbationPenalty(eps=0.7, steps=3, candidates=m)(model, x, y).detach()
         assert float(fewer) <= float(exact) * (1 + 1e-12)  # a maximum over fewer (identical) ascents
     sampler = RandomDeformation(amplitude=1.5)
 
     def stability(candidates):
         torch.manual_seed(9)
         penalty = penalties.DeformationStabilityPenalty(1.0, deformations=3, sampler=sampler, candidates=candidates)
-        return penalty(model, x, y)
+        return penalty(model, x, y).detach()
 
     assert torch.equal(stability(len(x)), stability(None))
     assert float(stability(1)) <= float(stability(None)) * (1 + 1e-12)

@@ -77,7 +77,7 @@ def test_spectral_penalty_meets_numpy_svd(method):
     for _ in range(1 if method == "svd" else 300):  # persistent vectors: one step per call
         value = penalty(model)
     expected = [numpy_sigmas(layer.weight).max() for _, layer in spectral.spectral_layers(model)]
-    got = [float(s) for s in penalty.sigmas(model)]
+    got = [float(s.detach()) for s in penalty.sigmas(model)]
     np.testing.assert_allclose(got, expected, rtol=1e-4)
     assert float(value) == pytest.approx(0.3 * sum(s**2 for s in expected), rel=1e-4)
 
