@@ -145,7 +145,7 @@ def operator_norm(layer: nn.Module, input_shape: Sequence[int], iters: int = 500
         for _ in range(iters):
             v_in = v.view(1, *input_shape).requires_grad_(True)
             out = apply(v_in)
-            new_sigma = float(out.norm())
+            new_sigma = float(out.detach().norm())
             normal = torch.autograd.grad(out, v_in, grad_outputs=out)[0].flatten()  # A^T A v
             v = F.normalize(normal, dim=0)
             if abs(new_sigma - sigma) <= tol * new_sigma:
