@@ -88,9 +88,14 @@ def check_logits(logits: torch.Tensor, batch_size: int) -> torch.Tensor:
     return logits
 
 
+def per_example(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Per-example values (n,) shaped (n, 1, ..., 1) to broadcast against a batch like ``like``."""
+    return values.view(-1, *([1] * (like.dim() - 1)))
+
+
 def flat_norm(t: torch.Tensor) -> torch.Tensor:
     """Per-example l2 norms of a batch, shaped (n, 1, ..., 1) to broadcast against it."""
-    return t.flatten(1).norm(dim=1).view(-1, *([1] * (t.dim() - 1)))
+    return per_example(t.flatten(1).norm(dim=1), t)
 
 
 def project_l2(delta: torch.Tensor, eps: float) -> torch.Tensor:

@@ -20,6 +20,7 @@ from ._guards import (
     check_logits,
     check_positive,
     normalize_l2,
+    per_example,
     preserved_state,
     project_l2,
 )
@@ -93,7 +94,7 @@ class _PGD:
                 with torch.no_grad():
                     wrong, loss = _outcome(model, candidate, y)
                 better = (wrong & ~best_wrong) | ((wrong == best_wrong) & (loss > best_loss))
-                best = torch.where(better.view(-1, *([1] * (x.dim() - 1))), candidate, best)
+                best = torch.where(per_example(better, x), candidate, best)
                 best_wrong, best_loss = best_wrong | wrong, torch.where(better, loss, best_loss)
             return best
 
@@ -127,7 +128,7 @@ class PGDL2(_PGD):
         """Uniform in the l2 ball: a Gaussian direction and radius eps * U^(1/d)."""
         direction = normalize_l2(torch.randn(count, *x.shape[1:], device=x.device, dtype=x.dtype))
         radius = self.eps * torch.rand(count, device=x.device, dtype=x.dtype) ** (1.0 / x[0].numel())
-        return direction * radius.view(-1, *([1] * (x.dim() - 1)))
+        return direction * per_example(radius, x)
 
     def _step(self, grad: torch.Tensor) -> torch.Tensor:
         return self.step_size * normalize_l2(grad)
@@ -166,11 +167,6 @@ class PGDLinf(_PGD):
 # and the per-example worst case over several attacks.
 
 NORMS = ("l2", "linf")
-
-
-def _view(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """Per-example values (n,) shaped to broadcast against a batch like ``like``."""
-    return t.view(-1, *([1] * (like.dim() - 1)))
 
 
 def dlr_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -291,16 +287,16 @@ class APGD:
         loss_best_last = loss_best
         window_start = 0
         for k in range(self.steps):
-            z = self._project(x, x_cur + _view(eta, x) * self._direction(grad_cur))
+            z = self._project(x, x_cur + per_example(eta, x) * self._direction(grad_cur))
             if k > 0:
                 z = self._project(x, x_cur + self.alpha * (z - x_cur) + (1 - self.alpha) * (x_cur - x_prev))
             loss_new, grad_new, wrong = self._evaluate(model, z, y, target)
-            x_broken = torch.where(_view(wrong & ~broken, x), z, x_broken)
+            x_broken = torch.where(per_example(wrong & ~broken, x), z, x_broken)
             broken = broken | wrong
             increases += (loss_new > loss_cur).to(increases.dtype)
             better = loss_new > loss_best
-            x_best = torch.where(_view(better, x), z, x_best)
-            grad_best = torch.where(_view(better, x), grad_new, grad_best)
+            x_best = torch.where(per_example(better, x), z, x_best)
+            grad_best = torch.where(per_example(better, x), grad_new, grad_best)
             loss_best = torch.where(better, loss_new, loss_best)
             x_prev, x_cur, loss_cur, grad_cur = x_cur, z, loss_new, grad_new
             if k + 1 in checkpoints:
@@ -308,13 +304,13 @@ class APGD:
                 stalled = ~reduced_last & (loss_best <= loss_best_last)
                 reduce = oscillating | stalled
                 eta = torch.where(reduce, eta / 2, eta)
-                x_cur = torch.where(_view(reduce, x), x_best, x_cur)
-                grad_cur = torch.where(_view(reduce, x), grad_best, grad_cur)
+                x_cur = torch.where(per_example(reduce, x), x_best, x_cur)
+                grad_cur = torch.where(per_example(reduce, x), grad_best, grad_cur)
                 loss_cur = torch.where(reduce, loss_best, loss_cur)
                 reduced_last, loss_best_last = reduce, loss_best
                 increases = torch.zeros_like(increases)
                 window_start = k + 1
-        return torch.where(_view(broken, x), x_broken, x_best).detach(), broken
+        return torch.where(per_example(broken, x), x_broken, x_best).detach(), broken
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         x, y = x.detach(), y.detach()
@@ -426,7 +422,7 @@ class Square:
         placed = (placed * first[:, 0]).unsqueeze(1)  # (n, 1, H, W), zero outside the square
         signs = (2 * torch.randint(0, 2, (n, channels, 1, 1), device=delta.device) - 1).to(delta.dtype)
         scale = (budget / channels).sqrt()
-        return delta * (1 - both) + _view(scale, delta) * signs * placed
+        return delta * (1 - both) + per_example(scale, delta) * signs * placed
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         x, y = x.detach(), y.detach()

@@ -21,6 +21,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from . import distributed, penalties, spectral
+from ._guards import preserved_state
 from .attacks import PGDL2, PGDLinf
 from .config import Config
 from .data import Splits, batches, random_crop_flip
@@ -109,13 +110,9 @@ def build_augmentation(
 def rkhs_bracket(model: nn.Module, probe_x: torch.Tensor, probe_eps: float) -> dict[str, float]:
     """Lower bounds (sup gradient norm, ||f||_delta / eps) on the probe batch, and the spectral upper
     bound (the product of the layers' sigma_max(W_mat)), of the model in eval mode."""
-    model_mode = model.training
-    model.eval()
-    try:
+    with preserved_state(model, mode=False):
         grad_sq = float(penalties.GradientPenalty(1.0)(model, probe_x).detach())
         delta_sq = float(penalties.AdversarialPerturbationPenalty(probe_eps, lmbda=1.0)(model, probe_x).detach())
-    finally:
-        model.train(model_mode)
     with torch.no_grad():
         log_upper = sum(
             math.log(float(torch.linalg.matrix_norm(layer.weight.flatten(1).double(), ord=2)))
