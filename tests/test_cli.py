@@ -39,6 +39,7 @@ def test_the_original_commands_are_accepted():
         (["train", "--reg", "dropout"], "gradient-penalty"),
         (["train", "--epsilon", "-1"], "epsilon must be a finite number > 0"),
         (["train", "--reg", "pgd-l2", "--reg", "pgd-linf"], "at most one adversarial training"),
+        (["train", "--delta-candidates", "0"], "delta_candidates must be an integer >= 1 or None"),
         (["train", "--data-dir", "/nonexistent"], "/nonexistent"),
         (["train", "--data-dir", "embedded", "--n-val", "3500"], "exceeds the 4000 examples"),
         (["train", "--steps", "zero"], "invalid int value"),

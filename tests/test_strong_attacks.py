@@ -1,6 +1,8 @@
 """APGD, Square and the worst case: exact answers on linear models, comparisons on a trained network,
 and the gradient-masking checks."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -168,3 +170,17 @@ def test_a_certificate_above_the_attack_is_flagged_as_a_bug(trained):
     forged = {**result, "certified_l2": {"0.5": 1.0}}
     checks = masking_checks(model, x, y, settings, forged, {})
     assert any(c["fired"] and "(a bug)" in c["check"] for c in checks)
+
+
+def test_convergence_is_checked_at_every_radius_when_asked(trained):
+    model, x, y = trained
+    settings = EvalSettings(l2_eps=(0.25, 0.5, 1.0), linf_eps=(), steps=5, l2_step_size=0.2, queries=20)
+    middle_only = evaluate_model(model, x, y, settings, (1, 28, 28))
+    assert list(middle_only["doubled"]["l2"]) == ["0.5"] and middle_only["linf"] == {}
+    every = evaluate_model(model, x, y, replace(settings, converge_every_radius=True), (1, 28, 28))
+    assert sorted(every["doubled"]["l2"], key=float) == ["0.25", "0.5", "1"]
+    convergence = [c for c in every["masking_checks"] if "not converged" in c["check"]]
+    assert len(convergence) == 3
+    for check, (key, doubled) in zip(convergence, every["doubled"]["l2"].items()):
+        assert doubled <= every["clean"]
+        assert check["fired"] == (doubled < every["l2"][key] - 0.01)

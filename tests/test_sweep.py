@@ -36,6 +36,8 @@ def test_grids_expand_to_named_typed_runs(tmp_path):
         "none_s1",
     ]
     assert [c.shuf_seed for c in configs] == [0, 0, 0, 1, 1, 1] and configs[1].lmbda == 0.1
+    restricted = expand(base(tmp_path), [parse_grid("reg=adv-perturbation epsilon=0.3 delta_candidates=16")], 1)
+    assert [c.name for c in restricted] == ["adv-perturbation_epsilon0.3_delta_candidates16_s0"]
     (tmp_path / "grid.yaml").write_text("- reg: [pgd-l2]\n  epsilon: [0.5, 1.0]\n- {reg: [none]}\n")
     assert load_grid_file(tmp_path / "grid.yaml") == [{"regs": [("pgd-l2",)], "epsilon": [0.5, 1.0]}, {"regs": [()]}]
     (tmp_path / "grid.json").write_text(json.dumps({"reg": "vat", "vat_alpha": [1, 2]}))

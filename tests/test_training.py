@@ -47,6 +47,8 @@ def test_regularizers_are_built_with_the_config_strengths(tmp_path):
     built = build_regularizers(config)
     assert built.penalties["gradient-penalty"].lmbda == 0.3
     assert built.attack.eps == 0.02 and built.project
+    delta = build_regularizers(tiny(tmp_path, regs=("adv-perturbation",), delta_candidates=4))
+    assert delta.penalties["adv-perturbation"].candidates == 4
 
 
 def test_resume_after_a_kill_ends_like_an_uninterrupted_run(tmp_path):

@@ -58,10 +58,11 @@ def config_from_args(args: argparse.Namespace) -> Config:
 
 def _add_eval_flags(parser: argparse.ArgumentParser) -> None:
     defaults = EvalSettings()
-    parser.add_argument("--eps-l2", "--eps_l2", type=float, nargs="+", default=list(defaults.l2_eps))
+    parser.add_argument("--eps-l2", "--eps_l2", type=float, nargs="*", default=list(defaults.l2_eps),
+                        help="l2 radii (none: skip l2)")  # fmt: skip
     parser.add_argument(
-        "--eps-linf", "--eps_linf", type=float, nargs="+", default=[round(e * 255) for e in defaults.linf_eps],
-        help="linf radii in units of 1/255",
+        "--eps-linf", "--eps_linf", type=float, nargs="*", default=[round(e * 255) for e in defaults.linf_eps],
+        help="linf radii in units of 1/255 (none: skip linf)",
     )  # fmt: skip
     parser.add_argument(
         "--attacks", default=",".join(defaults.attacks),
@@ -70,6 +71,10 @@ def _add_eval_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--queries", type=int, default=defaults.queries, help="queries of the Square attack")
     parser.add_argument("--n-target-classes", "--n_target_classes", type=int, default=defaults.n_target_classes)
     parser.add_argument("--no-checks", dest="checks", action="store_false", help="skip the gradient-masking checks")
+    parser.add_argument(
+        "--converge-every-radius", "--converge_every_radius", action="store_true",
+        help="check convergence (twice the steps and restarts) at every radius, not only the middle one",
+    )  # fmt: skip
     parser.add_argument("--attack-steps", "--attack_steps", type=int, default=defaults.steps)
     parser.add_argument("--l2-step", "--l2_step", type=float, default=defaults.l2_step_size)
     parser.add_argument("--linf-step", "--linf_step", type=float, default=defaults.linf_step_size)
@@ -87,6 +92,7 @@ def eval_settings_from_args(args: argparse.Namespace) -> EvalSettings:
         queries=args.queries,
         n_target_classes=args.n_target_classes,
         checks=args.checks,
+        converge_every_radius=args.converge_every_radius,
         steps=args.attack_steps,
         l2_step_size=args.l2_step,
         linf_step_size=args.linf_step,

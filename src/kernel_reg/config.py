@@ -76,6 +76,8 @@ class Config:
     vat_xi: float = 1e-6
     vat_alpha: float = 1.0
     lmbdasn: float = 0.01
+    # ||f||_delta^2: search only the examples of largest class-gradient norm (None: every example)
+    delta_candidates: int | None = None
     stability_ex_per_batch: int | None = None
     stability_tr_per_ex: int = 8
     stability_num_deformations: int = 8
@@ -99,6 +101,10 @@ class Config:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        for name in ("delta_candidates", "stability_ex_per_batch"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be an integer >= 1 or None (all examples), got {value!r}")
         for name in ("lr", "epsilon", "tau", "kappa", "vat_xi", "linf_step_size", "probe_epsilon", "sched_gamma"):
             value = getattr(self, name)
             if not math.isfinite(value) or value <= 0:
@@ -219,8 +225,11 @@ REG_PARAMS: dict[str, tuple[str, ...]] = {
 
 
 def hyperparameters(config: Config) -> dict[str, Any]:
-    """The strengths of the run's regularizers (and weight decay), e.g. {'lmbda': 0.1, 'tau': 1.5}."""
+    """The strengths of the run's regularizers (and weight decay, and the ||f||_delta^2 search's candidates
+    when restricted), e.g. {'lmbda': 0.1, 'tau': 1.5}."""
     names = [p for reg in config.regs for p in REG_PARAMS[reg]] + (["wd"] if config.wd > 0 else [])
+    if "adv-perturbation" in config.regs and config.delta_candidates is not None:
+        names.append("delta_candidates")
     return {name: getattr(config, name) for name in dict.fromkeys(names)}
 
 

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import REG_PARAMS, Config, field_types, method_label
+from .config import Config, field_types, hyperparameters, method_label
 from .evaluation import EvalSettings, evaluate_run
 from .rundir import ROBUSTNESS, read_metrics, run_path
 
@@ -71,10 +71,8 @@ def load_grid_file(path: str | Path) -> list[Grid]:
 
 def run_name(config: Config) -> str:
     """method, the values of its hyperparameters and the subset seed: 'gradient-penalty_lmbda0.1_s0'."""
-    params = [f"{name}{getattr(config, name):g}" for reg in config.regs for name in REG_PARAMS[reg]]
-    if config.wd > 0:
-        params.append(f"wd{config.wd:g}")
-    return "_".join([method_label(config), *dict.fromkeys(params), f"s{config.shuf_seed}"])
+    params = [f"{name}{value:g}" for name, value in hyperparameters(config).items()]
+    return "_".join([method_label(config), *params, f"s{config.shuf_seed}"])
 
 
 def expand(base: Config, grids: Sequence[Grid], seeds: int) -> list[Config]:

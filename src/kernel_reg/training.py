@@ -68,7 +68,9 @@ def build_regularizers(config: Config, group: Group = SINGLE) -> Regularizers:
     several processes (``group``), suprema and per-example noise span the global batch."""
     deformation = RandomDeformation(amplitude=config.deform_amplitude)
     makers: dict[str, Callable[[], penalties.Penalty]] = {
-        "adv-perturbation": lambda: penalties.AdversarialPerturbationPenalty(config.epsilon, config.steps, group=group),
+        "adv-perturbation": lambda: penalties.AdversarialPerturbationPenalty(
+            config.epsilon, config.steps, candidates=config.delta_candidates, group=group
+        ),
         "gradient-penalty": lambda: penalties.GradientPenalty(config.lmbda, group),
         "loss-gradl2": lambda: penalties.LossGradientPenalty(config.lmbda, "l2"),
         "loss-gradl1": lambda: penalties.LossGradientPenalty(config.lmbda, "l1"),
