@@ -82,5 +82,8 @@ def test_train_evaluate_report_end_to_end(tmp_path):
     table = (tmp_path / "report" / "report.md").read_text()
     assert "| gradient-penalty | lmbda=0.1 | 64 |" in table and "| pgd-l2 | epsilon=0.1 |" in table
     assert "PGD-l2 0.5" in table and "certified l2 0.5" in table
+    gp_row = [line for line in table.splitlines() if line.startswith("| gradient-penalty |")][-1]  # all runs
+    drops = [100 * (result[norm][k] - acc) for norm, by_key in result["doubled"].items() for k, acc in by_key.items()]
+    assert len(drops) == 2 and f"| {max(drops):.1f} (2 radii) |" in gp_row  # the middle l2 and linf radii
     for png in ("learning_curves.png", "rkhs_bracket.png", "tradeoff_l2.png", "tradeoff_linf.png"):
         assert (tmp_path / "report" / png).read_bytes()[:4] == b"\x89PNG"

@@ -13,6 +13,8 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from .config import Config, hyperparameters, method_label
 from .rundir import CONFIG, ROBUSTNESS, atomic_write_text, read_config, read_metrics
 
@@ -66,7 +68,7 @@ def markdown_table(runs: list[RunSummary]) -> str:
     cert_keys = sorted({k for r in runs if r.robustness for k in (r.robustness["certified_l2"] or {})}, key=float)
     header = ["method", "hyperparameters", "n_train", "epoch", "val acc", "test acc", "clean"]
     header += [f"PGD-l2 {k}" for k in l2_keys] + [f"PGD-linf {float(k) * 255:.3g}/255" for k in linf_keys]
-    header += [f"certified l2 {k}" for k in cert_keys] + ["masking checks"]
+    header += [f"certified l2 {k}" for k in cert_keys] + ["2x budget", "masking checks"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for run in sorted(runs, key=lambda r: (r.method, sorted(hyperparameters(r.config).items()), str(r.path))):
         best = run.best
@@ -78,16 +80,29 @@ def markdown_table(runs: list[RunSummary]) -> str:
         row += [_percent(rob.get("l2", {}).get(k)) for k in l2_keys]
         row += [_percent(rob.get("linf", {}).get(k)) for k in linf_keys]
         row += [_percent((rob.get("certified_l2") or {}).get(k)) for k in cert_keys]
+        row.append(_budget_change(rob))
         row.append(("FIRED: " + "; ".join(rob["suspicious"])) if rob.get("suspicious") else ("ok" if rob else "-"))
         lines.append("| " + " | ".join(row) + " |")
     notes = sorted({f"{k}: {v}" for r in runs if r.robustness for k, v in r.robustness.get("attacks", {}).items()})
     footer = [
         "",
         "Accuracies in %. epoch: of best validation accuracy; test acc: there, on the whole test set; clean, "
-        "PGD and certified: `kernel-reg evaluate` of the weights it names (robustness.json), on its test subset.",
+        "PGD and certified: `kernel-reg evaluate` of the weights it names (robustness.json), on its test subset. "
+        "2x budget: the largest drop of robust accuracy (points) when the attack's steps and restarts are "
+        "doubled, over the radii checked.",
     ]
     footer += [f"- {note}" for note in notes]
     return "\n".join(lines + footer) + "\n"
+
+
+def _budget_change(robustness: dict) -> str:
+    """max over checked radii of (robust accuracy - accuracy under twice the budget), in points."""
+    drops = [
+        100 * (robustness[norm][key] - doubled)
+        for norm, by_key in (robustness.get("doubled") or {}).items()
+        for key, doubled in by_key.items()
+    ]
+    return f"{max(drops):.1f} ({len(drops)} radii)" if drops else "-"
 
 
 def selection_table(runs: list[RunSummary]) -> str:
@@ -168,7 +183,8 @@ def plot_rkhs_bracket(runs: list[RunSummary], path: Path) -> None:
 
 def plot_tradeoff(runs: list[RunSummary], path: Path, norm: str = "l2") -> bool:
     """Standard vs adversarial test accuracy, one panel per eps_test, one curve per method across its
-    hyperparameters (as the paper's figure). False when no run has been evaluated."""
+    hyperparameters (as the paper's figure); for l2, the certified accuracies dotted, hollow triangles.
+    False when no run has been evaluated."""
     import matplotlib.pyplot as plt
 
     evaluated = [r for r in runs if r.robustness and r.robustness.get(norm)]
@@ -180,10 +196,14 @@ def plot_tradeoff(runs: list[RunSummary], path: Path, norm: str = "l2") -> bool:
         by_method[run.method].append(run)
     fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 4), squeeze=False)
     for ax, key in zip(axes[0], keys):
-        for method, members in sorted(by_method.items()):
-            points = sorted((r.robustness["clean"], r.robustness[norm].get(key)) for r in members)
-            points = [p for p in points if p[1] is not None]
-            ax.plot([100 * p[0] for p in points], [100 * p[1] for p in points], marker="o", label=method)
+        for color, (method, members) in enumerate(sorted(by_method.items())):
+            curves = [(norm, "-o", None)] + ([("certified_l2", ":^", "none")] if norm == "l2" else [])
+            for field, style, fill in curves:
+                pairs = [(r.robustness["clean"], (r.robustness.get(field) or {}).get(key)) for r in members]
+                points = sorted(p for p in pairs if p[1] is not None)
+                if points:
+                    label = method if field == norm else f"{method}, certified"
+                    ax.plot(*(100 * np.array(points)).T, style, color=f"C{color % 10}", label=label, mfc=fill)
         eps = float(key)
         ax.set_title(f"{norm} eps_test = {eps * 255:.3g}/255" if norm == "linf" else f"{norm} eps_test = {eps:g}")
         ax.set_xlabel("standard accuracy (%)")
