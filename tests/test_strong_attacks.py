@@ -177,6 +177,7 @@ def test_convergence_is_checked_at_every_radius_when_asked(trained):
     settings = EvalSettings(l2_eps=(0.25, 0.5, 1.0), linf_eps=(), steps=5, l2_step_size=0.2, queries=20)
     middle_only = evaluate_model(model, x, y, settings, (1, 28, 28))
     assert list(middle_only["doubled"]["l2"]) == ["0.5"] and middle_only["linf"] == {}
+    assert "linf" not in middle_only["attacks"] and middle_only["attacks"]["l2"].startswith("PGD-l2 (5 steps")
     every = evaluate_model(model, x, y, replace(settings, converge_every_radius=True), (1, 28, 28))
     assert sorted(every["doubled"]["l2"], key=float) == ["0.25", "0.5", "1"]
     convergence = [c for c in every["masking_checks"] if "not converged" in c["check"]]

@@ -247,14 +247,11 @@ def evaluate_model(
     else:
         certified = {eps_key(e): spectral.certified_accuracy(model, x, y, e, lipschitz) for e in settings.l2_eps}
         result.update(lipschitz_bound=lipschitz, certified_l2=certified)
-    result["attacks"] = {
-        "l2": describe_attacks("l2", settings),
-        "linf": describe_attacks("linf", settings),
-        "certified_l2": "margin > sqrt(2) * L * eps, L the Gram-iteration Lipschitz upper bound",
-    }
+    result["attacks"] = {norm: describe_attacks(norm, settings) for norm in ("l2", "linf") if result[norm]}
+    result["attacks"]["certified_l2"] = "margin > sqrt(2) * L * eps, L the Gram-iteration Lipschitz upper bound"
     if settings.checks:
         result["masking_checks"] = masking_checks(model, x, y, settings, result, survivors)
-        result["suspicious"] = [c["check"] for c in result["masking_checks"] if c["fired"]]
+        result["suspicious"] = list(dict.fromkeys(c["check"] for c in result["masking_checks"] if c["fired"]))
     return result
 
 
