@@ -96,3 +96,17 @@ def test_models_without_2d_logits_are_rejected_when_called(fn):
     model = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1))  # returns feature maps, not logits
     with pytest.raises(ValueError, match=r"model output must be 2-D logits"):
         fn(model, torch.rand(4, 1, 8, 8), torch.zeros(4, dtype=torch.long))
+
+
+@pytest.mark.parametrize("scale", [1e-30, 1e-3, 1.0, 1e30])
+def test_normalize_l2_gives_unit_rows_at_any_scale_and_keeps_zero_rows(scale):
+    from kernel_reg._guards import normalize_l2
+
+    torch.manual_seed(0)
+    t = torch.randn(3, 1, 4, 4) * scale
+    t[1] = 0
+    out = normalize_l2(t)
+    norms = out.flatten(1).double().norm(dim=1)
+    assert torch.allclose(norms, torch.tensor([1.0, 0.0, 1.0], dtype=torch.float64), atol=1e-5)
+    direction = t[0].double().flatten() / t[0].double().flatten().norm()  # the direction, in float64
+    assert torch.allclose(out[0].double().flatten(), direction, atol=1e-6)

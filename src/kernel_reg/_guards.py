@@ -104,5 +104,10 @@ def project_l2(delta: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 def normalize_l2(t: torch.Tensor) -> torch.Tensor:
-    """Each example of ``t`` divided by its l2 norm (zero rows stay zero)."""
-    return t / flat_norm(t).clamp_min(torch.finfo(t.dtype).tiny)
+    """Each example of ``t`` divided by its l2 norm (zero rows stay zero).
+
+    Each example is first divided by its largest entry, since the squares of tiny gradients (VAT's, at
+    xi = 1e-6) underflow to a zero norm and would blow the direction up instead of normalizing it."""
+    tiny = torch.finfo(t.dtype).tiny
+    t = t / per_example(t.flatten(1).abs().amax(dim=1), t).clamp_min(tiny)
+    return t / flat_norm(t).clamp_min(tiny)
