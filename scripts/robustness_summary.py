@@ -1,0 +1,58 @@
+"""The robustness study's table for RESULTS.md, from the committed robustness.json files.
+
+Per run: clean accuracy; at each l2 radius the robust accuracy under the evaluation budget and the lower
+one of (budget, twice the budget), which is still an upper bound on the true robust accuracy; at the
+middle radius also without the examples the Square check broke; the certified accuracy and the
+Lipschitz upper bound.
+
+    python scripts/robustness_summary.py results/robustness/fmnist_vgg5
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+from kernel_reg.config import hyperparameters, method_label
+from kernel_reg.rundir import read_config
+
+SQUARE = re.compile(r"eps (\S+): Square \(\d+ queries\) broke (\d+) of the (\d+) examples")
+
+
+def row(run_dir: Path) -> tuple[tuple, str]:
+    config = read_config(run_dir)
+    result = json.loads((run_dir / "robustness.json").read_text())
+    keys = sorted(result["l2"], key=float)
+    cells = [method_label(config), ", ".join(f"{k}={v:g}" for k, v in hyperparameters(config).items()) or "-"]
+    cells.append(f"{100 * result['clean']:.1f}")
+    doubled = result.get("doubled", {}).get("l2", {})
+    for key in keys:
+        worst = min(result["l2"][key], doubled.get(key, 1.0))
+        cells.append(f"{100 * result['l2'][key]:.1f} / {100 * worst:.1f}")
+    square = [m for c in result.get("masking_checks", []) if (m := SQUARE.search(c["detail"]))]
+    if square:
+        eps, broken, _ = square[0].groups()
+        cells.append(f"{100 * (min(result['l2'][eps], doubled.get(eps, 1.0)) - int(broken) / result['n']):.1f}")
+    else:
+        cells.append("-")
+    cells += [f"{100 * (result['certified_l2'] or {}).get(k, 0):.1f}" for k in keys]
+    cells.append(f"{result['lipschitz_bound']:.3g}" if result.get("lipschitz_bound") else "-")
+    return (cells[0], cells[1]), "| " + " | ".join(cells) + " |"
+
+
+def main(root: str) -> None:
+    runs = sorted(p.parent for p in Path(root).glob("*/robustness.json"))
+    keys = sorted(json.loads((runs[0] / "robustness.json").read_text())["l2"], key=float)
+    middle = keys[len(keys) // 2]
+    header = ["method", "strength", "clean"] + [f"PGD-l2 {k}: 1x / worst of 1x, 2x" for k in keys]
+    header += [f"{middle}: worst incl. Square"] + [f"certified {k}" for k in keys] + ["Lipschitz bound"]
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for _, line in sorted(row(r) for r in runs):
+        print(line)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
