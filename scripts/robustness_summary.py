@@ -15,7 +15,7 @@ import re
 import sys
 from pathlib import Path
 
-from kernel_reg.config import hyperparameters, method_label
+from kernel_reg.config import hyperparameter_text, method_label
 from kernel_reg.rundir import read_config
 
 SQUARE = re.compile(r"eps (\S+): Square \(\d+ queries\) broke (\d+) of the (\d+) examples")
@@ -25,7 +25,7 @@ def row(run_dir: Path) -> tuple[tuple, str]:
     config = read_config(run_dir)
     result = json.loads((run_dir / "robustness.json").read_text())
     keys = sorted(result["l2"], key=float)
-    cells = [method_label(config), ", ".join(f"{k}={v:g}" for k, v in hyperparameters(config).items()) or "-"]
+    cells = [method_label(config), hyperparameter_text(config) or "-"]
     cells.append(f"{100 * result['clean']:.1f}")
     doubled = result.get("doubled", {}).get("l2", {})
     for key in keys:

@@ -233,6 +233,11 @@ def hyperparameters(config: Config) -> dict[str, Any]:
     return {name: getattr(config, name) for name in dict.fromkeys(names)}
 
 
+def hyperparameter_text(config: Config) -> str:
+    """``hyperparameters`` as 'lmbda=0.1, tau=1.5' ('' without any)."""
+    return ", ".join(f"{k}={v:g}" for k, v in hyperparameters(config).items())
+
+
 def method_label(config: Config) -> str:
     """A short name of the regularization of a run, e.g. 'gradient-penalty+project-sn'."""
     labels = list(config.regs)

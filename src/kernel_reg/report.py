@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import Config, hyperparameters, method_label
+from .config import Config, hyperparameter_text, hyperparameters, method_label
 from .rundir import CONFIG, ROBUSTNESS, atomic_write_text, read_config, read_metrics
 
 
@@ -72,7 +72,7 @@ def markdown_table(runs: list[RunSummary]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for run in sorted(runs, key=lambda r: (r.method, sorted(hyperparameters(r.config).items()), str(r.path))):
         best = run.best
-        params = ", ".join(f"{k}={v:g}" for k, v in hyperparameters(run.config).items()) or "-"
+        params = hyperparameter_text(run.config) or "-"
         rob = run.robustness or {}
         method = run.method if run.finished else f"{run.method} (unfinished: epoch {run.metrics[-1]['epoch']})"
         row = [method, params, str(run.config.n_train or "all"), str(best["epoch"])]
@@ -111,7 +111,7 @@ def selection_table(runs: list[RunSummary]) -> str:
     groups: dict[tuple[str, str], list[RunSummary]] = defaultdict(list)
     for run in runs:
         if run.finished and run.best.get("val_acc") is not None:
-            params = ", ".join(f"{k}={v:g}" for k, v in hyperparameters(run.config).items()) or "-"
+            params = hyperparameter_text(run.config) or "-"
             groups[(run.method, params)].append(run)
     if not groups:
         return ""
@@ -135,7 +135,7 @@ def selection_table(runs: list[RunSummary]) -> str:
 
 
 def _label(run: RunSummary) -> str:
-    params = ", ".join(f"{k}={v:g}" for k, v in hyperparameters(run.config).items())
+    params = hyperparameter_text(run.config)
     return f"{run.method} ({params})" if params else run.method
 
 
