@@ -2,6 +2,7 @@
 equals one single-process step on the whole batch."""
 
 import os
+import socket
 
 import pytest
 import torch
@@ -61,18 +62,35 @@ def one_step(reg: str, group: Group) -> dict[str, torch.Tensor]:
     return state
 
 
-def worker(rank: int, store: str, out: str) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD)
+def worker(rank: int, port: int, out: str) -> None:
+    # The rank's C++ stderr (a gloo abort says why only there) goes to a file the fixture can show.
+    log = os.open(os.path.join(out, f"rank{rank}.log"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    os.dup2(log, 2)
+    store = dist.TCPStore("127.0.0.1", port)
+    dist.init_process_group("gloo", store=store, rank=rank, world_size=WORLD)
     torch.set_num_threads(1)
     results = {reg: one_step(reg, Group(rank, WORLD)) for reg in REGULARIZERS}
     torch.save(results, os.path.join(out, f"rank{rank}.pt"))
+    dist.barrier()  # no rank tears its connections down while the other still reads from them
     dist.destroy_process_group()
 
 
 @pytest.fixture(scope="module")
 def distributed_results(tmp_path_factory):
+    """Both ranks' steps. The store is served from this process on loopback and gloo is bound to it,
+    so nothing depends on the machine's hostname or on file locks; a rank killed by a signal is
+    reported with its stderr."""
     folder = tmp_path_factory.mktemp("ddp")
-    mp.spawn(worker, args=(str(folder / "store"), str(folder)), nprocs=WORLD, join=True)
+    store = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
+    loopback = [name for _, name in socket.if_nameindex() if name.startswith("lo")]
+    with pytest.MonkeyPatch.context() as env:
+        if loopback:
+            env.setenv("GLOO_SOCKET_IFNAME", loopback[0])
+        try:
+            mp.spawn(worker, args=(store.port, str(folder)), nprocs=WORLD, join=True)
+        except mp.ProcessExitedException as error:
+            logs = "\n".join(f"rank {r}: " + (folder / f"rank{r}.log").read_text()[-2000:] for r in range(WORLD))
+            pytest.fail(f"{error}\n{logs}")
     return [torch.load(folder / f"rank{r}.pt") for r in range(WORLD)]
 
 

@@ -214,7 +214,8 @@ def run_sweep_command(args: argparse.Namespace) -> None:
 
 
 def _launch_with_torchrun(argv: Sequence[str], nproc: int) -> int:
-    """Run this same command under torchrun on ``nproc`` processes (``--nproc`` removed)."""
+    """Run this same command under torchrun on ``nproc`` processes (``--nproc`` removed). One machine, so the
+    rendezvous stays on loopback: a hostname that does not resolve (containers, sandboxes) cannot hang it."""
     rest, skip = [], False
     for item in argv:
         if skip:
@@ -223,8 +224,8 @@ def _launch_with_torchrun(argv: Sequence[str], nproc: int) -> int:
             skip = True
         elif not item.startswith("--nproc="):
             rest.append(item)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
-    return subprocess.call(command + ["-m", "kernel_reg", *rest])
+    launcher = ["torch.distributed.run", "--standalone", "--local_addr=127.0.0.1", f"--nproc_per_node={nproc}"]
+    return subprocess.call([sys.executable, "-m", *launcher, "-m", "kernel_reg", *rest])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
