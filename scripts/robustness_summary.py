@@ -36,16 +36,15 @@ def row(run_dir: Path, before: str | None) -> tuple[tuple, str]:
     cells = [method_label(config), hyperparameter_text(config) or "-"]
     cells.append(f"{100 * result['clean']:.1f}")
     doubled = result.get("doubled", {}).get("l2", {})
-    for key in keys:
-        worst = min(result["l2"][key], doubled.get(key, 1.0))
-        cells.append(f"{100 * result['l2'][key]:.1f} / {100 * worst:.1f}")
+    worst = {key: min(result["l2"][key], doubled.get(key, 1.0)) for key in keys}
+    cells += [f"{100 * result['l2'][key]:.1f} / {100 * worst[key]:.1f}" for key in keys]
     if before is not None:
         earlier = committed(run_dir / "robustness.json", before)["l2"]
         cells += [f"{100 * earlier[key]:.1f}" for key in keys]
     square = [m for c in result.get("masking_checks", []) if (m := SQUARE.search(c["detail"]))]
     if square:
         eps, broken, _ = square[0].groups()
-        cells.append(f"{100 * (min(result['l2'][eps], doubled.get(eps, 1.0)) - int(broken) / result['n']):.1f}")
+        cells.append(f"{100 * (worst[eps] - int(broken) / result['n']):.1f}")
     else:
         cells.append("-")
     cells += [f"{100 * (result['certified_l2'] or {}).get(k, 0):.1f}" for k in keys]
