@@ -78,6 +78,30 @@ def check_clip(clip: tuple[float, float] | None) -> tuple[float, float] | None:
     return float(clip[0]), float(clip[1])
 
 
+def check_inside_clip(x: torch.Tensor, clip: tuple[float, float] | None, who: str) -> None:
+    """ValueError unless every entry of ``x`` lies in the clip box [lo, hi] (no check when ``clip`` is None).
+
+    An attack clamps its points into the box, so on inputs outside it the returned points would leave
+    the eps ball. Overshoots of two ulps at the box's edges pass: bilinear resampling of saturated pixels
+    (the deformation augmentation) gives 1 + 2^-23 in float32, as ``x + delta`` itself rounds by as much.
+    One min/max pass over the batch."""
+    if clip is None or x.numel() == 0:
+        return
+    lo, hi = clip
+    slack = 2 * torch.finfo(x.dtype).eps * max(abs(lo), abs(hi)) if x.dtype.is_floating_point else 0.0
+    low, high = (v.item() for v in torch.aminmax(x.detach()))
+    if low < lo - slack or high > hi + slack:
+
+        def show(value: float) -> str:  # enough digits to tell an overshoot from the bound it passed
+            short = f"{value:.3g}"
+            return short if (lo <= float(short) <= hi) == (lo <= value <= hi) else f"{value:.9g}"
+
+        raise ValueError(
+            f"{who}: inputs must lie in the clip box [{lo:g}, {hi:g}] (got values in [{show(low)}, {show(high)}]); "
+            "pass clip=None for inputs that are not images in [0, 1], or clip=(lo, hi) for their valid range"
+        )
+
+
 def check_logits(logits: torch.Tensor, batch_size: int) -> torch.Tensor:
     """The model output, or ValueError unless it is a 2-D (batch, classes) tensor of logits."""
     if logits.dim() != 2 or logits.shape[0] != batch_size:

@@ -16,6 +16,7 @@ from torch import nn
 from ._guards import (
     check_choice,
     check_clip,
+    check_inside_clip,
     check_int,
     check_logits,
     check_positive,
@@ -83,6 +84,7 @@ class _PGD:
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         x, y = x.detach(), y.detach()
+        check_inside_clip(x, self.clip, type(self).__name__)
         with preserved_state(model, mode=False), torch.enable_grad():
             best = self._ascend(model, x, y)
             if self.restarts == 1:
@@ -314,6 +316,7 @@ class APGD:
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         x, y = x.detach(), y.detach()
+        check_inside_clip(x, self.clip, self.name)
         with preserved_state(model, mode=False), torch.enable_grad():
             with torch.no_grad():
                 clean = check_logits(model(x), x.shape[0])
@@ -428,6 +431,7 @@ class Square:
         x, y = x.detach(), y.detach()
         if x.dim() != 4:
             raise ValueError(f"Square needs image batches (n, C, H, W), got shape {tuple(x.shape)}")
+        check_inside_clip(x, self.clip, self.name)
         n, channels, height, width = x.shape
         with preserved_state(model, mode=False), torch.no_grad():
             if self.norm == "linf":
@@ -458,6 +462,9 @@ def worst_case(
     """Run ``attacks`` in turn, each on the examples no earlier one has misclassified; returns the
     adversarial batch and how many examples each attack broke first (by its name)."""
     x, y = x.detach(), y.detach()
+    for attack in attacks:  # fail before any attack runs, even if no example is left for a clipping one
+        if isinstance(attack, (_PGD, APGD, Square)):
+            check_inside_clip(x, attack.clip, getattr(attack, "name", type(attack).__name__))
     with preserved_state(model, mode=False), torch.no_grad():
         robust = model(x).argmax(1) == y
     x_adv = x.clone()
