@@ -22,20 +22,25 @@ def write_idx_by_hand(path, array, compress):
         path.write_bytes(payload)
 
 
-@pytest.mark.parametrize("layout", ["", "FashionMNIST/raw"])
-@pytest.mark.parametrize("compress", [False, True])
-def test_idx_loader_reads_the_standard_files(tmp_path, layout, compress):
+def write_standard_idx_files(folder, compress, train=50, test=20):
+    """The four Fashion-MNIST IDX files (random contents) in ``folder``; returns {name: array}."""
     rng = np.random.RandomState(0)
     arrays = {
-        "train-images-idx3-ubyte": rng.randint(0, 256, (50, 28, 28)),
-        "train-labels-idx1-ubyte": rng.randint(0, 10, 50),
-        "t10k-images-idx3-ubyte": rng.randint(0, 256, (20, 28, 28)),
-        "t10k-labels-idx1-ubyte": rng.randint(0, 10, 20),
+        "train-images-idx3-ubyte": rng.randint(0, 256, (train, 28, 28)),
+        "train-labels-idx1-ubyte": rng.randint(0, 10, train),
+        "t10k-images-idx3-ubyte": rng.randint(0, 256, (test, 28, 28)),
+        "t10k-labels-idx1-ubyte": rng.randint(0, 10, test),
     }
-    folder = tmp_path / layout
     folder.mkdir(parents=True, exist_ok=True)
     for name, array in arrays.items():
         write_idx_by_hand(folder / name, array, compress)
+    return arrays
+
+
+@pytest.mark.parametrize("layout", ["", "FashionMNIST/raw"])
+@pytest.mark.parametrize("compress", [False, True])
+def test_idx_loader_reads_the_standard_files(tmp_path, layout, compress):
+    arrays = write_standard_idx_files(tmp_path / layout, compress)
     train_x, train_y, test_x, test_y = data.load_arrays("fashion-mnist", str(tmp_path))
     np.testing.assert_array_equal(train_x[:, 0], arrays["train-images-idx3-ubyte"])
     np.testing.assert_array_equal(train_y, arrays["train-labels-idx1-ubyte"])
@@ -44,23 +49,176 @@ def test_idx_loader_reads_the_standard_files(tmp_path, layout, compress):
     assert train_x.shape == (50, 1, 28, 28) and train_y.dtype == np.int64
 
 
-def test_cifar_loader_reads_the_python_batches(tmp_path):
-    folder = tmp_path / "cifar-10-batches-py"
-    folder.mkdir()
+def flip_byte(raw, index):
+    corrupt = bytearray(raw)
+    corrupt[index] ^= 0xFF
+    return bytes(corrupt)
+
+
+# (name, applies to .gz files, corrupt(raw bytes of the file) -> new bytes, phrase the message must hold)
+IDX_CORRUPTIONS = [
+    ("gz-empty", True, lambda raw: b"", "empty"),
+    ("gz-plain-bytes", True, lambda raw: b"<html><body>404 Not Found</body></html>\n", "not gzip-compressed"),
+    ("gz-uncompressed-idx", True, gzip.decompress, "uncompressed IDX"),
+    ("gz-truncated-half", True, lambda raw: raw[: len(raw) // 2], "truncated"),
+    ("gz-truncated-trailer", True, lambda raw: raw[:-3], "truncated"),
+    ("gz-flipped-stream-byte", True, lambda raw: flip_byte(raw, len(raw) // 2), "corrupt"),
+    ("gz-invalid-block-type", True, lambda raw: raw[:10] + b"\xff" + raw[11:], "invalid block type"),  # zlib.error
+    ("gz-flipped-crc", True, lambda raw: flip_byte(raw, len(raw) - 6), "CRC"),
+    ("gz-flipped-length", True, lambda raw: flip_byte(raw, len(raw) - 2), "corrupt"),
+    ("gz-trailing-garbage", True, lambda raw: raw + b"garbage", "after the end"),
+    ("plain-empty", False, lambda raw: b"", "empty"),
+    ("plain-header-2-bytes", False, lambda raw: raw[:2], "header"),
+    ("plain-header-truncated", False, lambda raw: raw[:6], "header"),
+    ("plain-data-truncated-half", False, lambda raw: raw[: len(raw) // 2], "truncated"),
+    ("plain-data-one-byte-short", False, lambda raw: raw[:-1], "truncated"),
+    ("plain-extra-bytes", False, lambda raw: raw + b"\0\0\0", "extra"),
+    ("plain-bad-magic", False, lambda raw: b"\x01\x02" + raw[2:], "magic"),
+    ("plain-gzip-content", False, gzip.compress, "gzip-compressed"),
+    ("plain-unknown-type", False, lambda raw: raw[:2] + b"\x07" + raw[3:], "data type 0x07"),
+]
+
+
+@pytest.mark.parametrize("target", ["train-images-idx3-ubyte", "t10k-labels-idx1-ubyte"])
+@pytest.mark.parametrize(
+    ("compress", "corrupt", "phrase"), [c[1:] for c in IDX_CORRUPTIONS], ids=[c[0] for c in IDX_CORRUPTIONS]
+)
+def test_unreadable_idx_files_raise_a_data_file_error_naming_them(tmp_path, target, compress, corrupt, phrase):
+    write_standard_idx_files(tmp_path, compress)
+    path = tmp_path / (target + (".gz" if compress else ""))
+    path.write_bytes(corrupt(path.read_bytes()))
+    with pytest.raises(data.DataFileError) as error:
+        data.load_arrays("fashion-mnist", str(tmp_path))
+    message = str(error.value)
+    assert isinstance(error.value, ValueError)  # the command line reports ValueErrors as one line
+    assert str(path) in message and phrase in message
+    assert "expected an IDX file" in message or "expected an uncompressed IDX file" in message
+    assert data.WHERE_TO_GET["fashion-mnist"] in message
+    if compress:
+        assert "not a valid gzip file" in message or "empty" in message
+
+
+def test_read_idx_alone_names_the_file_without_a_hint(tmp_path):
+    path = tmp_path / "images-idx3-ubyte.gz"
+    path.write_bytes(b"plain text, not gzip")
+    with pytest.raises(data.DataFileError, match="images-idx3-ubyte.gz: not a valid gzip file") as error:
+        data.read_idx(path)
+    assert "download" not in str(error.value)
+    with pytest.raises(data.DataFileError, match="somewhere else"):
+        data.read_idx(path, hint="get it from somewhere else")
+    data.write_idx(path, np.arange(12).reshape(3, 4))
+    np.testing.assert_array_equal(data.read_idx(path), np.arange(12).reshape(3, 4))
+
+
+@pytest.mark.parametrize(
+    ("sizes", "images", "labels"),
+    [
+        ((49, 20), "train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+        ((50, 21), "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+    ],
+)
+def test_idx_images_and_labels_must_agree_in_count(tmp_path, sizes, images, labels):
+    write_standard_idx_files(tmp_path, compress=True)
+    short = tmp_path / (labels + ".gz")
+    write_idx_by_hand(tmp_path / labels, np.zeros(sizes[0] if "train" in labels else sizes[1]), compress=True)
+    with pytest.raises(data.DataFileError) as error:
+        data.load_arrays("fashion-mnist", str(tmp_path))
+    message = str(error.value)
+    assert str(tmp_path / (images + ".gz")) in message and str(short) in message
+    assert ("50 images" if "train" in images else "20 images") in message
+    assert f"{sizes[0] if 'train' in labels else sizes[1]} labels" in message
+
+
+@pytest.mark.parametrize("labels", ["train-labels-idx1-ubyte", "t10k-labels-idx1-ubyte"])
+def test_idx_labels_must_be_classes(tmp_path, labels):
+    arrays = write_standard_idx_files(tmp_path, compress=False)
+    bad = arrays[labels].copy()
+    bad[7] = 10
+    write_idx_by_hand(tmp_path / labels, bad, compress=False)
+    with pytest.raises(data.DataFileError, match="label 10 at index 7") as error:
+        data.load_arrays("fashion-mnist", str(tmp_path))
+    assert str(tmp_path / labels) in str(error.value)
+
+
+def test_idx_files_must_hold_images_and_labels_of_one_size(tmp_path):
+    write_standard_idx_files(tmp_path, compress=False)
+    write_idx_by_hand(tmp_path / "t10k-images-idx3-ubyte", np.zeros((20, 32, 32)), compress=False)
+    with pytest.raises(data.DataFileError, match="28 x 28") as error:
+        data.load_arrays("fashion-mnist", str(tmp_path))
+    assert "t10k-images-idx3-ubyte" in str(error.value)
+    write_standard_idx_files(tmp_path, compress=False)
+    write_idx_by_hand(tmp_path / "train-images-idx3-ubyte", np.zeros(50), compress=False)  # labels in place of images
+    with pytest.raises(data.DataFileError, match="train-images-idx3-ubyte.*shape \\(50,\\)"):
+        data.load_arrays("fashion-mnist", str(tmp_path))
+
+
+CIFAR_BATCHES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+
+
+def write_cifar_batch(path, images, labels):
+    """A batch of the CIFAR-10 python version: a pickled dict, bytes keys, rows 1024 red, 1024 green, 1024 blue."""
+    with open(path, "wb") as f:
+        pickle.dump({b"batch_label": path.name.encode(), b"data": images, b"labels": labels}, f, protocol=2)
+
+
+def write_standard_cifar_files(folder):
+    folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.RandomState(1)
     batches = {}
-    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        images = rng.randint(0, 256, (4, 3072)).astype(np.uint8)  # rows: 1024 red, 1024 green, 1024 blue
+    for name in CIFAR_BATCHES:
+        images = rng.randint(0, 256, (4, 3072)).astype(np.uint8)
         labels = list(rng.randint(0, 10, 4))
         batches[name] = (images, labels)
-        with open(folder / name, "wb") as f:
-            pickle.dump({b"batch_label": name.encode(), b"data": images, b"labels": labels}, f, protocol=2)
+        write_cifar_batch(folder / name, images, labels)
+    return batches
+
+
+def test_cifar_loader_reads_the_python_batches(tmp_path):
+    batches = write_standard_cifar_files(tmp_path / "cifar-10-batches-py")
     train_x, train_y, test_x, test_y = data.load_arrays("cifar10", str(tmp_path))
     assert train_x.shape == (20, 3, 32, 32) and test_x.shape == (4, 3, 32, 32)
     first = batches["data_batch_1"][0][0]
     np.testing.assert_array_equal(train_x[0, 1, 0, :], first[1024:1056])  # green channel, top row
     np.testing.assert_array_equal(train_y[-4:], batches["data_batch_5"][1])
     np.testing.assert_array_equal(test_y, batches["test_batch"][1])
+
+
+def pickled(obj):
+    return pickle.dumps(obj, protocol=2)
+
+
+GOOD_IMAGES = np.zeros((4, 3072), np.uint8)
+# (name, corrupt(raw bytes of the batch) -> new bytes, phrase the message must hold)
+CIFAR_CORRUPTIONS = [
+    ("empty", lambda raw: b"", "empty"),
+    ("truncated-half", lambda raw: raw[: len(raw) // 2], "cannot be unpickled"),
+    ("truncated-last-byte", lambda raw: raw[:-1], "cannot be unpickled"),
+    ("not-a-pickle", lambda raw: b"<html><body>404 Not Found</body></html>\n", "cannot be unpickled"),
+    ("gzip-tarball", lambda raw: gzip.compress(raw), "cannot be unpickled"),
+    ("a-list", lambda raw: pickled([1, 2, 3]), "list"),
+    ("no-labels", lambda raw: pickled({b"data": GOOD_IMAGES}), "b'labels'"),
+    ("str-keys", lambda raw: pickled({"data": GOOD_IMAGES, "labels": [0] * 4}), "b'data'"),
+    ("wrong-data-size", lambda raw: pickled({b"data": np.zeros((4, 3000), np.uint8), b"labels": [0] * 4}), "3072"),
+    ("data-not-numbers", lambda raw: pickled({b"data": "pixels", b"labels": [0] * 4}), "b'data'"),
+    ("label-count", lambda raw: pickled({b"data": GOOD_IMAGES, b"labels": [0] * 3}), "3 labels"),
+    ("label-range", lambda raw: pickled({b"data": GOOD_IMAGES, b"labels": [0, 1, -1, 2]}), "label -1 at index 2"),
+]
+
+
+@pytest.mark.parametrize("target", ["data_batch_3", "test_batch"])
+@pytest.mark.parametrize(
+    ("corrupt", "phrase"), [c[1:] for c in CIFAR_CORRUPTIONS], ids=[c[0] for c in CIFAR_CORRUPTIONS]
+)
+def test_unreadable_cifar_batches_raise_a_data_file_error_naming_them(tmp_path, target, corrupt, phrase):
+    write_standard_cifar_files(tmp_path)
+    path = tmp_path / target
+    path.write_bytes(corrupt(path.read_bytes()))
+    with pytest.raises(data.DataFileError) as error:
+        data.load_arrays("cifar10", str(tmp_path))
+    message = str(error.value)
+    assert isinstance(error.value, ValueError)
+    assert str(path) in message and phrase in message
+    assert "CIFAR-10 python version" in message and "cifar-10-python.tar.gz" in message
 
 
 @pytest.mark.parametrize("dataset", ["fashion-mnist", "mnist", "cifar10"])
@@ -120,3 +278,11 @@ def test_random_crop_flip_gives_crops_of_the_padded_image():
         assert matches, f"image {i} is not a (flipped) crop"
         flips += matches[0]
     assert 0 < flips < 16
+
+
+def test_an_unreadable_embedded_subset_says_to_reinstall(tmp_path, monkeypatch):
+    write_standard_idx_files(tmp_path, compress=True)
+    (tmp_path / "t10k-images-idx3-ubyte.gz").write_bytes(b"")
+    monkeypatch.setattr(data, "EMBEDDED_FASHION_MNIST", tmp_path)
+    with pytest.raises(data.DataFileError, match="t10k-images-idx3-ubyte.gz: the file is empty.*reinstall"):
+        data.load_arrays("fashion-mnist", data.EMBEDDED)

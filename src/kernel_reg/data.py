@@ -8,9 +8,11 @@ batches then cost no host-to-device copies.
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import pickle
 import struct
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,22 +49,73 @@ class DataNotFoundError(FileNotFoundError):
     """The files of a data set are missing; the message says where we looked and where to get them."""
 
 
-def read_idx(path: str | os.PathLike) -> np.ndarray:
-    """Read an IDX file (plain or gzipped): big-endian header, magic 0x0000TTDD, D sizes, then data."""
-    opener = gzip.open if str(path).endswith(".gz") else open
-    with opener(path, "rb") as f:
-        raw = f.read()
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
-        raise ValueError(f"{path} is not an IDX file (bad magic number)")
-    dtypes = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
-    if raw[2] not in dtypes:
-        raise ValueError(f"{path}: unknown IDX data type 0x{raw[2]:02x}")
+class DataFileError(ValueError):
+    """A data file exists but cannot be read (truncated, corrupt, another format); the message names the
+    file and says what was expected."""
+
+
+IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+def read_idx(path: str | os.PathLike, *, hint: str = "") -> np.ndarray:
+    """Read an IDX file (plain or gzipped): big-endian header, magic 0x0000TTDD, D sizes, then data.
+
+    A file that is not such a file (not gzip though named .gz, truncated, corrupt, a bad header, more or
+    fewer bytes than the header announces) raises DataFileError naming it and saying what was expected;
+    ``hint`` (e.g. where to download the file again) ends that message."""
+    compressed = str(path).endswith(".gz")
+
+    def error(problem: str) -> DataFileError:
+        if compressed:
+            expected = "an IDX file, gzip-compressed because its name ends in .gz"
+        else:
+            expected = "an uncompressed IDX file (its name does not end in .gz)"
+        return DataFileError(f"{path}: {problem}; expected {expected}" + (f"; {hint}" if hint else ""))
+
+    raw = Path(path).read_bytes()
+    if not raw:
+        raise error("the file is empty (0 bytes)")
+    if compressed:
+        if raw[:2] != GZIP_MAGIC:
+            looks = (
+                " (it looks like an uncompressed IDX file: drop the .gz from its name)" if raw[:2] == b"\0\0" else ""
+            )
+            raise error(f"not a valid gzip file: not gzip-compressed, it starts with {raw[:8]!r}{looks}")
+        try:
+            raw = gzip.decompress(raw)
+        except EOFError as e:
+            raise error(f"not a valid gzip file: truncated ({e})") from e
+        except gzip.BadGzipFile as e:
+            if str(e).startswith("Not a gzipped file"):  # what follows a complete gzip stream is not another one
+                raise error(f"not a valid gzip file: corrupt, unexpected bytes after the end of the data ({e})") from e
+            raise error(f"not a valid gzip file: corrupt ({e})") from e
+        except zlib.error as e:
+            raise error(f"not a valid gzip file: corrupt ({e})") from e
+    size = f"{len(raw)} bytes" + (" after decompression" if compressed else "")
+    if len(raw) < 4:
+        raise error(f"truncated inside the IDX header: {size}, the header alone has at least 4")
+    if raw[0] != 0 or raw[1] != 0:
+        looks = " (it looks gzip-compressed: its name should end in .gz)" if raw[:2] == GZIP_MAGIC else ""
+        raise error(f"bad magic number 0x{raw[:4].hex()}, an IDX file starts with two zero bytes{looks}")
+    if raw[2] not in IDX_DTYPES:
+        known = ", ".join(f"0x{code:02x}" for code in IDX_DTYPES)
+        raise error(f"unknown IDX data type 0x{raw[2]:02x} (known: {known})")
     ndim = raw[3]
-    shape = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
-    data = np.frombuffer(raw, dtype=dtypes[raw[2]], offset=4 + 4 * ndim)
-    if data.size != int(np.prod(shape)):
-        raise ValueError(f"{path}: header announces shape {shape} but holds {data.size} values")
-    return data.reshape(shape)
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise error(f"truncated inside the IDX header: {size}, a header of {ndim} dimensions has {header}")
+    shape = struct.unpack(f">{ndim}I", raw[4:header])
+    dtype = np.dtype(IDX_DTYPES[raw[2]])
+    count = math.prod(shape)
+    expected, held = count * dtype.itemsize, len(raw) - header
+    if held != expected:
+        problem = "truncated: " if held < expected else "extra bytes at the end: "
+        raise error(
+            f"{problem}header announces shape {shape} ({count} values, {expected} bytes of data) "
+            f"but the file holds {held} bytes of data"
+        )
+    return np.frombuffer(raw, dtype=dtype, count=count, offset=header).reshape(shape)
 
 
 def write_idx(path: str | os.PathLike, array: np.ndarray) -> None:
@@ -83,7 +136,10 @@ def _find_idx_file(folders: list[Path], stem: str) -> Path | None:
 
 
 def load_idx_dataset(name: str, root: str | os.PathLike) -> tuple[np.ndarray, ...]:
-    """(train_x, train_y, test_x, test_y) of MNIST or Fashion-MNIST from the IDX files under ``root``."""
+    """(train_x, train_y, test_x, test_y) of MNIST or Fashion-MNIST from the IDX files under ``root``.
+
+    Missing files raise DataNotFoundError; files that cannot be read, or that do not fit together (uint8
+    images (N, H, W) of one size, as many labels as images, labels in [0, NUM_CLASSES)), DataFileError."""
     root = Path(root)
     folders = [root / layout for layout in IDX_LAYOUTS[name]]
     found = {key: _find_idx_file(folders, stem) for key, stem in IDX_FILES.items()}
@@ -93,13 +149,92 @@ def load_idx_dataset(name: str, root: str | os.PathLike) -> tuple[np.ndarray, ..
             f"{name}: looked in {', '.join(str(f) for f in folders)} for {', '.join(missing)} "
             f"(plain or .gz); get them from {WHERE_TO_GET[name]}"
         )
-    arrays = {key: read_idx(path) for key, path in found.items()}
+    if root == EMBEDDED_FASHION_MNIST:
+        hint = hints = "this subset ships with kernel_reg: reinstall the package"
+    else:
+        hint, hints = (f"download {what} again from {WHERE_TO_GET[name]}" for what in ("it", "them"))
+    arrays = {key: read_idx(path, hint=hint) for key, path in found.items()}
+    for split in ("train", "test"):
+        images_path, labels_path = found[f"{split}_images"], found[f"{split}_labels"]
+        images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
+        if images.ndim != 3 or images.dtype != np.uint8:
+            raise DataFileError(
+                f"{images_path}: holds {images.dtype} values of shape {images.shape}; expected {name} {split} "
+                f"images, uint8 of shape (N, height, width); {hint}"
+            )
+        if split == "test" and images.shape[1:] != arrays["train_images"].shape[1:]:
+            raise DataFileError(
+                f"{images_path}: holds images of {' x '.join(map(str, images.shape[1:]))} pixels; expected the "
+                f"{' x '.join(map(str, arrays['train_images'].shape[1:]))} of the training images in "
+                f"{found['train_images']}; {hints}"
+            )
+        if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+            raise DataFileError(
+                f"{labels_path}: holds {labels.dtype} values of shape {labels.shape}; expected {name} {split} "
+                f"labels, integers of shape (N,); {hint}"
+            )
+        if len(images) != len(labels):
+            raise DataFileError(
+                f"{images_path} holds {len(images)} images but {labels_path} holds {len(labels)} labels; "
+                f"expected one label per image, both files from the same {name} download; {hints}"
+            )
+        outside = np.flatnonzero((labels < 0) | (labels >= NUM_CLASSES))
+        if outside.size:
+            raise DataFileError(
+                f"{labels_path}: label {labels[outside[0]]} at index {outside[0]} is outside [0, {NUM_CLASSES}) "
+                f"({outside.size} of {labels.size} labels out of range); "
+                f"expected {name} classes 0 to {NUM_CLASSES - 1}; {hint}"
+            )
     return (
         arrays["train_images"][:, None].copy(),
         arrays["train_labels"].astype(np.int64),
         arrays["test_images"][:, None].copy(),
         arrays["test_labels"].astype(np.int64),
     )
+
+
+def _read_cifar_batch(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """(images (N, 3, 32, 32) uint8, labels (N,) int64) of one batch of the CIFAR-10 python version;
+    DataFileError naming the file if it is not one."""
+
+    def error(problem: str) -> DataFileError:
+        return DataFileError(
+            f"{path}: {problem}; expected a batch of the CIFAR-10 python version (cifar-10-python.tar.gz, "
+            f"extracted): a pickled dict with b'data' (N x 3072 uint8) and b'labels' (N classes in "
+            f"[0, {NUM_CLASSES})); download it again from {WHERE_TO_GET['cifar10']}"
+        )
+
+    with open(path, "rb") as f:
+        if not f.read(1):
+            raise error("the file is empty (0 bytes)")
+        f.seek(0)
+        try:
+            entry = pickle.load(f, encoding="bytes")
+        except Exception as e:  # unpickling other bytes can raise almost anything
+            raise error(f"cannot be unpickled ({type(e).__name__}: {e})") from e
+    if not isinstance(entry, dict):
+        raise error(f"holds a pickled {type(entry).__name__}, not a dict")
+    absent = [repr(key) for key in (b"data", b"labels") if key not in entry]
+    if absent:
+        keys = ", ".join(repr(key) for key in list(entry)[:10])
+        raise error(f"the pickled dict has no {' or '.join(absent)} (its keys: {keys})")
+    try:
+        images = np.asarray(entry[b"data"], dtype=np.uint8)
+    except (TypeError, ValueError, OverflowError) as e:
+        raise error(f"b'data' is not an array of bytes ({type(e).__name__}: {e})") from e
+    if images.size % (3 * 32 * 32):
+        raise error(f"b'data' holds {images.size} values, not a multiple of 3 x 32 x 32 = 3072")
+    try:
+        labels = np.asarray(entry[b"labels"], dtype=np.int64)
+    except (TypeError, ValueError, OverflowError) as e:
+        raise error(f"b'labels' is not a list of integers ({type(e).__name__}: {e})") from e
+    images = images.reshape(-1, 3, 32, 32)
+    if labels.ndim != 1 or len(labels) != len(images):
+        raise error(f"{len(images)} images but {labels.size} labels")
+    outside = np.flatnonzero((labels < 0) | (labels >= NUM_CLASSES))
+    if outside.size:
+        raise error(f"label {labels[outside[0]]} at index {outside[0]} is outside [0, {NUM_CLASSES})")
+    return images, labels
 
 
 def load_cifar10(root: str | os.PathLike) -> tuple[np.ndarray, ...]:
@@ -112,17 +247,11 @@ def load_cifar10(root: str | os.PathLike) -> tuple[np.ndarray, ...]:
             f"cifar10: looked in {root / 'cifar-10-batches-py'} and {root} for {', '.join(names)}; "
             f"get them from {WHERE_TO_GET['cifar10']}"
         )
-
-    def batch(name: str) -> tuple[np.ndarray, np.ndarray]:
-        with open(folder / name, "rb") as f:
-            entry = pickle.load(f, encoding="bytes")
-        return np.asarray(entry[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32), np.asarray(entry[b"labels"])
-
-    train = [batch(n) for n in names[:5]]
-    test_x, test_y = batch("test_batch")
+    train = [_read_cifar_batch(folder / n) for n in names[:5]]
+    test_x, test_y = _read_cifar_batch(folder / "test_batch")
     train_x = np.concatenate([b[0] for b in train])
-    train_y = np.concatenate([b[1] for b in train]).astype(np.int64)
-    return train_x, train_y, test_x, test_y.astype(np.int64)
+    train_y = np.concatenate([b[1] for b in train])
+    return train_x, train_y, test_x, test_y
 
 
 def resolve_data_dir(dataset: str, data_dir: str | None) -> str:
