@@ -12,52 +12,58 @@ committed at git revision REV had it (an earlier evaluation of the same weights)
 from __future__ import annotations
 
 import argparse
-import json
-import re
 import subprocess
+import tempfile
 from pathlib import Path
 
 from kernel_reg.config import hyperparameter_text, method_label
-from kernel_reg.rundir import read_config
+from kernel_reg.evaluation import eps_key
+from kernel_reg.rundir import ROBUSTNESS, Robustness, read_config, read_robustness
 
-SQUARE = re.compile(r"eps (\S+): Square \(\d+ queries\) broke (\d+) of the (\d+) examples")
 
-
-def committed(path: Path, revision: str) -> dict:
-    """A file's JSON content at a git revision."""
-    text = subprocess.run(["git", "show", f"{revision}:{path}"], capture_output=True, text=True, check=True).stdout
-    return json.loads(text)
+def committed(run_dir: Path, revision: str) -> Robustness:
+    """A run's evaluation record as committed at a git revision (read through the run-folder module)."""
+    text = subprocess.run(
+        ["git", "show", f"{revision}:{run_dir / ROBUSTNESS}"], capture_output=True, text=True, check=True
+    ).stdout
+    with tempfile.TemporaryDirectory() as folder:
+        (Path(folder) / ROBUSTNESS).write_text(text)
+        (Path(folder) / "config.json").write_text((run_dir / "config.json").read_text())
+        result = read_robustness(folder)
+    assert result is not None
+    return result
 
 
 def row(run_dir: Path, before: str | None) -> tuple[tuple, str]:
     config = read_config(run_dir)
-    result = json.loads((run_dir / "robustness.json").read_text())
-    keys = sorted(result["l2"], key=float)
+    result = read_robustness(run_dir)
+    assert result is not None
+    keys = sorted(result.l2, key=float)
     cells = [method_label(config), hyperparameter_text(config) or "-"]
-    cells.append(f"{100 * result['clean']:.1f}")
-    doubled = result.get("doubled", {}).get("l2", {})
-    worst = {key: min(result["l2"][key], doubled.get(key, 1.0)) for key in keys}
-    cells += [f"{100 * result['l2'][key]:.1f} / {100 * worst[key]:.1f}" for key in keys]
+    cells.append(f"{100 * result.clean:.1f}")
+    doubled = result.doubled.get("l2", {})
+    worst = {key: min(result.l2[key], doubled.get(key, 1.0)) for key in keys}
+    cells += [f"{100 * result.l2[key]:.1f} / {100 * worst[key]:.1f}" for key in keys]
     if before is not None:
-        earlier = committed(run_dir / "robustness.json", before)["l2"]
+        earlier = committed(run_dir, before).l2
         cells += [f"{100 * earlier[key]:.1f}" for key in keys]
-    square = [m for c in result.get("masking_checks", []) if (m := SQUARE.search(c["detail"]))]
-    if square:
-        eps, broken, _ = square[0].groups()
-        cells.append(f"{100 * (worst[eps] - int(broken) / result['n']):.1f}")
+    square = result.check("l2 score-based attack beats the gradient attacks")
+    if square is not None and square.eps is not None and "broken" in square.values:
+        cells.append(f"{100 * (worst[eps_key(square.eps)] - square.values['broken'] / result.n):.1f}")
     else:
         cells.append("-")
-    cells += [f"{100 * (result['certified_l2'] or {}).get(k, 0):.1f}" for k in keys]
-    cells.append(f"{result['lipschitz_bound']:.3g}" if result.get("lipschitz_bound") else "-")
+    cells += [f"{100 * (result.certified_l2 or {}).get(k, 0):.1f}" for k in keys]
+    cells.append(f"{result.lipschitz_bound:.3g}" if result.lipschitz_bound else "-")
     return (cells[0], cells[1]), "| " + " | ".join(cells) + " |"
 
 
 def main(root: str, before: str | None) -> None:
-    runs = sorted(p.parent for p in Path(root).glob("*/robustness.json"))
-    first = json.loads((runs[0] / "robustness.json").read_text())
-    keys = sorted(first["l2"], key=float)
+    runs = sorted(p.parent for p in Path(root).glob(f"*/{ROBUSTNESS}"))
+    first = read_robustness(runs[0])
+    assert first is not None
+    keys = sorted(first.l2, key=float)
     middle = keys[len(keys) // 2]
-    print(f"Attack: {first['attacks']['l2']}.\n")
+    print(f"Attack: {first.attacks['l2']}.\n")
     header = ["method", "strength", "clean"] + [f"eps {k}: 1x / worst of 1x, 2x" for k in keys]
     if before is not None:
         header += [f"eps {k}: at {before}" for k in keys]

@@ -152,36 +152,39 @@ def test_masking_checks_fire_on_a_masked_model_and_stay_quiet_on_an_ordinary_one
     model, x, y = trained
     torch.manual_seed(4)
     ordinary = evaluate_model(model, x, y, QUICK, (1, 28, 28))
-    assert ordinary["suspicious"] == [], ordinary["masking_checks"]
+    assert ordinary.suspicious == [], ordinary.masking_checks
     masked = nn.Sequential(Quantize(), model)
     result = evaluate_model(masked, x, y, QUICK, (1, 28, 28))
-    assert "zero input gradients" in result["suspicious"]
-    assert any("score-based attack beats the gradient attacks" in c for c in result["suspicious"])
-    assert result["certified_l2"] is None and "Quantize" in result["certified_note"]
+    assert "zero input gradients" in result.suspicious
+    assert any("score-based attack beats the gradient attacks" in c for c in result.suspicious)
+    assert result.certified_l2 is None and "Quantize" in result.certified_note
+    square = result.check("l2 score-based attack beats the gradient attacks")
+    assert square.fired and square.eps == 1.0 and square.values["broken"] > 1  # the numbers, not only a sentence
+    assert f"broke {square.values['broken']} of the {square.values['survivors']} examples" in square.detail
 
 
 def test_a_certificate_above_the_attack_is_flagged_as_a_bug(trained):
     model, x, y = trained
     settings = EvalSettings(l2_eps=(0.5,), linf_eps=(4 / 255,), steps=5, queries=20)
     result = evaluate_model(model, x, y, settings, (1, 28, 28))
-    assert "certified accuracy exceeds robust accuracy (a bug)" not in result["suspicious"]
+    assert "certified accuracy exceeds robust accuracy (a bug)" not in result.suspicious
     from kernel_reg.evaluation import masking_checks
 
-    forged = {**result, "certified_l2": {"0.5": 1.0}}
-    checks = masking_checks(model, x, y, settings, forged, {})
-    assert any(c["fired"] and "(a bug)" in c["check"] for c in checks)
+    accuracies = {"l2": result.l2, "linf": result.linf}
+    checks, _ = masking_checks(model, x, y, settings, accuracies, {"0.5": 1.0}, {})
+    assert any(c.fired and "(a bug)" in c.check for c in checks)
 
 
 def test_convergence_is_checked_at_every_radius_when_asked(trained):
     model, x, y = trained
     settings = EvalSettings(l2_eps=(0.25, 0.5, 1.0), linf_eps=(), steps=5, l2_step_size=0.2, queries=20)
     middle_only = evaluate_model(model, x, y, settings, (1, 28, 28))
-    assert list(middle_only["doubled"]["l2"]) == ["0.5"] and middle_only["linf"] == {}
-    assert "linf" not in middle_only["attacks"] and middle_only["attacks"]["l2"].startswith("PGD-l2 (5 steps")
+    assert list(middle_only.doubled["l2"]) == ["0.5"] and middle_only.linf == {}
+    assert "linf" not in middle_only.attacks and middle_only.attacks["l2"].startswith("PGD-l2 (5 steps")
     every = evaluate_model(model, x, y, replace(settings, converge_every_radius=True), (1, 28, 28))
-    assert sorted(every["doubled"]["l2"], key=float) == ["0.25", "0.5", "1"]
-    convergence = [c for c in every["masking_checks"] if "not converged" in c["check"]]
+    assert sorted(every.doubled["l2"], key=float) == ["0.25", "0.5", "1"]
+    convergence = [c for c in every.masking_checks if "not converged" in c.check]
     assert len(convergence) == 3
-    for check, (key, doubled) in zip(convergence, every["doubled"]["l2"].items()):
-        assert doubled <= every["clean"]
-        assert check["fired"] == (doubled < every["l2"][key] - 0.01)
+    for check, (key, doubled) in zip(convergence, every.doubled["l2"].items()):
+        assert doubled <= every.clean and check.values["doubled"] == doubled
+        assert check.fired == (doubled < every.l2[key] - 0.01)

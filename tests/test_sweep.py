@@ -8,7 +8,7 @@ import stat
 import pytest
 
 from kernel_reg.cli import main
-from kernel_reg.config import preset_config
+from kernel_reg.config import check_run_name, preset_config, setting_key
 from kernel_reg.report import collect_runs, selection_table
 from kernel_reg.rundir import read_metrics, run_path
 from kernel_reg.sweep import Cluster, expand, load_grid_file, parse_grid, run_sweep
@@ -26,7 +26,8 @@ def test_grids_expand_to_named_typed_runs(tmp_path):
     grid = parse_grid("reg=gradient-penalty+project-sn lmbda=0.01,0.1 tau=1.5")
     assert grid == {"regs": [("gradient-penalty", "project-sn")], "lmbda": [0.01, 0.1], "tau": [1.5]}
     configs = expand(base(tmp_path), [grid, parse_grid("reg=none")], seeds=2)
-    names = [c.name for c in configs]
+    sweep_flags = "_h" + configs[0].name.rsplit("_h", 1)[1]  # the hash of the base's own changes (width, ...)
+    names = [c.name.removesuffix(sweep_flags) for c in configs]
     assert names == [
         "gradient-penalty+project-sn_lmbda0.01_tau1.5_s0",
         "gradient-penalty+project-sn_lmbda0.1_tau1.5_s0",
@@ -35,17 +36,68 @@ def test_grids_expand_to_named_typed_runs(tmp_path):
         "gradient-penalty+project-sn_lmbda0.1_tau1.5_s1",
         "none_s1",
     ]
-    assert [c.shuf_seed for c in configs] == [0, 0, 0, 1, 1, 1] and configs[1].lmbda == 0.1
+    assert all(c.name.endswith(sweep_flags) for c in configs)
+    assert [c.shuf_seed for c in configs] == [0, 0, 0, 1, 1, 1] and configs[1].reg("gradient-penalty")["lmbda"] == 0.1
     restricted = expand(base(tmp_path), [parse_grid("reg=adv-perturbation epsilon=0.3 delta_candidates=16")], 1)
-    assert [c.name for c in restricted] == ["adv-perturbation_epsilon0.3_delta_candidates16_s0"]
+    assert restricted[0].name.startswith("adv-perturbation_epsilon0.3_candidates16_s0")
     (tmp_path / "grid.yaml").write_text("- reg: [pgd-l2]\n  epsilon: [0.5, 1.0]\n- {reg: [none]}\n")
     assert load_grid_file(tmp_path / "grid.yaml") == [{"regs": [("pgd-l2",)], "epsilon": [0.5, 1.0]}, {"regs": [()]}]
     (tmp_path / "grid.json").write_text(json.dumps({"reg": "vat", "vat_alpha": [1, 2]}))
-    assert load_grid_file(tmp_path / "grid.json") == [{"regs": [("vat",)], "vat_alpha": [1.0, 2.0]}]
-    with pytest.raises(ValueError, match="unknown grid key 'lmbd'"):
+    assert load_grid_file(tmp_path / "grid.json") == [{"regs": [("vat",)], "vat_alpha": [1, 2]}]
+    vat = expand(base(tmp_path), load_grid_file(tmp_path / "grid.json"), 1)
+    assert [c.reg("vat")["lmbda"] for c in vat] == [1.0, 2.0]  # --vat_alpha is VAT's weight
+    with pytest.raises(ValueError, match="unknown key 'lmbd'"):
         parse_grid("lmbd=0.1")
     with pytest.raises(ValueError, match="regularizer must be one of"):
         expand(base(tmp_path), [parse_grid("reg=dropout")], 1)
+    with pytest.raises(ValueError, match="lmbda applies to gradient-penalty, loss-gradl1, loss-gradl2"):
+        expand(base(tmp_path), [parse_grid("reg=none lmbda=0.1")], 1)
+
+
+@pytest.mark.parametrize(
+    ("grid", "count"),
+    [
+        ("reg=none lr=0.01,0.05,0.1", 3),
+        ("width=8,16,64", 3),
+        ("n_train=100,300", 2),
+        ("reg=gradient-penalty lr=0.01,0.1 lmbda=0.1,1", 4),
+        ("reg=pgd-l2 epsilon=0.5,1 steps=3,5 batch_size=32,64", 8),
+        ("sched_step=10,20 num_epochs=30,60 aug=true,false", 8),
+        ("data_dir=embedded,/somewhere/else", 2),
+        ("reg=gradient-penalty+loss-gradl2 gradient-penalty.lmbda=0.1,1 loss-gradl2.lmbda=0.1,1", 4),
+    ],
+)
+def test_every_grid_point_gets_its_own_run_folder(tmp_path, grid, count):
+    configs = expand(preset_config("fmnist300_vgg5", root=str(tmp_path)), [parse_grid(grid)], seeds=2)
+    assert len(configs) == 2 * count
+    assert len({c.name for c in configs}) == 2 * count
+    assert len({setting_key(c) for c in configs}) == count  # the seeds of one point share its setting
+    for config in configs:
+        assert check_run_name(config.name) == config.name and "/" not in config.name
+
+
+def test_names_show_what_varies_and_hash_what_the_sweep_fixes(tmp_path):
+    (plain,) = expand(preset_config("fmnist300_vgg5"), [parse_grid("reg=none lr=0.01")], 1)
+    assert plain.name == "none_lr0.01_s0"  # nothing else differs from the preset: no hash
+    wide = expand(preset_config("fmnist300_vgg5", width=16), [parse_grid("reg=none lr=0.01")], 1)[0]
+    wider = expand(preset_config("fmnist300_vgg5", width=32), [parse_grid("reg=none lr=0.01")], 1)[0]
+    assert wide.name.startswith("none_lr0.01_s0_h") and wide.name != wider.name
+
+
+def test_a_sweep_that_would_share_a_folder_is_refused(tmp_path, monkeypatch):
+    from kernel_reg import sweep
+
+    monkeypatch.setattr(sweep, "run_name", lambda config, keys=(): "same")
+    with pytest.raises(ValueError, match="two grid points map to the run folder same"):
+        expand(base(tmp_path), [parse_grid("reg=none lr=0.01,0.1")], 1)
+
+
+def test_sweep_flags_for_hyperparameters_apply_where_a_regularizer_takes_them(tmp_path):
+    grids = [parse_grid("reg=pgd-l2 epsilon=0.5"), parse_grid("reg=none")]
+    configs = expand(base(tmp_path), grids, 1, defaults={"steps": 3})
+    assert configs[0].reg("pgd-l2")["steps"] == 3 and configs[1].regs == ()
+    with pytest.raises(ValueError, match="tau: no regularizer of the grid takes it"):
+        expand(base(tmp_path), grids, 1, defaults={"tau": 1.0})
 
 
 def test_local_sweep_runs_skips_finished_runs_and_resumes_unfinished_ones(tmp_path):
@@ -55,23 +107,27 @@ def test_local_sweep_runs_skips_finished_runs_and_resumes_unfinished_ones(tmp_pa
     results = run_sweep(configs, Cluster("local", jobs=2), log=lines.append)
     assert len(results) == 6 and lines[0] == "sweep: 6 runs, 0 finished, 6 to run"
     for config in configs:
-        assert [m["epoch"] for m in read_metrics(run_path(config))] == [0, 1]
+        assert [m.epoch for m in read_metrics(run_path(config))] == [0, 1]
     lines.clear()
     assert run_sweep(configs, Cluster("local", jobs=2), log=lines.append) == []
     assert lines == ["sweep: 6 runs, 6 finished, 0 to run"]
     longer = expand(base(tmp_path, num_epochs=3), grids[1:], seeds=1)
     run_sweep(longer, Cluster("local", jobs=1), log=lines.append)
-    assert [m["epoch"] for m in read_metrics(run_path(longer[0]))] == [0, 1, 2]  # resumed, not restarted
+    assert [m.epoch for m in read_metrics(run_path(longer[0]))] == [0, 1, 2]  # resumed, not restarted
+
+    assert longer[0].name == configs[2].name
 
     table = selection_table(collect_runs(tmp_path))
     runs = {r.config.name: r for r in collect_runs(tmp_path)}
-    gp = {lmbda: [runs[f"gradient-penalty_lmbda{lmbda}_s{s}"].best for s in (0, 1)] for lmbda in ("0.01", "1")}
-    chosen = max(gp, key=lambda k: sum(b["val_acc"] for b in gp[k]))
-    tests = [100 * b["test_acc"] for b in gp[chosen]]
+    suffix = configs[0].name.rsplit("_s0", 1)[1]
+    gp = {lmbda: [runs[f"gradient-penalty_lmbda{lmbda}_s{s}{suffix}"] for s in (0, 1)] for lmbda in ("0.01", "1")}
+    chosen = max(gp, key=lambda k: sum(r.best.val_acc for r in gp[k]))
+    tests = [100 * r.best.test_acc for r in gp[chosen]]
     mean = sum(tests) / 2
     std = (sum((t - mean) ** 2 for t in tests)) ** 0.5  # sample std of two values
     assert f"| gradient-penalty | lmbda={float(chosen):g} | 2 | 2 |" in table
-    assert f"{mean:.1f} +- {std:.1f} |" in table
+    pooled = ", ".join(sorted(f"fmnist1000_vgg5/{r.config.name}" for r in gp[chosen]))
+    assert f"{mean:.1f} +- {std:.1f} | {pooled} |" in table
 
 
 def test_slurm_sweep_writes_the_job_array_it_would_submit(tmp_path, monkeypatch):

@@ -1,6 +1,5 @@
 """Training end to end on tiny budgets: every regularizer, checkpoints, resume, divergence."""
 
-import json
 import os
 import signal
 import subprocess
@@ -11,44 +10,55 @@ import pytest
 import torch
 
 from kernel_reg import spectral
-from kernel_reg.config import REGULARIZERS, preset_config
-from kernel_reg.rundir import load_run, read_config, read_metrics, run_path
+from kernel_reg.config import preset_config
+from kernel_reg.regularizers import NAMES as REGULARIZERS
+from kernel_reg.rundir import RunFolderError, load_run, locked, read_config, read_metrics, run_path
 from kernel_reg.training import TrainingDiverged, build_regularizers, train
+
+# cheap inner loops, for whichever regularizer takes them
+CHEAP = dict(steps=2, deformations=2)
 
 
 def tiny(tmp_path, **changes):
     values = dict(
         data_dir="embedded", n_train=64, n_val=64, n_test=64, width=4, batch_size=32, num_epochs=2,
-        eval_delta=1, root=str(tmp_path), probe_size=16, steps=2, stability_tr_per_ex=2,
-        stability_num_deformations=2,
+        eval_delta=1, root=str(tmp_path), probe_size=16,
     )  # fmt: skip
     values.update(changes)
-    return preset_config("fmnist1000_vgg5", **values)
+    return preset_config("fmnist1000_vgg5", **values).updated(CHEAP, strict=False)
 
 
 @pytest.mark.parametrize("reg", REGULARIZERS)
 def test_every_regularizer_trains_and_logs(tmp_path, reg):
-    config = tiny(tmp_path, regs=(reg,), name=reg, tau=1.0, num_epochs=1)
-    metrics = train(config, log=lambda _: None)
-    assert read_metrics(run_path(config)) == json.loads(json.dumps(metrics))
-    assert read_config(run_path(config)) == config
-    record = metrics[-1]
-    for key in ("epoch", "train_loss", "train_acc", "val_acc", "test_acc", "rkhs_lower_grad", "rkhs_upper_spectral"):
-        assert key in record
-    assert record["rkhs_lower_grad"] <= record["rkhs_upper_spectral"] * 100  # finite, sensible scale
+    config = tiny(tmp_path, regs=(reg,), name=reg, num_epochs=1)
     if reg == "project-sn":
-        _, model, _, _ = load_run(run_path(config), "cpu", which="last")
+        config = config.updated({"tau": 1.0})
+    metrics = train(config, log=lambda _: None)
+    assert read_metrics(run_path(config)) == metrics
+    assert read_config(run_path(config)) == config
+    row = metrics[-1]
+    assert row.epoch == 0 and row.val_acc is not None and row.eval_seconds > 0
+    assert 0 < row.rkhs_lower_grad <= row.rkhs_upper_spectral * 100  # finite, sensible scale
+    assert (row.tau is not None) == (reg == "project-sn")
+    if reg == "project-sn":
+        _, model, _, _, _ = load_run(run_path(config), "cpu", which="last")
         sigmas = [float(s.detach()) for s in spectral.SpectralNormPenalty(method="svd").sigmas(model)]
         assert max(sigmas) <= spectral.tau_schedule(1.0, 2.0, 0) * (1 + 1e-4)
 
 
 def test_regularizers_are_built_with_the_config_strengths(tmp_path):
-    config = tiny(tmp_path, regs=("gradient-penalty", "pgd-linf", "project-sn"), lmbda=0.3, epsilon=0.02)
+    config = tiny(tmp_path, regs=("gradient-penalty", "pgd-linf", "project-sn"), lmbda=0.3, epsilon=0.02, tau=2.0)
     built = build_regularizers(config)
     assert built.penalties["gradient-penalty"].lmbda == 0.3
-    assert built.attack.eps == 0.02 and built.project
+    assert built.attack.eps == 0.02 and built.attack.steps == 2
+    assert built.projection.radius(epoch=1e9) == pytest.approx(2.0)
     delta = build_regularizers(tiny(tmp_path, regs=("adv-perturbation",), delta_candidates=4))
     assert delta.penalties["adv-perturbation"].candidates == 4
+    both = tiny(
+        tmp_path, regs=("gradient-penalty", "loss-gradl2"), **{"gradient-penalty.lmbda": 0.2, "loss-gradl2.lmbda": 3}
+    )
+    built = build_regularizers(both)
+    assert (built.penalties["gradient-penalty"].lmbda, built.penalties["loss-gradl2"].lmbda) == (0.2, 3.0)
 
 
 def test_resume_after_a_kill_ends_like_an_uninterrupted_run(tmp_path):
@@ -73,7 +83,9 @@ def test_resume_after_a_kill_ends_like_an_uninterrupted_run(tmp_path):
 
     def comparable(root):
         rows = read_metrics(root / "fmnist1000_vgg5" / "r")
-        return [{k: v for k, v in row.items() if k != "seconds_per_epoch"} for row in rows]
+        return [
+            {k: v for k, v in row.to_dict().items() if k not in ("seconds_per_epoch", "eval_seconds")} for row in rows
+        ]
 
     assert comparable(tmp_path / "cut") == comparable(tmp_path / "whole")
     whole = torch.load(tmp_path / "whole/fmnist1000_vgg5/r/checkpoint.pt", weights_only=False)
@@ -83,10 +95,10 @@ def test_resume_after_a_kill_ends_like_an_uninterrupted_run(tmp_path):
 
 def test_resume_refuses_another_configuration(tmp_path):
     train(tiny(tmp_path, num_epochs=1), log=lambda _: None)
-    with pytest.raises(ValueError, match=r"another configuration \(lr: saved 0.05, now 0.1\)"):
+    with pytest.raises(RunFolderError, match=r"another configuration \(lr: saved 0.05, now 0.1\)"):
         train(tiny(tmp_path, num_epochs=1, lr=0.1), log=lambda _: None)
     more = train(tiny(tmp_path, num_epochs=3), log=lambda _: None)  # more epochs is a resume
-    assert [m["epoch"] for m in more] == [0, 1, 2]
+    assert [m.epoch for m in more] == [0, 1, 2]
 
 
 def test_divergence_names_the_term_and_keeps_the_last_good_checkpoint(tmp_path):
@@ -98,15 +110,94 @@ def test_divergence_names_the_term_and_keeps_the_last_good_checkpoint(tmp_path):
         train(config, log=lambda _: None)
     state = torch.load(run_path(config) / "checkpoint.pt", weights_only=False)
     assert all(torch.isfinite(v).all() for v in state["model"].values())
-    assert read_metrics(run_path(config))[-1]["epoch"] == state["epoch"]
+    assert read_metrics(run_path(config))[-1].epoch == state["epoch"]
 
 
 def test_best_weights_are_those_of_best_validation_accuracy(tmp_path):
     config = tiny(tmp_path, num_epochs=4)
     metrics = train(config, log=lambda _: None)
-    best = max(metrics, key=lambda m: (m["val_acc"], -m["epoch"]))
-    _, model, splits, epoch = load_run(run_path(config), "cpu")
-    assert epoch == best["epoch"]
+    best = max(metrics, key=lambda m: (m.val_acc, -m.epoch))
+    _, model, splits, epoch, which = load_run(run_path(config), "cpu")
+    assert (epoch, which) == (best.epoch, "best-validation")
     with torch.no_grad():
         val_acc = float((model(splits.val_x).argmax(1) == splits.val_y).float().mean())
-    assert val_acc == pytest.approx(best["val_acc"])
+    assert val_acc == pytest.approx(best.val_acc)
+
+
+def test_each_epoch_is_on_disk_before_its_log_line(tmp_path):
+    config = tiny(tmp_path, num_epochs=3)
+    seen = []
+
+    def log(line):
+        if line.startswith("epoch"):
+            state = torch.load(run_path(config) / "checkpoint.pt", weights_only=True)
+            seen.append((line.split(",")[0], state["epoch"], read_metrics(run_path(config))[-1].epoch))
+
+    train(config, log=log)
+    assert seen == [("epoch 0", 0, 0), ("epoch 1", 1, 1), ("epoch 2", 2, 2)]
+
+
+def test_a_locked_run_folder_is_refused_at_once(tmp_path):
+    config = tiny(tmp_path, num_epochs=1)
+    with locked(run_path(config), "a test", create=True):
+        with pytest.raises(RunFolderError, match=rf"in use by pid {os.getpid()} on .* \(a test\)"):
+            train(config, log=lambda _: None)
+    assert not (run_path(config) / "config.json").exists()
+    train(config, log=lambda _: None)  # released: the run goes ahead
+
+
+def test_resume_changes_nothing_when_asked_for_fewer_or_the_same_epochs(tmp_path):
+    train(tiny(tmp_path, num_epochs=3), log=lambda _: None)
+    run_dir = run_path(tiny(tmp_path))
+    files = {name: (run_dir / name).read_bytes() for name in ("config.json", "metrics.jsonl", "checkpoint.pt")}
+    with pytest.raises(RunFolderError, match=r"num_epochs: saved 3, now 2 \(it may only grow\)"):
+        train(tiny(tmp_path, num_epochs=2), log=lambda _: None)
+    lines = []
+    metrics = train(tiny(tmp_path, num_epochs=3), log=lines.append)
+    assert [m.epoch for m in metrics] == [0, 1, 2] and "already trained to its last epoch (2)" in lines[0]
+    assert {name: (run_dir / name).read_bytes() for name in files} == files
+
+
+def test_a_config_without_checkpoint_is_not_overwritten_by_another(tmp_path):
+    config = tiny(tmp_path, num_epochs=1, regs=("gradient-penalty",), lmbda=0.01)
+    run_path(config).mkdir(parents=True)
+    (run_path(config) / "config.json").write_text(config.to_json())
+    with pytest.raises(RunFolderError, match=r"gradient-penalty.lmbda: saved 0.01, now 5.0"):
+        train(config.updated({"lmbda": 5.0}), log=lambda _: None)
+    assert read_config(run_path(config)) == config
+
+
+@pytest.mark.parametrize("damage", ["empty", "truncated", "garbage"])
+def test_a_damaged_checkpoint_is_refused_never_restarted(tmp_path, damage):
+    config = tiny(tmp_path, num_epochs=3, eval_delta=1)
+    train(config.replace(num_epochs=2), log=lambda _: None)
+    path = run_path(config) / "checkpoint.pt"
+    data = path.read_bytes()
+    path.write_bytes({"empty": b"", "truncated": data[: len(data) // 2], "garbage": b"not a checkpoint"}[damage])
+    before = {p.name: p.read_bytes() for p in run_path(config).iterdir() if p.is_file()}
+    with pytest.raises(
+        RunFolderError, match=r"checkpoint.pt is unreadable .* truncated or corrupt. Nothing was changed"
+    ):
+        train(config, log=lambda _: None)
+    with pytest.raises(RunFolderError, match="checkpoint.pt is unreadable"):
+        load_run(run_path(config), "cpu")
+    assert {p.name: p.read_bytes() for p in run_path(config).iterdir() if p.is_file()} == before
+
+
+def test_divergence_before_any_checkpoint_says_so(tmp_path):
+    config = tiny(tmp_path, lr=1e30, num_epochs=2)
+    with pytest.raises(TrainingDiverged, match="at epoch 0; no checkpoint had been written yet"):
+        train(config, log=lambda _: None)
+    assert not (run_path(config) / "checkpoint.pt").exists()
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002])
+def test_run_files_honour_the_umask(tmp_path, umask):
+    old = os.umask(umask)
+    try:
+        config = tiny(tmp_path, num_epochs=1)
+        train(config, log=lambda _: None)
+    finally:
+        os.umask(old)
+    for name in ("config.json", "metrics.jsonl", "checkpoint.pt"):
+        assert (run_path(config) / name).stat().st_mode & 0o777 == 0o666 & ~umask, name

@@ -13,17 +13,19 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from .config import ORIGINAL_FLAGS, PRESETS, REGULARIZERS, Config, field_types, parse_bool, preset_config
-from .data import DataNotFoundError
+from . import regularizers
+from .config import PRESETS, Config, field_types, parse_bool, preset_config
 from .evaluation import ATTACK_NAMES, EvalSettings, evaluate_run
+from .progress import say
 from .report import write_report
-from .rundir import run_path
+from .rundir import check_writable, locked, run_path
 
 # fields with their own flags below
 _SPECIAL = {"experiment", "regs"}
+_PARAM = "param:"  # argparse dest prefix of the regularizer hyperparameter flags
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
@@ -32,11 +34,12 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
         help=f"preset whose defaults the other flags override; one of: {', '.join(sorted(PRESETS))}",
     )  # fmt: skip
     parser.add_argument(
-        "--reg", dest="regs", action="append", choices=REGULARIZERS, default=None, metavar="NAME",
-        help=f"add a regularizer (repeatable): {', '.join(REGULARIZERS)}",
+        "--reg", dest="regs", action="append", choices=regularizers.NAMES, default=None, metavar="NAME",
+        help=f"add a regularizer (repeatable): {', '.join(regularizers.NAMES)}",
     )  # fmt: skip
-    for reg, flag in ORIGINAL_FLAGS.items():
-        parser.add_argument(flag, dest="regs", action="append_const", const=reg, help=f"same as --reg {reg}")
+    for reg in regularizers.REGISTRY.values():
+        parser.add_argument(reg.original_flag, dest="regs", action="append_const", const=reg.name,
+                            help=f"same as --reg {reg.name}")  # fmt: skip
     group = parser.add_argument_group("configuration (defaults from the preset)")
     for name, parse in field_types().items():
         if name in _SPECIAL:
@@ -46,14 +49,52 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
             group.add_argument(*names, dest=name, action=argparse.BooleanOptionalAction, default=None)
         else:
             group.add_argument(*names, dest=name, type=parse, default=None, metavar=parse.__name__.upper())
+    hyper = parser.add_argument_group(
+        "regularizer hyperparameters (--REG.NAME sets one regularizer's; registry defaults otherwise)"
+    )
+    for reg in regularizers.REGISTRY.values():
+        for param in reg.params:
+            key = f"{reg.name}.{param.name}"
+            hyper.add_argument(f"--{key}", dest=_PARAM + key, type=_typed(param.parse), default=None, metavar="V",
+                               help=f"{param.help} (default {param.default})")  # fmt: skip
+    original = parser.add_argument_group("the original's shared flags: each sets its hyperparameter in every selected "
+                                         "regularizer that reads it")  # fmt: skip
+    for alias, pairs in regularizers.ALIASES.items():
+        names = [f"--{alias.replace('_', '-')}"] + ([f"--{alias}"] if "_" in alias else [])
+        param = regularizers.param_of(alias)
+        original.add_argument(*names, dest=_PARAM + alias, type=_typed(param.parse), default=None, metavar="V",
+                              help="sets " + ", ".join(f"{r}.{p}" for r, p in pairs))  # fmt: skip
+
+
+def _typed(parse: Callable[[str], object]) -> Callable[[str], object]:
+    """``parse`` with its ValueError shown by argparse as it is."""
+
+    def typed(text: str) -> object:
+        try:
+            return parse(text)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+
+    return typed
+
+
+def reg_param_values(args: argparse.Namespace) -> dict[str, object]:
+    """The regularizer hyperparameters given on the command line, by key (alias or reg.param)."""
+    return {k[len(_PARAM) :]: v for k, v in vars(args).items() if k.startswith(_PARAM) and v is not None}
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
-    """The preset of ``--experiment`` with every flag that was given."""
-    overrides = {f.name: getattr(args, f.name, None) for f in dataclasses.fields(Config) if f.name not in _SPECIAL}
+    """The preset of ``--experiment`` with every flag that was given; a hyperparameter flag that no
+    selected regularizer takes is an error."""
+    overrides: dict[str, object] = {
+        f.name: getattr(args, f.name, None) for f in dataclasses.fields(Config) if f.name not in _SPECIAL
+    }
     if args.regs:
         overrides["regs"] = tuple(dict.fromkeys(args.regs))
-    return preset_config(args.experiment, **overrides)
+    config = preset_config(args.experiment, **overrides)
+    # the original's shared flags first, so that a --REG.NAME flag overrides them
+    params = sorted(reg_param_values(args).items(), key=lambda item: "." in item[0])
+    return config.updated(dict(params))
 
 
 def _add_eval_flags(parser: argparse.ArgumentParser) -> None:
@@ -156,10 +197,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _set_aside(run_dir: Path) -> None:
+    """Rename an existing run folder to ``<name>.old-<time>`` (which reports ignore), holding its lock."""
     if run_dir.exists():
-        target = run_dir.with_name(f"{run_dir.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
-        run_dir.rename(target)
-        print(f"set the old run aside as {target}")
+        with locked(run_dir, "kernel-reg train --fresh"):
+            target = run_dir.with_name(f"{run_dir.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
+            run_dir.rename(target)
+        say(f"set the old run aside as {target}")
 
 
 def demo_configs(root: Path, epochs: int, device: str) -> list[Config]:
@@ -170,9 +213,9 @@ def demo_configs(root: Path, epochs: int, device: str) -> list[Config]:
     )  # fmt: skip
     return [
         base.replace(name="baseline"),
-        base.replace(name="grad_penalty", regs=("gradient-penalty",), lmbda=0.05),
-        base.replace(name="pgd_l2", regs=("pgd-l2",), epsilon=1.0, steps=3),
-        base.replace(name="gradl2_project", regs=("loss-gradl2", "project-sn"), lmbda=0.1, tau=3.0),
+        base.replace(name="grad_penalty").updated({"regs": ("gradient-penalty",), "lmbda": 0.05}),
+        base.replace(name="pgd_l2").updated({"regs": ("pgd-l2",), "epsilon": 1.0, "steps": 3}),
+        base.replace(name="gradl2_project").updated({"regs": ("loss-gradl2", "project-sn"), "lmbda": 0.1, "tau": 3.0}),
     ]
 
 
@@ -183,34 +226,46 @@ def run_demo(args: argparse.Namespace) -> None:
     settings = EvalSettings(
         l2_eps=(0.5, 1.0, 1.5), linf_eps=(2 / 255, 8 / 255), steps=20, l2_step_size=0.25, n_test=500, queries=300
     )
+    check_writable(args.root, "the demo writes its runs and report there; choose another --root")
     for config in demo_configs(args.root, args.epochs, args.device):
-        print(f"== training {config.name}: {', '.join(config.regs) or 'no regularization'}", flush=True)
-        train(config, log=lambda line: print(line, flush=True))
-        evaluate_run(run_path(config), settings, args.device)
+        say(f"== training {config.name}: {', '.join(config.reg_names) or 'no regularization'}")
+        train(config, log=say)
+        evaluate_run(run_path(config), settings, args.device, log=say)
     table, files = write_report(args.root)
-    print(table)
-    print("wrote " + ", ".join(str(f) for f in files))
-    print(f"demo finished in {time.perf_counter() - began:.0f} s")
+    say(table)
+    say("wrote " + ", ".join(str(f) for f in files))
+    say(f"demo finished in {time.perf_counter() - began:.0f} s")
 
 
-def run_sweep_command(args: argparse.Namespace) -> None:
-    from .sweep import Cluster, expand, load_grid_file, parse_grid, run_sweep
+def run_sweep_command(args: argparse.Namespace) -> int:
+    from .sweep import Cluster, expand, failures, load_grid_file, parse_grid, run_sweep
 
     grids = [parse_grid(text) for text in args.grid]
     if args.grid_file is not None:
         grids += load_grid_file(args.grid_file)
     if not grids:
         raise ValueError("give the runs with --grid 'key=v1,v2 ...' or --grid-file FILE")
-    configs = expand(config_from_args(args), grids, args.seeds)
+    base = config_from_args(argparse.Namespace(**{k: v for k, v in vars(args).items() if not k.startswith(_PARAM)}))
+    configs = expand(base, grids, args.seeds, defaults=reg_param_values(args))
     if args.dry_run:
         for config in configs:
-            print(run_path(config))
-        return
+            say(str(run_path(config)))
+        return 0
+    check_writable(Path(base.root), "the sweep writes its runs there; choose another --root")
     cluster = Cluster(
         args.cluster, args.jobs, args.partition, args.time, args.gpus_per_node, args.cpus_per_task, args.mem_gb
     )
     settings = eval_settings_from_args(args) if args.evaluate else None
-    run_sweep(configs, cluster, settings, log=lambda line: print(line, flush=True))
+    outcomes = run_sweep(configs, cluster, settings, log=say)
+    if cluster.kind == "slurm":
+        return 0  # submitted; the jobs report in their logs
+    failed = failures(outcomes)
+    if failed:
+        say(f"{len(failed)} of {len(outcomes)} runs failed:")
+        for name, error in failed:
+            say(f"  {name}: {error}")
+        return 1
+    return 0
 
 
 def _launch_with_torchrun(argv: Sequence[str], nproc: int) -> int:
@@ -242,27 +297,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.fresh:
                 _set_aside(run_path(config))
             try:
-                train(config, log=lambda line: print(line, flush=True))
+                train(config, log=say)
             except TrainingDiverged as error:
                 print(f"kernel-reg: training diverged: {error}", file=sys.stderr)
                 return 1
         elif args.command == "sweep":
-            run_sweep_command(args)
+            return run_sweep_command(args)
         elif args.command == "evaluate":
             settings = eval_settings_from_args(args)
             runs = args.runs or [Path(args.root) / (args.experiment or "fmnist1000_vgg5") / args.name]
             for run_dir in runs:
-                result = evaluate_run(run_dir, settings, args.device, args.weights)
-                print(f"{run_dir}: clean {result['clean']:.4f}, l2 {result['l2']}, linf {result['linf']}, "
-                      f"certified l2 {result['certified_l2']}")  # fmt: skip
-                for check in result.get("suspicious", []):
-                    print(f"  WARNING: {check}")
+                say(f"{run_dir}:")
+                evaluate_run(run_dir, settings, args.device, args.weights, log=say)
         elif args.command == "report":
-            table, files = write_report(args.root, args.out)
-            print(table)
-            print("wrote " + ", ".join(str(f) for f in files))
+            table, files = write_report(args.root, args.out, warn=lambda line: print(line, file=sys.stderr))
+            say(table)
+            say("wrote " + ", ".join(str(f) for f in files))
         elif args.command == "demo":
             run_demo(args)
-    except (ValueError, DataNotFoundError, FileNotFoundError) as error:
+    except (ValueError, OSError) as error:  # RunFolderError, DataNotFoundError and DataFileError among them
         parser.exit(2, f"kernel-reg {args.command}: error: {error}\n")
     return 0

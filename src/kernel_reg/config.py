@@ -1,34 +1,105 @@
 """The one typed configuration of a run, and the named experiment presets.
 
 Flags and presets become a frozen ``Config``; it is saved as ``config.json`` in the run folder and is
-the only input of training and evaluation.
+the only input of training and evaluation. The regularizers of a run are ``RegSetting`` entries, each
+with the values of all its hyperparameters (see ``regularizers.REGISTRY``).
+
+A *key* addresses one value of a config: a field (``lr``), a regularizer hyperparameter
+(``gradient-penalty.lmbda``), or an original shared flag or hyperparameter name (``lmbda``,
+``epsilon``) that sets it in every selected regularizer taking it (see ``regularizers.targets``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
+from pathlib import PurePosixPath
 from typing import Any
 
+import torch
+
+from . import regularizers
 from ._guards import check_choice
 from .data import DATASETS
 from .models import MODELS
+from .regularizers import Value
 
-# regularizer names, and the original's flag for each
-PENALTY_REGS = ("adv-perturbation", "gradient-penalty", "loss-gradl2", "loss-gradl1", "vat", "stability", "gradtangent")
-ADVERSARIAL_REGS = ("pgd-l2", "pgd-linf")
-SPECTRAL_REGS = ("project-sn", "penalize-sn-pi", "penalize-sn-svd")
-REGULARIZERS = PENALTY_REGS + ADVERSARIAL_REGS + SPECTRAL_REGS
-ORIGINAL_FLAGS = {
-    reg: "--reg_"
-    + {"adv-perturbation": "adv_perturbation_penalty", "pgd-l2": "pgdl2", "pgd-linf": "pgdlinf"}.get(
-        reg, reg.replace("-", "_")
-    )
-    for reg in REGULARIZERS
-}
+# fields that say where and how a run executes, not what it computes
+EXECUTION_FIELDS = ("name", "root", "device")
+# fields that only draw another sample of the same setting
+SEED_FIELDS = ("seed", "shuf_seed")
+
+
+@dataclass(frozen=True)
+class RegSetting:
+    """One regularizer of a run and the values of all its hyperparameters, in the registry's order."""
+
+    name: str
+    params: tuple[tuple[str, Value], ...] = ()
+
+    def __post_init__(self) -> None:
+        entry = regularizers.lookup(self.name)
+        given = dict(self.params)
+        for key in given:
+            entry.param(key)  # names the valid hyperparameters when unknown
+        values = {p.name: p.check(given.get(p.name, p.default), self.name) for p in entry.params}
+        object.__setattr__(self, "params", tuple(values.items()))
+
+    def __getitem__(self, key: str) -> Value:
+        return dict(self.params)[key]
+
+    def replace(self, **values: Value) -> RegSetting:
+        return RegSetting(self.name, tuple({**dict(self.params), **values}.items()))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, **dict(self.params)}
+
+    @classmethod
+    def coerce(cls, value: str | Mapping[str, Any] | RegSetting) -> RegSetting:
+        """A setting from its name (default hyperparameters), a mapping {"name": ..., param: value} or itself."""
+        if isinstance(value, RegSetting):
+            return value
+        if isinstance(value, str):
+            return cls(value)
+        values = dict(value)
+        if "name" not in values:
+            raise ValueError(f"a regularizer entry needs a 'name', got {values!r}")
+        name = values.pop("name")
+        return cls(name, tuple(values.items()))
+
+
+_NAME = re.compile(r"[A-Za-z0-9_+=,.@-]+")
+
+
+def check_run_name(name: str) -> str:
+    """A run name: a relative path of plain components that stays inside the root folder."""
+    parts = PurePosixPath(name).parts if name else ()
+    if (
+        not parts
+        or name.startswith("/")
+        or any(p in ("..", ".") or p.startswith(".") for p in parts)
+        or any(not _NAME.fullmatch(p) for p in parts)
+    ):
+        raise ValueError(
+            f"name must be a relative folder name inside --root (letters, digits and _+=,.@- , optionally "
+            f"a/b), not starting with '.' and without '..', got {name!r}"
+        )
+    return name
+
+
+def check_device(name: str) -> str:
+    """'auto' or a device string torch understands (cpu, cuda, cuda:1, mps, ...)."""
+    if name != "auto":
+        try:
+            torch.device(name)
+        except (RuntimeError, ValueError):
+            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}") from None
+    return name
 
 
 @dataclass(frozen=True)
@@ -49,6 +120,7 @@ class Config:
     n_test: int | None = None
     shuf_seed: int = 0
     aug: bool = True
+    deform_amplitude: float = 1.0  # of the augmentation's random deformations (grayscale data sets)
     # model
     model: str = "vgg5_stable"
     width: int = 64
@@ -62,71 +134,162 @@ class Config:
     sched_gamma: float = 0.5
     num_epochs: int = 501
     eval_delta: int = 5
-    # regularization
-    regs: tuple[str, ...] = ()
-    epsilon: float = 0.1
-    steps: int = 5
-    linf_step_size: float = 0.01
-    lmbda: float = 0.1
-    lmbdast: float = 0.1
-    lmbdatan: float = 0.1
-    tau: float = 0.5
-    kappa: float = 2.0
-    nb_it: int = 2
-    vat_xi: float = 1e-6
-    vat_alpha: float = 1.0
-    lmbdasn: float = 0.01
-    # ||f||_delta^2: search only the examples of largest class-gradient norm (None: every example)
-    delta_candidates: int | None = None
-    stability_ex_per_batch: int | None = None
-    stability_tr_per_ex: int = 8
-    stability_num_deformations: int = 8
-    deform_amplitude: float = 1.0
+    # regularization: names, or RegSetting / {"name": ..., hyperparameter: value} entries
+    regs: tuple[RegSetting, ...] = ()
     # monitoring: the RKHS-norm bracket on a fixed probe batch
     probe_size: int = 128
     probe_epsilon: float = 1.0
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "regs", tuple(self.regs))
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if str(f.type).startswith("float") and isinstance(value, int) and not isinstance(value, bool):
+                object.__setattr__(self, f.name, float(value))  # 1 from YAML or JSON is 1.0
+        regs = tuple(RegSetting.coerce(r) for r in self.regs)
+        object.__setattr__(self, "regs", regs)
+        names = [r.name for r in regs]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"each regularizer can be selected once, got {', '.join(repeated)} twice")
+        if sum(n in regularizers.ADVERSARIAL for n in names) > 1:
+            raise ValueError("choose at most one adversarial training: pgd-l2 or pgd-linf")
         check_choice("dataset", self.dataset, DATASETS)
         check_choice("model", self.model, tuple(MODELS))
-        for reg in self.regs:
-            check_choice("regularizer", reg, REGULARIZERS)
-        if sum(r in ADVERSARIAL_REGS for r in self.regs) > 1:
-            raise ValueError("choose at most one adversarial training: pgd-l2 or pgd-linf")
+        check_run_name(self.name)
+        check_device(self.device)
         if self.width != 64 and self.model != "vgg5_stable":
             raise ValueError(f"width applies to vgg5_stable only, got width={self.width} for {self.model}")
-        positive = ("batch_size", "test_batch_size", "num_epochs", "eval_delta", "sched_step", "steps", "nb_it")
-        for name in positive + ("width", "probe_size", "stability_tr_per_ex", "stability_num_deformations"):
+        positive = ("batch_size", "test_batch_size", "num_epochs", "eval_delta", "sched_step")
+        for name in positive + ("width", "probe_size"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-        for name in ("delta_candidates", "stability_ex_per_batch"):
+        for name in ("seed", "shuf_seed", "n_val"):
             value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value < 1):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+        for name in ("n_train", "n_test"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
                 raise ValueError(f"{name} must be an integer >= 1 or None (all examples), got {value!r}")
-        for name in ("lr", "epsilon", "tau", "kappa", "vat_xi", "linf_step_size", "probe_epsilon", "sched_gamma"):
+        for name in ("lr", "probe_epsilon", "sched_gamma"):
             value = getattr(self, name)
             if not math.isfinite(value) or value <= 0:
                 raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-        for name in ("momentum", "wd", "lmbda", "lmbdast", "lmbdatan", "vat_alpha", "lmbdasn", "deform_amplitude"):
+        for name in ("momentum", "wd", "deform_amplitude"):
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0:
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
 
+    @property
+    def reg_names(self) -> tuple[str, ...]:
+        return tuple(r.name for r in self.regs)
+
+    def reg(self, name: str) -> RegSetting | None:
+        """The setting of regularizer ``name``, or None when it is not selected."""
+        return next((r for r in self.regs if r.name == name), None)
+
     def replace(self, **changes: Any) -> Config:
         return dataclasses.replace(self, **changes)
 
+    def updated(self, changes: Mapping[str, Any], strict: bool = True) -> Config:
+        """A copy with ``changes`` applied: fields (``regs`` first) and regularizer keys. A regularizer
+        key that no selected regularizer takes is a ValueError when ``strict``, else ignored."""
+        fields = {f.name for f in dataclasses.fields(Config)}
+        config = self.replace(**{k: v for k, v in changes.items() if k in fields})
+        settings = {r.name: dict(r.params) for r in config.regs}
+        for key, value in changes.items():
+            if key in fields:
+                continue
+            if not regularizers.is_param_key(key):
+                raise ValueError(f"unknown key {key!r}; valid keys: the config fields {sorted(fields)} and the "
+                                 f"regularizers' hyperparameters (see --help)")  # fmt: skip
+            found = regularizers.targets(key, config.reg_names)
+            if not found and strict:
+                takers = sorted({r for r, _ in regularizers.targets(key, regularizers.NAMES)})
+                raise ValueError(
+                    f"{key} applies to {', '.join(takers)}; none of them is selected "
+                    f"(selected: {', '.join(config.reg_names) or 'none'})"
+                )
+            for reg, param in found:
+                settings[reg][param] = value
+        regs = tuple(RegSetting(name, tuple(values.items())) for name, values in settings.items())
+        return config.replace(regs=regs)
+
+    def to_dict(self) -> dict[str, Any]:
+        values = dataclasses.asdict(self)
+        values["regs"] = [r.to_dict() for r in self.regs]
+        return values
+
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> Config:
+    def from_dict(cls, values: Mapping[str, Any]) -> Config:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"unknown config keys {unknown}; valid keys: {sorted(known)}")
         return cls(**values)
+
+    def flat(self) -> dict[str, Any]:
+        """Every value by its key: the fields, ``regs`` as 'a+b', and 'reg.param' for each hyperparameter."""
+        values: dict[str, Any] = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "regs"}
+        values["regs"] = "+".join(self.reg_names) or "none"
+        for reg in self.regs:
+            values.update({f"{reg.name}.{k}": v for k, v in reg.params})
+        return values
+
+
+def identity(config: Config, ignore: tuple[str, ...] = ()) -> dict[str, Any]:
+    """What a run computes: its flat values without the execution fields (and the ``ignore`` ones)."""
+    return {k: v for k, v in config.flat().items() if k not in EXECUTION_FIELDS + ignore}
+
+
+def differences(saved: Config, now: Config, ignore: tuple[str, ...] = ()) -> list[str]:
+    """'key: saved A, now B' for each identity key whose value differs."""
+    a, b = identity(saved, ignore), identity(now, ignore)
+    return [f"{k}: saved {a.get(k)!r}, now {b.get(k)!r}" for k in dict.fromkeys([*a, *b]) if a.get(k) != b.get(k)]
+
+
+def setting_key(config: Config) -> str:
+    """A run's setting (its identity without the seeds) as a canonical JSON string: runs are seeds of
+    one setting exactly when their keys are equal."""
+    return json.dumps(identity(config, SEED_FIELDS), sort_keys=True)
+
+
+def short_hash(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+LEGACY_REG_FIELDS = (
+    "epsilon", "steps", "linf_step_size", "lmbda", "lmbdast", "lmbdatan", "tau", "kappa", "nb_it", "vat_xi",
+    "vat_alpha", "lmbdasn", "delta_candidates", "stability_ex_per_batch", "stability_tr_per_ex",
+    "stability_num_deformations",
+)  # fmt: skip
+
+
+def upgrade_legacy(values: Mapping[str, Any]) -> dict[str, Any]:
+    """A config of the first format (one flat field per original flag, ``regs`` a list of names) in
+    today's: each regularizer takes the values of the original flags it reads, the deformation penalties
+    the augmentation's ``deform_amplitude``."""
+    values = dict(values)
+    legacy = {k: values.pop(k) for k in LEGACY_REG_FIELDS if k in values}
+    regs = []
+    for name in values.get("regs", []):
+        if not isinstance(name, str):  # already a setting
+            regs.append(name)
+            continue
+        entry = regularizers.lookup(name)
+        params: dict[str, Any] = {}
+        for p in entry.params:
+            if p.alias in legacy:
+                params[p.name] = legacy[p.alias]
+            elif p.name == "amplitude" and "deform_amplitude" in values:
+                params[p.name] = values["deform_amplitude"]
+        regs.append({"name": name, **params})
+    values["regs"] = regs
+    return values
 
 
 def parse_bool(text: str) -> bool:
@@ -138,17 +301,42 @@ def parse_bool(text: str) -> bool:
 
 
 def field_types() -> dict[str, Callable[[str], Any]]:
-    """Per Config field, the parser of its value from text (int, float, bool or str)."""
+    """Per Config field but ``regs``, the parser of its value from text (int, float, bool or str; 'none'
+    for the fields that may be None)."""
     parsers: dict[str, Callable[[str], Any]] = {}
     for f in dataclasses.fields(Config):
+        if f.name == "regs":
+            continue
         text = str(f.type)
         parser: Callable[[str], Any] = str
         for name, kind in (("bool", parse_bool), ("int", int), ("float", float)):
             if text.startswith(name):
                 parser = kind
                 break
-        parsers[f.name] = parser
+        parsers[f.name] = _optional(parser) if "None" in text else parser
     return parsers
+
+
+def _optional(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    def parse_optional(text: str) -> Any:
+        return None if text.lower() == "none" else parse(text)
+
+    parse_optional.__name__ = parse.__name__
+    return parse_optional
+
+
+def parse_value(key: str, text: str) -> Any:
+    """A value of ``key`` (a field or a regularizer key) from command-line or grid text."""
+    types = field_types()
+    if key in types:
+        try:
+            return types[key](text)
+        except ValueError:
+            raise ValueError(f"{key}: cannot read {text!r} as {types[key].__name__}") from None
+    if regularizers.is_param_key(key):
+        return regularizers.param_of(key).parse(text)
+    raise ValueError(f"unknown key {key!r}; valid keys: the config fields {sorted(types)} and the regularizers' "
+                     "hyperparameters (reg.name, or an original flag such as lmbda)")  # fmt: skip
 
 
 def _cifar(n_train: int | None, model: str, aug: bool = True) -> dict[str, Any]:
@@ -201,46 +389,48 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 def preset_config(experiment: str, **overrides: Any) -> Config:
-    """The preset's defaults, then ``overrides`` (None values are ignored, as unset flags)."""
+    """The preset's defaults, then ``overrides``: fields and regularizer keys (``lmbda``,
+    ``gradient-penalty.lmbda``), None values ignored as unset flags."""
     check_choice("experiment", experiment, tuple(PRESETS))
-    values = {**PRESETS[experiment], **{k: v for k, v in overrides.items() if v is not None}}
-    return Config(experiment=experiment, **values)
+    given = {k: v for k, v in overrides.items() if v is not None}
+    fields = {f.name for f in dataclasses.fields(Config)}
+    base = Config(experiment=experiment, **{**PRESETS[experiment], **{k: v for k, v in given.items() if k in fields}})
+    return base.updated({k: v for k, v in given.items() if k not in fields})
 
 
-# the hyperparameters that set each regularizer's strength
-REG_PARAMS: dict[str, tuple[str, ...]] = {
-    "adv-perturbation": ("epsilon",),
-    "gradient-penalty": ("lmbda",),
-    "loss-gradl2": ("lmbda",),
-    "loss-gradl1": ("lmbda",),
-    "vat": ("vat_alpha", "epsilon"),
-    "stability": ("lmbdast",),
-    "gradtangent": ("lmbdatan",),
-    "pgd-l2": ("epsilon",),
-    "pgd-linf": ("epsilon",),
-    "project-sn": ("tau",),
-    "penalize-sn-pi": ("lmbdasn",),
-    "penalize-sn-svd": ("lmbdasn",),
-}
+def hyperparameters(config: Config, include: Collection[tuple[str, str]] = ()) -> dict[str, Any]:
+    """What sets the run's regularization: each regularizer's strength, its other hyperparameters where
+    they differ from the registry's defaults or are in ``include`` ((regularizer, name) pairs), and weight
+    decay when used, e.g. {'lmbda': 0.1, 'tau': 1.5}. A hyperparameter name that two selected
+    regularizers share is qualified ('vat.epsilon')."""
+    names = [p for r in config.regs for p, _ in r.params]
+    values: dict[str, Any] = {}
+    for reg in config.regs:
+        for param in regularizers.REGISTRY[reg.name].params:
+            value = reg[param.name]
+            if param.strength or value != param.default or (reg.name, param.name) in include:
+                key = param.name if names.count(param.name) == 1 else f"{reg.name}.{param.name}"
+                values[key] = value
+    if config.wd > 0:
+        values["wd"] = config.wd
+    return values
 
 
-def hyperparameters(config: Config) -> dict[str, Any]:
-    """The strengths of the run's regularizers (and weight decay, and the ||f||_delta^2 search's candidates
-    when restricted), e.g. {'lmbda': 0.1, 'tau': 1.5}."""
-    names = [p for reg in config.regs for p in REG_PARAMS[reg]] + (["wd"] if config.wd > 0 else [])
-    if "adv-perturbation" in config.regs and config.delta_candidates is not None:
-        names.append("delta_candidates")
-    return {name: getattr(config, name) for name in dict.fromkeys(names)}
+def format_value(value: Any) -> str:
+    """A value as it appears in names and tables: exact (2.0 -> '2', 0.1 -> '0.1', 1e-05 -> '1e-05')."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
+        return str(int(value))
+    return "none" if value is None else str(value)
 
 
 def hyperparameter_text(config: Config) -> str:
     """``hyperparameters`` as 'lmbda=0.1, tau=1.5' ('' without any)."""
-    return ", ".join(f"{k}={v:g}" for k, v in hyperparameters(config).items())
+    return ", ".join(f"{k}={format_value(v)}" for k, v in hyperparameters(config).items())
 
 
 def method_label(config: Config) -> str:
     """A short name of the regularization of a run, e.g. 'gradient-penalty+project-sn'."""
-    labels = list(config.regs)
+    labels = list(config.reg_names)
     if config.wd > 0:
         labels.append("wd")
     return "+".join(labels) or "none"

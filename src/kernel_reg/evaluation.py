@@ -4,7 +4,7 @@ run folder: ``robustness.json``."""
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -17,18 +17,22 @@ from torch import nn
 from . import spectral
 from ._guards import check_choice, check_int, check_positive, preserved_state
 from .attacks import APGD, PGDL2, PGDLinf, Square, WorstCase
-from .rundir import ROBUSTNESS, atomic_write_text, load_run
+from .progress import progress
+from .rundir import MaskingCheck, Robustness, load_run, locked, read_config, write_robustness
 
 Attack = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> tuple[float, float]:
-    """(mean cross-entropy, accuracy) of ``model`` in eval mode on (x, y)."""
+def accuracy(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512, description: str = "accuracy"
+) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) of ``model`` in eval mode on (x, y); NaN for an empty set."""
     if x.shape[0] == 0:
         return float("nan"), float("nan")
     loss, correct = 0.0, 0
+    starts = range(0, x.shape[0], batch_size)
     with preserved_state(model, mode=False), torch.no_grad():
-        for start in range(0, x.shape[0], batch_size):
+        for start in progress(starts, len(starts), description):
             logits = model(x[start : start + batch_size])
             target = y[start : start + batch_size]
             loss += float(F.cross_entropy(logits, target, reduction="sum"))
@@ -36,10 +40,13 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     return loss / x.shape[0], correct / x.shape[0]
 
 
-def robust_correct(model: nn.Module, attack: Attack, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> torch.Tensor:
+def robust_correct(
+    model: nn.Module, attack: Attack, x: torch.Tensor, y: torch.Tensor, batch_size: int, description: str = "attack"
+) -> torch.Tensor:
     """Per example: still correctly classified after ``attack`` (each batch attacked once)."""
     correct = []
-    for start in range(0, x.shape[0], batch_size):
+    starts = range(0, x.shape[0], batch_size)
+    for start in progress(starts, len(starts), description):
         xb, yb = x[start : start + batch_size], y[start : start + batch_size]
         x_adv = attack(model, xb, yb)
         with preserved_state(model, mode=False), torch.no_grad():
@@ -149,8 +156,9 @@ def zero_gradient_share(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batc
     return zero / x.shape[0]
 
 
-def _check(name: str, fired: bool, detail: str) -> dict:
-    return dict(check=name, fired=bool(fired), detail=detail)
+def radius_text(norm: str, eps: float) -> str:
+    """A radius as its flag takes it: '0.5' for l2, '8/255' for linf."""
+    return f"{eps * 255:.4g}/255" if norm == "linf" else f"{eps:.4g}"
 
 
 def masking_checks(
@@ -158,109 +166,167 @@ def masking_checks(
     x: torch.Tensor,
     y: torch.Tensor,
     settings: EvalSettings,
-    result: dict,
+    accuracies: dict[str, dict[str, float]],
+    certified: dict[str, float] | None,
     survivors: dict[str, dict[float, torch.Tensor]],
-) -> list[dict]:
-    """The checks that flag a robust accuracy as suspicious (gradient masking, a weak attack, a bug).
+) -> tuple[list[MaskingCheck], dict[str, dict[str, float]]]:
+    """The checks that flag a robust accuracy as suspicious (gradient masking, a weak attack, a bug), and
+    the accuracies under twice the budget at the checked radii.
 
-    ``survivors[norm]``: per radius to check (the middle one first), whether each example is unbroken by
-    the evaluation attack there. The accuracies under twice the budget go to ``result["doubled"]``. A
-    difference counts when it is more than one example.
+    ``accuracies[norm][eps_key]``: the robust accuracies; ``survivors[norm]``: per radius to check (the
+    middle one first), whether each example is unbroken by the evaluation attack there. A difference
+    counts when it is more than one example.
     """
     n = x.shape[0]
     one = 1.0 / n + 1e-12
     checks = []
     for norm in ("l2", "linf"):
-        accs = [result[norm][k] for k in sorted(result[norm], key=float)]
+        accs = [accuracies[norm][k] for k in sorted(accuracies[norm], key=float)]
         rises = [f"{a:.3f} -> {b:.3f}" for a, b in zip(accs, accs[1:]) if b > a + one]
-        checks.append(_check(f"{norm} robust accuracy rises with eps", rises, ", ".join(rises) or "monotone"))
-    result["doubled"] = {norm: {} for norm in survivors}
+        checks.append(
+            MaskingCheck(f"{norm} robust accuracy rises with eps", bool(rises), ", ".join(rises) or "monotone", norm)
+        )
+    doubled: dict[str, dict[str, float]] = {norm: {} for norm in survivors}
     for norm, by_radius in survivors.items():
         for eps, alive in by_radius.items():
             base = int(alive.sum()) / n
             attack = build_eval_attack(norm, eps, settings, scale=2)
-            stronger = robust_accuracy(model, attack, x, y, settings.batch_size)
-            result["doubled"][norm][eps_key(eps)] = stronger
+            where = f"{norm} eps {radius_text(norm, eps)}"
+            stronger = int(robust_correct(model, attack, x, y, settings.batch_size, f"{where}, 2x budget").sum()) / n
+            doubled[norm][eps_key(eps)] = stronger
+            numbers = {"accuracy": base, "doubled": stronger}
             checks.append(
-                _check(
+                MaskingCheck(
                     f"{norm} accuracy rises with more steps and restarts",
                     stronger > base + one,
-                    f"eps {eps:.4g}: {base:.3f} with the budget, {stronger:.3f} with twice the steps and restarts",
+                    f"eps {radius_text(norm, eps)}: {base:.3f} with the budget, {stronger:.3f} with twice the "
+                    "steps and restarts",
+                    norm, eps, numbers,
                 )
-            )
+            )  # fmt: skip
             checks.append(
-                _check(
+                MaskingCheck(
                     f"{norm} attack not converged (twice the budget lowers accuracy by over 1 point)",
                     stronger < base - 0.01,
-                    f"eps {eps:.4g}: {base:.3f} -> {stronger:.3f}",
+                    f"eps {radius_text(norm, eps)}: {base:.3f} -> {stronger:.3f}",
+                    norm, eps, numbers,
                 )
-            )
+            )  # fmt: skip
         eps, alive = next(iter(by_radius.items()))
         todo = alive.nonzero().squeeze(1)
         broken = 0
         if todo.numel() and "square" not in settings.members():
             square = Square(norm, eps, settings.queries)
-            broken = int((~robust_correct(model, square, x[todo], y[todo], settings.batch_size)).sum())
+            where = f"{norm} eps {radius_text(norm, eps)}, Square"
+            broken = int((~robust_correct(model, square, x[todo], y[todo], settings.batch_size, where)).sum())
         checks.append(
-            _check(
+            MaskingCheck(
                 f"{norm} score-based attack beats the gradient attacks",
                 broken > max(1, math.ceil(0.01 * n)),
-                f"eps {eps:.4g}: Square ({settings.queries} queries) broke {broken} of the {todo.numel()} "
-                "examples the gradient attacks left",
+                f"eps {radius_text(norm, eps)}: Square ({settings.queries} queries) broke {broken} of the "
+                f"{todo.numel()} examples the gradient attacks left",
+                norm, eps, {"broken": broken, "survivors": int(todo.numel()), "queries": settings.queries},
             )
-        )
+        )  # fmt: skip
     share = zero_gradient_share(model, x, y, settings.batch_size)
-    checks.append(_check("zero input gradients", share > 0.1, f"{100 * share:.1f}% of examples have a zero gradient"))
-    if result.get("certified_l2") is not None:
+    checks.append(
+        MaskingCheck(
+            "zero input gradients", share > 0.1, f"{100 * share:.1f}% of examples have a zero gradient",
+            values={"share": share},
+        )
+    )  # fmt: skip
+    if certified is not None:
         above = [
-            f"eps {k}: certified {c:.3f} > robust {result['l2'][k]:.3f}"
-            for k, c in result["certified_l2"].items()
-            if k in result["l2"] and c > result["l2"][k]
+            f"eps {k}: certified {c:.3f} > robust {accuracies['l2'][k]:.3f}"
+            for k, c in certified.items()
+            if k in accuracies["l2"] and c > accuracies["l2"][k]
         ]
-        checks.append(_check("certified accuracy exceeds robust accuracy (a bug)", above, "; ".join(above) or "no"))
-    return checks
+        checks.append(
+            MaskingCheck("certified accuracy exceeds robust accuracy (a bug)", bool(above), "; ".join(above) or "no")
+        )
+    return checks, doubled
 
 
 def evaluate_model(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: EvalSettings, input_shape: Sequence[int]
-) -> dict:
+) -> Robustness:
     """Clean, robust (l2 and linf) and certified-l2 accuracies of ``model`` on (x, y), the attacks that
-    produced them, and the gradient-masking checks."""
-    _, clean = accuracy(model, x, y, settings.batch_size)
-    result: dict = dict(clean=clean, n=len(y))
+    produced them, and the gradient-masking checks (``epoch`` and ``weights`` left unset)."""
+    _, clean = accuracy(model, x, y, settings.batch_size, "clean accuracy")
+    accuracies: dict[str, dict[str, float]] = {}
     survivors: dict[str, dict[float, torch.Tensor]] = {}
     for norm in ("l2", "linf"):
         radii = settings.l2_eps if norm == "l2" else settings.linf_eps
-        result[norm] = {}
+        accuracies[norm] = {}
         alive_at = {}
         for eps in radii:
-            alive_at[eps] = robust_correct(model, build_eval_attack(norm, eps, settings), x, y, settings.batch_size)
-            result[norm][eps_key(eps)] = int(alive_at[eps].sum()) / len(y)
+            attack = build_eval_attack(norm, eps, settings)
+            where = f"{norm} eps {radius_text(norm, eps)}"
+            alive_at[eps] = robust_correct(model, attack, x, y, settings.batch_size, where)
+            accuracies[norm][eps_key(eps)] = int(alive_at[eps].sum()) / len(y)
         if radii:
             middle = sorted(radii)[len(radii) // 2]
             checked = radii if settings.converge_every_radius else (middle,)
             survivors[norm] = {middle: alive_at[middle], **{eps: alive_at[eps] for eps in checked}}
+    certified: dict[str, float] | None = None
+    note = None
     try:
-        lipschitz = spectral.lipschitz_upper_bound(model, input_shape)
+        lipschitz: float | None = spectral.lipschitz_upper_bound(model, input_shape)
     except TypeError as error:  # a layer without a Lipschitz rule: no certificate
-        result.update(lipschitz_bound=None, certified_l2=None, certified_note=str(error))
+        lipschitz, note = None, str(error)
     else:
         certified = {eps_key(e): spectral.certified_accuracy(model, x, y, e, lipschitz) for e in settings.l2_eps}
-        result.update(lipschitz_bound=lipschitz, certified_l2=certified)
-    result["attacks"] = {norm: describe_attacks(norm, settings) for norm in ("l2", "linf") if result[norm]}
-    result["attacks"]["certified_l2"] = "margin > sqrt(2) * L * eps, L the Gram-iteration Lipschitz upper bound"
+    attacks = {norm: describe_attacks(norm, settings) for norm in ("l2", "linf") if accuracies[norm]}
+    attacks["certified_l2"] = "margin > sqrt(2) * L * eps, L the Gram-iteration Lipschitz upper bound"
+    checks, doubled = None, {}
     if settings.checks:
-        result["masking_checks"] = masking_checks(model, x, y, settings, result, survivors)
-        result["suspicious"] = list(dict.fromkeys(c["check"] for c in result["masking_checks"] if c["fired"]))
-    return result
+        checks, doubled = masking_checks(model, x, y, settings, accuracies, certified, survivors)
+    return Robustness(
+        clean=clean, n=len(y), l2=accuracies["l2"], linf=accuracies["linf"], lipschitz_bound=lipschitz,
+        certified_l2=certified, attacks=attacks, settings=asdict(settings), doubled=doubled,
+        masking_checks=None if checks is None else tuple(checks), certified_note=note,
+    )  # fmt: skip
 
 
-def evaluate_run(run_dir: str | Path, settings: EvalSettings, device: str = "auto", which: str = "best") -> dict:
-    """Evaluate a run folder's weights of best validation accuracy (``which="last"``: its last weights)
-    on its test set; writes ``robustness.json`` there."""
+def summary(result: Robustness) -> list[str]:
+    """The lines ``kernel-reg evaluate`` prints: accuracies in %, linf radii in units of 1/255."""
+
+    def cells(norm: str, values: dict[str, float]) -> str:
+        return ", ".join(f"{radius_text(norm, float(k))}: {100 * v:.1f}" for k, v in values.items())
+
+    weights = f"{result.weights} weights, epoch {result.epoch}"
+    lines = [f"clean accuracy {100 * result.clean:.1f}% on {result.n} test images ({weights})"]
+    for norm, values in (("l2", result.l2), ("linf", result.linf)):
+        if values:
+            lines.append(f"  {norm} robust accuracy (%) at eps {cells(norm, values)}")
+    if result.certified_l2 is not None:
+        lines.append(f"  certified l2 accuracy (%) at eps {cells('l2', result.certified_l2)} "
+                     f"(Lipschitz bound {result.lipschitz_bound:.4g})")  # fmt: skip
+    else:
+        lines.append(f"  no certificate: {result.certified_note}")
+    lines += [f"  WARNING: {name}" for name in result.suspicious]
+    return lines
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    settings: EvalSettings,
+    device: str = "auto",
+    which: str = "best",
+    log: Callable[[str], None] = lambda _: None,
+) -> Robustness:
+    """Evaluate a run folder's weights of best validation accuracy (``which="last"``, or a run without a
+    validation set: its last weights) on its test set, holding the folder's lock; ``log`` gets the
+    summary lines before ``robustness.json`` is written there. A folder that is locked or not writable
+    fails at once, before any work."""
     run_dir = Path(run_dir)
-    _, model, splits, epoch = load_run(run_dir, device, n_test=settings.n_test, which=which)
-    result = evaluate_model(model, splits.test_x, splits.test_y, settings, splits.input_shape)
-    result.update(epoch=epoch, weights=which, settings=asdict(settings))
-    atomic_write_text(run_dir / ROBUSTNESS, json.dumps(result, indent=2))
+    check_choice("weights", which, ("best", "last"))
+    read_config(run_dir)  # a run folder at all, before taking its lock
+    with locked(run_dir, "kernel-reg evaluate"):
+        _, model, splits, epoch, weights = load_run(run_dir, device, n_test=settings.n_test, which=which)
+        result = evaluate_model(model, splits.test_x, splits.test_y, settings, splits.input_shape)
+        result = dataclasses.replace(result, epoch=epoch, weights=weights)
+        for line in summary(result):
+            log(line)
+        write_robustness(run_dir, result)
     return result

@@ -10,21 +10,46 @@ from __future__ import annotations
 import json
 import statistics
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .config import Config, hyperparameter_text, hyperparameters, method_label
-from .rundir import CONFIG, ROBUSTNESS, atomic_write_text, read_config, read_metrics
+from .config import (
+    SEED_FIELDS,
+    Config,
+    format_value,
+    hyperparameter_text,
+    hyperparameters,
+    identity,
+    method_label,
+    preset_config,
+    setting_key,
+    short_hash,
+)
+from .rundir import (
+    CONFIG,
+    MetricsRow,
+    Robustness,
+    RunFolderError,
+    atomic_write_text,
+    check_writable,
+    read_config,
+    read_metrics,
+    read_robustness,
+)
+
+Warn = Callable[[str], None]
 
 
 @dataclass
 class RunSummary:
     path: Path
     config: Config
-    metrics: list[dict]
-    robustness: dict | None
+    metrics: list[MetricsRow]
+    robustness: Robustness | None
+    name: str = ""  # the folder relative to the report's root
 
     @property
     def method(self) -> str:
@@ -32,29 +57,83 @@ class RunSummary:
 
     @property
     def finished(self) -> bool:
-        return self.metrics[-1]["epoch"] == self.config.num_epochs - 1
+        return self.metrics[-1].epoch == self.config.num_epochs - 1
 
     @property
-    def best(self) -> dict:
+    def best(self) -> MetricsRow:
         """The evaluation of best validation accuracy (ties: the earliest), or the last one."""
-        with_val = [m for m in self.metrics if m.get("val_acc") is not None]
+        with_val = [m for m in self.metrics if m.val_acc is not None]
         if not with_val:
             return self.metrics[-1]
-        return max(with_val, key=lambda m: (m["val_acc"], -m["epoch"]))
+        return max(with_val, key=lambda m: (m.val_acc, -m.epoch))
 
 
-def collect_runs(root: str | Path) -> list[RunSummary]:
-    """Every run folder under ``root`` (any depth) that has logged at least one evaluation."""
+def _set_aside_or_hidden(path: Path, root: Path) -> bool:
+    """A folder that ``--fresh`` set aside (``name.old-<time>``) or a hidden one (``.submitit``)."""
+    return any(part.startswith(".") or ".old-" in part for part in path.relative_to(root).parts)
+
+
+def collect_runs(root: str | Path, warn: Warn = lambda _: None) -> list[RunSummary]:
+    """Every run folder under ``root`` (any depth) that has logged at least one evaluation; folders set
+    aside by ``--fresh`` and hidden ones are ignored, damaged ones skipped with a one-line ``warn``."""
+    root = Path(root)
     runs = []
-    for config_path in sorted(Path(root).rglob(CONFIG)):
+    for config_path in sorted(root.rglob(CONFIG)):
         run_dir = config_path.parent
-        metrics = read_metrics(run_dir)
-        if not metrics:
+        if _set_aside_or_hidden(run_dir, root):
             continue
-        robustness_path = run_dir / ROBUSTNESS
-        robustness = json.loads(robustness_path.read_text()) if robustness_path.is_file() else None
-        runs.append(RunSummary(run_dir, read_config(run_dir), metrics, robustness))
+        try:
+            metrics = read_metrics(run_dir)
+            if metrics:
+                config = read_config(run_dir)
+                name = str(run_dir.relative_to(root)) if run_dir != root else run_dir.name
+                runs.append(RunSummary(run_dir, config, metrics, read_robustness(run_dir), name))
+        except RunFolderError as error:
+            warn(f"kernel-reg report: skipping {run_dir}: {error}")
     return runs
+
+
+_REGULARIZATION = ("regs", "wd")
+
+
+def _context(config: Config) -> dict[str, object]:
+    """What a run shares with the runs it is compared with: its setting without the regularization."""
+    return {k: v for k, v in identity(config, SEED_FIELDS + _REGULARIZATION).items() if "." not in k}
+
+
+@dataclass
+class Study:
+    """The runs of one experiment under one setting of everything but the regularization: they are
+    compared in one table. ``differs``: the context's values that differ from the experiment's preset."""
+
+    experiment: str
+    differs: dict[str, object]
+    runs: list[RunSummary]
+
+    @property
+    def title(self) -> str:
+        changed = ", ".join(f"{k}={format_value(v)}" for k, v in self.differs.items())
+        return f"{self.experiment} ({changed})" if changed else self.experiment
+
+    @property
+    def slug(self) -> str:
+        return self.experiment + (
+            "_" + short_hash(json.dumps(self.differs, sort_keys=True, default=str)) if self.differs else ""
+        )
+
+
+def studies(runs: list[RunSummary]) -> list[Study]:
+    """The runs grouped by experiment and context: runs of different experiments, training-set sizes,
+    schedules, widths, ... are never in one table."""
+    grouped: dict[tuple[str, str], list[RunSummary]] = defaultdict(list)
+    for run in runs:
+        grouped[(run.config.experiment, json.dumps(_context(run.config), sort_keys=True, default=str))].append(run)
+    result = []
+    for (experiment, _), members in sorted(grouped.items()):
+        preset = _context(preset_config(experiment))
+        context = _context(members[0].config)
+        result.append(Study(experiment, {k: v for k, v in context.items() if preset.get(k) != v}, members))
+    return result
 
 
 def _percent(value: float | None) -> str:
@@ -62,28 +141,31 @@ def _percent(value: float | None) -> str:
 
 
 def markdown_table(runs: list[RunSummary]) -> str:
-    """One row per run: method, hyperparameters, best val, test at best val, robust and certified accuracies."""
-    l2_keys = sorted({k for r in runs if r.robustness for k in r.robustness["l2"]}, key=float)
-    linf_keys = sorted({k for r in runs if r.robustness for k in r.robustness["linf"]}, key=float)
-    cert_keys = sorted({k for r in runs if r.robustness for k in (r.robustness["certified_l2"] or {})}, key=float)
-    header = ["method", "hyperparameters", "n_train", "epoch", "val acc", "test acc", "clean"]
+    """One row per run: run folder, method, hyperparameters, best val, test at best val, robust and
+    certified accuracies, the 2x-budget drop and the masking checks."""
+    evaluated = [r.robustness for r in runs if r.robustness is not None]
+    l2_keys = sorted({k for r in evaluated for k in r.l2}, key=float)
+    linf_keys = sorted({k for r in evaluated for k in r.linf}, key=float)
+    cert_keys = sorted({k for r in evaluated for k in (r.certified_l2 or {})}, key=float)
+    header = ["run", "method", "hyperparameters", "n_train", "epoch", "val acc", "test acc", "clean"]
     header += [f"PGD-l2 {k}" for k in l2_keys] + [f"PGD-linf {float(k) * 255:.3g}/255" for k in linf_keys]
     header += [f"certified l2 {k}" for k in cert_keys] + ["2x budget", "masking checks"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for run in sorted(runs, key=lambda r: (r.method, sorted(hyperparameters(r.config).items()), str(r.path))):
+    for run in sorted(runs, key=lambda r: (r.method, sorted(map(str, hyperparameters(r.config).items())), r.name)):
         best = run.best
         params = hyperparameter_text(run.config) or "-"
-        rob = run.robustness or {}
-        method = run.method if run.finished else f"{run.method} (unfinished: epoch {run.metrics[-1]['epoch']})"
-        row = [method, params, str(run.config.n_train or "all"), str(best["epoch"])]
-        row += [_percent(best.get("val_acc")), _percent(best["test_acc"]), _percent(rob.get("clean"))]
-        row += [_percent(rob.get("l2", {}).get(k)) for k in l2_keys]
-        row += [_percent(rob.get("linf", {}).get(k)) for k in linf_keys]
-        row += [_percent((rob.get("certified_l2") or {}).get(k)) for k in cert_keys]
-        row.append(_budget_change(rob))
-        row.append(("FIRED: " + "; ".join(rob["suspicious"])) if rob.get("suspicious") else ("ok" if rob else "-"))
+        rob = run.robustness
+        method = run.method if run.finished else f"{run.method} (unfinished: epoch {run.metrics[-1].epoch})"
+        row = [run.name, method, params, str(run.config.n_train or "all"), str(best.epoch)]
+        row += [_percent(best.val_acc), _percent(best.test_acc), _percent(rob.clean if rob else None)]
+        row += [_percent(rob.l2.get(k) if rob else None) for k in l2_keys]
+        row += [_percent(rob.linf.get(k) if rob else None) for k in linf_keys]
+        row += [_percent((rob.certified_l2 or {}).get(k) if rob else None) for k in cert_keys]
+        row.append(_budget_change(rob) if rob else "-")
+        checks = "-" if rob is None or rob.masking_checks is None else "ok"
+        row.append(("FIRED: " + "; ".join(rob.suspicious)) if rob and rob.suspicious else checks)
         lines.append("| " + " | ".join(row) + " |")
-    notes = sorted({f"{k}: {v}" for r in runs if r.robustness for k, v in r.robustness.get("attacks", {}).items()})
+    notes = sorted({f"{k}: {v}" for r in evaluated for k, v in r.attacks.items()})
     footer = [
         "",
         "Accuracies in %. epoch: of best validation accuracy; test acc: there, on the whole test set; clean, "
@@ -95,11 +177,12 @@ def markdown_table(runs: list[RunSummary]) -> str:
     return "\n".join(lines + footer) + "\n"
 
 
-def _budget_change(robustness: dict) -> str:
+def _budget_change(robustness: Robustness) -> str:
     """max over checked radii of (robust accuracy - accuracy under twice the budget), in points."""
+    by_norm = {"l2": robustness.l2, "linf": robustness.linf}
     drops = [
-        100 * (robustness[norm][key] - doubled)
-        for norm, by_key in (robustness.get("doubled") or {}).items()
+        100 * (by_norm[norm][key] - doubled)
+        for norm, by_key in robustness.doubled.items()
         for key, doubled in by_key.items()
     ]
     return f"{max(drops):.1f} ({len(drops)} radii)" if drops else "-"
@@ -107,30 +190,35 @@ def _budget_change(robustness: dict) -> str:
 
 def selection_table(runs: list[RunSummary]) -> str:
     """Per method, the hyperparameters of best mean validation accuracy over seeds (as the paper
-    selected them), and the test accuracy there: mean +- std over the seeds. Finished runs only."""
-    groups: dict[tuple[str, str], list[RunSummary]] = defaultdict(list)
+    selected them), and the test accuracy there: mean +- std over the seeds, with the runs pooled. Runs are
+    pooled as seeds only when their whole configurations differ in seed fields alone. Finished runs only."""
+    settings: dict[str, list[RunSummary]] = defaultdict(list)
     for run in runs:
-        if run.finished and run.best.get("val_acc") is not None:
-            params = hyperparameter_text(run.config) or "-"
-            groups[(run.method, params)].append(run)
-    if not groups:
+        if run.finished and run.best.val_acc is not None:
+            settings[setting_key(run.config)].append(run)
+    if not settings:
         return ""
-    chosen: dict[str, tuple[str, list[RunSummary]]] = {}
-    for (method, params), members in groups.items():
-        mean_val = statistics.mean(r.best["val_acc"] for r in members)
-        if method not in chosen or mean_val > statistics.mean(r.best["val_acc"] for r in chosen[method][1]):
-            chosen[method] = (params, members)
+    chosen: dict[str, list[RunSummary]] = {}
+    tried: dict[str, int] = defaultdict(int)
+    for members in settings.values():
+        method = members[0].method
+        tried[method] += 1
+        mean_val = statistics.mean(r.best.val_acc for r in members)  # type: ignore[misc]
+        if method not in chosen or mean_val > statistics.mean(r.best.val_acc for r in chosen[method]):  # type: ignore[misc]
+            chosen[method] = members
     lines = [
-        "| method | selected hyperparameters | settings tried | seeds | val acc | test acc (mean +- std) |",
-        "|---|---|---|---|---|---|",
+        "| method | selected hyperparameters | settings tried | seeds | val acc | test acc (mean +- std) "
+        "| runs pooled |",
+        "|---|---|---|---|---|---|---|",
     ]
-    for method, (params, members) in sorted(chosen.items()):
-        tests = [100 * r.best["test_acc"] for r in members]
+    for method, members in sorted(chosen.items()):
+        params = hyperparameter_text(members[0].config) or "-"
+        tests = [100 * r.best.test_acc for r in members]
         spread = statistics.stdev(tests) if len(tests) > 1 else 0.0
-        tried = sum(1 for m, _ in groups if m == method)
-        val = statistics.mean(100 * r.best["val_acc"] for r in members)
+        val = statistics.mean(100 * r.best.val_acc for r in members)  # type: ignore[operator]
         test = f"{statistics.mean(tests):.1f} +- {spread:.1f}"
-        lines.append(f"| {method} | {params} | {tried} | {len(members)} | {val:.1f} | {test} |")
+        pooled = ", ".join(sorted(r.name for r in members))
+        lines.append(f"| {method} | {params} | {tried[method]} | {len(members)} | {val:.1f} | {test} | {pooled} |")
     return "\n".join(lines) + "\n"
 
 
@@ -144,12 +232,12 @@ def plot_learning_curves(runs: list[RunSummary], path: Path) -> None:
 
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
     for run in runs:
-        epochs = [m["epoch"] for m in run.metrics]
-        line = axes[0].plot(epochs, [m["train_loss"] for m in run.metrics], label=_label(run))[0]
-        axes[1].plot(epochs, [m["train_acc"] for m in run.metrics], color=line.get_color())
-        axes[2].plot(epochs, [m["test_acc"] for m in run.metrics], color=line.get_color())
-        if any(m.get("val_acc") is not None for m in run.metrics):
-            axes[2].plot(epochs, [m.get("val_acc") for m in run.metrics], color=line.get_color(), linestyle=":")
+        epochs = [m.epoch for m in run.metrics]
+        line = axes[0].plot(epochs, [m.train_loss for m in run.metrics], label=_label(run))[0]
+        axes[1].plot(epochs, [m.train_acc for m in run.metrics], color=line.get_color())
+        axes[2].plot(epochs, [m.test_acc for m in run.metrics], color=line.get_color())
+        if any(m.val_acc is not None for m in run.metrics):
+            axes[2].plot(epochs, [m.val_acc for m in run.metrics], color=line.get_color(), linestyle=":")
     for ax, title in zip(axes, ("train loss", "train accuracy", "test (solid) and validation (dotted) accuracy")):
         ax.set_title(title)
         ax.set_xlabel("epoch")
@@ -167,10 +255,10 @@ def plot_rkhs_bracket(runs: list[RunSummary], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(8, 5))
     for run in runs:
-        epochs = [m["epoch"] for m in run.metrics]
-        line = ax.plot(epochs, [m["rkhs_lower_grad"] for m in run.metrics], label=_label(run))[0]
-        ax.plot(epochs, [m["rkhs_lower_delta"] for m in run.metrics], color=line.get_color(), linestyle="--")
-        ax.plot(epochs, [m["rkhs_upper_spectral"] for m in run.metrics], color=line.get_color(), linestyle=":")
+        epochs = [m.epoch for m in run.metrics]
+        line = ax.plot(epochs, [m.rkhs_lower_grad for m in run.metrics], label=_label(run))[0]
+        ax.plot(epochs, [m.rkhs_lower_delta for m in run.metrics], color=line.get_color(), linestyle="--")
+        ax.plot(epochs, [m.rkhs_upper_spectral for m in run.metrics], color=line.get_color(), linestyle=":")
     ax.set_yscale("log")
     ax.set_xlabel("epoch")
     ax.set_title("RKHS-norm bracket: lower bounds (solid: sup ||grad f||, dashed: ||f||_delta / eps), upper (dotted)")
@@ -187,19 +275,19 @@ def plot_tradeoff(runs: list[RunSummary], path: Path, norm: str = "l2") -> bool:
     False when no run has been evaluated."""
     import matplotlib.pyplot as plt
 
-    evaluated = [r for r in runs if r.robustness and r.robustness.get(norm)]
+    evaluated = [(r, r.robustness) for r in runs if r.robustness is not None and getattr(r.robustness, norm)]
     if not evaluated:
         return False
-    keys = sorted({k for r in evaluated for k in r.robustness[norm]}, key=float)
-    by_method: dict[str, list[RunSummary]] = defaultdict(list)
-    for run in evaluated:
-        by_method[run.method].append(run)
+    keys = sorted({k for _, rob in evaluated for k in getattr(rob, norm)}, key=float)
+    by_method: dict[str, list[Robustness]] = defaultdict(list)
+    for run, rob in evaluated:
+        by_method[run.method].append(rob)
     fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 4), squeeze=False)
     for ax, key in zip(axes[0], keys):
         for color, (method, members) in enumerate(sorted(by_method.items())):
             curves = [(norm, "-o", None)] + ([("certified_l2", ":^", "none")] if norm == "l2" else [])
             for field, style, fill in curves:
-                pairs = [(r.robustness["clean"], (r.robustness.get(field) or {}).get(key)) for r in members]
+                pairs = [(rob.clean, (getattr(rob, field) or {}).get(key)) for rob in members]
                 points = sorted(p for p in pairs if p[1] is not None)
                 if points:
                     label = method if field == norm else f"{method}, certified"
@@ -225,24 +313,40 @@ def _save(fig, path: Path) -> None:  # type: ignore[no-untyped-def]
     tmp.replace(path)
 
 
-def write_report(root: str | Path, out_dir: str | Path | None = None) -> tuple[str, list[Path]]:
-    """The Markdown table of the runs under ``root``, written with the plots to ``out_dir`` (default root)."""
+def write_report(
+    root: str | Path, out_dir: str | Path | None = None, warn: Warn = lambda _: None
+) -> tuple[str, list[Path]]:
+    """The Markdown report of the runs under ``root``, one section per study (experiment and setting),
+    written with each study's plots to ``out_dir`` (default root); returns its text and the files."""
     import matplotlib
 
     matplotlib.use("Agg")
-    runs = collect_runs(root)
+    runs = collect_runs(root, warn)
     if not runs:
         raise FileNotFoundError(f"no run with logged evaluations under {root}")
     out = Path(out_dir or root)
-    selection = selection_table(runs)
-    table = markdown_table(runs)
-    if selection:
-        table = "## Selected by validation accuracy\n\n" + selection + "\n## All runs\n\n" + table
+    check_writable(out, "the report is written there; choose another --out")
+    groups = studies(runs)
+    sections, written = [], [out / "report.md"]
+    for study in groups:
+        suffix = "" if len(groups) == 1 else f"_{study.slug}"
+        files = [out / f"learning_curves{suffix}.png", out / f"rkhs_bracket{suffix}.png"]
+        plot_learning_curves(study.runs, files[0])
+        plot_rkhs_bracket(study.runs, files[1])
+        for norm in ("l2", "linf"):
+            if plot_tradeoff(study.runs, out / f"tradeoff_{norm}{suffix}.png", norm):
+                files.append(out / f"tradeoff_{norm}{suffix}.png")
+        written += files
+        text = f"## {study.title}\n\n"
+        if study.differs:
+            text += "Differs from the preset: " + ", ".join(f"{k}={format_value(v)}" for k, v in study.differs.items())
+            text += ".\n\n"
+        selection = selection_table(study.runs)
+        if selection:
+            text += "### Selected by validation accuracy\n\n" + selection + "\n"
+        text += "### All runs\n\n" + markdown_table(study.runs)
+        text += "\nPlots: " + ", ".join(f"[{f.name}]({f.name})" for f in files) + "\n"
+        sections.append(text)
+    table = "\n".join(sections)
     atomic_write_text(out / "report.md", table)
-    written = [out / "report.md", out / "learning_curves.png", out / "rkhs_bracket.png"]
-    plot_learning_curves(runs, written[1])
-    plot_rkhs_bracket(runs, written[2])
-    for norm in ("l2", "linf"):
-        if plot_tradeoff(runs, out / f"tradeoff_{norm}.png", norm):
-            written.append(out / f"tradeoff_{norm}.png")
     return table, written

@@ -1,75 +1,331 @@
-"""The run folder, the whole interface between training, evaluation and reports.
+"""The run folder, the whole interface between training, evaluation and reports, and its typed records.
 
-``<root>/<experiment>/<name>/`` holds ``config.json``, ``metrics.jsonl`` (one JSON object per evaluation),
-``checkpoint.pt`` and, after evaluation, ``robustness.json``. Every file is written to a temporary file in
-the same folder and renamed over the old one, so a crash never leaves a half-written file.
+``<root>/<experiment>/<name>/`` holds ``config.json`` (a ``Config``), ``metrics.jsonl`` (one ``MetricsRow``
+per evaluation), ``checkpoint.pt`` and, after evaluation, ``robustness.json`` (a ``Robustness``). This
+module alone reads and writes them:
+
+- every file is written to a temporary file in the same folder and renamed over the old one, so a crash
+  never leaves a half-written file; files get the permissions the umask gives (0644 by default);
+- a process that writes a folder holds its lock (``locked``): a second one fails at once, naming the
+  holder; the lock dies with its process (``flock``), so a killed run leaves none behind;
+- a file that cannot be read raises ``RunFolderError`` naming it, and nothing is changed;
+- records carry a ``format`` number; records of format 1 (before regularizer settings) are upgraded
+  when read.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import fcntl
 import json
+import math
 import os
-import tempfile
-from collections.abc import Callable
+import pickle
+import secrets
+import socket
+import zipfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 from torch import nn
 
 from . import models
-from .config import Config
+from .config import Config, upgrade_legacy
 from .data import NUM_CLASSES, Splits, load_arrays, make_splits, resolve_data_dir
 
-CONFIG, METRICS, CHECKPOINT, ROBUSTNESS = "config.json", "metrics.jsonl", "checkpoint.pt", "robustness.json"
+CONFIG, METRICS, CHECKPOINT, ROBUSTNESS, LOCK = (
+    "config.json", "metrics.jsonl", "checkpoint.pt", "robustness.json", ".lock",
+)  # fmt: skip
+FORMAT = 2
 
 
-def _atomic(path: Path, write: Callable[[str], None]) -> None:
+class RunFolderError(ValueError):
+    """A run folder or one of its files is missing, unreadable, locked or not writable; the message
+    names it and says what to do. Nothing was changed."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing
+
+
+def _atomic(path: Path, write: Callable[[IO[bytes]], None]) -> None:
+    """Write through a temporary file in the same folder (created with mode 0666 minus the umask, as a
+    plain ``open`` would), flushed to disk, then renamed over ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
-        write(tmp)
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file and a rename."""
-    _atomic(Path(path), lambda tmp: Path(tmp).write_text(text))
+    _atomic(Path(path), lambda f: f.write(text.encode()))
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
     """``torch.save`` through a temporary file and a rename."""
-    _atomic(Path(path), lambda tmp: torch.save(obj, tmp))
+    _atomic(Path(path), lambda f: torch.save(obj, f))
+
+
+def check_writable(folder: str | Path, what: str) -> None:
+    """RunFolderError unless files can be created in ``folder`` (created if missing)."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = _probe(folder)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as error:
+        raise RunFolderError(f"{folder} is not writable ({error.strerror}): {what}") from None
+
+
+def _probe(folder: Path) -> tuple[int, str]:
+    tmp = str(folder / f".write-test.{os.getpid()}.{secrets.token_hex(4)}")
+    return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
+
+
+@contextlib.contextmanager
+def locked(run_dir: str | Path, purpose: str, create: bool = False) -> Iterator[Path]:
+    """Hold the run folder's lock for the block (``create``: make the folder if missing).
+
+    RunFolderError at once when another process holds it (naming that process) or when the folder is
+    not writable."""
+    run_dir = Path(run_dir)
+    if not create and not run_dir.is_dir():
+        raise RunFolderError(f"{run_dir} is not a run folder: it does not exist")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as error:
+        raise RunFolderError(f"{run_dir} is not writable ({error.strerror}); nothing was done") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+        os.close(fd)
+        raise RunFolderError(
+            f"{run_dir} is in use by {holder}; wait for it to finish, or choose another --name"
+        ) from None
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} ({purpose})\n".encode(), 0)
+        yield run_dir
+    finally:
+        os.close(fd)  # releases the lock
+
+
+# ---------------------------------------------------------------------------------------------
+# Records
+
+
+@dataclass(frozen=True)
+class MetricsRow:
+    """One evaluation during training: losses and accuracies (val_acc None without a validation set),
+    the RKHS-norm bracket on the probe batch, the learning rate, the projection radius when projecting,
+    and the cost: seconds per training epoch since the last evaluation, seconds of this evaluation."""
+
+    epoch: int
+    lr: float
+    train_loss: float
+    train_acc: float
+    val_acc: float | None
+    test_acc: float
+    rkhs_lower_grad: float
+    rkhs_lower_delta: float
+    rkhs_upper_spectral: float
+    seconds_per_epoch: float
+    eval_seconds: float | None = None
+    tau: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class MaskingCheck:
+    """One gradient-masking check: what it tests, whether it fired, a sentence for people, and the numbers
+    behind it (``values``, e.g. {"broken": 0, "survivors": 322, "queries": 1000}) for programs."""
+
+    check: str
+    fired: bool
+    detail: str
+    norm: str | None = None
+    eps: float | None = None
+    values: dict[str, float] = field(default_factory=dict)
+
+
+WEIGHTS = ("best-validation", "last")
+
+
+@dataclass(frozen=True)
+class Robustness:
+    """What ``kernel-reg evaluate`` measured on the first ``n`` test images: clean accuracy, robust accuracy
+    per radius (keys: ``eps_key`` of the radius; linf radii in [0, 1] units), certified l2 accuracy from
+    the Lipschitz upper bound (None with a note when the model has a layer without a bound), the attacks
+    used, the accuracies under twice the budget at the checked radii, the gradient-masking checks, and
+    which weights (``weights``: best-validation or last, of ``epoch``) under which ``settings``."""
+
+    clean: float
+    n: int
+    l2: dict[str, float]
+    linf: dict[str, float]
+    lipschitz_bound: float | None
+    certified_l2: dict[str, float] | None
+    attacks: dict[str, str]
+    settings: dict[str, Any]
+    doubled: dict[str, dict[str, float]] = field(default_factory=dict)
+    masking_checks: tuple[MaskingCheck, ...] | None = None
+    certified_note: str | None = None
+    epoch: int | None = None
+    weights: str | None = None
+
+    @property
+    def suspicious(self) -> list[str]:
+        """The names of the checks that fired, each once."""
+        return list(dict.fromkeys(c.check for c in self.masking_checks or () if c.fired))
+
+    def check(self, name: str, norm: str | None = None) -> MaskingCheck | None:
+        """The first check called ``name`` (for ``norm``)."""
+        return next((c for c in self.masking_checks or () if c.check == name and norm in (None, c.norm)), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        values = dataclasses.asdict(self)
+        values["suspicious"] = self.suspicious
+        return {"format": FORMAT, **values}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> Robustness:
+        values = dict(values)
+        values.pop("format", None)
+        values.pop("suspicious", None)
+        checks = values.get("masking_checks")
+        if checks is not None:
+            values["masking_checks"] = tuple(MaskingCheck(**c) for c in checks)
+        return cls(**values)
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise RunFolderError(f"{path} is not valid JSON ({error}); the file is damaged") from None
 
 
 def run_path(config: Config) -> Path:
     return Path(config.root) / config.experiment / config.name
 
 
+def write_config(run_dir: Path, config: Config) -> None:
+    atomic_write_text(run_dir / CONFIG, json.dumps({"format": FORMAT, **config.to_dict()}, indent=2, sort_keys=True))
+
+
 def read_config(run_dir: str | Path) -> Config:
     path = Path(run_dir) / CONFIG
     if not path.is_file():
-        raise FileNotFoundError(f"{run_dir} is not a run folder: it has no {CONFIG}")
-    return Config.from_dict(json.loads(path.read_text()))
+        raise RunFolderError(f"{run_dir} is not a run folder: it has no {CONFIG}")
+    values = _read_json(path)
+    if not isinstance(values, dict):
+        raise RunFolderError(f"{path} does not hold a configuration (a JSON object)")
+    try:
+        if values.pop("format", 1) == 1:
+            values = upgrade_legacy(values)
+        return Config.from_dict(values)
+    except (TypeError, ValueError) as error:
+        raise RunFolderError(f"{path} is not a valid configuration: {error}") from None
 
 
-def write_metrics(run_dir: Path, metrics: list[dict]) -> None:
-    atomic_write_text(run_dir / METRICS, "".join(json.dumps(m) + "\n" for m in metrics))
+def write_metrics(run_dir: Path, metrics: list[MetricsRow]) -> None:
+    atomic_write_text(run_dir / METRICS, "".join(json.dumps(m.to_dict()) + "\n" for m in metrics))
 
 
-def read_metrics(run_dir: str | Path) -> list[dict]:
+def read_metrics(run_dir: str | Path) -> list[MetricsRow]:
+    """The metrics rows of a run folder ([] when it has none yet)."""
     path = Path(run_dir) / METRICS
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    if not path.is_file():
+        return []
+    rows = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(MetricsRow(**json.loads(line)))
+        except (json.JSONDecodeError, TypeError) as error:
+            reason = f"{path}, line {number}, is not a metrics row ({error})"
+            raise RunFolderError(f"{reason}; the file is damaged") from None
+    return rows
+
+
+def write_robustness(run_dir: Path, result: Robustness) -> None:
+    atomic_write_text(run_dir / ROBUSTNESS, json.dumps(result.to_dict(), indent=2))
+
+
+def read_robustness(run_dir: str | Path) -> Robustness | None:
+    """The evaluation of a run folder, or None when it has not been evaluated."""
+    path = Path(run_dir) / ROBUSTNESS
+    if not path.is_file():
+        return None
+    values = _read_json(path)
+    try:
+        if not isinstance(values, dict):
+            raise TypeError("not a JSON object")
+        if values.get("format", 1) == 1 and values.get("weights") == "best":  # said 'best' even without validation
+            values["weights"] = "best-validation" if read_config(run_dir).n_val > 0 else "last"
+        return Robustness.from_dict(values)
+    except (TypeError, ValueError) as error:
+        raise RunFolderError(f"{path} is not a valid evaluation record: {error}") from None
+
+
+def read_checkpoint(run_dir: str | Path, device: torch.device | str = "cpu") -> dict[str, Any]:
+    """The training state of a run folder; RunFolderError when it is missing, truncated or corrupt."""
+    path = Path(run_dir) / CHECKPOINT
+    if not path.is_file():
+        raise RunFolderError(f"{run_dir} has no {CHECKPOINT}: train it first")
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise RunFolderError(
+            f"{path} is unreadable ({reason}): it is truncated or corrupt. Nothing was changed; "
+            "`kernel-reg train --fresh ...` sets the run folder aside and starts over"
+        ) from None
+    if not isinstance(state, dict) or not {"model", "epoch"} <= set(state):
+        raise RunFolderError(f"{path} is not a kernel-reg checkpoint (no model weights and epoch)")
+    return state
+
+
+# ---------------------------------------------------------------------------------------------
+# Rebuilding a run
 
 
 def resolve_device(name: str) -> torch.device:
+    """The device of a run: 'auto' is CUDA when available, else the CPU. ValueError for a device this
+    machine does not have."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {name!r}: CUDA is not available on this machine; use --device cpu (or auto)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return device
 
 
 def load_splits(config: Config, device: torch.device, n_test: int | None = None) -> Splits:
@@ -87,18 +343,23 @@ def build_model(config: Config, device: torch.device) -> nn.Module:
 
 def load_run(
     run_dir: str | Path, device: str = "auto", n_test: int | None = None, which: str = "best"
-) -> tuple[Config, nn.Module, Splits, int]:
-    """(config, model, data splits, epoch of the weights) of a run folder. ``which="best"``: the weights
-    of best validation accuracy (the last ones when the run has no validation set); "last": the last."""
+) -> tuple[Config, nn.Module, Splits, int, str]:
+    """(config, model, data splits, epoch of the weights, which weights) of a run folder. ``which="best"``:
+    the weights of best validation accuracy ("best-validation"), or the last ones ("last") when the run
+    has no validation set; "last": the last."""
     run_dir = Path(run_dir)
     config = read_config(run_dir)
-    if not (run_dir / CHECKPOINT).is_file():
-        raise FileNotFoundError(f"{run_dir} has no {CHECKPOINT}: train it first")
     target = resolve_device(device)
-    state = torch.load(run_dir / CHECKPOINT, map_location=target, weights_only=False)
+    state = read_checkpoint(run_dir, target)
     splits = load_splits(config, target, n_test)
     model = build_model(config, target)
-    chosen = state["best"] if which == "best" and state.get("best") is not None else state
+    best = which == "best" and state.get("best") is not None
+    chosen = state["best"] if best else state
     model.load_state_dict(chosen["model"])
     model.eval()
-    return config, model, splits, int(chosen["epoch"])
+    return config, model, splits, int(chosen["epoch"]), "best-validation" if best else "last"
+
+
+def finite_or_none(value: float) -> float | None:
+    """``value``, or None for NaN (an empty set's accuracy), so that records stay valid JSON."""
+    return None if math.isnan(value) else value

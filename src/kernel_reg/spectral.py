@@ -78,6 +78,24 @@ def tau_schedule(tau: float, kappa: float, epoch: float) -> float:
     return tau * (1.0 + 4.0 * math.exp(-epoch / kappa))
 
 
+class Projection:
+    """The spectral constraint as training uses it: after each step at ``epoch``, project every layer
+    onto {sigma_max(W_mat) <= tau_schedule(tau, kappa, epoch)}."""
+
+    def __init__(self, tau: float = 0.5, kappa: float = 2.0) -> None:
+        self.tau = check_positive("tau", tau)
+        self.kappa = check_positive("kappa", kappa)
+
+    def radius(self, epoch: float) -> float:
+        return tau_schedule(self.tau, self.kappa, epoch)
+
+    def __call__(self, model: nn.Module, epoch: float) -> float:
+        """Project ``model`` in place; returns the radius used."""
+        radius = self.radius(epoch)
+        project_(model, radius)
+        return radius
+
+
 class SpectralNormPenalty:
     """lmbda * sum_layers sigma_max(W_mat)^2.
 

@@ -7,9 +7,7 @@ fixed probe batch, ``metrics.jsonl`` and ``checkpoint.pt``, both written atomica
 
 from __future__ import annotations
 
-import dataclasses
 import math
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,43 +18,48 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from . import distributed, penalties, spectral
+from . import distributed, penalties, regularizers, spectral
 from ._guards import preserved_state
-from .attacks import PGDL2, PGDLinf
-from .config import Config
+from .config import Config, differences
 from .data import Splits, batches, random_crop_flip
 from .deformations import RandomDeformation
 from .distributed import SINGLE, Group
 from .evaluation import accuracy
+from .progress import progress
 from .rundir import (
     CHECKPOINT,
     CONFIG,
+    MetricsRow,
+    RunFolderError,
     atomic_torch_save,
-    atomic_write_text,
     build_model,
+    finite_or_none,
     load_splits,
+    locked,
+    read_checkpoint,
     read_config,
     resolve_device,
     run_path,
+    write_config,
     write_metrics,
 )
 
 Log = Callable[[str], None]
-# fields that may change when a run is resumed
-RESUMABLE_CHANGES = ("num_epochs", "device", "root")
+# fields that may change when a run is resumed (num_epochs only upwards)
+RESUMABLE_CHANGES = ("num_epochs",)
 
 
 class TrainingDiverged(RuntimeError):
-    """A loss term became non-finite; the last good checkpoint is kept."""
+    """A loss term or a parameter became non-finite; the message says which, and what was kept."""
 
 
 @dataclass
 class Regularizers:
-    """What the configuration asks for, built: named penalties, an optional attack, the projection."""
+    """What the configuration asks for, built: named penalties, an optional attack, an optional projection."""
 
     penalties: dict[str, penalties.Penalty] = field(default_factory=dict)
     attack: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor] | None = None
-    project: bool = False
+    projection: spectral.Projection | None = None
 
     @property
     def spectral_penalty(self) -> spectral.SpectralNormPenalty | None:
@@ -64,37 +67,18 @@ class Regularizers:
 
 
 def build_regularizers(config: Config, group: Group = SINGLE) -> Regularizers:
-    """The penalties, attack and projection named by ``config.regs``, with the config's strengths; on
-    several processes (``group``), suprema and per-example noise span the global batch."""
-    deformation = RandomDeformation(amplitude=config.deform_amplitude)
-    makers: dict[str, Callable[[], penalties.Penalty]] = {
-        "adv-perturbation": lambda: penalties.AdversarialPerturbationPenalty(
-            config.epsilon, config.steps, candidates=config.delta_candidates, group=group
-        ),
-        "gradient-penalty": lambda: penalties.GradientPenalty(config.lmbda, group),
-        "loss-gradl2": lambda: penalties.LossGradientPenalty(config.lmbda, "l2"),
-        "loss-gradl1": lambda: penalties.LossGradientPenalty(config.lmbda, "l1"),
-        "vat": lambda: penalties.VATPenalty(config.vat_alpha, config.epsilon, config.vat_xi, group=group),
-        "stability": lambda: penalties.DeformationStabilityPenalty(
-            config.lmbdast, config.stability_tr_per_ex, deformation, group=group
-        ),
-        "gradtangent": lambda: penalties.TangentGradientPenalty(
-            config.lmbdatan, config.stability_num_deformations, deformation, group=group
-        ),
-        "penalize-sn-pi": lambda: spectral.SpectralNormPenalty(config.lmbdasn, "power", config.nb_it),
-        "penalize-sn-svd": lambda: spectral.SpectralNormPenalty(config.lmbdasn, "svd"),
-    }
-    built = Regularizers(project="project-sn" in config.regs)
-    for reg in config.regs:
-        if reg in makers:
-            penalty = makers[reg]()
-            if reg in ("stability", "gradtangent") and config.stability_ex_per_batch is not None:
-                penalty = penalties.FirstExamples(penalty, config.stability_ex_per_batch)
-            built.penalties[reg] = penalty
-    if "pgd-l2" in config.regs:
-        built.attack = PGDL2(config.epsilon, config.steps, group=group)
-    if "pgd-linf" in config.regs:
-        built.attack = PGDLinf(config.epsilon, config.steps, config.linf_step_size, group=group)
+    """The penalties, attack and projection of ``config.regs``, each from the registry with its own
+    hyperparameters; on several processes (``group``), suprema and per-example noise span the global batch."""
+    built = Regularizers()
+    for setting in config.regs:
+        made = regularizers.build(setting.name, dict(setting.params), group)
+        kind = regularizers.REGISTRY[setting.name].kind
+        if kind == "attack":
+            built.attack = made  # type: ignore[assignment]
+        elif kind == "projection":
+            built.projection = made  # type: ignore[assignment]
+        else:
+            built.penalties[setting.name] = made  # type: ignore[assignment]
     return built
 
 
@@ -127,54 +111,67 @@ def rkhs_bracket(model: nn.Module, probe_x: torch.Tensor, probe_eps: float) -> d
     )
 
 
-def _prepare_run_dir(config: Config, log: Log, write: bool = True) -> tuple[Path, dict | None]:
-    """The run folder with config.json written, and the checkpoint to resume from, if any."""
-    run_dir = run_path(config)
-    checkpoint = run_dir / CHECKPOINT
-    if checkpoint.is_file():
-        saved = read_config(run_dir)
-        differences = [
-            f"{f.name}: saved {getattr(saved, f.name)!r}, now {getattr(config, f.name)!r}"
-            for f in dataclasses.fields(Config)
-            if f.name not in RESUMABLE_CHANGES and getattr(saved, f.name) != getattr(config, f.name)
-        ]
-        if differences:
-            raise ValueError(
-                f"{run_dir} holds a run with another configuration ({'; '.join(differences)}); "
-                "choose another --name, or --fresh to set the old run aside"
-            )
-        log(f"resuming {run_dir}")
-        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    else:
-        state = None
-    if write:
-        atomic_write_text(run_dir / CONFIG, config.to_json())
-    return run_dir, state
+@dataclass
+class Resume:
+    """Where a run starts: the saved training state (None: from scratch) and whether config.json must be
+    (re)written; ``done``: the run is already trained to its last epoch."""
+
+    state: dict | None
+    write_config: bool
+    done: bool = False
 
 
-def _progress(iterable, total: int, description: str):  # type: ignore[no-untyped-def]
-    """A progress bar on a terminal, the bare iterable otherwise."""
-    if not sys.stderr.isatty():
-        return iterable
-    from tqdm import tqdm
+def _resume_point(config: Config, run_dir: Path, log: Log) -> Resume:
+    """Check the run folder against ``config`` before anything is written.
 
-    return tqdm(iterable, total=total, desc=description, leave=False)
+    A folder holding another configuration is refused with the differing fields (num_epochs may grow);
+    an unreadable checkpoint is refused, never started over; a run already at its last epoch is left as is."""
+    if not (run_dir / CONFIG).is_file():
+        if (run_dir / CHECKPOINT).is_file():
+            raise RunFolderError(f"{run_dir} holds a {CHECKPOINT} but no {CONFIG}; set it aside with --fresh")
+        return Resume(None, write_config=True)
+    saved = read_config(run_dir)
+    changed = differences(saved, config, ignore=RESUMABLE_CHANGES)
+    if config.num_epochs < saved.num_epochs:
+        changed.append(f"num_epochs: saved {saved.num_epochs}, now {config.num_epochs} (it may only grow)")
+    if changed:
+        raise RunFolderError(
+            f"{run_dir} holds a run with another configuration ({'; '.join(changed)}); nothing was changed. "
+            "Choose another --name, or --fresh to set the old run aside"
+        )
+    if not (run_dir / CHECKPOINT).is_file():
+        return Resume(None, write_config=True)
+    state = read_checkpoint(run_dir)
+    if state["epoch"] >= config.num_epochs - 1:
+        log(f"{run_dir} is already trained to its last epoch ({state['epoch']}); nothing to do")
+        return Resume(state, write_config=False, done=True)
+    log(f"resuming {run_dir} after epoch {state['epoch']}")
+    return Resume(state, write_config=config.num_epochs != saved.num_epochs)
 
 
-def train(config: Config, log: Log = print) -> list[dict]:
-    """Train as ``config`` says, resuming from the run folder's checkpoint if there is one; returns the metrics.
+def train(config: Config, log: Log = print) -> list[MetricsRow]:
+    """Train as ``config`` says, resuming from the run folder's checkpoint if there is one; returns the
+    metrics rows. The run folder is locked while training (a second process on it fails at once).
 
     Under torchrun (WORLD_SIZE > 1) every process trains its shard of each global batch with
-    DistributedDataParallel; rank 0 alone logs and writes."""
+    DistributedDataParallel; rank 0 alone logs, locks and writes."""
     group, rank_device = distributed.setup()
     try:
-        return _train(config, log if group.is_main else lambda _: None, group, rank_device)
+        if not group.is_main:
+            return _train(config, lambda _: None, group, rank_device)
+        with locked(run_path(config), "kernel-reg train", create=True):
+            return _train(config, log, group, rank_device)
     finally:
         distributed.teardown(group)
 
 
-def _train(config: Config, log: Log, group: Group, rank_device: torch.device | None) -> list[dict]:
+def _train(config: Config, log: Log, group: Group, rank_device: torch.device | None) -> list[MetricsRow]:
     device = rank_device or resolve_device(config.device)
+    run_dir = run_path(config)
+    resume = _resume_point(config, run_dir, log if group.is_main else lambda _: None)
+    metrics = [MetricsRow(**row) for row in resume.state["metrics"]] if resume.state is not None else []
+    if resume.done:
+        return metrics
     splits: Splits = load_splits(config, device)
     model = build_model(config, device)
     trained: nn.Module = model
@@ -187,15 +184,13 @@ def _train(config: Config, log: Log, group: Group, rank_device: torch.device | N
     augment = build_augmentation(config, splits.train_x.shape[1], data_rng)
     probe_x = splits.train_x[: config.probe_size]
 
-    run_dir, state = _prepare_run_dir(config, log, write=group.is_main)
-    metrics: list[dict] = []
     best: dict | None = None  # the weights of best validation accuracy, which evaluation uses
     start_epoch = 0
+    state = resume.state
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        metrics = state["metrics"]
         best = state["best"]
         start_epoch = state["epoch"] + 1
         torch.set_rng_state(state["rng"]["torch"])
@@ -206,14 +201,21 @@ def _train(config: Config, log: Log, group: Group, rank_device: torch.device | N
             regs.spectral_penalty.load_state_dict({k: v.to(device) for k, v in state["spectral"].items()})
     else:
         torch.manual_seed(config.seed)
+    if resume.write_config and group.is_main:
+        write_config(run_dir, config)
+
+    def kept() -> str:
+        if not metrics:
+            return "no checkpoint had been written yet (the first is written at the first evaluation)"
+        return f"the checkpoint of epoch {metrics[-1].epoch} is kept in {run_dir}"
 
     epoch_seconds: list[float] = []
     for epoch in range(start_epoch, config.num_epochs):
         began = time.perf_counter()
-        tau = spectral.tau_schedule(config.tau, config.kappa, epoch)
+        tau = regs.projection.radius(epoch) if regs.projection is not None else None
         model.train()
         steps = math.ceil(splits.train_x.shape[0] / config.batch_size)
-        for x, y in _progress(
+        for x, y in progress(
             batches(splits.train_x, splits.train_y, config.batch_size, data_rng), steps, f"epoch {epoch}"
         ):
             if augment is not None:
@@ -228,37 +230,35 @@ def _train(config: Config, log: Log, group: Group, rank_device: torch.device | N
             if group.any(~torch.isfinite(total)):
                 name = next((name for name, value in terms.items() if not torch.isfinite(value)), "another rank's loss")
                 value = float(terms[name].detach()) if name in terms else float("nan")
-                raise TrainingDiverged(
-                    f"{name} became {value} at epoch {epoch}; the last good checkpoint is kept in {run_dir}"
-                )
+                raise TrainingDiverged(f"{name} became {value} at epoch {epoch}; {kept()}")
             optimizer.zero_grad(set_to_none=True)
             total.backward()
             optimizer.step()
-            if regs.project:
-                spectral.project_(model, tau)
+            if regs.projection is not None:
+                regs.projection(model, epoch)
         scheduler.step()
         epoch_seconds.append(time.perf_counter() - began)
         broken = [name for name, p in model.named_parameters() if not torch.isfinite(p).all()]
         if broken:
             raise TrainingDiverged(
-                f"parameters {', '.join(broken)} became non-finite at epoch {epoch} (lower the learning rate); "
-                f"the last good checkpoint is kept in {run_dir}"
+                f"parameters {', '.join(broken)} became non-finite at epoch {epoch} (lower the learning rate); {kept()}"
             )
 
         if epoch % config.eval_delta == 0 or epoch == config.num_epochs - 1:
+            eval_began = time.perf_counter()
             record = _evaluate(model, splits, config, probe_x)
-            record.update(
+            row = MetricsRow(
                 epoch=epoch,
                 lr=optimizer.param_groups[0]["lr"],
                 seconds_per_epoch=sum(epoch_seconds) / len(epoch_seconds),
+                eval_seconds=time.perf_counter() - eval_began,
+                tau=tau,
+                **record,
             )
-            if regs.project:
-                record["tau"] = tau
             epoch_seconds = []
-            if record["val_acc"] is not None and (best is None or record["val_acc"] > best["val_acc"]):
-                best = dict(epoch=epoch, val_acc=record["val_acc"], model=_cpu_copy(model.state_dict()))
-            metrics.append(record)
-            log(_format(record))
+            if row.val_acc is not None and (best is None or row.val_acc > best["val_acc"]):
+                best = dict(epoch=epoch, val_acc=row.val_acc, model=_cpu_copy(model.state_dict()))
+            metrics.append(row)
             if group.is_main:
                 spectral_state = regs.spectral_penalty.state_dict() if regs.spectral_penalty is not None else {}
                 rng = {
@@ -271,13 +271,14 @@ def _train(config: Config, log: Log, group: Group, rank_device: torch.device | N
                     optimizer=optimizer.state_dict(),
                     scheduler=scheduler.state_dict(),
                     epoch=epoch,
-                    metrics=metrics,
+                    metrics=[m.to_dict() for m in metrics],
                     best=best,
                     rng=rng,
                     spectral={k: v.cpu() for k, v in spectral_state.items()},
                 )
                 atomic_torch_save(checkpoint, run_dir / CHECKPOINT)
                 write_metrics(run_dir, metrics)
+            log(_format(row))  # after the save: a reader of this line finds the epoch on disk
     return metrics
 
 
@@ -286,23 +287,25 @@ def _cpu_copy(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def _evaluate(model: nn.Module, splits: Splits, config: Config, probe_x: torch.Tensor) -> dict:
-    train_loss, train_acc = accuracy(model, splits.train_x, splits.train_y, config.test_batch_size)
-    val_acc = accuracy(model, splits.val_x, splits.val_y, config.test_batch_size)[1] if len(splits.val_y) else None
-    _, test_acc = accuracy(model, splits.test_x, splits.test_y, config.test_batch_size)
-    record = dict(train_loss=train_loss, train_acc=train_acc, val_acc=val_acc, test_acc=test_acc)
+    """Accuracies and the RKHS-norm bracket of the model now (the fields of a MetricsRow)."""
+    batch = config.test_batch_size
+    train_loss, train_acc = accuracy(model, splits.train_x, splits.train_y, batch, "training-set accuracy")
+    _, val_acc = accuracy(model, splits.val_x, splits.val_y, batch, "validation accuracy")
+    _, test_acc = accuracy(model, splits.test_x, splits.test_y, batch, "test accuracy")
+    record = dict(train_loss=train_loss, train_acc=train_acc, val_acc=finite_or_none(val_acc), test_acc=test_acc)
     record.update(rkhs_bracket(model, probe_x, config.probe_epsilon))
     return record
 
 
-def _format(record: dict) -> str:
+def _format(row: MetricsRow) -> str:
     """One log line per evaluation."""
-    parts = [f"epoch {record['epoch']}"]
-    for key in ("train_loss", "train_acc", "val_acc", "test_acc"):
-        if record[key] is not None:
-            parts.append(f"{key} {record[key]:.4f}")
-    lower = f"{record['rkhs_lower_grad']:.3g}, {record['rkhs_lower_delta']:.3g}"
-    parts.append(f"rkhs lower [{lower}] upper {record['rkhs_upper_spectral']:.3g}")
-    if "tau" in record:
-        parts.append(f"tau {record['tau']:.3f}")
-    parts.append(f"{record['seconds_per_epoch']:.1f}s/epoch")
+    parts = [f"epoch {row.epoch}", f"train_loss {row.train_loss:.4f}", f"train_acc {row.train_acc:.4f}"]
+    if row.val_acc is not None:
+        parts.append(f"val_acc {row.val_acc:.4f}")
+    parts.append(f"test_acc {row.test_acc:.4f}")
+    lower = f"{row.rkhs_lower_grad:.3g}, {row.rkhs_lower_delta:.3g}"
+    parts.append(f"rkhs lower [{lower}] upper {row.rkhs_upper_spectral:.3g}")
+    if row.tau is not None:
+        parts.append(f"tau {row.tau:.3f}")
+    parts.append(f"{row.seconds_per_epoch:.1f}s/epoch + {row.eval_seconds:.1f}s evaluation")
     return ", ".join(parts)

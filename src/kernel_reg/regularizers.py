@@ -1,0 +1,268 @@
+"""The regularizers a run can use, each declared once: its name, the original's flag, its own
+hyperparameters and its builder. Configuration, command line, training, sweeps, reports and the
+benchmark all read this registry; adding a regularizer is one entry in ``REGISTRY``.
+
+A regularizer is a penalty (``penalty(model, x, y) -> weighted scalar``, summed into the loss), an
+attack (adversarial training: the batch is replaced by ``attack(model, x, y)``) or the projection of
+the spectral constraint (applied after each optimizer step).
+
+Each hyperparameter has a name of its own (``lmbda`` is the weight of every penalty) and, where the
+original script had one, the original's shared flag (``--lmbda``, ``--lmbdast``, ``--epsilon``, ...),
+which sets it in every selected regularizer that reads that flag.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Union
+
+from . import penalties, spectral
+from ._guards import check_int, check_nonnegative, check_positive
+from .attacks import PGDL2, PGDLinf
+from .deformations import RandomDeformation
+from .distributed import SINGLE, Group
+
+Value = Union[float, int, None]
+Built = Union[penalties.Penalty, PGDL2, PGDLinf, spectral.Projection]
+
+
+@dataclass(frozen=True)
+class Param:
+    """One hyperparameter: its name, default, kind ("weight" and "positive": floats >= 0 / > 0; "count":
+    an integer >= 1; "optional-count": the same or None, meaning all), the original's flag that sets it
+    (snake case, or None), whether it is the regularizer's strength (always shown in run names and
+    reports), and a short help text."""
+
+    name: str
+    default: Value
+    kind: str
+    help: str
+    alias: str | None = None
+    strength: bool = False
+
+    def check(self, value: Any, owner: str) -> Value:
+        """``value`` validated (ints accepted for floats); ValueError naming ``owner.name`` otherwise."""
+        label = f"{owner}.{self.name}"
+        if self.kind == "weight":
+            return check_nonnegative(label, value)
+        if self.kind == "positive":
+            return check_positive(label, value)
+        if self.kind == "optional-count":
+            if value is None:
+                return None
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{label} must be an integer >= 1 or none (all examples), got {value!r}")
+            return value
+        return check_int(label, value)
+
+    def parse(self, text: str) -> Value:
+        """The value from command-line or grid text ("none" or "all" for an optional count's None)."""
+        if self.kind == "optional-count" and text.lower() in ("none", "all"):
+            return None
+        try:
+            return float(text) if self.kind in ("weight", "positive") else int(text)
+        except ValueError:
+            expected = "a number" if self.kind in ("weight", "positive") else "an integer"
+            raise ValueError(f"{self.name} must be {expected}, got {text!r}") from None
+
+
+@dataclass(frozen=True)
+class Regularizer:
+    """One registry entry: ``build(params, group)`` makes the penalty, attack or projection from the
+    values of ``params`` (a mapping name -> value); ``group`` spans the processes of a distributed run."""
+
+    name: str
+    kind: str  # "penalty" | "attack" | "projection"
+    help: str
+    params: tuple[Param, ...]
+    build: Callable[[Mapping[str, Any], Group], Built]
+    original_flag: str
+
+    def param(self, name: str) -> Param:
+        for p in self.params:
+            if p.name == name:
+                return p
+        valid = ", ".join(p.name for p in self.params)
+        raise ValueError(f"{self.name} has no hyperparameter {name!r}; its hyperparameters: {valid}")
+
+    def defaults(self) -> dict[str, Value]:
+        return {p.name: p.default for p in self.params}
+
+
+def _lmbda(default: float, alias: str | None, strength: bool = True) -> Param:
+    return Param("lmbda", default, "weight", "weight of the penalty", alias, strength)
+
+
+def _epsilon(help: str) -> Param:
+    return Param("epsilon", 0.1, "positive", help, "epsilon", strength=True)
+
+
+def _steps(help: str) -> Param:
+    return Param("steps", 5, "count", help, "steps")
+
+
+def _examples_per_batch() -> Param:
+    return Param("examples_per_batch", None, "optional-count", "apply to the first N examples of a batch (none: all)",
+                 "stability_ex_per_batch")  # fmt: skip
+
+
+def _amplitude() -> Param:
+    return Param("amplitude", 1.0, "weight", "amplitude of the random deformations (pixels)")
+
+
+def _first_examples(penalty: penalties.Penalty, count: int | None) -> penalties.Penalty:
+    return penalty if count is None else penalties.FirstExamples(penalty, count)
+
+
+def _entry(name: str, kind: str, help: str, params: tuple[Param, ...], build: Callable, flag: str = "") -> Regularizer:
+    return Regularizer(name, kind, help, params, build, "--reg_" + (flag or name.replace("-", "_")))
+
+
+REGISTRY: dict[str, Regularizer] = {
+    r.name: r
+    for r in (
+        _entry(
+            "adv-perturbation", "penalty", "||f||_delta^2, the adversarial perturbation penalty",
+            (_epsilon("radius of the l2 perturbation"), _steps("ascent steps of the inner maximisation"),
+             Param("candidates", None, "optional-count",
+                   "search only the N examples of largest class-gradient norm per class (none: every example)",
+                   "delta_candidates"),
+             _lmbda(1.0, None, strength=False)),
+            lambda p, group: penalties.AdversarialPerturbationPenalty(
+                p["epsilon"], p["steps"], lmbda=p["lmbda"], candidates=p["candidates"], group=group
+            ),
+            flag="adv_perturbation_penalty",
+        ),
+        _entry(
+            "gradient-penalty", "penalty", "||grad f||^2, the supremum input-gradient penalty",
+            (_lmbda(0.1, "lmbda"),),
+            lambda p, group: penalties.GradientPenalty(p["lmbda"], group),
+        ),
+        _entry(
+            "loss-gradl2", "penalty", "grad-l2: the squared l2 norm of the loss gradient",
+            (_lmbda(0.1, "lmbda"),),
+            lambda p, group: penalties.LossGradientPenalty(p["lmbda"], "l2"),
+        ),
+        _entry(
+            "loss-gradl1", "penalty", "grad-l1: the l1 norm of the loss gradient",
+            (_lmbda(0.1, "lmbda"),),
+            lambda p, group: penalties.LossGradientPenalty(p["lmbda"], "l1"),
+        ),
+        _entry(
+            "vat", "penalty", "virtual adversarial training",
+            (_lmbda(1.0, "vat_alpha"), _epsilon("radius of the virtual adversarial perturbation"),
+             Param("xi", 1e-6, "positive", "finite-difference step of the power iteration", "vat_xi")),
+            lambda p, group: penalties.VATPenalty(p["lmbda"], p["epsilon"], p["xi"], group=group),
+        ),
+        _entry(
+            "stability", "penalty", "||f||_tau^2, stability to random deformations",
+            (_lmbda(0.1, "lmbdast"),
+             Param("deformations", 8, "count", "random deformations per example", "stability_tr_per_ex"),
+             _examples_per_batch(), _amplitude()),
+            lambda p, group: _first_examples(
+                penalties.DeformationStabilityPenalty(
+                    p["lmbda"], p["deformations"], RandomDeformation(amplitude=p["amplitude"]), group=group
+                ),
+                p["examples_per_batch"],
+            ),
+        ),
+        _entry(
+            "gradtangent", "penalty", "||D_tau f||^2, gradients along deformation tangents",
+            (_lmbda(0.1, "lmbdatan"),
+             Param("deformations", 8, "count", "tangent vectors per example", "stability_num_deformations"),
+             _examples_per_batch(), _amplitude()),
+            lambda p, group: _first_examples(
+                penalties.TangentGradientPenalty(
+                    p["lmbda"], p["deformations"], RandomDeformation(amplitude=p["amplitude"]), group=group
+                ),
+                p["examples_per_batch"],
+            ),
+        ),
+        _entry(
+            "pgd-l2", "attack", "adversarial training with PGD in the l2 ball",
+            (_epsilon("radius of the l2 ball"), _steps("PGD steps")),
+            lambda p, group: PGDL2(p["epsilon"], p["steps"], group=group),
+            flag="pgdl2",
+        ),
+        _entry(
+            "pgd-linf", "attack", "adversarial training with PGD in the linf ball",
+            (_epsilon("radius of the linf ball"), _steps("PGD steps"),
+             Param("step_size", 0.01, "positive", "size of a sign step", "linf_step_size")),
+            lambda p, group: PGDLinf(p["epsilon"], p["steps"], p["step_size"], group=group),
+            flag="pgdlinf",
+        ),
+        _entry(
+            "project-sn", "projection", "projection of every layer on {sigma_max <= tau(epoch)} after each step",
+            (Param("tau", 0.5, "positive", "final radius of the constraint", "tau", strength=True),
+             Param("kappa", 2.0, "positive", "decay of the radius, tau (1 + 4 exp(-epoch / kappa))", "kappa")),
+            lambda p, group: spectral.Projection(p["tau"], p["kappa"]),
+        ),
+        _entry(
+            "penalize-sn-pi", "penalty", "spectral-norm penalty by power iteration",
+            (_lmbda(0.01, "lmbdasn"), Param("iterations", 2, "count", "power iterations per step", "nb_it")),
+            lambda p, group: spectral.SpectralNormPenalty(p["lmbda"], "power", p["iterations"]),
+        ),
+        _entry(
+            "penalize-sn-svd", "penalty", "spectral-norm penalty with exact largest singular values",
+            (_lmbda(0.01, "lmbdasn"),),
+            lambda p, group: spectral.SpectralNormPenalty(p["lmbda"], "svd"),
+        ),
+    )
+}  # fmt: skip
+NAMES = tuple(REGISTRY)
+ADVERSARIAL = tuple(name for name, r in REGISTRY.items() if r.kind == "attack")
+# the original's shared hyperparameter flags (snake case), each with the (regularizer, hyperparameter) it sets
+ALIASES: dict[str, list[tuple[str, str]]] = {}
+for _reg in REGISTRY.values():
+    for _param in _reg.params:
+        if _param.alias is not None:
+            ALIASES.setdefault(_param.alias, []).append((_reg.name, _param.name))
+
+
+def lookup(name: str) -> Regularizer:
+    """The registry entry of ``name``; ValueError naming the valid regularizers otherwise."""
+    if name not in REGISTRY:
+        raise ValueError(f"regularizer must be one of {', '.join(NAMES)}, got {name!r}")
+    return REGISTRY[name]
+
+
+def targets(key: str, selected: tuple[str, ...]) -> list[tuple[str, str]]:
+    """The (regularizer, hyperparameter) pairs among the ``selected`` regularizers that a key sets.
+
+    ``"reg.param"`` names one; a bare key sets every selected regularizer whose hyperparameter reads the
+    original's flag of that name (``lmbda``: gradient-penalty, loss-gradl2, loss-gradl1), or else every
+    one with a hyperparameter of that name. Empty when none of the selected ones takes it."""
+    if "." in key:
+        reg, _, param = key.partition(".")
+        lookup(reg).param(param)
+        return [(reg, param)] if reg in selected else []
+    aliased = [(reg, param) for reg, param in ALIASES.get(key, []) if reg in selected]
+    if aliased:
+        return aliased
+    return [(reg, key) for reg in selected if any(p.name == key for p in REGISTRY[reg].params)]
+
+
+def is_param_key(key: str) -> bool:
+    """Whether ``key`` names a regularizer hyperparameter (``reg.param``, an original flag, or a name)."""
+    if "." in key:
+        return key.partition(".")[0] in REGISTRY
+    return key in ALIASES or any(p.name == key for r in REGISTRY.values() for p in r.params)
+
+
+def param_of(key: str) -> Param:
+    """The ``Param`` a key refers to (for parsing its text): the first regularizer that declares it."""
+    if "." in key:
+        reg, _, name = key.partition(".")
+        return lookup(reg).param(name)
+    reg, name = (
+        ALIASES[key][0]
+        if key in ALIASES
+        else next((r.name, p.name) for r in REGISTRY.values() for p in r.params if p.name == key)
+    )
+    return REGISTRY[reg].param(name)
+
+
+def build(name: str, params: Mapping[str, Any], group: Group = SINGLE) -> Built:
+    """The penalty, attack or projection of regularizer ``name`` with hyperparameters ``params``."""
+    return lookup(name).build(params, group)
