@@ -83,9 +83,9 @@ def test_loss_gradient_penalty_matches_brute_force(model, batch, norm):
 
 def test_vat_penalty_matches_brute_force(model, batch):
     x, y = batch
-    alpha, eps, xi = 0.8, 0.5, 1e-6
+    lmbda, eps, xi = 0.8, 0.5, 1e-6
     torch.manual_seed(5)
-    value = penalties.VATPenalty(alpha=alpha, eps=eps, xi=xi, iters=2)(model, x, y)
+    value = penalties.VATPenalty(lmbda=lmbda, eps=eps, xi=xi, iters=2)(model, x, y)
     torch.manual_seed(5)
     start = torch.randn_like(x)
     terms = []
@@ -99,7 +99,7 @@ def test_vat_penalty_matches_brute_force(model, batch):
         for _ in range(2):
             d = jacobian(kl, xi * d / d.norm())
         terms.append(kl(eps * d / d.norm()))
-    reference = alpha * torch.stack(terms).mean()
+    reference = lmbda * torch.stack(terms).mean()
     torch.testing.assert_close(value, reference, rtol=1e-5, atol=0)
     assert_same_grads(model, value, reference)
 

@@ -229,16 +229,16 @@ def _kl(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:
 class VATPenalty:
     """Virtual adversarial training (Miyato et al., 2018).
 
-    alpha * mean_i KL(p(.|x_i) || p(.|x_i + r_i)), r_i = eps * d_i / ||d_i||, where d_i comes from
+    lmbda * mean_i KL(p(.|x_i) || p(.|x_i + r_i)), r_i = eps * d_i / ||d_i||, where d_i comes from
     ``iters`` power-iteration steps d <- grad_d KL(p(.|x) || p(.|x + xi d / ||d||)) from a Gaussian
     draw. As in VAT, p(.|x) is held constant (no gradient through the clean prediction).
     """
 
     def __init__(
-        self, alpha: float = 1.0, eps: float = 1.0, xi: float = 1e-6, iters: int = 1, group: Group = SINGLE
+        self, lmbda: float = 1.0, eps: float = 1.0, xi: float = 1e-6, iters: int = 1, group: Group = SINGLE
     ) -> None:
         self.group = group
-        self.alpha = check_nonnegative("alpha", alpha)
+        self.lmbda = check_nonnegative("lmbda", lmbda)  # the original's --vat_alpha
         self.eps = check_positive("eps", eps)
         self.xi = check_positive("xi", xi)
         self.iters = check_int("iters", iters)
@@ -253,7 +253,7 @@ class VATPenalty:
                 probe = (self.xi * normalize_l2(direction)).requires_grad_(True)
                 direction = torch.autograd.grad(_kl(clean, model(x + probe)), probe)[0]
             r_adv = self.eps * normalize_l2(direction)
-            return self.alpha * _kl(clean, model(x + r_adv))
+            return self.lmbda * _kl(clean, model(x + r_adv))
 
 
 class DeformationStabilityPenalty:

@@ -98,13 +98,15 @@ def _probe(folder: Path) -> tuple[int, str]:
 
 @contextlib.contextmanager
 def locked(run_dir: str | Path, purpose: str, create: bool = False) -> Iterator[Path]:
-    """Hold the run folder's lock for the block (``create``: make the folder if missing).
+    """Hold the run folder's lock for the block (``create``: make the folder if missing, and remove it
+    again if the block wrote nothing there).
 
     RunFolderError at once when another process holds it (naming that process) or when the folder is
     not writable."""
     run_dir = Path(run_dir)
     if not create and not run_dir.is_dir():
         raise RunFolderError(f"{run_dir} is not a run folder: it does not exist")
+    created = not run_dir.exists()
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
@@ -123,6 +125,9 @@ def locked(run_dir: str | Path, purpose: str, create: bool = False) -> Iterator[
         os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} ({purpose})\n".encode(), 0)
         yield run_dir
     finally:
+        if created and [p.name for p in run_dir.iterdir()] == [LOCK]:  # a run that failed before writing
+            (run_dir / LOCK).unlink()
+            run_dir.rmdir()
         os.close(fd)  # releases the lock
 
 

@@ -159,6 +159,8 @@ def train(config: Config, log: Log = print) -> list[MetricsRow]:
     try:
         if not group.is_main:
             return _train(config, lambda _: None, group, rank_device)
+        if rank_device is None:
+            resolve_device(config.device)  # a device this machine lacks fails before the run folder is made
         with locked(run_path(config), "kernel-reg train", create=True):
             return _train(config, log, group, rank_device)
     finally:

@@ -1,0 +1,176 @@
+"""The run folder: typed records round-trip, first-format records are upgraded, damaged files are named,
+writes are atomic, and a folder in use is locked against other processes."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from kernel_reg.config import Config, check_run_name, preset_config
+from kernel_reg.rundir import (
+    MaskingCheck,
+    MetricsRow,
+    Robustness,
+    RunFolderError,
+    atomic_torch_save,
+    locked,
+    read_config,
+    read_metrics,
+    read_robustness,
+    write_config,
+    write_metrics,
+    write_robustness,
+)
+
+# a config.json as the first format wrote it (one field per original flag), from a committed run
+LEGACY = {
+    "aug": False, "batch_size": 128, "data_dir": None, "dataset": "fashion-mnist", "deform_amplitude": 0.5,
+    "delta_candidates": None, "device": "auto", "epsilon": 0.3, "eval_delta": 10, "experiment": "fmnist300_vgg5",
+    "kappa": 2.0, "linf_step_size": 0.01, "lmbda": 0.1, "lmbdasn": 0.01, "lmbdast": 0.7, "lmbdatan": 0.1,
+    "lr": 0.05, "model": "vgg5_stable", "momentum": 0.9, "n_test": None, "n_train": 300, "n_val": 10000,
+    "name": "vat_vat_alpha1_epsilon0.3_s0", "nb_it": 2, "num_epochs": 60, "probe_epsilon": 1.0, "probe_size": 128,
+    "regs": ["vat", "stability"], "root": "results/small_data", "sched_gamma": 0.5, "sched_step": 20, "seed": 42,
+    "shuf_seed": 0, "stability_ex_per_batch": None, "stability_num_deformations": 8, "stability_tr_per_ex": 3,
+    "steps": 5, "tau": 0.5, "test_batch_size": 512, "vat_alpha": 2.0, "vat_xi": 1e-06, "wd": 0.0, "width": 16,
+}  # fmt: skip
+
+
+def row(epoch, **changes):
+    values = dict(
+        epoch=epoch, lr=0.05, train_loss=1.0, train_acc=0.5, val_acc=None, test_acc=0.4, rkhs_lower_grad=1.0,
+        rkhs_lower_delta=0.9, rkhs_upper_spectral=10.0, seconds_per_epoch=0.1, eval_seconds=0.2,
+    )  # fmt: skip
+    return MetricsRow(**{**values, **changes})
+
+
+def test_records_round_trip(tmp_path):
+    config = preset_config("fmnist300_vgg5", regs=("vat", "project-sn"), epsilon=0.3, tau=1.5, name="a/b")
+    write_config(tmp_path, config)
+    assert read_config(tmp_path) == config and json.loads((tmp_path / "config.json").read_text())["format"] == 2
+    rows = [row(0), row(5, val_acc=0.7, tau=1.5)]
+    write_metrics(tmp_path, rows)
+    assert read_metrics(tmp_path) == rows
+    check = MaskingCheck("l2 score-based attack beats the gradient attacks", True, "broke 3", "l2", 0.5, {"broken": 3})
+    result = Robustness(
+        clean=0.9, n=10, l2={"0.5": 0.6}, linf={}, lipschitz_bound=None, certified_l2=None, attacks={"l2": "PGD"},
+        settings={"steps": 3}, masking_checks=(check,), certified_note="no rule", epoch=5, weights="last",
+    )  # fmt: skip
+    write_robustness(tmp_path, result)
+    assert read_robustness(tmp_path) == result and result.suspicious == [check.check]
+    assert json.loads((tmp_path / "robustness.json").read_text())["suspicious"] == [check.check]
+
+
+def test_first_format_records_are_upgraded(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps(LEGACY))
+    config = read_config(tmp_path)
+    assert config.reg("vat").to_dict() == {"name": "vat", "lmbda": 2.0, "epsilon": 0.3, "xi": 1e-6}
+    stability = config.reg("stability").to_dict()
+    assert stability == {
+        "name": "stability",
+        "lmbda": 0.7,
+        "deformations": 3,
+        "examples_per_batch": None,
+        "amplitude": 0.5,
+    }
+    assert (config.width, config.num_epochs, config.deform_amplitude) == (16, 60, 0.5)
+    legacy = {"clean": 0.8, "n": 4, "l2": {}, "linf": {}, "lipschitz_bound": 3.0, "certified_l2": {}, "attacks": {},
+              "settings": {}, "suspicious": [], "epoch": 9, "weights": "best",
+              "masking_checks": [{"check": "zero input gradients", "fired": False, "detail": "0.0%"}]}  # fmt: skip
+    (tmp_path / "robustness.json").write_text(json.dumps(legacy))
+    assert read_robustness(tmp_path).weights == "best-validation"  # this run had a validation set
+    (tmp_path / "config.json").write_text(json.dumps({**LEGACY, "n_val": 0}))
+    assert read_robustness(tmp_path).weights == "last"  # the first format said 'best' for the last weights
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("{not json", r"config.json is not valid JSON"),
+        ("[1, 2]", r"config.json does not hold a configuration"),
+        ('{"format": 2, "lrr": 0.1}', r"config.json is not a valid configuration: unknown config keys \['lrr'\]"),
+        ('{"format": 2, "lr": -1}', r"config.json is not a valid configuration: lr must be a finite number > 0"),
+    ],
+)
+def test_a_damaged_config_is_named(tmp_path, content, message):
+    (tmp_path / "config.json").write_text(content)
+    with pytest.raises(RunFolderError, match=message):
+        read_config(tmp_path)
+
+
+def test_a_damaged_metrics_line_is_named(tmp_path):
+    write_metrics(tmp_path, [row(0), row(1)])
+    text = (tmp_path / "metrics.jsonl").read_text()
+    (tmp_path / "metrics.jsonl").write_text(text[: len(text) - 40])  # the second line cut short
+    with pytest.raises(RunFolderError, match=r"metrics.jsonl, line 2, is not a metrics row"):
+        read_metrics(tmp_path)
+
+
+def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
+    atomic_torch_save({"a": torch.ones(2)}, tmp_path / "checkpoint.pt")
+    before = (tmp_path / "checkpoint.pt").read_bytes()
+    with pytest.raises(Exception):  # noqa: B017 - whatever pickling raises
+        atomic_torch_save({"a": lambda: None}, tmp_path / "checkpoint.pt")
+    assert (tmp_path / "checkpoint.pt").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]
+
+
+HOLDER = """
+import sys, time
+from kernel_reg.rundir import locked
+with locked(sys.argv[1], "the holder", create=True):
+    print("held", flush=True)
+    time.sleep(60)
+"""
+
+
+def test_a_folder_locked_by_another_process_is_refused_until_it_dies(tmp_path):
+    run_dir = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(run_dir)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        with pytest.raises(RunFolderError, match=rf"{run_dir} is in use by pid {holder.pid} on .* \(the holder\)"):
+            with locked(run_dir, "a second process"):
+                pass
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    deadline = time.time() + 10
+    while True:  # the kernel releases a dead process's lock
+        try:
+            with locked(run_dir, "after the holder died"):
+                break
+        except RunFolderError:
+            assert time.time() < deadline
+            time.sleep(0.05)
+
+
+def test_locking_a_missing_folder_creates_it_only_when_asked(tmp_path):
+    with pytest.raises(RunFolderError, match="is not a run folder: it does not exist"):
+        with locked(tmp_path / "missing", "evaluate"):
+            pass
+    assert not (tmp_path / "missing").exists()
+
+
+@pytest.mark.parametrize("name", ["run", "a/b", "gradient-penalty_lmbda0.1_s0", "x+y=1,2@3"])
+def test_run_names_inside_the_root_are_accepted(name):
+    assert check_run_name(name) == name and Config(name=name).name == name
+
+
+@pytest.mark.parametrize("name", ["../x", "../../x", "a/../../b", "/abs", ".hidden", "a/.b", "", ".", "a b", "a\\b"])
+def test_run_names_that_leave_the_root_are_refused(name):
+    with pytest.raises(ValueError, match="name must be a relative folder name inside --root"):
+        Config(name=name)
+
+
+def test_the_umask_decides_the_permissions_of_records(tmp_path):
+    old = os.umask(0o027)
+    try:
+        write_metrics(tmp_path, [row(0)])
+    finally:
+        os.umask(old)
+    assert (tmp_path / "metrics.jsonl").stat().st_mode & 0o777 == 0o640
