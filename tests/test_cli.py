@@ -55,8 +55,10 @@ def test_the_original_commands_are_accepted():
         ),
         (["train", "--reg", "vat", "--pgd-l2.epsilon", "1"], "pgd-l2.epsilon applies to pgd-l2; none of them"),
         (["train", "--name", "../../x"], "name must be a relative folder name inside --root"),
-        (["train", "--name", "/abs/x"], "without '..', got '/abs/x'"),
-        (["train", "--device", "bogus"], "device must be auto, cpu, cuda or cuda:N, got 'bogus'"),
+        (["train", "--name", "/abs/x"], "without '..' or '.old-', got '/abs/x'"),
+        (["train", "--name", "keep.old-me"], "without '..' or '.old-', got 'keep.old-me'"),
+        (["train", "--device", "bogus"], "device must be auto, cpu, cuda, cuda:N or mps, got 'bogus'"),
+        (["train", "--device", "xla"], "device must be auto, cpu, cuda, cuda:N or mps, got 'xla'"),
         (["train", "--reg", "pgd-l2", "--reg", "pgd-linf"], "at most one adversarial training"),
         (
             ["train", "--reg", "adv-perturbation", "--delta-candidates", "0"],

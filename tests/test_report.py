@@ -6,8 +6,8 @@ import statistics
 import pytest
 
 from kernel_reg.config import preset_config
-from kernel_reg.report import collect_runs, selection_table, studies, write_report
-from kernel_reg.rundir import MetricsRow, run_path, write_config, write_metrics
+from kernel_reg.report import collect_runs, markdown_table, selection_table, studies, write_report
+from kernel_reg.rundir import MetricsRow, Robustness, run_path, write_config, write_metrics, write_robustness
 
 
 def make_run(root, name, test_acc, val_acc=0.5, experiment="fmnist1000_vgg5", **changes):
@@ -62,7 +62,8 @@ def test_seeds_of_one_setting_are_pooled_and_named(tmp_path):
 
 def test_set_aside_hidden_and_damaged_runs_are_left_out(tmp_path):
     kept = make_run(tmp_path, "kept", 0.8)
-    aside = make_run(tmp_path, "kept.old-20261125-120000", 0.1)
+    aside = make_run(tmp_path, "aside", 0.1)
+    run_path(aside).rename(run_path(kept).with_name("kept.old-20261125-120000"))  # as --fresh does
     (run_path(kept).parent / ".hidden").mkdir()
     (run_path(kept).parent / ".hidden" / "config.json").write_text(kept.to_json())
     broken_config = make_run(tmp_path, "broken_config", 0.1)
@@ -75,6 +76,56 @@ def test_set_aside_hidden_and_damaged_runs_are_left_out(tmp_path):
     assert len(warnings) == 2 and all(w.startswith("kernel-reg report: skipping ") for w in warnings)
     assert "broken_config/config.json is not valid JSON" in warnings[0]
     assert "broken_metrics/metrics.jsonl, line 1, is not a metrics row" in warnings[1]
-    assert run_path(aside).is_dir()
+    assert run_path(kept).with_name("kept.old-20261125-120000").is_dir()
     table, files = write_report(tmp_path, tmp_path / "out", warn=warnings.append)
     assert "kept.old" not in table and "broken" not in table and files[0].read_text() == table
+
+
+def test_a_run_copied_into_two_folders_is_one_sample(tmp_path):
+    for name in ("a", "b"):  # e.g. two sweeps spelling the same configuration differently
+        make_run(tmp_path, name, 0.7, regs=("gradient-penalty",))
+    make_run(tmp_path, "c", 0.5, regs=("gradient-penalty",), shuf_seed=1)
+    (group,) = studies(collect_runs(tmp_path))
+    table = selection_table(group.runs)
+    assert (
+        "| gradient-penalty | lmbda=0.1 | 1 | 2 | 50.0 | 60.0 +- 14.1 | fmnist1000_vgg5/a, fmnist1000_vgg5/c |" in table
+    )
+    assert "Counted once: fmnist1000_vgg5/b repeats fmnist1000_vgg5/a" in table
+
+
+def robustness(n, attack, trained_to=0, clean=0.5):
+    return Robustness(
+        clean=clean, n=n, l2={"0.5": 0.25}, linf={}, lipschitz_bound=2.0, certified_l2={"0.5": 0.0},
+        attacks={"l2": attack}, settings={}, epoch=0, weights="last", trained_to=trained_to,
+    )  # fmt: skip
+
+
+def test_each_row_says_which_evaluation_its_numbers_come_from(tmp_path):
+    a, b = make_run(tmp_path, "a", 0.7), make_run(tmp_path, "b", 0.6, shuf_seed=1)
+    write_robustness(run_path(a), robustness(64, "PGD-l2 (3 steps of 0.5, 1 restart(s))"))
+    write_robustness(run_path(b), robustness(32, "APGD-CE-l2 (10 steps, 1 restart(s))"))
+    table = markdown_table(collect_runs(tmp_path))
+    row = {line.split(" | ")[0][2:]: line for line in table.splitlines() if line.startswith("| fmnist")}
+    assert " | [1] | 50.0 | 25.0 |" in row["fmnist1000_vgg5/a"] and " | [2] | 50.0 |" in row["fmnist1000_vgg5/b"]
+    assert "- [1] 64 test images, last weights of epoch 0; l2: PGD-l2 (3 steps of 0.5" in table
+    assert "- [2] 32 test images, last weights of epoch 0; l2: APGD-CE-l2 (10 steps" in table
+
+
+def test_an_evaluation_of_weights_trained_since_is_left_out(tmp_path):
+    config = make_run(tmp_path, "a", 0.7, num_epochs=5)  # one row, at epoch 4
+    write_robustness(run_path(config), robustness(64, "PGD", trained_to=1, clean=0.123))
+    warnings = []
+    (run,) = collect_runs(tmp_path, warn=warnings.append)
+    assert run.robustness is None and "evaluated the run trained to epoch 1" in warnings[0]
+    assert "12.3" not in markdown_table([run])
+    write_robustness(run_path(config), robustness(64, "PGD", trained_to=4, clean=0.123))
+    assert collect_runs(tmp_path)[0].robustness.clean == 0.123
+
+
+def test_a_checkpoint_without_metrics_is_reported(tmp_path):
+    config = make_run(tmp_path, "a", 0.7)
+    (run_path(config) / "metrics.jsonl").write_text("")
+    (run_path(config) / "checkpoint.pt").write_bytes(b"weights")
+    warnings = []
+    assert collect_runs(tmp_path, warn=warnings.append) == []
+    assert "it has a checkpoint.pt but no metrics rows" in warnings[0]

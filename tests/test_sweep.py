@@ -4,14 +4,17 @@ and the report's selection by validation accuracy."""
 import json
 import os
 import stat
+from dataclasses import replace
 
 import pytest
 
 from kernel_reg.cli import main
-from kernel_reg.config import check_run_name, preset_config, setting_key
+from kernel_reg.config import check_run_name, identity, preset_config, setting_key, short_hash
+from kernel_reg.evaluation import EvalSettings, evaluate_run
 from kernel_reg.report import collect_runs, selection_table
-from kernel_reg.rundir import read_metrics, run_path
-from kernel_reg.sweep import Cluster, expand, load_grid_file, parse_grid, run_sweep
+from kernel_reg.rundir import read_metrics, read_robustness, run_path
+from kernel_reg.sweep import Cluster, expand, finished, load_grid_file, normalize_grid, parse_grid, run_name, run_sweep
+from kernel_reg.training import train
 
 
 def base(root, **changes):
@@ -26,17 +29,15 @@ def test_grids_expand_to_named_typed_runs(tmp_path):
     grid = parse_grid("reg=gradient-penalty+project-sn lmbda=0.01,0.1 tau=1.5")
     assert grid == {"regs": [("gradient-penalty", "project-sn")], "lmbda": [0.01, 0.1], "tau": [1.5]}
     configs = expand(base(tmp_path), [grid, parse_grid("reg=none")], seeds=2)
-    sweep_flags = "_h" + configs[0].name.rsplit("_h", 1)[1]  # the hash of the base's own changes (width, ...)
-    names = [c.name.removesuffix(sweep_flags) for c in configs]
-    assert names == [
-        "gradient-penalty+project-sn_lmbda0.01_tau1.5_s0",
-        "gradient-penalty+project-sn_lmbda0.1_tau1.5_s0",
-        "none_s0",
-        "gradient-penalty+project-sn_lmbda0.01_tau1.5_s1",
-        "gradient-penalty+project-sn_lmbda0.1_tau1.5_s1",
-        "none_s1",
+    flags = "h" + short_hash(json.dumps(identity_changes(configs[2]), sort_keys=True))  # the sweep's own flags
+    assert [c.name for c in configs] == [
+        f"gradient-penalty+project-sn_lmbda0.01_tau1.5_s0_{flags}",
+        f"gradient-penalty+project-sn_lmbda0.1_tau1.5_s0_{flags}",
+        f"none_s0_{flags}",
+        f"gradient-penalty+project-sn_lmbda0.01_tau1.5_s1_{flags}",
+        f"gradient-penalty+project-sn_lmbda0.1_tau1.5_s1_{flags}",
+        f"none_s1_{flags}",
     ]
-    assert all(c.name.endswith(sweep_flags) for c in configs)
     assert [c.shuf_seed for c in configs] == [0, 0, 0, 1, 1, 1] and configs[1].reg("gradient-penalty")["lmbda"] == 0.1
     restricted = expand(base(tmp_path), [parse_grid("reg=adv-perturbation epsilon=0.3 delta_candidates=16")], 1)
     assert restricted[0].name.startswith("adv-perturbation_epsilon0.3_candidates16_s0")
@@ -76,18 +77,34 @@ def test_every_grid_point_gets_its_own_run_folder(tmp_path, grid, count):
         assert check_run_name(config.name) == config.name and "/" not in config.name
 
 
-def test_names_show_what_varies_and_hash_what_the_sweep_fixes(tmp_path):
-    (plain,) = expand(preset_config("fmnist300_vgg5"), [parse_grid("reg=none lr=0.01")], 1)
-    assert plain.name == "none_lr0.01_s0"  # nothing else differs from the preset: no hash
-    wide = expand(preset_config("fmnist300_vgg5", width=16), [parse_grid("reg=none lr=0.01")], 1)[0]
-    wider = expand(preset_config("fmnist300_vgg5", width=32), [parse_grid("reg=none lr=0.01")], 1)[0]
-    assert wide.name.startswith("none_lr0.01_s0_h") and wide.name != wider.name
+def identity_changes(config):
+    """The fields of a run that differ from its preset, but regularizers and seeds (what a name hashes)."""
+    preset = identity(preset_config(config.experiment).replace(regs=config.regs))
+    skip = ("regs", "seed", "shuf_seed", "wd")
+    return {k: v for k, v in identity(config).items() if v != preset[k] and k not in skip and "." not in k}
+
+
+def test_a_run_name_is_a_function_of_the_configuration_alone(tmp_path):
+    plain = preset_config("fmnist300_vgg5")
+    names = [c.name for c in expand(plain, [parse_grid("reg=none lr=0.01,0.05")], 1)]
+    assert names == ["none_lr0.01_s0", "none_s0"]  # 0.05 is the preset's: the preset's own run
+    again = expand(plain.replace(lr=0.01), [parse_grid("reg=none")], 1)  # the same run, from a flag
+    assert again[0].name == "none_lr0.01_s0"
+    wide = expand(preset_config("fmnist300_vgg5", width=16, num_epochs=60), [parse_grid("reg=vat epsilon=1")], 2)
+    assert [c.name for c in wide] == [
+        "vat_lmbda1_epsilon1_width16_num_epochs60_s0",
+        "vat_lmbda1_epsilon1_width16_num_epochs60_s1",
+    ]
+    hashed = expand(plain, [parse_grid("reg=none data_dir=/data/fmnist")], 1)[0]  # not a plain token: a hash
+    assert hashed.name == "none_s0_h" + short_hash(json.dumps(identity_changes(hashed), sort_keys=True))
+    for config in wide + [hashed]:
+        assert config == config.replace(name=run_name(config))
 
 
 def test_a_sweep_that_would_share_a_folder_is_refused(tmp_path, monkeypatch):
     from kernel_reg import sweep
 
-    monkeypatch.setattr(sweep, "run_name", lambda config, keys=(): "same")
+    monkeypatch.setattr(sweep, "run_name", lambda config: "same")
     with pytest.raises(ValueError, match="two grid points map to the run folder same"):
         expand(base(tmp_path), [parse_grid("reg=none lr=0.01,0.1")], 1)
 
@@ -111,15 +128,17 @@ def test_local_sweep_runs_skips_finished_runs_and_resumes_unfinished_ones(tmp_pa
     lines.clear()
     assert run_sweep(configs, Cluster("local", jobs=2), log=lines.append) == []
     assert lines == ["sweep: 6 runs, 6 finished, 0 to run"]
-    longer = expand(base(tmp_path, num_epochs=3), grids[1:], seeds=1)
-    run_sweep(longer, Cluster("local", jobs=1), log=lines.append)
-    assert [m.epoch for m in read_metrics(run_path(longer[0]))] == [0, 1, 2]  # resumed, not restarted
-
-    assert longer[0].name == configs[2].name
+    longer = expand(base(tmp_path), [parse_grid("reg=none num_epochs=3")], seeds=1)[0]
+    train(longer.replace(num_epochs=1), log=lambda _: None)  # a run cut short
+    lines.clear()
+    run_sweep([longer], Cluster("local", jobs=1), log=lines.append)
+    assert lines[0] == "sweep: 1 runs, 0 finished, 1 to run"
+    assert [m.epoch for m in read_metrics(run_path(longer))] == [0, 1, 2]  # resumed, not restarted
 
     table = selection_table(collect_runs(tmp_path))
     runs = {r.config.name: r for r in collect_runs(tmp_path)}
     suffix = configs[0].name.rsplit("_s0", 1)[1]
+    assert suffix.startswith("_h")
     gp = {lmbda: [runs[f"gradient-penalty_lmbda{lmbda}_s{s}{suffix}"] for s in (0, 1)] for lmbda in ("0.01", "1")}
     chosen = max(gp, key=lambda k: sum(r.best.val_acc for r in gp[k]))
     tests = [100 * r.best.test_acc for r in gp[chosen]]
@@ -175,3 +194,50 @@ def test_report_marks_unfinished_runs_and_leaves_them_out_of_the_selection(tmp_p
     runs = collect_runs(tmp_path)
     assert "| none (unfinished: epoch 1) |" in markdown_table(runs)
     assert selection_table(runs) == ""
+
+
+@pytest.mark.parametrize(
+    ("grid", "message"),
+    [
+        ("experiment=fmnist300_vgg5,mnist300_vgg5", "experiment cannot be a grid key: a preset sets the defaults"),
+        ("shuf_seed=3,4", "shuf_seed cannot be a grid key: --seeds N sets the training-subset seeds"),
+        ("name=x,y", "name cannot be a grid key"),
+        ("root=a,b", "root cannot be a grid key"),
+        ("lr=0.1 lr=0.2", "lr is given twice in the grid"),
+        ("lr=fast", "lr: cannot read 'fast' as float"),
+    ],
+)
+def test_grids_that_cannot_mean_what_they_say_are_refused(grid, message):
+    with pytest.raises(ValueError, match=message):
+        parse_grid(grid)
+
+
+@pytest.mark.parametrize(
+    ("grid", "message"),
+    [({"lr": []}, "lr has no values"), ({"lr": [True]}, "lr must be a number, got True"),
+     ({"reg": ["none"], "regs": ["vat"]}, "give the regularizers once")],
+)  # fmt: skip
+def test_grid_files_are_checked_like_grids(tmp_path, grid, message):
+    with pytest.raises(ValueError, match=message):
+        expand(base(tmp_path), [normalize_grid(grid)], 1)
+
+
+def test_the_sweep_flags_cannot_contradict_its_seeds(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sweep", "--grid", "reg=none", "--shuf-seed", "5", "--seeds", "2", "--dry-run"])
+    assert exit_info.value.code == 2 and "a sweep sets shuf_seed from --seeds N" in capsys.readouterr().err
+
+
+def test_a_sweep_evaluates_again_when_asked_for_other_settings_or_after_more_training(tmp_path):
+    (config,) = expand(base(tmp_path), [parse_grid("reg=none")], 1)
+    quick = EvalSettings(l2_eps=(0.5,), linf_eps=(), steps=2, n_test=32, checks=False)
+    assert not finished(config, None) and not finished(config, quick)
+    train(config, log=lambda _: None)
+    assert finished(config, None) and not finished(config, quick)
+    evaluate_run(run_path(config), quick, "cpu")
+    assert finished(config, quick)
+    assert not finished(config, replace(quick, l2_eps=(1.0,)))  # other radii: evaluate again
+    longer = config.replace(num_epochs=3)
+    train(longer, log=lambda _: None)  # trained on: the evaluation is of older weights
+    assert not finished(longer, quick)
+    assert read_robustness(run_path(config)).trained_to == 1

@@ -41,7 +41,7 @@ def test_every_regularizer_trains_and_logs(tmp_path, reg):
     assert 0 < row.rkhs_lower_grad <= row.rkhs_upper_spectral * 100  # finite, sensible scale
     assert (row.tau is not None) == (reg == "project-sn")
     if reg == "project-sn":
-        _, model, _, _, _ = load_run(run_path(config), "cpu", which="last")
+        model = load_run(run_path(config), "cpu", which="last").model
         sigmas = [float(s.detach()) for s in spectral.SpectralNormPenalty(method="svd").sigmas(model)]
         assert max(sigmas) <= spectral.tau_schedule(1.0, 2.0, 0) * (1 + 1e-4)
 
@@ -117,8 +117,9 @@ def test_best_weights_are_those_of_best_validation_accuracy(tmp_path):
     config = tiny(tmp_path, num_epochs=4)
     metrics = train(config, log=lambda _: None)
     best = max(metrics, key=lambda m: (m.val_acc, -m.epoch))
-    _, model, splits, epoch, which = load_run(run_path(config), "cpu")
-    assert (epoch, which) == (best.epoch, "best-validation")
+    run = load_run(run_path(config), "cpu")
+    model, splits = run.model, run.splits
+    assert (run.epoch, run.weights, run.trained_to) == (best.epoch, "best-validation", 3)
     with torch.no_grad():
         val_acc = float((model(splits.val_x).argmax(1) == splits.val_y).float().mean())
     assert val_acc == pytest.approx(best.val_acc)
@@ -201,3 +202,56 @@ def test_run_files_honour_the_umask(tmp_path, umask):
         os.umask(old)
     for name in ("config.json", "metrics.jsonl", "checkpoint.pt"):
         assert (run_path(config) / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
+
+
+def test_a_lost_checkpoint_is_refused_never_restarted(tmp_path):
+    config = tiny(tmp_path, num_epochs=3)
+    train(config.replace(num_epochs=2), log=lambda _: None)
+    (run_path(config) / "checkpoint.pt").unlink()
+    metrics = (run_path(config) / "metrics.jsonl").read_bytes()
+    with pytest.raises(RunFolderError, match=r"holds metrics.jsonl but no checkpoint.pt: the checkpoint was lost"):
+        train(config, log=lambda _: None)
+    assert (run_path(config) / "metrics.jsonl").read_bytes() == metrics
+
+
+def test_a_finished_run_repairs_its_metrics_from_the_checkpoint(tmp_path):
+    config = tiny(tmp_path, num_epochs=2)
+    rows = train(config, log=lambda _: None)
+    (run_path(config) / "metrics.jsonl").write_text("")
+    lines = []
+    train(config, log=lines.append)
+    assert read_metrics(run_path(config)) == rows and "rewritten from it" in lines[-1]
+
+
+def test_run_folders_do_not_nest(tmp_path):
+    outer = tiny(tmp_path, num_epochs=1, name="a")
+    train(outer, log=lambda _: None)
+    with pytest.raises(RunFolderError, match=r"would lie inside the run folder .*/a; choose a name outside it"):
+        train(outer.replace(name="a/b"), log=lambda _: None)
+    grouped = tiny(tmp_path, num_epochs=1, name="study/x")  # a folder of runs is fine
+    train(grouped, log=lambda _: None)
+    with pytest.raises(RunFolderError, match=r"/study holds another run folder, .*/study/x"):
+        train(grouped.replace(name="study"), log=lambda _: None)
+
+
+def test_a_checkpoint_of_another_model_is_named(tmp_path):
+    config = tiny(tmp_path, num_epochs=2)
+    train(config.replace(num_epochs=1), log=lambda _: None)
+    other = tiny(tmp_path / "other", num_epochs=1, width=8)
+    train(other, log=lambda _: None)
+    (run_path(config) / "checkpoint.pt").write_bytes((run_path(other) / "checkpoint.pt").read_bytes())
+    with pytest.raises(RunFolderError, match="holds weights of another model than its config.json describes"):
+        train(config, log=lambda _: None)
+    with pytest.raises(RunFolderError, match="holds weights of another model"):
+        load_run(run_path(config), "cpu")
+
+
+def test_an_exact_spectral_penalty_on_diverged_weights_is_a_divergence(tmp_path):
+    config = tiny(tmp_path, regs=("penalize-sn-svd",), lmbdasn=1e30, num_epochs=2)
+    with pytest.raises(TrainingDiverged, match=r"penalize-sn-svd (failed at epoch \d|became)"):
+        train(config, log=lambda _: None)
+
+
+def test_more_test_images_than_the_data_set_has_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="n_test=5000 exceeds the 2000 images of the test set"):
+        train(tiny(tmp_path, n_test=5000), log=lambda _: None)

@@ -21,7 +21,7 @@ from .config import PRESETS, Config, field_types, parse_bool, preset_config
 from .evaluation import ATTACK_NAMES, EvalSettings, evaluate_run
 from .progress import say
 from .report import write_report
-from .rundir import check_writable, locked, run_path
+from .rundir import check_not_nested, check_writable, locked, resolve_device, run_path
 
 # fields with their own flags below
 _SPECIAL = {"experiment", "regs"}
@@ -196,11 +196,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _set_aside(run_dir: Path) -> None:
+def _set_aside(config: Config) -> None:
     """Rename an existing run folder to ``<name>.old-<time>`` (which reports ignore), holding its lock."""
+    run_dir = run_path(config)
     if run_dir.exists():
+        check_not_nested(run_dir, Path(config.root) / config.experiment)
         with locked(run_dir, "kernel-reg train --fresh"):
-            target = run_dir.with_name(f"{run_dir.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            target = run_dir.with_name(f"{run_dir.name}.old-{stamp}")
+            count = 1
+            while target.exists():
+                count += 1
+                target = run_dir.with_name(f"{run_dir.name}.old-{stamp}-{count}")
             run_dir.rename(target)
         say(f"set the old run aside as {target}")
 
@@ -240,6 +247,8 @@ def run_demo(args: argparse.Namespace) -> None:
 def run_sweep_command(args: argparse.Namespace) -> int:
     from .sweep import Cluster, expand, failures, load_grid_file, parse_grid, run_sweep
 
+    if args.shuf_seed is not None:
+        raise ValueError("a sweep sets shuf_seed from --seeds N (0..N-1); drop --shuf-seed")
     grids = [parse_grid(text) for text in args.grid]
     if args.grid_file is not None:
         grids += load_grid_file(args.grid_file)
@@ -251,6 +260,8 @@ def run_sweep_command(args: argparse.Namespace) -> int:
         for config in configs:
             say(str(run_path(config)))
         return 0
+    if args.cluster != "slurm":
+        resolve_device(base.device)  # here, before any job starts
     check_writable(Path(base.root), "the sweep writes its runs there; choose another --root")
     cluster = Cluster(
         args.cluster, args.jobs, args.partition, args.time, args.gpus_per_node, args.cpus_per_task, args.mem_gb
@@ -295,7 +306,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
                 return _launch_with_torchrun(argv, args.nproc)
             if args.fresh:
-                _set_aside(run_path(config))
+                _set_aside(config)
             try:
                 train(config, log=say)
             except TrainingDiverged as error:

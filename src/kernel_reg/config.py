@@ -21,8 +21,6 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
 
-import torch
-
 from . import regularizers
 from ._guards import check_choice
 from .data import DATASETS
@@ -74,32 +72,48 @@ class RegSetting:
 
 
 _NAME = re.compile(r"[A-Za-z0-9_+=,.@-]+")
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
 
 def check_run_name(name: str) -> str:
-    """A run name: a relative path of plain components that stays inside the root folder."""
+    """A run name: a relative path of plain components, written as it is normalised, that stays inside the
+    root folder and does not look like a folder that ``--fresh`` set aside (``.old-``)."""
     parts = PurePosixPath(name).parts if name else ()
     if (
         not parts
+        or str(PurePosixPath(name)) != name
         or name.startswith("/")
-        or any(p in ("..", ".") or p.startswith(".") for p in parts)
-        or any(not _NAME.fullmatch(p) for p in parts)
+        or any(p in ("..", ".") or p.startswith(".") or ".old-" in p or not _NAME.fullmatch(p) for p in parts)
     ):
         raise ValueError(
             f"name must be a relative folder name inside --root (letters, digits and _+=,.@- , optionally "
-            f"a/b), not starting with '.' and without '..', got {name!r}"
+            f"a/b), not starting with '.', without '..' or '.old-', got {name!r}"
         )
     return name
 
 
 def check_device(name: str) -> str:
-    """'auto' or a device string torch understands (cpu, cuda, cuda:1, mps, ...)."""
-    if name != "auto":
-        try:
-            torch.device(name)
-        except (RuntimeError, ValueError):
-            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}") from None
+    """'auto', 'cpu', 'cuda', 'cuda:N' or 'mps' (whether this machine has it is checked when a run starts)."""
+    if not _DEVICE.fullmatch(name):
+        raise ValueError(f"device must be auto, cpu, cuda, cuda:N or mps, got {name!r}")
     return name
+
+
+def _check_type(name: str, annotation: str, value: Any) -> None:
+    """ValueError naming the field unless ``value`` has its annotated type (ints are numbers, bools are not)."""
+    optional = "None" in annotation
+    if value is None and optional:
+        return
+    kind = annotation.split(" ")[0]
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    valid = {
+        "float": (number, "a number"),
+        "int": (number and isinstance(value, int), "an integer"),
+        "bool": (isinstance(value, bool), "true or false"),
+        "str": (isinstance(value, str), "a string"),
+    }[kind]
+    if not valid[0]:
+        raise ValueError(f"{name} must be {valid[1]}{' or None' if optional else ''}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -143,10 +157,13 @@ class Config:
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if str(f.type).startswith("float") and isinstance(value, int) and not isinstance(value, bool):
+            if f.name != "regs":
+                _check_type(f.name, str(f.type), value)
+            if str(f.type).startswith("float") and isinstance(value, int):
                 object.__setattr__(self, f.name, float(value))  # 1 from YAML or JSON is 1.0
-        regs = tuple(RegSetting.coerce(r) for r in self.regs)
-        object.__setattr__(self, "regs", regs)
+        # in the registry's order: 'a+b' and 'b+a' are one method
+        regs = sorted((RegSetting.coerce(r) for r in self.regs), key=lambda r: regularizers.NAMES.index(r.name))
+        object.__setattr__(self, "regs", tuple(regs))
         names = [r.name for r in regs]
         repeated = sorted({n for n in names if names.count(n) > 1})
         if repeated:

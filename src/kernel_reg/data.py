@@ -330,6 +330,9 @@ def make_splits(
     def labels(a: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(a)).to(device)
 
+    if n_test is not None and n_test > len(test_x):
+        size = len(test_x)
+        raise ValueError(f"n_test={n_test} exceeds the {size} images of the test set; choose n_test <= {size}")
     test = slice(None, n_test)
     return Splits(
         images(train_x[train_idx]),

@@ -323,9 +323,9 @@ def evaluate_run(
     check_choice("weights", which, ("best", "last"))
     read_config(run_dir)  # a run folder at all, before taking its lock
     with locked(run_dir, "kernel-reg evaluate"):
-        _, model, splits, epoch, weights = load_run(run_dir, device, n_test=settings.n_test, which=which)
-        result = evaluate_model(model, splits.test_x, splits.test_y, settings, splits.input_shape)
-        result = dataclasses.replace(result, epoch=epoch, weights=weights)
+        run = load_run(run_dir, device, n_test=settings.n_test, which=which)
+        result = evaluate_model(run.model, run.splits.test_x, run.splits.test_y, settings, run.splits.input_shape)
+        result = dataclasses.replace(result, epoch=run.epoch, weights=run.weights, trained_to=run.trained_to)
         for line in summary(result):
             log(line)
         write_robustness(run_dir, result)

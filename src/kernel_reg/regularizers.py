@@ -40,14 +40,16 @@ class Param:
     help: str
     alias: str | None = None
     strength: bool = False
+    maximum: float | None = None
 
     def check(self, value: Any, owner: str) -> Value:
         """``value`` validated (ints accepted for floats); ValueError naming ``owner.name`` otherwise."""
         label = f"{owner}.{self.name}"
-        if self.kind == "weight":
-            return check_nonnegative(label, value)
-        if self.kind == "positive":
-            return check_positive(label, value)
+        if self.kind in ("weight", "positive"):
+            number = check_nonnegative(label, value) if self.kind == "weight" else check_positive(label, value)
+            if self.maximum is not None and number > self.maximum:
+                raise ValueError(f"{label} must be <= {self.maximum:g} ({self.help}), got {value!r}")
+            return number
         if self.kind == "optional-count":
             if value is None:
                 return None
@@ -187,8 +189,11 @@ REGISTRY: dict[str, Regularizer] = {
         ),
         _entry(
             "pgd-linf", "attack", "adversarial training with PGD in the linf ball",
-            (_epsilon("radius of the linf ball"), _steps("PGD steps"),
-             Param("step_size", 0.01, "positive", "size of a sign step", "linf_step_size")),
+            (Param("epsilon", 0.1, "positive", "radius of the linf ball on inputs in [0, 1]: 8/255 is 0.0314",
+                   "epsilon", strength=True, maximum=1.0),
+             _steps("PGD steps"),
+             Param("step_size", 0.01, "positive", "size of a sign step on inputs in [0, 1]", "linf_step_size",
+                   maximum=1.0)),
             lambda p, group: PGDLinf(p["epsilon"], p["steps"], p["step_size"], group=group),
             flag="pgdlinf",
         ),

@@ -29,7 +29,10 @@ from .config import (
     short_hash,
 )
 from .rundir import (
+    CHECKPOINT,
     CONFIG,
+    METRICS,
+    ROBUSTNESS,
     MetricsRow,
     Robustness,
     RunFolderError,
@@ -84,10 +87,20 @@ def collect_runs(root: str | Path, warn: Warn = lambda _: None) -> list[RunSumma
             continue
         try:
             metrics = read_metrics(run_dir)
-            if metrics:
-                config = read_config(run_dir)
-                name = str(run_dir.relative_to(root)) if run_dir != root else run_dir.name
-                runs.append(RunSummary(run_dir, config, metrics, read_robustness(run_dir), name))
+            if not metrics:
+                if (run_dir / CHECKPOINT).is_file():
+                    missing = f"it has a {CHECKPOINT} but no metrics rows ({METRICS} is missing or empty)"
+                    warn(f"kernel-reg report: skipping {run_dir}: {missing}; `kernel-reg train` rewrites them")
+                continue
+            config = read_config(run_dir)
+            name = str(run_dir.relative_to(root)) if run_dir != root else run_dir.name
+            robustness = read_robustness(run_dir)
+            if robustness is not None and robustness.trained_to not in (None, metrics[-1].epoch):
+                warn(f"kernel-reg report: {run_dir}: {ROBUSTNESS} evaluated the run trained to epoch "
+                     f"{robustness.trained_to}, it has been trained since (epoch {metrics[-1].epoch}): its "
+                     "robustness is left out; evaluate it again")  # fmt: skip
+                robustness = None
+            runs.append(RunSummary(run_dir, config, metrics, robustness, name))
         except RunFolderError as error:
             warn(f"kernel-reg report: skipping {run_dir}: {error}")
     return runs
@@ -147,7 +160,8 @@ def markdown_table(runs: list[RunSummary]) -> str:
     l2_keys = sorted({k for r in evaluated for k in r.l2}, key=float)
     linf_keys = sorted({k for r in evaluated for k in r.linf}, key=float)
     cert_keys = sorted({k for r in evaluated for k in (r.certified_l2 or {})}, key=float)
-    header = ["run", "method", "hyperparameters", "n_train", "epoch", "val acc", "test acc", "clean"]
+    evaluations = list(dict.fromkeys(_evaluation_text(r) for r in evaluated))
+    header = ["run", "method", "hyperparameters", "n_train", "epoch", "val acc", "test acc", "eval", "clean"]
     header += [f"PGD-l2 {k}" for k in l2_keys] + [f"PGD-linf {float(k) * 255:.3g}/255" for k in linf_keys]
     header += [f"certified l2 {k}" for k in cert_keys] + ["2x budget", "masking checks"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -157,7 +171,11 @@ def markdown_table(runs: list[RunSummary]) -> str:
         rob = run.robustness
         method = run.method if run.finished else f"{run.method} (unfinished: epoch {run.metrics[-1].epoch})"
         row = [run.name, method, params, str(run.config.n_train or "all"), str(best.epoch)]
-        row += [_percent(best.val_acc), _percent(best.test_acc), _percent(rob.clean if rob else None)]
+        row += [_percent(best.val_acc), _percent(best.test_acc)]
+        row += [
+            f"[{evaluations.index(_evaluation_text(rob)) + 1}]" if rob else "-",
+            _percent(rob.clean if rob else None),
+        ]
         row += [_percent(rob.l2.get(k) if rob else None) for k in l2_keys]
         row += [_percent(rob.linf.get(k) if rob else None) for k in linf_keys]
         row += [_percent((rob.certified_l2 or {}).get(k) if rob else None) for k in cert_keys]
@@ -165,16 +183,22 @@ def markdown_table(runs: list[RunSummary]) -> str:
         checks = "-" if rob is None or rob.masking_checks is None else "ok"
         row.append(("FIRED: " + "; ".join(rob.suspicious)) if rob and rob.suspicious else checks)
         lines.append("| " + " | ".join(row) + " |")
-    notes = sorted({f"{k}: {v}" for r in evaluated for k, v in r.attacks.items()})
     footer = [
         "",
         "Accuracies in %. epoch: of best validation accuracy; test acc: there, on the whole test set; clean, "
-        "PGD and certified: `kernel-reg evaluate` of the weights it names (robustness.json), on its test subset. "
+        "PGD and certified: `kernel-reg evaluate` of the weights it names (robustness.json), on its test subset; "
+        "eval: which evaluation, below. "
         "2x budget: the largest drop of robust accuracy (points) when the attack's steps and restarts are "
         "doubled, over the radii checked.",
     ]
-    footer += [f"- {note}" for note in notes]
+    footer += [f"- [{i}] {text}" for i, text in enumerate(evaluations, start=1)]
     return "\n".join(lines + footer) + "\n"
+
+
+def _evaluation_text(robustness: Robustness) -> str:
+    """What a run's robust accuracies mean: the test images and the attacks (the table's "eval" notes)."""
+    attacks = "; ".join(f"{norm}: {text}" for norm, text in robustness.attacks.items())
+    return f"{robustness.n} test images, {robustness.weights or 'best'} weights of epoch {robustness.epoch}; {attacks}"
 
 
 def _budget_change(robustness: Robustness) -> str:
@@ -193,9 +217,15 @@ def selection_table(runs: list[RunSummary]) -> str:
     selected them), and the test accuracy there: mean +- std over the seeds, with the runs pooled. Runs are
     pooled as seeds only when their whole configurations differ in seed fields alone. Finished runs only."""
     settings: dict[str, list[RunSummary]] = defaultdict(list)
-    for run in runs:
+    duplicates: list[str] = []
+    for run in sorted(runs, key=lambda r: r.name):
         if run.finished and run.best.val_acc is not None:
-            settings[setting_key(run.config)].append(run)
+            same = settings[setting_key(run.config)]
+            twin = next((r for r in same if identity(r.config) == identity(run.config)), None)
+            if twin is None:
+                same.append(run)
+            else:  # the same configuration, seeds included: one sample, not two
+                duplicates.append(f"{run.name} repeats {twin.name} (the same configuration, seeds included)")
     if not settings:
         return ""
     chosen: dict[str, list[RunSummary]] = {}
@@ -219,6 +249,8 @@ def selection_table(runs: list[RunSummary]) -> str:
         test = f"{statistics.mean(tests):.1f} +- {spread:.1f}"
         pooled = ", ".join(sorted(r.name for r in members))
         lines.append(f"| {method} | {params} | {tried[method]} | {len(members)} | {val:.1f} | {test} | {pooled} |")
+    if duplicates:
+        lines += ["", "Counted once: " + "; ".join(duplicates) + "."]
     return "\n".join(lines) + "\n"
 
 

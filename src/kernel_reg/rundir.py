@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from . import models
-from .config import Config, upgrade_legacy
+from .config import Config, check_device, upgrade_legacy
 from .data import NUM_CLASSES, Splits, load_arrays, make_splits, resolve_data_dir
 
 CONFIG, METRICS, CHECKPOINT, ROBUSTNESS, LOCK = (
@@ -180,7 +180,8 @@ class Robustness:
     per radius (keys: ``eps_key`` of the radius; linf radii in [0, 1] units), certified l2 accuracy from
     the Lipschitz upper bound (None with a note when the model has a layer without a bound), the attacks
     used, the accuracies under twice the budget at the checked radii, the gradient-masking checks, and
-    which weights (``weights``: best-validation or last, of ``epoch``) under which ``settings``."""
+    which weights (``weights``: best-validation or last, of ``epoch``, the run trained to ``trained_to``)
+    under which ``settings``."""
 
     clean: float
     n: int
@@ -195,6 +196,7 @@ class Robustness:
     certified_note: str | None = None
     epoch: int | None = None
     weights: str | None = None
+    trained_to: int | None = None  # the run's last trained epoch when it was evaluated
 
     @property
     def suspicious(self) -> list[str]:
@@ -312,6 +314,31 @@ def read_checkpoint(run_dir: str | Path, device: torch.device | str = "cpu") -> 
     return state
 
 
+def check_not_nested(run_dir: Path, top: Path) -> None:
+    """RunFolderError when ``run_dir`` lies inside another run folder below ``top``, or holds one: a run
+    set aside or resumed would carry the other with it."""
+    for folder in run_dir.parents:
+        if folder == top or top not in folder.parents:
+            break
+        if (folder / CONFIG).is_file():
+            raise RunFolderError(f"{run_dir} would lie inside the run folder {folder}; choose a name outside it")
+    if run_dir.is_dir():
+        inner = next((p.parent for p in run_dir.rglob(CONFIG) if p.parent != run_dir), None)
+        if inner is not None:
+            raise RunFolderError(f"{run_dir} holds another run folder, {inner}; choose another name")
+
+
+def load_weights(model: nn.Module, weights: dict[str, torch.Tensor], run_dir: str | Path) -> None:
+    """``model.load_state_dict(weights)``; RunFolderError when the checkpoint is another model's."""
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as error:
+        first = str(error).strip().splitlines()[0]
+        raise RunFolderError(
+            f"{Path(run_dir) / CHECKPOINT} holds weights of another model than its {CONFIG} describes ({first})"
+        ) from None
+
+
 # ---------------------------------------------------------------------------------------------
 # Rebuilding a run
 
@@ -321,10 +348,9 @@ def resolve_device(name: str) -> torch.device:
     machine does not have."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}") from None
+    device = torch.device(check_device(name))
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {name!r}: MPS is not available on this machine; use --device cpu (or auto)")
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(f"device {name!r}: CUDA is not available on this machine; use --device cpu (or auto)")
@@ -346,12 +372,22 @@ def build_model(config: Config, device: torch.device) -> nn.Module:
     return models.build(config.model, NUM_CLASSES, config.width).to(device)
 
 
-def load_run(
-    run_dir: str | Path, device: str = "auto", n_test: int | None = None, which: str = "best"
-) -> tuple[Config, nn.Module, Splits, int, str]:
-    """(config, model, data splits, epoch of the weights, which weights) of a run folder. ``which="best"``:
-    the weights of best validation accuracy ("best-validation"), or the last ones ("last") when the run
-    has no validation set; "last": the last."""
+@dataclass
+class LoadedRun:
+    """A run folder rebuilt: its config, model (eval mode) with the chosen weights, data splits, the epoch
+    of those weights, which they are ("best-validation" or "last") and the last epoch trained."""
+
+    config: Config
+    model: nn.Module
+    splits: Splits
+    epoch: int
+    weights: str
+    trained_to: int
+
+
+def load_run(run_dir: str | Path, device: str = "auto", n_test: int | None = None, which: str = "best") -> LoadedRun:
+    """A run folder's model and data. ``which="best"``: the weights of best validation accuracy, or the last
+    ones when the run has no validation set; "last": the last."""
     run_dir = Path(run_dir)
     config = read_config(run_dir)
     target = resolve_device(device)
@@ -360,9 +396,10 @@ def load_run(
     model = build_model(config, target)
     best = which == "best" and state.get("best") is not None
     chosen = state["best"] if best else state
-    model.load_state_dict(chosen["model"])
+    load_weights(model, chosen["model"], run_dir)
     model.eval()
-    return config, model, splits, int(chosen["epoch"]), "best-validation" if best else "last"
+    weights = "best-validation" if best else "last"
+    return LoadedRun(config, model, splits, int(chosen["epoch"]), weights, int(state["epoch"]))
 
 
 def finite_or_none(value: float) -> float | None:

@@ -8,10 +8,10 @@ regularizer hyperparameters by name (``lmbda``, ``epsilon``: in every selected r
 or qualified (``gradient-penalty.lmbda``). A grid file (JSON or YAML) holds a list of such mappings, e.g.
 ``[{"reg": ["gradient-penalty"], "lmbda": [0.01, 0.1, 1]}, {"reg": ["none"]}]``.
 
-Each run is named by what it is: the method, its hyperparameters, the other keys the grid sets, the
-subset seed and, when anything else differs from the preset (the sweep's own flags), a short hash of
-all that differs, e.g. ``gradient-penalty_lmbda0.1_lr0.01_s0_h3fa2b1c9``. Two grid points never share a
-folder: a sweep whose names would collide is refused before anything runs.
+Each run is named by what it is (``run_name``, a function of its configuration alone): the method, its
+hyperparameters, every other field that differs from the preset and the subset seed, e.g.
+``gradient-penalty_lmbda0.1_lr0.01_width16_s0`` (a short hash of those fields where that gets long). Two
+grid points never share a folder: a sweep whose names would collide is refused before anything runs.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from typing import Any
 
 from . import regularizers
 from .config import (
+    EXECUTION_FIELDS,
     SEED_FIELDS,
     Config,
     field_types,
@@ -41,9 +42,18 @@ from .config import (
     short_hash,
 )
 from .evaluation import EvalSettings, evaluate_run
-from .rundir import ROBUSTNESS, RunFolderError, read_metrics, run_path
+from .rundir import RunFolderError, read_metrics, read_robustness, run_path
 
 Grid = dict[str, list[Any]]
+
+
+# keys a grid cannot set: where runs execute and their names are the sweep's, the experiment's preset
+# decides the other defaults (one sweep per experiment), and --seeds sets the subset seeds
+NOT_SWEPT = {
+    **{key: "it is where or under which name runs execute: give it to the sweep itself" for key in EXECUTION_FIELDS},
+    "experiment": "a preset sets the defaults of every other field: run one sweep per --experiment",
+    "shuf_seed": "--seeds N sets the training-subset seeds 0..N-1",
+}
 
 
 def parse_grid(text: str) -> Grid:
@@ -53,15 +63,24 @@ def parse_grid(text: str) -> Grid:
         key, sep, values = item.partition("=")
         if not sep or not values:
             raise ValueError(f"grid entries are key=v1,v2,...; got {item!r}")
+        if key in grid:
+            raise ValueError(f"{key} is given twice in the grid {text!r}; list its values once: {key}=v1,v2")
         grid[key] = values.split(",")
     return normalize_grid(grid)
 
 
 def normalize_grid(grid: Mapping[str, Any]) -> Grid:
-    """Typed values ("reg" -> "regs" tuples of names); ValueError naming an unknown key or a bad value."""
+    """Typed values ("reg" -> "regs" tuples of names); ValueError naming an unknown key, a key a grid cannot
+    set, a key without values or a bad value."""
     typed: Grid = {}
+    if {"reg", "regs"} <= set(grid):
+        raise ValueError("give the regularizers once, as reg (or regs)")
     for key, values in grid.items():
         values = values if isinstance(values, list) else [values]
+        if not values:
+            raise ValueError(f"{key} has no values; list at least one")
+        if key in NOT_SWEPT:
+            raise ValueError(f"{key} cannot be a grid key: {NOT_SWEPT[key]}")
         if key in ("reg", "regs"):
             typed["regs"] = [_regs(v) for v in values]
         else:
@@ -79,7 +98,10 @@ def load_grid_file(path: str | Path) -> list[Grid]:
     """Grids from a JSON or YAML file: one mapping or a list of them."""
     import yaml
 
-    text = Path(path).read_text()
+    try:
+        text = Path(path).read_text()
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path} is not a text file ({error.reason}); a grid file is JSON or YAML") from None
     try:
         data = yaml.safe_load(text) if str(path).endswith((".yaml", ".yml")) else json.loads(text)
     except (yaml.YAMLError, json.JSONDecodeError) as error:
@@ -98,32 +120,26 @@ def _token(key: str, value: Any) -> str | None:
     return text if all(c.isalnum() or c in "._+-=" for c in text) else None
 
 
-def run_name(config: Config, grid_keys: Sequence[str] = ()) -> str:
-    """What a run is, readable: method, hyperparameters, the fields the grid sets (``grid_keys``),
-    ``s<shuf_seed>``; then ``_h<hash>`` of every other value that differs from the preset (the sweep's
-    own flags), the same for all the runs of one sweep. ``num_epochs`` counts only when the grid sets it:
-    a sweep run again with more epochs extends its runs."""
+MAX_OTHERS = 60  # characters of the other fields' tokens before they become a hash
+
+
+def run_name(config: Config) -> str:
+    """A run folder's name, a function of the run's configuration alone: method, hyperparameters, every
+    other field that differs from the preset, ``s<shuf_seed>``; when that is too long or a value is not a
+    plain token, the other fields become ``h<hash>`` of their values (alike for the runs of one sweep,
+    whose other fields are its own flags)."""
     preset = preset_config(config.experiment).replace(regs=config.regs)
     now, base = identity(config), identity(preset)
-    grid_params = {t for key in grid_keys if key not in now for t in regularizers.targets(key, config.reg_names)}
-    shown = {**hyperparameters(config, include=grid_params)}
-    shown.update({k: now[k] for k in grid_keys if k in now and k not in ("regs", *SEED_FIELDS)})
-    readable = [method_label(config)]
-    hidden = {k: v for k, v in now.items() if v != base.get(k) and k != "regs" and "." not in k}
-    for key, value in shown.items():
-        token = _token(key, value)
-        if token is not None:
-            readable.append(token)
-            hidden.pop(key, None)
-    readable.append(f"s{config.shuf_seed}")
-    hidden.pop("shuf_seed", None)
-    hidden.pop("num_epochs", None)  # a longer sweep extends the same runs (num_epochs may grow on resume)
-    if config.seed != preset.seed:
-        readable.append(f"seed{config.seed}")
-        hidden.pop("seed")
-    if hidden:
-        readable.append("h" + short_hash(json.dumps(hidden, sort_keys=True, default=str)))
-    return "_".join(readable)
+    shown = hyperparameters(config)
+    head = [method_label(config)] + [f"{k}{format_value(v)}" for k, v in shown.items()]
+    seeds = [f"s{config.shuf_seed}"] + ([f"seed{config.seed}"] if config.seed != preset.seed else [])
+    others = {
+        k: v for k, v in now.items() if v != base.get(k) and k not in ("regs", *SEED_FIELDS, *shown) and "." not in k
+    }
+    tokens = [_token(k, v) for k, v in others.items()]
+    if None in tokens or len("_".join(tokens)) > MAX_OTHERS:  # type: ignore[arg-type]
+        return "_".join(head + seeds + ["h" + short_hash(json.dumps(others, sort_keys=True, default=str))])
+    return "_".join(head + tokens + seeds)  # type: ignore[arg-type]
 
 
 def expand(base: Config, grids: Sequence[Grid], seeds: int, defaults: Mapping[str, Any] | None = None) -> list[Config]:
@@ -150,7 +166,7 @@ def expand(base: Config, grids: Sequence[Grid], seeds: int, defaults: Mapping[st
                         used.add(key)
                         config = config.updated({key: value})
                 config = config.updated({k: v for k, v in point.items() if k not in fields}).replace(shuf_seed=seed)
-                config = config.replace(name=run_name(config, keys))
+                config = config.replace(name=run_name(config))
                 earlier = configs.setdefault(config.name, config)
                 if earlier != config:
                     raise ValueError(
@@ -164,15 +180,19 @@ def expand(base: Config, grids: Sequence[Grid], seeds: int, defaults: Mapping[st
     return list(configs.values())
 
 
-def finished(config: Config, evaluate: bool) -> bool:
-    """Trained to the last epoch (and evaluated, when the sweep evaluates). A damaged folder is not
-    finished: its job runs and reports what is wrong."""
+def finished(config: Config, settings: EvalSettings | None) -> bool:
+    """Trained to the last epoch and, when the sweep evaluates, evaluated with ``settings`` after that
+    training. A damaged folder is not finished: its job runs and reports what is wrong."""
     try:
         metrics = read_metrics(run_path(config))
+        done = bool(metrics) and metrics[-1].epoch == config.num_epochs - 1
+        if not done or settings is None:
+            return done
+        result = read_robustness(run_path(config))
     except RunFolderError:
         return False
-    done = bool(metrics) and metrics[-1].epoch == config.num_epochs - 1
-    return done and (not evaluate or (run_path(config) / ROBUSTNESS).is_file())
+    wanted = json.loads(json.dumps(asdict(settings)))
+    return result is not None and result.settings == wanted and result.trained_to in (None, metrics[-1].epoch)
 
 
 def run_job(config_values: dict, settings_values: dict | None, threads: int) -> dict:
@@ -243,7 +263,7 @@ def run_sweep(
     """Submit the unfinished runs; locally, wait for them (``cluster.jobs`` at a time) and return their
     outcomes (see ``run_job``; ``failures`` lists the failed ones); on Slurm return the submitted jobs
     (one job array)."""
-    todo = [c for c in configs if not finished(c, settings is not None)]
+    todo = [c for c in configs if not finished(c, settings)]
     log(f"sweep: {len(configs)} runs, {len(configs) - len(todo)} finished, {len(todo)} to run")
     if not todo:
         return []

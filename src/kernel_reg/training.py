@@ -29,15 +29,20 @@ from .progress import progress
 from .rundir import (
     CHECKPOINT,
     CONFIG,
+    METRICS,
+    ROBUSTNESS,
     MetricsRow,
     RunFolderError,
     atomic_torch_save,
     build_model,
+    check_not_nested,
     finite_or_none,
     load_splits,
+    load_weights,
     locked,
     read_checkpoint,
     read_config,
+    read_metrics,
     resolve_device,
     run_path,
     write_config,
@@ -130,6 +135,13 @@ def _resume_point(config: Config, run_dir: Path, log: Log) -> Resume:
         if (run_dir / CHECKPOINT).is_file():
             raise RunFolderError(f"{run_dir} holds a {CHECKPOINT} but no {CONFIG}; set it aside with --fresh")
         return Resume(None, write_config=True)
+    if not (run_dir / CHECKPOINT).is_file():
+        records = [name for name in (METRICS, ROBUSTNESS) if (run_dir / name).is_file()]
+        if records:
+            raise RunFolderError(
+                f"{run_dir} holds {' and '.join(records)} but no {CHECKPOINT}: the checkpoint was lost. Nothing "
+                "was changed; --fresh sets the folder aside and starts over"
+            )
     saved = read_config(run_dir)
     changed = differences(saved, config, ignore=RESUMABLE_CHANGES)
     if config.num_epochs < saved.num_epochs:
@@ -144,9 +156,21 @@ def _resume_point(config: Config, run_dir: Path, log: Log) -> Resume:
     state = read_checkpoint(run_dir)
     if state["epoch"] >= config.num_epochs - 1:
         log(f"{run_dir} is already trained to its last epoch ({state['epoch']}); nothing to do")
+        _repair_metrics(run_dir, [MetricsRow(**row) for row in state["metrics"]], log)
         return Resume(state, write_config=False, done=True)
     log(f"resuming {run_dir} after epoch {state['epoch']}")
     return Resume(state, write_config=config.num_epochs != saved.num_epochs)
+
+
+def _repair_metrics(run_dir: Path, rows: list[MetricsRow], log: Log) -> None:
+    """Rewrite metrics.jsonl from the checkpoint's rows when the file was damaged or lost."""
+    try:
+        intact = read_metrics(run_dir) == rows
+    except RunFolderError:
+        intact = False
+    if not intact:
+        write_metrics(run_dir, rows)
+        log(f"{run_dir / METRICS} did not match the checkpoint: rewritten from it")
 
 
 def train(config: Config, log: Log = print) -> list[MetricsRow]:
@@ -161,6 +185,7 @@ def train(config: Config, log: Log = print) -> list[MetricsRow]:
             return _train(config, lambda _: None, group, rank_device)
         if rank_device is None:
             resolve_device(config.device)  # a device this machine lacks fails before the run folder is made
+        check_not_nested(run_path(config), Path(config.root) / config.experiment)
         with locked(run_path(config), "kernel-reg train", create=True):
             return _train(config, log, group, rank_device)
     finally:
@@ -190,7 +215,7 @@ def _train(config: Config, log: Log, group: Group, rank_device: torch.device | N
     start_epoch = 0
     state = resume.state
     if state is not None:
-        model.load_state_dict(state["model"])
+        load_weights(model, state["model"], run_dir)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         best = state["best"]
@@ -227,7 +252,11 @@ def _train(config: Config, log: Log, group: Group, rank_device: torch.device | N
             if regs.attack is not None:
                 x = regs.attack(model, x, y)
             terms = {"cross-entropy": F.cross_entropy(trained(x), y)}
-            terms.update({name: penalty(model, x, y) for name, penalty in regs.penalties.items()})
+            for name, penalty in regs.penalties.items():
+                try:
+                    terms[name] = penalty(model, x, y)
+                except torch.linalg.LinAlgError as error:  # an eigendecomposition of non-finite weights
+                    raise TrainingDiverged(f"{name} failed at epoch {epoch} ({error}); {kept()}") from None
             total = torch.stack(list(terms.values())).sum()
             if group.any(~torch.isfinite(total)):
                 name = next((name for name, value in terms.items() if not torch.isfinite(value)), "another rank's loss")
