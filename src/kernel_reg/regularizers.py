@@ -117,6 +117,18 @@ def _first_examples(penalty: penalties.Penalty, count: int | None) -> penalties.
     return penalty if count is None else penalties.FirstExamples(penalty, count)
 
 
+def _deformation_entry(name: str, help: str, penalty: type, weight_flag: str, deformations: Param) -> Regularizer:
+    """||f||_tau^2 and ||D_tau f||^2: a weight, random deformations per example, optionally on the first
+    examples of a batch only, deformation amplitude."""
+
+    def build(p: Mapping[str, Any], group: Group) -> penalties.Penalty:
+        sampler = RandomDeformation(amplitude=p["amplitude"])
+        return _first_examples(penalty(p["lmbda"], p["deformations"], sampler, group=group), p["examples_per_batch"])
+
+    params = (_lmbda(0.1, weight_flag), deformations, _examples_per_batch(), _amplitude())
+    return _entry(name, "penalty", help, params, build)
+
+
 def _entry(name: str, kind: str, help: str, params: tuple[Param, ...], build: Callable, flag: str = "") -> Regularizer:
     return Regularizer(name, kind, help, params, build, "--reg_" + (flag or name.replace("-", "_")))
 
@@ -157,29 +169,13 @@ REGISTRY: dict[str, Regularizer] = {
              Param("xi", 1e-6, "positive", "finite-difference step of the power iteration", "vat_xi")),
             lambda p, group: penalties.VATPenalty(p["lmbda"], p["epsilon"], p["xi"], group=group),
         ),
-        _entry(
-            "stability", "penalty", "||f||_tau^2, stability to random deformations",
-            (_lmbda(0.1, "lmbdast"),
-             Param("deformations", 8, "count", "random deformations per example", "stability_tr_per_ex"),
-             _examples_per_batch(), _amplitude()),
-            lambda p, group: _first_examples(
-                penalties.DeformationStabilityPenalty(
-                    p["lmbda"], p["deformations"], RandomDeformation(amplitude=p["amplitude"]), group=group
-                ),
-                p["examples_per_batch"],
-            ),
+        _deformation_entry(
+            "stability", "||f||_tau^2, stability to random deformations", penalties.DeformationStabilityPenalty,
+            "lmbdast", Param("deformations", 8, "count", "random deformations per example", "stability_tr_per_ex"),
         ),
-        _entry(
-            "gradtangent", "penalty", "||D_tau f||^2, gradients along deformation tangents",
-            (_lmbda(0.1, "lmbdatan"),
-             Param("deformations", 8, "count", "tangent vectors per example", "stability_num_deformations"),
-             _examples_per_batch(), _amplitude()),
-            lambda p, group: _first_examples(
-                penalties.TangentGradientPenalty(
-                    p["lmbda"], p["deformations"], RandomDeformation(amplitude=p["amplitude"]), group=group
-                ),
-                p["examples_per_batch"],
-            ),
+        _deformation_entry(
+            "gradtangent", "||D_tau f||^2, gradients along deformation tangents", penalties.TangentGradientPenalty,
+            "lmbdatan", Param("deformations", 8, "count", "tangent vectors per example", "stability_num_deformations"),
         ),
         _entry(
             "pgd-l2", "attack", "adversarial training with PGD in the l2 ball",
