@@ -72,7 +72,7 @@ def run_child(model_name: str, config_name: str, steps: int, warmup: int, device
     x = torch.rand(128, *shape, device=device)
     y = torch.randint(0, K, (128,), device=device)
     if config_name == REPLICATED:
-        made: object = penalties.AdversarialPerturbationPenalty(1.0, STEPS, chunk_size=K * 128)
+        made: object = penalties.AdversarialPerturbationPenalty(eps=1.0, steps=STEPS, chunk_size=K * 128)
         kind = "penalty"
     elif CONFIGS[config_name][0] is None:
         made, kind = None, "plain"
@@ -122,8 +122,8 @@ def agreement(device: torch.device, batches: int = 10) -> list[dict]:
             optimizer.step()
     rows = []
     for name, make in (
-        ("adv-perturbation", lambda m: penalties.AdversarialPerturbationPenalty(1.0, STEPS, candidates=m)),
-        ("stability", lambda m: penalties.DeformationStabilityPenalty(1.0, deformations=4, candidates=m)),
+        ("adv-perturbation", lambda m: penalties.AdversarialPerturbationPenalty(eps=1.0, steps=STEPS, candidates=m)),
+        ("stability", lambda m: penalties.DeformationStabilityPenalty(lmbda=1.0, deformations=4, candidates=m)),
     ):
         for m in (4, 16, 32):
             same, ratio, seconds = 0, [], [0.0, 0.0]

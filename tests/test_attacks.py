@@ -85,20 +85,27 @@ EPS = {"l2": 0.5, "linf": 0.1}
 CLIPPING_ATTACKS = [
     ("PGDL2", lambda **kw: attacks.PGDL2(eps=0.5, steps=3, **kw), "l2", False),
     ("PGDLinf", lambda **kw: attacks.PGDLinf(eps=0.1, steps=3, step_size=0.05, **kw), "linf", False),
-    ("APGD-l2", lambda **kw: attacks.APGD("l2", 0.5, steps=3, **kw), "l2", False),
-    ("APGD-linf", lambda **kw: attacks.APGD("linf", 0.1, steps=3, **kw), "linf", False),
-    ("Square-l2", lambda **kw: attacks.Square("l2", 0.5, 20, **kw), "l2", True),
-    ("Square-linf", lambda **kw: attacks.Square("linf", 0.1, 20, **kw), "linf", True),
+    ("APGD-l2", lambda **kw: attacks.APGD(norm="l2", eps=0.5, steps=3, **kw), "l2", False),
+    ("APGD-linf", lambda **kw: attacks.APGD(norm="linf", eps=0.1, steps=3, **kw), "linf", False),
+    ("Square-l2", lambda **kw: attacks.Square(norm="l2", eps=0.5, queries=20, **kw), "l2", True),
+    ("Square-linf", lambda **kw: attacks.Square(norm="linf", eps=0.1, queries=20, **kw), "linf", True),
     (
         "strong-l2",
-        lambda **kw: attacks.strong("l2", 0.5, square=True, steps=3, n_target_classes=2, queries=20, **kw),
+        lambda **kw: attacks.strong(norm="l2", eps=0.5, square=True, steps=3, n_target_classes=2, queries=20, **kw),
         "l2",
         True,
     ),
-    ("strong-linf", lambda **kw: attacks.strong("linf", 0.1, steps=3, n_target_classes=2, **kw), "linf", False),
+    (
+        "strong-linf",
+        lambda **kw: attacks.strong(norm="linf", eps=0.1, steps=3, n_target_classes=2, **kw),
+        "linf",
+        False,
+    ),
     (
         "WorstCase",
-        lambda **kw: attacks.WorstCase([attacks.PGDL2(0.5, 3, **kw), attacks.Square("l2", 0.5, 20, **kw)]),
+        lambda **kw: attacks.WorstCase(
+            attacks=[attacks.PGDL2(eps=0.5, steps=3, **kw), attacks.Square(norm="l2", eps=0.5, queries=20, **kw)]
+        ),
         "l2",
         True,
     ),
@@ -185,7 +192,7 @@ def test_worst_case_refuses_inputs_outside_the_box_even_with_nothing_left_to_att
     model, x, y = tabular_or_image_case(images=False)
     y = (y + 1) % 5  # every example already misclassified: no member would run
     with pytest.raises(ValueError, match=r"APGD-CE: inputs must lie in the clip box \[0, 1\]"):
-        attacks.strong("l2", 0.5, steps=3)(model, x, y)
+        attacks.strong(norm="l2", eps=0.5, steps=3)(model, x, y)
 
 
 def test_rounding_overshoots_of_augmented_images_pass_and_real_ones_are_refused():

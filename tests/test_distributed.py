@@ -58,8 +58,8 @@ def one_step(reg: str, group: Group) -> dict[str, torch.Tensor]:
         if regs.projection is not None:
             spectral.project_(model, 0.5)
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    if regs.spectral_penalty is not None:  # the persistent power-iteration vectors
-        state.update({f"power:{k}": v.clone() for k, v in regs.spectral_penalty.state_dict().items()})
+    for name, values in regs.state_dict().items():  # the persistent power-iteration vectors
+        state.update({f"{name}:{k}": v.clone() for k, v in values.items()})
     return state
 
 

@@ -68,7 +68,7 @@ BAD_ARGUMENTS = [
     (lambda: penalties.GradientPenalty(lmbda=float("nan")), "lmbda"),
     (lambda: penalties.LossGradientPenalty(norm="l3"), "norm"),
     (lambda: penalties.VATPenalty(eps=0), "eps"),
-    (lambda: penalties.VATPenalty(iters=0), "iters"),
+    (lambda: penalties.VATPenalty(steps=0), "steps"),
     (lambda: penalties.DeformationStabilityPenalty(deformations=0), "deformations"),
     (lambda: penalties.TangentGradientPenalty(deformations=1.5), "deformations"),
     (lambda: attacks.PGDL2(eps=0), "eps"),
@@ -77,7 +77,7 @@ BAD_ARGUMENTS = [
     (lambda: attacks.PGDLinf(restarts=0), "restarts"),
     (lambda: attacks.PGDLinf(clip=(1.0, 0.0)), "clip"),
     (lambda: spectral.SpectralNormPenalty(method="qr"), "method"),
-    (lambda: spectral.SpectralNormPenalty(iters=0), "iters"),
+    (lambda: spectral.SpectralNormPenalty(steps=0), "steps"),
     (lambda: spectral.project_(nn.Linear(2, 2), tau=0), "tau"),
     (lambda: spectral.tau_schedule(-1.0, 2.0, 0), "tau"),
 ]

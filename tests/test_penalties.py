@@ -85,7 +85,7 @@ def test_vat_penalty_matches_brute_force(model, batch):
     x, y = batch
     lmbda, eps, xi = 0.8, 0.5, 1e-6
     torch.manual_seed(5)
-    value = penalties.VATPenalty(lmbda=lmbda, eps=eps, xi=xi, iters=2)(model, x, y)
+    value = penalties.VATPenalty(lmbda=lmbda, eps=eps, xi=xi, steps=2)(model, x, y)
     torch.manual_seed(5)
     start = torch.randn_like(x)
     terms = []
@@ -178,7 +178,9 @@ def test_candidate_preselection_is_exact_with_enough_candidates_and_a_lower_boun
 
     def stability(candidates):
         torch.manual_seed(9)
-        penalty = penalties.DeformationStabilityPenalty(1.0, deformations=3, sampler=sampler, candidates=candidates)
+        penalty = penalties.DeformationStabilityPenalty(
+            lmbda=1.0, deformations=3, sampler=sampler, candidates=candidates
+        )
         return penalty(model, x, y).detach()
 
     assert torch.equal(stability(len(x)), stability(None))

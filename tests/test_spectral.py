@@ -73,7 +73,7 @@ def test_tau_schedule():
 @pytest.mark.parametrize("method", ["power", "svd"])
 def test_spectral_penalty_meets_numpy_svd(method):
     model = layered_model()
-    penalty = spectral.SpectralNormPenalty(lmbda=0.3, method=method, iters=1)
+    penalty = spectral.SpectralNormPenalty(lmbda=0.3, method=method, steps=1)
     for _ in range(1 if method == "svd" else 300):  # persistent vectors: one step per call
         value = penalty(model)
     expected = [numpy_sigmas(layer.weight).max() for _, layer in spectral.spectral_layers(model)]

@@ -59,17 +59,21 @@ def test_attacks_on_a_linear_model_against_the_closed_form(linear_problem, norm,
     model, x, y = linear_problem
     exact = exact_robust_accuracy(model, x, y, eps, norm)
     assert 0.0 < exact < 0.9  # the radius matters
-    pgd = attacks.PGDL2(eps, 50, clip=None) if norm == "l2" else attacks.PGDLinf(eps, 50, eps / 10, clip=None)
+    pgd = (
+        attacks.PGDL2(eps=eps, steps=50, clip=None)
+        if norm == "l2"
+        else attacks.PGDLinf(eps=eps, steps=50, step_size=eps / 10, clip=None)
+    )
     members = {
         "pgd": pgd,
-        "apgd-ce": attacks.APGD(norm, eps, "ce", steps=50, clip=None),
-        "apgd-dlr": attacks.APGD(norm, eps, "dlr", steps=50, clip=None),
-        "apgd-t": attacks.APGD(norm, eps, "dlr", targeted=True, steps=50, clip=None),
-        "square": attacks.Square(norm, eps, 500, clip=None),
+        "apgd-ce": attacks.APGD(norm=norm, eps=eps, loss="ce", steps=50, clip=None),
+        "apgd-dlr": attacks.APGD(norm=norm, eps=eps, loss="dlr", steps=50, clip=None),
+        "apgd-t": attacks.APGD(norm=norm, eps=eps, loss="dlr", targeted=True, steps=50, clip=None),
+        "square": attacks.Square(norm=norm, eps=eps, queries=500, clip=None),
     }
     for name, attack in members.items():
         assert accuracy_under(model, attack, x, y) >= exact - 1e-12, name  # only real adversarial examples
-    strong = accuracy_under(model, attacks.strong(norm, eps, steps=50, clip=None), x, y)
+    strong = accuracy_under(model, attacks.strong(norm=norm, eps=eps, steps=50, clip=None), x, y)
     assert exact <= strong <= exact + 1 / N
     if norm == "l2":
         lipschitz = spectral.lipschitz_upper_bound(model, (1, 4, 5))
@@ -82,7 +86,7 @@ def test_apgd_and_square_stay_in_the_ball_and_the_range(norm):
     model = nn.Sequential(nn.Conv2d(1, 3, 3), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 4 * 4, 5))
     x, y = torch.rand(16, 1, 6, 6), torch.randint(0, 5, (16,))
     eps = 0.5 if norm == "l2" else 0.1
-    for attack in (attacks.APGD(norm, eps, steps=10), attacks.Square(norm, eps, 100)):
+    for attack in (attacks.APGD(norm=norm, eps=eps, steps=10), attacks.Square(norm=norm, eps=eps, queries=100)):
         delta = attack(model, x, y) - x
         size = delta.flatten(1).norm(dim=1) if norm == "l2" else delta.flatten(1).abs().amax(1)
         assert torch.all(size <= eps * (1 + 1e-5))
@@ -117,15 +121,23 @@ def trained():
 def test_apgd_is_at_least_as_strong_as_pgd_with_the_same_budget(trained):
     model, x, y = trained
     for norm, eps in (("l2", 1.0), ("linf", 8 / 255)):
-        pgd = attacks.PGDL2(eps, 20, eps / 4) if norm == "l2" else attacks.PGDLinf(eps, 20, eps / 4)
+        pgd = (
+            attacks.PGDL2(eps=eps, steps=20, step_size=eps / 4)
+            if norm == "l2"
+            else attacks.PGDLinf(eps=eps, steps=20, step_size=eps / 4)
+        )
         torch.manual_seed(3)
-        apgd = robust_accuracy(model, attacks.APGD(norm, eps, "ce", steps=20), x, y)
+        apgd = robust_accuracy(model, attacks.APGD(norm=norm, eps=eps, loss="ce", steps=20), x, y)
         assert apgd <= robust_accuracy(model, pgd, x, y)
 
 
 def test_worst_case_is_below_each_member_and_accounts_for_each_break(trained):
     model, x, y = trained
-    members = [attacks.PGDL2(0.5, 10, 0.05), attacks.PGDL2(0.5, 10, 0.3), attacks.PGDLinf(0.5 / 28, 10, 0.005)]
+    members = [
+        attacks.PGDL2(eps=0.5, steps=10, step_size=0.05),
+        attacks.PGDL2(eps=0.5, steps=10, step_size=0.3),
+        attacks.PGDLinf(eps=0.5 / 28, steps=10, step_size=0.005),
+    ]
     x_adv, breakdown = attacks.worst_case(model, members, x, y)
     with torch.no_grad():
         worst = int((model(x_adv).argmax(1) == y).sum()) / len(y)
@@ -133,7 +145,7 @@ def test_worst_case_is_below_each_member_and_accounts_for_each_break(trained):
     for member in members:
         assert worst <= robust_accuracy(model, member, x, y)
     assert sum(breakdown.values()) == round((clean - worst) * len(y))
-    assert worst == robust_accuracy(model, attacks.WorstCase(members), x, y)
+    assert worst == robust_accuracy(model, attacks.WorstCase(attacks=members), x, y)
 
 
 class Quantize(nn.Module):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 import math
 from collections.abc import Iterator, Sequence
 
@@ -38,6 +39,13 @@ def preserved_state(model: nn.Module, mode: bool | None = None) -> Iterator[None
             module.training = flag
         for module, originals in swapped:
             module._buffers.update(originals)
+
+
+def describe(obj: object, skip: tuple[str, ...] = ("group", "generator", "sampler")) -> str:
+    """'Class(a=1, b=2)': the keyword arguments of ``obj``'s constructor with the values it holds."""
+    names = [p for p in inspect.signature(type(obj).__init__).parameters if p not in ("self", *skip)]
+    values = ", ".join(f"{name}={getattr(obj, name)!r}" for name in names if hasattr(obj, name))
+    return f"{type(obj).__name__}({values})"
 
 
 def check_positive(name: str, value: float) -> float:
@@ -104,12 +112,38 @@ def check_inside_clip(x: torch.Tensor, clip: tuple[float, float] | None, who: st
 
 def check_logits(logits: torch.Tensor, batch_size: int) -> torch.Tensor:
     """The model output, or ValueError unless it is a 2-D (batch, classes) tensor of logits."""
+    if not isinstance(logits, torch.Tensor):
+        raise ValueError(
+            f"the model must return a tensor of logits of shape (batch={batch_size}, classes), it returned a "
+            f"{type(logits).__name__}; wrap it so that it returns the logits alone, e.g. lambda x: model(x)[0]"
+        )
     if logits.dim() != 2 or logits.shape[0] != batch_size:
         raise ValueError(
             f"model output must be 2-D logits of shape (batch={batch_size}, classes), got shape "
             f"{tuple(logits.shape)}; wrap the model so that it returns one row of class scores per input"
         )
     return logits
+
+
+def randn(shape: tuple[int, ...], like: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Standard normal draws of ``shape`` in ``like``'s dtype and on its device: from ``generator`` (on the
+    generator's own device, then moved: a CPU generator serves CUDA tensors), or from the global RNG."""
+    device = like.device if generator is None else generator.device
+    return torch.randn(shape, device=device, dtype=like.dtype, generator=generator).to(like.device)
+
+
+def rand(shape: tuple[int, ...], like: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Uniform draws in [0, 1), as ``randn``."""
+    device = like.device if generator is None else generator.device
+    return torch.rand(shape, device=device, dtype=like.dtype, generator=generator).to(like.device)
+
+
+def randint(
+    high: int, shape: tuple[int, ...], like: torch.Tensor, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Integers uniform in [0, high), as ``randn`` (int64)."""
+    device = like.device if generator is None else generator.device
+    return torch.randint(0, high, shape, device=device, generator=generator).to(like.device)
 
 
 def per_example(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

@@ -16,11 +16,11 @@ from torch import nn
 
 from . import spectral
 from ._guards import check_choice, check_int, check_positive, preserved_state
-from .attacks import APGD, PGDL2, PGDLinf, Square, WorstCase
+from .attacks import APGD, PGD, Attack, Square, WorstCase
 from .progress import progress
 from .rundir import MaskingCheck, Robustness, load_run, locked, read_config, write_robustness
 
-Attack = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+AttackFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]  # an Attack, or any such function
 
 
 def accuracy(
@@ -41,7 +41,7 @@ def accuracy(
 
 
 def robust_correct(
-    model: nn.Module, attack: Attack, x: torch.Tensor, y: torch.Tensor, batch_size: int, description: str = "attack"
+    model: nn.Module, attack: AttackFn, x: torch.Tensor, y: torch.Tensor, batch_size: int, description: str = "attack"
 ) -> torch.Tensor:
     """Per example: still correctly classified after ``attack`` (each batch attacked once)."""
     correct = []
@@ -54,7 +54,9 @@ def robust_correct(
     return torch.cat(correct)
 
 
-def robust_accuracy(model: nn.Module, attack: Attack, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> float:
+def robust_accuracy(
+    model: nn.Module, attack: AttackFn, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512
+) -> float:
     """Accuracy on ``attack``'s adversarial examples."""
     return int(robust_correct(model, attack, x, y, batch_size).sum()) / x.shape[0]
 
@@ -68,7 +70,8 @@ class EvalSettings:
     step 0.01); ``attacks`` names the attacks whose per-example worst case gives each number ("strong":
     APGD-CE then APGD-T); ``checks`` runs the gradient-masking checks, whose convergence check (twice
     the steps and restarts) runs at the middle radius of each norm, or at every one with
-    ``converge_every_radius``."""
+    ``converge_every_radius``. The attacks draw from their own generator seeded with ``seed``: an
+    evaluation repeats exactly (on one device and thread count) and leaves the global RNG alone."""
 
     l2_eps: tuple[float, ...] = (0.1, 0.5, 1.0, 1.5)
     linf_eps: tuple[float, ...] = (1 / 255, 2 / 255, 5 / 255, 8 / 255)
@@ -83,6 +86,7 @@ class EvalSettings:
     batch_size: int = 500
     checks: bool = True
     converge_every_radius: bool = False
+    seed: int = 0  # of the attacks' random draws (their own generator: the global RNG is left alone)
 
     def __post_init__(self) -> None:
         for eps in self.l2_eps + self.linf_eps:
@@ -99,6 +103,7 @@ class EvalSettings:
         check_positive("linf_step_size", self.linf_step_size)
         if self.n_test is not None:
             check_int("n_test", self.n_test)
+        check_int("seed", self.seed, minimum=0)
 
     def members(self) -> list[str]:
         """The attack names, "strong" expanded, without repeats."""
@@ -106,24 +111,28 @@ class EvalSettings:
         return list(dict.fromkeys(names))
 
 
-def build_attack(name: str, norm: str, eps: float, settings: EvalSettings, scale: int = 1) -> Attack:
+def build_attack(
+    name: str, norm: str, eps: float, settings: EvalSettings, scale: int = 1, generator: torch.Generator | None = None
+) -> Attack:
     """One evaluation attack by name; ``scale`` multiplies its steps (queries) and restarts."""
     steps, restarts = settings.steps * scale, settings.restarts * scale
+    shared = dict(norm=norm, eps=eps, generator=generator)
     if name == "pgd":
-        random = dict(random_start=restarts > 1, restarts=restarts)
-        if norm == "l2":
-            return PGDL2(eps, steps, settings.l2_step_size, **random)
-        return PGDLinf(eps, steps, settings.linf_step_size, **random)
+        step = settings.l2_step_size if norm == "l2" else settings.linf_step_size
+        return PGD(steps=steps, step_size=step, random_start=restarts > 1, restarts=restarts, **shared)  # type: ignore[arg-type]
     if name == "square":
-        return Square(norm, eps, settings.queries * scale)
+        return Square(queries=settings.queries * scale, **shared)  # type: ignore[arg-type]
     loss = "ce" if name == "apgd-ce" else "dlr"
-    return APGD(norm, eps, loss, name == "apgd-t", settings.n_target_classes, steps, restarts)
+    return APGD(loss=loss, targeted=name == "apgd-t", n_target_classes=settings.n_target_classes, steps=steps,
+                restarts=restarts, **shared)  # type: ignore[arg-type]  # fmt: skip
 
 
-def build_eval_attack(norm: str, eps: float, settings: EvalSettings, scale: int = 1) -> Attack:
+def build_eval_attack(
+    norm: str, eps: float, settings: EvalSettings, scale: int = 1, generator: torch.Generator | None = None
+) -> Attack:
     """The worst case over the settings' attacks at one radius."""
-    members = [build_attack(name, norm, eps, settings, scale) for name in settings.members()]
-    return members[0] if len(members) == 1 else WorstCase(members)
+    members = [build_attack(name, norm, eps, settings, scale, generator) for name in settings.members()]
+    return members[0] if len(members) == 1 else WorstCase(attacks=members)
 
 
 def describe_attacks(norm: str, settings: EvalSettings) -> str:
@@ -169,9 +178,10 @@ def masking_checks(
     accuracies: dict[str, dict[str, float]],
     certified: dict[str, float] | None,
     survivors: dict[str, dict[float, torch.Tensor]],
+    generator: torch.Generator | None = None,
 ) -> tuple[list[MaskingCheck], dict[str, dict[str, float]]]:
     """The checks that flag a robust accuracy as suspicious (gradient masking, a weak attack, a bug), and
-    the accuracies under twice the budget at the checked radii.
+    the accuracies under twice the budget at the checked radii (random draws from ``generator``).
 
     ``accuracies[norm][eps_key]``: the robust accuracies; ``survivors[norm]``: per radius to check (the
     middle one first), whether each example is unbroken by the evaluation attack there. A difference
@@ -190,7 +200,7 @@ def masking_checks(
     for norm, by_radius in survivors.items():
         for eps, alive in by_radius.items():
             base = int(alive.sum()) / n
-            attack = build_eval_attack(norm, eps, settings, scale=2)
+            attack = build_eval_attack(norm, eps, settings, 2, generator)
             where = f"{norm} eps {radius_text(norm, eps)}"
             stronger = int(robust_correct(model, attack, x, y, settings.batch_size, f"{where}, 2x budget").sum()) / n
             doubled[norm][eps_key(eps)] = stronger
@@ -216,7 +226,7 @@ def masking_checks(
         todo = alive.nonzero().squeeze(1)
         broken = 0
         if todo.numel() and "square" not in settings.members():
-            square = Square(norm, eps, settings.queries)
+            square = Square(norm=norm, eps=eps, queries=settings.queries, generator=generator)
             where = f"{norm} eps {radius_text(norm, eps)}, Square"
             broken = int((~robust_correct(model, square, x[todo], y[todo], settings.batch_size, where)).sum())
         checks.append(
@@ -252,6 +262,7 @@ def evaluate_model(
 ) -> Robustness:
     """Clean, robust (l2 and linf) and certified-l2 accuracies of ``model`` on (x, y), the attacks that
     produced them, and the gradient-masking checks (``epoch`` and ``weights`` left unset)."""
+    generator = torch.Generator().manual_seed(settings.seed)
     _, clean = accuracy(model, x, y, settings.batch_size, "clean accuracy")
     accuracies: dict[str, dict[str, float]] = {}
     survivors: dict[str, dict[float, torch.Tensor]] = {}
@@ -260,7 +271,7 @@ def evaluate_model(
         accuracies[norm] = {}
         alive_at = {}
         for eps in radii:
-            attack = build_eval_attack(norm, eps, settings)
+            attack = build_eval_attack(norm, eps, settings, 1, generator)
             where = f"{norm} eps {radius_text(norm, eps)}"
             alive_at[eps] = robust_correct(model, attack, x, y, settings.batch_size, where)
             accuracies[norm][eps_key(eps)] = int(alive_at[eps].sum()) / len(y)
@@ -280,7 +291,7 @@ def evaluate_model(
     attacks["certified_l2"] = "margin > sqrt(2) * L * eps, L the Gram-iteration Lipschitz upper bound"
     checks, doubled = None, {}
     if settings.checks:
-        checks, doubled = masking_checks(model, x, y, settings, accuracies, certified, survivors)
+        checks, doubled = masking_checks(model, x, y, settings, accuracies, certified, survivors, generator)
     return Robustness(
         clean=clean, n=len(y), l2=accuracies["l2"], linf=accuracies["linf"], lipschitz_bound=lipschitz,
         certified_l2=certified, attacks=attacks, settings=asdict(settings), doubled=doubled,

@@ -114,7 +114,7 @@ def _amplitude() -> Param:
 
 
 def _first_examples(penalty: penalties.Penalty, count: int | None) -> penalties.Penalty:
-    return penalty if count is None else penalties.FirstExamples(penalty, count)
+    return penalty if count is None else penalties.FirstExamples(penalty=penalty, count=count)
 
 
 def _deformation_entry(name: str, help: str, penalty: type, weight_flag: str, deformations: Param) -> Regularizer:
@@ -123,7 +123,8 @@ def _deformation_entry(name: str, help: str, penalty: type, weight_flag: str, de
 
     def build(p: Mapping[str, Any], group: Group) -> penalties.Penalty:
         sampler = RandomDeformation(amplitude=p["amplitude"])
-        return _first_examples(penalty(p["lmbda"], p["deformations"], sampler, group=group), p["examples_per_batch"])
+        made = penalty(lmbda=p["lmbda"], deformations=p["deformations"], sampler=sampler, group=group)
+        return _first_examples(made, p["examples_per_batch"])
 
     params = (_lmbda(0.1, weight_flag), deformations, _examples_per_batch(), _amplitude())
     return _entry(name, "penalty", help, params, build)
@@ -144,30 +145,30 @@ REGISTRY: dict[str, Regularizer] = {
                    "delta_candidates"),
              _lmbda(1.0, None, strength=False)),
             lambda p, group: penalties.AdversarialPerturbationPenalty(
-                p["epsilon"], p["steps"], lmbda=p["lmbda"], candidates=p["candidates"], group=group
+                lmbda=p["lmbda"], eps=p["epsilon"], steps=p["steps"], candidates=p["candidates"], group=group
             ),
             flag="adv_perturbation_penalty",
         ),
         _entry(
             "gradient-penalty", "penalty", "||grad f||^2, the supremum input-gradient penalty",
             (_lmbda(0.1, "lmbda"),),
-            lambda p, group: penalties.GradientPenalty(p["lmbda"], group),
+            lambda p, group: penalties.GradientPenalty(lmbda=p["lmbda"], group=group),
         ),
         _entry(
             "loss-gradl2", "penalty", "grad-l2: the squared l2 norm of the loss gradient",
             (_lmbda(0.1, "lmbda"),),
-            lambda p, group: penalties.LossGradientPenalty(p["lmbda"], "l2"),
+            lambda p, group: penalties.LossGradientPenalty(lmbda=p["lmbda"], norm="l2"),
         ),
         _entry(
             "loss-gradl1", "penalty", "grad-l1: the l1 norm of the loss gradient",
             (_lmbda(0.1, "lmbda"),),
-            lambda p, group: penalties.LossGradientPenalty(p["lmbda"], "l1"),
+            lambda p, group: penalties.LossGradientPenalty(lmbda=p["lmbda"], norm="l1"),
         ),
         _entry(
             "vat", "penalty", "virtual adversarial training",
             (_lmbda(1.0, "vat_alpha"), _epsilon("radius of the virtual adversarial perturbation"),
              Param("xi", 1e-6, "positive", "finite-difference step of the power iteration", "vat_xi")),
-            lambda p, group: penalties.VATPenalty(p["lmbda"], p["epsilon"], p["xi"], group=group),
+            lambda p, group: penalties.VATPenalty(lmbda=p["lmbda"], eps=p["epsilon"], xi=p["xi"], group=group),
         ),
         _deformation_entry(
             "stability", "||f||_tau^2, stability to random deformations", penalties.DeformationStabilityPenalty,
@@ -180,7 +181,7 @@ REGISTRY: dict[str, Regularizer] = {
         _entry(
             "pgd-l2", "attack", "adversarial training with PGD in the l2 ball",
             (_epsilon("radius of the l2 ball"), _steps("PGD steps")),
-            lambda p, group: PGDL2(p["epsilon"], p["steps"], group=group),
+            lambda p, group: PGDL2(eps=p["epsilon"], steps=p["steps"], group=group),
             flag="pgdl2",
         ),
         _entry(
@@ -190,24 +191,24 @@ REGISTRY: dict[str, Regularizer] = {
              _steps("PGD steps"),
              Param("step_size", 0.01, "positive", "size of a sign step on inputs in [0, 1]", "linf_step_size",
                    maximum=1.0)),
-            lambda p, group: PGDLinf(p["epsilon"], p["steps"], p["step_size"], group=group),
+            lambda p, group: PGDLinf(eps=p["epsilon"], steps=p["steps"], step_size=p["step_size"], group=group),
             flag="pgdlinf",
         ),
         _entry(
             "project-sn", "projection", "projection of every layer on {sigma_max <= tau(epoch)} after each step",
             (Param("tau", 0.5, "positive", "final radius of the constraint", "tau", strength=True),
              Param("kappa", 2.0, "positive", "decay of the radius, tau (1 + 4 exp(-epoch / kappa))", "kappa")),
-            lambda p, group: spectral.Projection(p["tau"], p["kappa"]),
+            lambda p, group: spectral.Projection(tau=p["tau"], kappa=p["kappa"]),
         ),
         _entry(
             "penalize-sn-pi", "penalty", "spectral-norm penalty by power iteration",
-            (_lmbda(0.01, "lmbdasn"), Param("iterations", 2, "count", "power iterations per step", "nb_it")),
-            lambda p, group: spectral.SpectralNormPenalty(p["lmbda"], "power", p["iterations"]),
+            (_lmbda(0.01, "lmbdasn"), Param("steps", 2, "count", "power-iteration steps per training step", "nb_it")),
+            lambda p, group: spectral.SpectralNormPenalty(lmbda=p["lmbda"], method="power", steps=p["steps"]),
         ),
         _entry(
             "penalize-sn-svd", "penalty", "spectral-norm penalty with exact largest singular values",
             (_lmbda(0.01, "lmbdasn"),),
-            lambda p, group: spectral.SpectralNormPenalty(p["lmbda"], "svd"),
+            lambda p, group: spectral.SpectralNormPenalty(lmbda=p["lmbda"], method="svd"),
         ),
     )
 }  # fmt: skip

@@ -12,14 +12,25 @@ touched. Contents:
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Sequence
+from typing import Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._guards import check_choice, check_int, check_logits, check_nonnegative, check_positive, preserved_state
+from ._guards import (
+    check_choice,
+    check_int,
+    check_logits,
+    check_nonnegative,
+    check_positive,
+    describe,
+    preserved_state,
+)
+from .penalties import Penalty
 
 SPECTRAL_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
@@ -82,12 +93,15 @@ class Projection:
     """The spectral constraint as training uses it: after each step at ``epoch``, project every layer
     onto {sigma_max(W_mat) <= tau_schedule(tau, kappa, epoch)}."""
 
-    def __init__(self, tau: float = 0.5, kappa: float = 2.0) -> None:
+    def __init__(self, *, tau: float = 0.5, kappa: float = 2.0) -> None:
         self.tau = check_positive("tau", tau)
         self.kappa = check_positive("kappa", kappa)
 
     def radius(self, epoch: float) -> float:
         return tau_schedule(self.tau, self.kappa, epoch)
+
+    def __repr__(self) -> str:
+        return describe(self)
 
     def __call__(self, model: nn.Module, epoch: float) -> float:
         """Project ``model`` in place; returns the radius used."""
@@ -96,47 +110,75 @@ class Projection:
         return radius
 
 
-class SpectralNormPenalty:
-    """lmbda * sum_layers sigma_max(W_mat)^2.
+class SpectralNormPenalty(Penalty, nn.Module):
+    """lmbda * sum_layers sigma_max(W_mat)^2 over the model's Conv/Linear layers.
 
-    method="power": ``iters`` power-iteration steps per call from vectors kept between calls (one per
-    layer, the estimate sharpens as training goes), sigma = u^T W_mat v with u, v held constant.
-    method="svd": the exact largest singular value (top eigenvalue of the smaller Gram matrix).
+    Args:
+        lmbda: the weight.
+        method: "power": ``steps`` power-iteration steps per call from vectors kept between calls (one per
+            layer, so the estimate sharpens as training goes), sigma = u^T W_mat v with u, v held constant;
+            "svd": the exact largest eigenvalue of the smaller Gram matrix, sigma^2.
+        steps: power-iteration steps per call.
+
+    The power-iteration vectors are buffers of this module, so ``state_dict()`` carries them into a
+    checkpoint like any other state. x and y are not used.
     """
 
-    def __init__(self, lmbda: float = 0.01, method: str = "power", iters: int = 2) -> None:
-        self.lmbda = check_nonnegative("lmbda", lmbda)
+    name = "spectral-norm"
+
+    def __init__(self, *, lmbda: float = 0.01, method: str = "power", steps: int = 2) -> None:
+        nn.Module.__init__(self)
+        Penalty.__init__(self, lmbda=lmbda)
         self.method = check_choice("method", method, ("power", "svd"))
-        self.iters = check_int("iters", iters)
-        self._left_vectors: dict[str, torch.Tensor] = {}
+        self.steps = check_int("steps", steps)
+
+    @staticmethod
+    def _key(layer_name: str) -> str:
+        return "u:" + layer_name.replace(".", "/")  # buffer names cannot hold dots
 
     def _power_sigma(self, name: str, mat: torch.Tensor) -> torch.Tensor:
-        u = self._left_vectors.get(name)
-        if u is None or u.shape[0] != mat.shape[0] or u.device != mat.device:
+        key = self._key(name)
+        u = self._buffers.get(key)
+        if u is None or u.shape[0] != mat.shape[0] or u.device != mat.device or u.dtype != mat.dtype:
             u = F.normalize(torch.randn(mat.shape[0], device=mat.device, dtype=mat.dtype), dim=0)
         with torch.no_grad():
-            for _ in range(self.iters):
+            for _ in range(self.steps):
                 v = F.normalize(mat.T @ u, dim=0)
                 u = F.normalize(mat @ v, dim=0)
-        self._left_vectors[name] = u
+        self.register_buffer(key, u)
         return u @ mat @ v
 
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        """The persistent power-iteration vectors, for checkpoints."""
-        return dict(self._left_vectors)
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        for key, value in state_dict.items():  # the vectors are made on first use: make them for loading too
+            if key.startswith(prefix) and key[len(prefix) :] not in self._buffers:
+                self.register_buffer(key[len(prefix) :], torch.empty_like(value))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        self._left_vectors = dict(state)
+    def squared_sigmas(self, model: nn.Module) -> list[torch.Tensor]:
+        """sigma_max(W_mat)^2 of each layer, differentiable with respect to the weights (no square root,
+        so zero weights have a finite gradient)."""
+        layers = spectral_layers(model)
+        if not layers:
+            raise ValueError(
+                f"{type(model).__name__} has no layer the spectral-norm penalty acts on (Linear, Conv1d/2d/3d)"
+            )
+        if self.method == "svd":
+            return [torch.linalg.eigvalsh(_gram(_weight_matrix(m)))[-1].clamp_min(0) for _, m in layers]
+        return [self._power_sigma(name, _weight_matrix(m)).pow(2) for name, m in layers]
 
     def sigmas(self, model: nn.Module) -> list[torch.Tensor]:
-        """sigma_max(W_mat) of each layer, differentiable with respect to the weights."""
-        layers = spectral_layers(model)
-        if self.method == "svd":
-            return [torch.linalg.eigvalsh(_gram(_weight_matrix(m)))[-1].clamp_min(0).sqrt() for _, m in layers]
-        return [self._power_sigma(name, _weight_matrix(m)) for name, m in layers]
+        """sigma_max(W_mat) of each layer (for reading; the penalty uses ``squared_sigmas``)."""
+        return [s.sqrt() for s in self.squared_sigmas(model)]
+
+    def unweighted(self, model: nn.Module, x: torch.Tensor | None, y: torch.Tensor | None) -> torch.Tensor:
+        return torch.stack(self.squared_sigmas(model)).sum()
 
     def __call__(self, model: nn.Module, x: torch.Tensor | None = None, y: torch.Tensor | None = None) -> torch.Tensor:
-        return self.lmbda * torch.stack([s.pow(2) for s in self.sigmas(model)]).sum()
+        with torch.enable_grad():
+            return self.lmbda * self.unweighted(model, x, y)
+
+    def __repr__(self) -> str:
+        return describe(self)
 
 
 def _linear_part(layer: nn.Module, input_shape: Sequence[int]) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -272,9 +314,27 @@ def _layer_bound(module: nn.Module, input_shape: Sequence[int], iters: int) -> f
     raise TypeError(
         f"lipschitz_upper_bound has no rule for {type(module).__name__}; supported: nn.Sequential, "
         "Linear, Conv2d, ReLU/LeakyReLU/Tanh/Sigmoid, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d(1), "
-        "BatchNorm (eval), Flatten, Identity, Dropout, or any module with a "
-        "`lipschitz_upper_bound(child_bound)` method"
+        "BatchNorm (eval), Flatten, Identity, Dropout, or any module implementing spectral.LipschitzBounded "
+        "(a `lipschitz_upper_bound(child_bound)` method)"
     )
+
+
+@runtime_checkable
+class LipschitzBounded(Protocol):
+    """A module that states its own Lipschitz rule for ``lipschitz_upper_bound``.
+
+    ``lipschitz_upper_bound(child_bound)`` returns a guaranteed upper bound on the module's l2 -> l2
+    Lipschitz constant, given ``child_bound(submodule)``, the bound of any of its submodules on the inputs
+    that submodule receives. A residual block x -> x + g(x) returns 1 + child_bound(g); a block
+    x -> relu(x + g(x)) the same (ReLU is 1-Lipschitz).
+    """
+
+    def lipschitz_upper_bound(self, child_bound: Callable[[nn.Module], float]) -> float: ...
+
+
+def _reference(model: nn.Module) -> torch.Tensor:
+    """A tensor with the model's device and dtype (a float32 CPU one for a model without any)."""
+    return next(itertools.chain(model.parameters(), model.buffers()), torch.zeros(()))
 
 
 def _input_shapes(model: nn.Module, input_shape: Sequence[int]) -> dict[nn.Module, tuple[int, ...]]:
@@ -285,7 +345,7 @@ def _input_shapes(model: nn.Module, input_shape: Sequence[int]) -> dict[nn.Modul
         shapes.setdefault(module, tuple(args[0].shape[1:]))
 
     handles = [m.register_forward_pre_hook(record) for m in model.modules()]
-    param = next(model.parameters())
+    param = _reference(model)
     try:
         with preserved_state(model, mode=False), torch.no_grad():
             model(torch.zeros(1, *input_shape, device=param.device, dtype=param.dtype))
@@ -301,13 +361,13 @@ def lipschitz_upper_bound(model: nn.Module, input_shape: Sequence[int], iters: i
 
     The product over a ``nn.Sequential`` of per-layer bounds: Conv2d and Linear by Gram iteration
     (``conv_operator_norm_upper_bound``, ``gram_iteration_bound``), ReLU and non-overlapping max-pooling 1,
-    k x k average pooling with stride k 1/k; a module with a ``lipschitz_upper_bound(child_bound)``
-    method (residual blocks: the sum rule) states its own rule.
+    k x k average pooling with stride k 1/k; a module that implements ``LipschitzBounded`` (residual
+    blocks: the sum rule) states its own rule. A model without parameters is bounded all the same.
     """
     shapes = _input_shapes(model, input_shape)
 
     def bound(module: nn.Module) -> float:
-        if hasattr(module, "lipschitz_upper_bound"):
+        if isinstance(module, LipschitzBounded):
             return float(module.lipschitz_upper_bound(bound))
         if isinstance(module, nn.Sequential):
             return math.prod(bound(child) for child in module)

@@ -66,9 +66,17 @@ class Regularizers:
     attack: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor] | None = None
     projection: spectral.Projection | None = None
 
-    @property
-    def spectral_penalty(self) -> spectral.SpectralNormPenalty | None:
-        return next((p for p in self.penalties.values() if isinstance(p, spectral.SpectralNormPenalty)), None)
+    def state_dict(self) -> dict[str, dict[str, torch.Tensor]]:
+        """The state of the penalties that keep one between steps (the modules among them), on the CPU."""
+        return {
+            name: {k: v.cpu() for k, v in p.state_dict().items()}
+            for name, p in self.penalties.items()
+            if isinstance(p, nn.Module)
+        }
+
+    def load_state_dict(self, state: dict[str, dict[str, torch.Tensor]], device: torch.device) -> None:
+        for name, values in state.items():
+            self.penalties[name].load_state_dict({k: v.to(device) for k, v in values.items()})  # type: ignore[union-attr]
 
 
 def build_regularizers(config: Config, group: Group = SINGLE) -> Regularizers:
@@ -102,8 +110,8 @@ def rkhs_bracket(model: nn.Module, probe_x: torch.Tensor, probe_eps: float) -> d
     """Lower bounds (sup gradient norm, ||f||_delta / eps) on the probe batch, and the spectral upper
     bound (the product of the layers' sigma_max(W_mat)), of the model in eval mode."""
     with preserved_state(model, mode=False):
-        grad_sq = float(penalties.GradientPenalty(1.0)(model, probe_x).detach())
-        delta_sq = float(penalties.AdversarialPerturbationPenalty(probe_eps, lmbda=1.0)(model, probe_x).detach())
+        grad_sq = float(penalties.GradientPenalty(lmbda=1.0)(model, probe_x).detach())
+        delta_sq = float(penalties.AdversarialPerturbationPenalty(lmbda=1.0, eps=probe_eps)(model, probe_x).detach())
     with torch.no_grad():
         log_upper = sum(
             math.log(float(torch.linalg.matrix_norm(layer.weight.flatten(1).double(), ord=2)))
@@ -224,8 +232,7 @@ def _train(config: Config, log: Log, group: Group, rank_device: torch.device | N
         data_rng.set_state(state["rng"]["data"])
         if device.type == "cuda" and state["rng"].get("cuda") is not None:
             torch.cuda.set_rng_state(state["rng"]["cuda"], device)
-        if regs.spectral_penalty is not None:
-            regs.spectral_penalty.load_state_dict({k: v.to(device) for k, v in state["spectral"].items()})
+        regs.load_state_dict(state.get("penalties", {}), device)
     else:
         torch.manual_seed(config.seed)
     if resume.write_config and group.is_main:
@@ -291,7 +298,6 @@ def _train(config: Config, log: Log, group: Group, rank_device: torch.device | N
                 best = dict(epoch=epoch, val_acc=row.val_acc, model=_cpu_copy(model.state_dict()))
             metrics.append(row)
             if group.is_main:
-                spectral_state = regs.spectral_penalty.state_dict() if regs.spectral_penalty is not None else {}
                 rng = {
                     "torch": torch.get_rng_state(),
                     "data": data_rng.get_state(),
@@ -305,7 +311,7 @@ def _train(config: Config, log: Log, group: Group, rank_device: torch.device | N
                     metrics=[m.to_dict() for m in metrics],
                     best=best,
                     rng=rng,
-                    spectral={k: v.cpu() for k, v in spectral_state.items()},
+                    penalties=regs.state_dict(),
                 )
                 atomic_torch_save(checkpoint, run_dir / CHECKPOINT)
                 write_metrics(run_dir, metrics)
