@@ -20,6 +20,7 @@ $(STAMP): pyproject.toml
 lint: setup
 	$(BIN)/ruff check src tests bench scripts
 	$(BIN)/ruff format --check src tests bench scripts
+	$(BIN)/mypy
 
 test: lint
 	$(BIN)/python -m pytest -q

@@ -586,11 +586,11 @@ def strong(
     generator: torch.Generator | None = None,
 ) -> WorstCase:
     """APGD-CE, then APGD-T (targeted DLR), then optionally Square, each on what is still unbroken."""
-    shared = dict(norm=norm, eps=eps, clip=clip, generator=generator)
     members: list[Attack] = [
-        APGD(loss="ce", steps=steps, restarts=restarts, **shared),  # type: ignore[arg-type]
-        APGD(loss="dlr", targeted=True, n_target_classes=n_target_classes, steps=steps, **shared),  # type: ignore[arg-type]
-    ]
+        APGD(norm=norm, eps=eps, loss="ce", steps=steps, restarts=restarts, clip=clip, generator=generator),
+        APGD(norm=norm, eps=eps, loss="dlr", targeted=True, n_target_classes=n_target_classes, steps=steps,
+             clip=clip, generator=generator),
+    ]  # fmt: skip
     if square:
-        members.append(Square(queries=queries, **shared))  # type: ignore[arg-type]
+        members.append(Square(norm=norm, eps=eps, queries=queries, clip=clip, generator=generator))
     return WorstCase(attacks=members)

@@ -16,6 +16,7 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -54,7 +55,7 @@ class DataFileError(ValueError):
     file and says what was expected."""
 
 
-IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+IDX_DTYPES: dict[int, Any] = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 GZIP_MAGIC = b"\x1f\x8b"
 
 
@@ -153,7 +154,7 @@ def load_idx_dataset(name: str, root: str | os.PathLike) -> tuple[np.ndarray, ..
         hint = hints = "this subset ships with kernel_reg: reinstall the package"
     else:
         hint, hints = (f"download {what} again from {WHERE_TO_GET[name]}" for what in ("it", "them"))
-    arrays = {key: read_idx(path, hint=hint) for key, path in found.items()}
+    arrays = {key: read_idx(path, hint=hint) for key, path in found.items() if path is not None}
     for split in ("train", "test"):
         images_path, labels_path = found[f"{split}_images"], found[f"{split}_labels"]
         images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]

@@ -116,15 +116,15 @@ def build_attack(
 ) -> Attack:
     """One evaluation attack by name; ``scale`` multiplies its steps (queries) and restarts."""
     steps, restarts = settings.steps * scale, settings.restarts * scale
-    shared = dict(norm=norm, eps=eps, generator=generator)
     if name == "pgd":
         step = settings.l2_step_size if norm == "l2" else settings.linf_step_size
-        return PGD(steps=steps, step_size=step, random_start=restarts > 1, restarts=restarts, **shared)  # type: ignore[arg-type]
+        return PGD(norm=norm, eps=eps, steps=steps, step_size=step, random_start=restarts > 1, restarts=restarts,
+                   generator=generator)  # fmt: skip
     if name == "square":
-        return Square(queries=settings.queries * scale, **shared)  # type: ignore[arg-type]
+        return Square(norm=norm, eps=eps, queries=settings.queries * scale, generator=generator)
     loss = "ce" if name == "apgd-ce" else "dlr"
-    return APGD(loss=loss, targeted=name == "apgd-t", n_target_classes=settings.n_target_classes, steps=steps,
-                restarts=restarts, **shared)  # type: ignore[arg-type]  # fmt: skip
+    return APGD(norm=norm, eps=eps, loss=loss, targeted=name == "apgd-t", n_target_classes=settings.n_target_classes,
+                steps=steps, restarts=restarts, generator=generator)  # fmt: skip
 
 
 def build_eval_attack(
@@ -289,7 +289,8 @@ def evaluate_model(
         certified = {eps_key(e): spectral.certified_accuracy(model, x, y, e, lipschitz) for e in settings.l2_eps}
     attacks = {norm: describe_attacks(norm, settings) for norm in ("l2", "linf") if accuracies[norm]}
     attacks["certified_l2"] = "margin > sqrt(2) * L * eps, L the Gram-iteration Lipschitz upper bound"
-    checks, doubled = None, {}
+    checks: list[MaskingCheck] | None = None
+    doubled: dict[str, dict[str, float]] = {}
     if settings.checks:
         checks, doubled = masking_checks(model, x, y, settings, accuracies, certified, survivors, generator)
     return Robustness(

@@ -26,6 +26,9 @@ VGG16 = (64, 64, "P", 128, 128, "P", 256, 256, 256, "P", 512, 512, 512, "P", 512
 class Normalize(nn.Module):
     """(x - mean) / std per channel; mean and std are buffers, so they follow ``.to(device)``."""
 
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()
         self.register_buffer("mean", torch.tensor(mean).view(-1, 1, 1))
@@ -58,7 +61,7 @@ class BasicBlock(nn.Module):
         return child_bound(self.conv2) * child_bound(self.conv1) + child_bound(self.shortcut)
 
 
-def _kaiming_init(model: nn.Module) -> nn.Module:
+def _kaiming_init(model: nn.Sequential) -> nn.Sequential:
     """Convolutions: N(0, 2 / (kh * kw * out)), biases zero (the original's initialisation)."""
     for module in model.modules():
         if isinstance(module, nn.Conv2d):

@@ -180,7 +180,8 @@ class GradientPenalty(SupremumPenalty):
 
     def search(self, model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         _, grads = class_input_gradients(model, x)  # (n, k, *shape)
-        return grads.flatten(2).pow(2).sum(2).max(0)  # (k,) scores and winning examples
+        scores, winners = grads.flatten(2).pow(2).sum(2).max(0)  # (k,) each
+        return scores, winners
 
     def terms(self, model: nn.Module, x: torch.Tensor, winners: torch.Tensor) -> torch.Tensor:
         return _selected_class_gradients(model, x[winners]).flatten(1).pow(2).sum(1)
@@ -228,7 +229,7 @@ class AdversarialPerturbationPenalty(SupremumPenalty):
         """One normalised ascent step and projection, for a batch of (pair, *shape) perturbations."""
         return project_l2(delta + self.step_size * normalize_l2(grad), self.eps)
 
-    def _ascend(self, model: nn.Module, x_pool: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    def _ascend(self, model: nn.Module, x_pool: torch.Tensor, delta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The remaining steps for pairs (class j, x_pool[j, i]) from ``delta`` (k, m, *shape): the final
         perturbations and f_j(x_pool[j, i] + d) (k, m)."""
         k, m = x_pool.shape[:2]
@@ -285,6 +286,7 @@ class LossGradientPenalty(Penalty):
             raise ValueError(f"{self.name} needs the labels y of shape ({x.shape[0]},), got {got}")
 
     def unweighted(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        assert y is not None  # check_inputs
         x_in = x.requires_grad_(True)
         logits = check_logits(model(x_in), x.shape[0])
         loss = F.cross_entropy(logits, y, reduction="sum")

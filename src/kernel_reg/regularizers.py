@@ -19,12 +19,12 @@ from typing import Any, Union
 
 from . import penalties, spectral
 from ._guards import check_int, check_nonnegative, check_positive
-from .attacks import PGDL2, PGDLinf
+from .attacks import PGDL2, Attack, PGDLinf
 from .deformations import RandomDeformation
 from .distributed import SINGLE, Group
 
 Value = Union[float, int, None]
-Built = Union[penalties.Penalty, PGDL2, PGDLinf, spectral.Projection]
+Built = Union[penalties.Penalty, Attack, spectral.Projection]
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -233,8 +234,7 @@ def selection_table(runs: list[RunSummary]) -> str:
     for members in settings.values():
         method = members[0].method
         tried[method] += 1
-        mean_val = statistics.mean(r.best.val_acc for r in members)  # type: ignore[misc]
-        if method not in chosen or mean_val > statistics.mean(r.best.val_acc for r in chosen[method]):  # type: ignore[misc]
+        if method not in chosen or _mean_val(members) > _mean_val(chosen[method]):
             chosen[method] = members
     lines = [
         "| method | selected hyperparameters | settings tried | seeds | val acc | test acc (mean +- std) "
@@ -245,13 +245,18 @@ def selection_table(runs: list[RunSummary]) -> str:
         params = hyperparameter_text(members[0].config) or "-"
         tests = [100 * r.best.test_acc for r in members]
         spread = statistics.stdev(tests) if len(tests) > 1 else 0.0
-        val = statistics.mean(100 * r.best.val_acc for r in members)  # type: ignore[operator]
+        val = 100 * _mean_val(members)
         test = f"{statistics.mean(tests):.1f} +- {spread:.1f}"
         pooled = ", ".join(sorted(r.name for r in members))
         lines.append(f"| {method} | {params} | {tried[method]} | {len(members)} | {val:.1f} | {test} | {pooled} |")
     if duplicates:
         lines += ["", "Counted once: " + "; ".join(duplicates) + "."]
     return "\n".join(lines) + "\n"
+
+
+def _mean_val(runs: list[RunSummary]) -> float:
+    """Mean best validation accuracy of runs that all have one."""
+    return statistics.mean(r.best.val_acc or 0.0 for r in runs)
 
 
 def _label(run: RunSummary) -> str:
@@ -335,7 +340,7 @@ def plot_tradeoff(runs: list[RunSummary], path: Path, norm: str = "l2") -> bool:
     return True
 
 
-def _save(fig, path: Path) -> None:  # type: ignore[no-untyped-def]
+def _save(fig: Any, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     path.parent.mkdir(parents=True, exist_ok=True)

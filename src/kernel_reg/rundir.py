@@ -71,7 +71,11 @@ def _atomic(path: Path, write: Callable[[IO[bytes]], None]) -> None:
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file and a rename."""
-    _atomic(Path(path), lambda f: f.write(text.encode()))
+
+    def write(f: IO[bytes]) -> None:
+        f.write(text.encode())
+
+    _atomic(Path(path), write)
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:

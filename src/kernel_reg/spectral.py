@@ -15,7 +15,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable, Sequence
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, Union, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -33,14 +33,16 @@ from ._guards import (
 from .penalties import Penalty
 
 SPECTRAL_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+Layer = Union[nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d]
 
 
-def spectral_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+def spectral_layers(model: nn.Module) -> list[tuple[str, Layer]]:
     """The (name, module) pairs whose weights the spectral constraint and penalty act on."""
     return [(name, m) for name, m in model.named_modules() if isinstance(m, SPECTRAL_LAYERS)]
 
 
-def _weight_matrix(layer: nn.Module) -> torch.Tensor:
+def weight_matrix(layer: Layer) -> torch.Tensor:
+    """W_mat: the weight reshaped to (out, -1)."""
     return layer.weight.reshape(layer.weight.shape[0], -1)
 
 
@@ -76,7 +78,7 @@ def project_(model: nn.Module, tau: float) -> None:
     """Project every Conv/Linear weight in place onto {sigma_max(W_mat) <= tau} (call after optimizer.step())."""
     tau = check_positive("tau", tau)
     for _, layer in spectral_layers(model):
-        mat = _weight_matrix(layer)
+        mat = weight_matrix(layer)
         clipped = clip_singular_values(mat, tau)
         if clipped is not mat:
             layer.weight.copy_(clipped.view_as(layer.weight))
@@ -148,7 +150,7 @@ class SpectralNormPenalty(Penalty, nn.Module):
         self.register_buffer(key, u)
         return u @ mat @ v
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
         for key, value in state_dict.items():  # the vectors are made on first use: make them for loading too
             if key.startswith(prefix) and key[len(prefix) :] not in self._buffers:
                 self.register_buffer(key[len(prefix) :], torch.empty_like(value))
@@ -163,8 +165,8 @@ class SpectralNormPenalty(Penalty, nn.Module):
                 f"{type(model).__name__} has no layer the spectral-norm penalty acts on (Linear, Conv1d/2d/3d)"
             )
         if self.method == "svd":
-            return [torch.linalg.eigvalsh(_gram(_weight_matrix(m)))[-1].clamp_min(0) for _, m in layers]
-        return [self._power_sigma(name, _weight_matrix(m)).pow(2) for name, m in layers]
+            return [torch.linalg.eigvalsh(_gram(weight_matrix(m)))[-1].clamp_min(0) for _, m in layers]
+        return [self._power_sigma(name, weight_matrix(m)).pow(2) for name, m in layers]
 
     def sigmas(self, model: nn.Module) -> list[torch.Tensor]:
         """sigma_max(W_mat) of each layer (for reading; the penalty uses ``squared_sigmas``)."""
@@ -243,8 +245,10 @@ def _conv_padding(conv: nn.Conv2d) -> tuple[int, int]:
     if conv.padding == "valid":
         return 0, 0
     if conv.padding == "same":
-        return tuple((k - 1) * d for k, d in zip(conv.kernel_size, conv.dilation))  # type: ignore[return-value]
-    return 2 * conv.padding[0], 2 * conv.padding[1]
+        (kh, kw), (dh, dw) = _pair(conv.kernel_size), _pair(conv.dilation)
+        return (kh - 1) * dh, (kw - 1) * dw
+    ph, pw = _pair(conv.padding)
+    return 2 * ph, 2 * pw
 
 
 def conv_operator_norm_upper_bound(conv: nn.Conv2d, input_size: Sequence[int], iters: int = 12) -> float:
@@ -279,11 +283,14 @@ def conv_operator_norm_upper_bound(conv: nn.Conv2d, input_size: Sequence[int], i
     return float(gram_iteration_bound(blocks, iters).max())
 
 
-def _pool_overlap(kernel: int | Sequence[int], stride: int | Sequence[int] | None) -> tuple[int, int]:
+def _pair(value: Any) -> tuple[int, int]:
+    return (int(value), int(value)) if isinstance(value, int) else (int(value[0]), int(value[1]))
+
+
+def _pool_overlap(kernel: Any, stride: Any) -> tuple[int, int]:
     """(number of inputs per window, largest number of windows an input belongs to)."""
-    kh, kw = (kernel, kernel) if isinstance(kernel, int) else kernel
-    stride = kernel if stride is None else stride
-    sh, sw = (stride, stride) if isinstance(stride, int) else stride
+    kh, kw = _pair(kernel)
+    sh, sw = _pair(kernel if stride is None else stride)
     return kh * kw, math.ceil(kh / sh) * math.ceil(kw / sw)
 
 
@@ -306,7 +313,7 @@ def _layer_bound(module: nn.Module, input_shape: Sequence[int], iters: int) -> f
         return math.sqrt(overlap / size)
     if isinstance(module, nn.AdaptiveAvgPool2d) and module.output_size in (1, (1, 1)):
         return 1.0 / math.sqrt(input_shape[-1] * input_shape[-2])
-    if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.track_running_stats:
+    if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.running_var is not None:
         scale = (module.running_var + module.eps).rsqrt()
         if module.weight is not None:
             scale = scale * module.weight.detach().abs()

@@ -137,9 +137,10 @@ def run_name(config: Config) -> str:
         k: v for k, v in now.items() if v != base.get(k) and k not in ("regs", *SEED_FIELDS, *shown) and "." not in k
     }
     tokens = [_token(k, v) for k, v in others.items()]
-    if None in tokens or len("_".join(tokens)) > MAX_OTHERS:  # type: ignore[arg-type]
+    plain = [t for t in tokens if t is not None]
+    if len(plain) < len(tokens) or len("_".join(plain)) > MAX_OTHERS:
         return "_".join(head + seeds + ["h" + short_hash(json.dumps(others, sort_keys=True, default=str))])
-    return "_".join(head + tokens + seeds)  # type: ignore[arg-type]
+    return "_".join(head + plain + seeds)
 
 
 def expand(base: Config, grids: Sequence[Grid], seeds: int, defaults: Mapping[str, Any] | None = None) -> list[Config]:
@@ -237,7 +238,7 @@ class Cluster:
     mem_gb: int | None = None
 
 
-def make_executor(folder: Path, cluster: Cluster):  # type: ignore[no-untyped-def]
+def make_executor(folder: Path, cluster: Cluster) -> Any:
     import submitit
 
     executor = submitit.AutoExecutor(folder=folder, cluster=cluster.kind)
@@ -279,8 +280,9 @@ def run_sweep(
     return _run_locally(executor, arguments, cluster.jobs, log)
 
 
-def _run_locally(executor, arguments: list[tuple], jobs: int, log: Callable[[str], None]) -> list[dict]:  # type: ignore[no-untyped-def]
-    pending, running, outcomes = list(arguments), [], []
+def _run_locally(executor: Any, arguments: list[tuple], jobs: int, log: Callable[[str], None]) -> list[dict]:
+    pending, outcomes = list(arguments), []
+    running: list[tuple[Any, str]] = []
     while pending or running:
         while pending and len(running) < jobs:
             args = pending.pop(0)

@@ -20,6 +20,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from . import distributed, penalties, regularizers, spectral
 from ._guards import preserved_state
+from .attacks import Attack
 from .config import Config, differences
 from .data import Splits, batches, random_crop_flip
 from .deformations import RandomDeformation
@@ -63,7 +64,7 @@ class Regularizers:
     """What the configuration asks for, built: named penalties, an optional attack, an optional projection."""
 
     penalties: dict[str, penalties.Penalty] = field(default_factory=dict)
-    attack: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+    attack: Attack | None = None
     projection: spectral.Projection | None = None
 
     def state_dict(self) -> dict[str, dict[str, torch.Tensor]]:
@@ -76,7 +77,9 @@ class Regularizers:
 
     def load_state_dict(self, state: dict[str, dict[str, torch.Tensor]], device: torch.device) -> None:
         for name, values in state.items():
-            self.penalties[name].load_state_dict({k: v.to(device) for k, v in values.items()})  # type: ignore[union-attr]
+            module = self.penalties[name]
+            assert isinstance(module, nn.Module)
+            module.load_state_dict({k: v.to(device) for k, v in values.items()})
 
 
 def build_regularizers(config: Config, group: Group = SINGLE) -> Regularizers:
@@ -85,13 +88,12 @@ def build_regularizers(config: Config, group: Group = SINGLE) -> Regularizers:
     built = Regularizers()
     for setting in config.regs:
         made = regularizers.build(setting.name, dict(setting.params), group)
-        kind = regularizers.REGISTRY[setting.name].kind
-        if kind == "attack":
-            built.attack = made  # type: ignore[assignment]
-        elif kind == "projection":
-            built.projection = made  # type: ignore[assignment]
+        if isinstance(made, Attack):
+            built.attack = made
+        elif isinstance(made, spectral.Projection):
+            built.projection = made
         else:
-            built.penalties[setting.name] = made  # type: ignore[assignment]
+            built.penalties[setting.name] = made
     return built
 
 
@@ -113,8 +115,8 @@ def rkhs_bracket(model: nn.Module, probe_x: torch.Tensor, probe_eps: float) -> d
         grad_sq = float(penalties.GradientPenalty(lmbda=1.0)(model, probe_x).detach())
         delta_sq = float(penalties.AdversarialPerturbationPenalty(lmbda=1.0, eps=probe_eps)(model, probe_x).detach())
     with torch.no_grad():
-        log_upper = sum(
-            math.log(float(torch.linalg.matrix_norm(layer.weight.flatten(1).double(), ord=2)))
+        log_upper = math.fsum(
+            math.log(float(torch.linalg.matrix_norm(spectral.weight_matrix(layer).double(), ord=2)))
             for _, layer in spectral.spectral_layers(model)
         )
     return dict(
