@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from kernel_reg import models, penalties, regularizers
+from kernel_reg.training import Regularizers, step
 
 K, STEPS = 10, 5  # classes; inner steps of ||f||_delta^2 and PGD
 
@@ -71,33 +72,20 @@ def run_child(model_name: str, config_name: str, steps: int, warmup: int, device
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     x = torch.rand(128, *shape, device=device)
     y = torch.randint(0, K, (128,), device=device)
+    name, params = CONFIGS["adv-perturbation" if config_name == REPLICATED else config_name][:2]
+    built = {}
     if config_name == REPLICATED:
-        made: object = penalties.AdversarialPerturbationPenalty(eps=1.0, steps=STEPS, chunk_size=K * 128)
-        kind = "penalty"
-    elif CONFIGS[config_name][0] is None:
-        made, kind = None, "plain"
-    else:
-        name, params = CONFIGS[config_name][:2]
-        made = regularizers.build(name, {**regularizers.lookup(name).defaults(), **params})
-        kind = regularizers.lookup(name).kind
-
-    def step() -> None:
-        inputs = made(model, x, y) if kind == "attack" else x  # type: ignore[operator]
-        loss = F.cross_entropy(model(inputs), y)
-        if kind == "penalty":
-            loss = loss + made(model, inputs, y)  # type: ignore[operator]
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if kind == "projection":
-            made(model, epoch=1000)  # type: ignore[operator]  # the radius has decayed to tau
+        built[config_name] = penalties.AdversarialPerturbationPenalty(eps=1.0, steps=STEPS, chunk_size=K * 128)
+    elif name is not None:
+        built[name] = regularizers.build(name, {**regularizers.lookup(name).defaults(), **params})
+    regs = Regularizers.of(built)
 
     times = []
     for i in range(warmup + steps):
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         began = time.perf_counter()
-        step()
+        step(model, x, y, regs, optimizer, epoch=1000)  # at epoch 1000 the projection radius has decayed to tau
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         if i >= warmup:

@@ -30,3 +30,30 @@ def batch() -> tuple[torch.Tensor, torch.Tensor]:
     x = torch.rand(6, 1, 6, 6, generator=generator, dtype=torch.float64)
     y = torch.randint(0, 5, (6,), generator=generator)
     return x, y
+
+
+# The tiny run every end-to-end test trains: 64 embedded images, a width-4 VGG-5, two epochs.
+TINY_FIELDS = dict(
+    data_dir="embedded", n_train=64, n_val=64, n_test=64, width=4, batch_size=32, num_epochs=2, eval_delta=1,
+    probe_size=16,
+)  # fmt: skip
+CHEAP = dict(steps=2, deformations=2)  # cheap inner loops, for whichever regularizer takes them
+
+
+@pytest.fixture
+def tiny():
+    """``tiny(root, **changes)``: the tiny run's Config under ``root``, with ``changes`` (fields and
+    regularizer keys) and cheap inner loops."""
+    from kernel_reg.config import preset_config
+
+    def make(root, **changes):
+        values = {**TINY_FIELDS, "root": str(root), **changes}
+        return preset_config("fmnist1000_vgg5", **values).updated(CHEAP, strict=False)
+
+    return make
+
+
+@pytest.fixture
+def tiny_flags():
+    """The tiny run as command-line flags."""
+    return [item for key, value in TINY_FIELDS.items() for item in (f"--{key.replace('_', '-')}", str(value))]

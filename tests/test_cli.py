@@ -16,11 +16,6 @@ import torch
 from kernel_reg.cli import build_parser, config_from_args, main
 from kernel_reg.rundir import read_config, read_metrics
 
-TINY = [
-    "--data-dir", "embedded", "--n-train", "64", "--n-val", "64", "--n-test", "64", "--width", "4",
-    "--batch-size", "32", "--num-epochs", "2", "--eval-delta", "1", "--probe-size", "16",
-]  # fmt: skip
-
 
 def parse(*argv):
     return config_from_args(build_parser().parse_args(["train", *argv]))
@@ -81,10 +76,10 @@ def test_bad_input_is_one_line_and_exit_code_2(argv, names, capsys):
     assert names in err and err.count("\n") == 1
 
 
-def test_train_evaluate_report_end_to_end(tmp_path):
+def test_train_evaluate_report_end_to_end(tmp_path, tiny_flags):
     root = tmp_path / "runs"
     for name, regs in (("base", []), ("gp", ["--reg_gradient_penalty"]), ("adv", ["--reg", "pgd-l2", "--steps", "2"])):
-        argv = ["train", *TINY, "--root", str(root), "--name", name, *regs]
+        argv = ["train", *tiny_flags, "--root", str(root), "--name", name, *regs]
         completed = subprocess.run([sys.executable, "-m", "kernel_reg", *argv], capture_output=True, text=True)
         assert completed.returncode == 0, completed.stderr
         assert "epoch 1, train_loss" in completed.stdout
@@ -132,9 +127,9 @@ def one_error_line(completed, *fragments):
         assert fragment in completed.stderr, completed.stderr
 
 
-def test_a_closed_stdout_never_stops_a_run(tmp_path):
+def test_a_closed_stdout_never_stops_a_run(tmp_path, tiny_flags):
     """`kernel-reg train ... | head -1`: training goes on to its last epoch, quietly, and exits 0."""
-    command = [sys.executable, "-m", "kernel_reg", "train", *TINY, "--root", str(tmp_path), "--num-epochs", "4"]
+    command = [sys.executable, "-m", "kernel_reg", "train", *tiny_flags, "--root", str(tmp_path), "--num-epochs", "4"]
     piped = subprocess.run(["bash", "-c", "set -o pipefail; " + " ".join(command) + " | head -1"],
                            capture_output=True, text=True)  # fmt: skip
     assert piped.returncode == 0 and piped.stdout.startswith("epoch 0") and piped.stderr == "", piped.stderr
@@ -146,9 +141,9 @@ def test_a_closed_stdout_never_stops_a_run(tmp_path):
     assert (tmp_path / "report.md").is_file()
 
 
-def test_a_run_folder_in_use_is_refused_naming_its_holder(tmp_path):
+def test_a_run_folder_in_use_is_refused_naming_its_holder(tmp_path, tiny_flags):
     first = subprocess.Popen(
-        [sys.executable, "-m", "kernel_reg", "train", *TINY, "--root", str(tmp_path), "--num-epochs", "100000",
+        [sys.executable, "-m", "kernel_reg", "train", *tiny_flags, "--root", str(tmp_path), "--num-epochs", "100000",
          "--reg", "gradient-penalty", "--lmbda", "0.01"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
@@ -158,7 +153,7 @@ def test_a_run_folder_in_use_is_refused_naming_its_holder(tmp_path):
         while not read_metrics(run_dir):  # trained one epoch: certainly holding the lock
             assert time.time() < deadline and first.poll() is None
             time.sleep(0.1)
-        second = kernel_reg("train", *TINY, "--root", str(tmp_path), "--reg", "gradient-penalty", "--lmbda", "5")
+        second = kernel_reg("train", *tiny_flags, "--root", str(tmp_path), "--reg", "gradient-penalty", "--lmbda", "5")
         one_error_line(second, f"{run_dir} is in use by pid {first.pid}", "(kernel-reg train)")
         evaluated = kernel_reg("evaluate", str(run_dir), "--eps-l2", "0.5", "--eps-linf")
         one_error_line(evaluated, f"in use by pid {first.pid}")
@@ -166,7 +161,7 @@ def test_a_run_folder_in_use_is_refused_naming_its_holder(tmp_path):
     finally:
         first.kill()
         first.wait()
-    refused = kernel_reg("train", *TINY, "--root", str(tmp_path), "--reg", "gradient-penalty", "--lmbda", "5")
+    refused = kernel_reg("train", *tiny_flags, "--root", str(tmp_path), "--reg", "gradient-penalty", "--lmbda", "5")
     one_error_line(refused, "holds a run with another configuration (gradient-penalty.lmbda: saved 0.01, now 5.0")
 
 
@@ -179,9 +174,9 @@ def _read_only(folder):
     return None if probe.returncode else ["unshare", "-rm", "sh", "-c", f'{mount} && exec "$@"', "-"]
 
 
-def test_read_only_folders_fail_at_once_in_one_line(tmp_path):
+def test_read_only_folders_fail_at_once_in_one_line(tmp_path, tiny_flags):
     root = tmp_path / "runs"
-    assert kernel_reg("train", *TINY, "--root", str(root), "--num-epochs", "1").returncode == 0
+    assert kernel_reg("train", *tiny_flags, "--root", str(root), "--num-epochs", "1").returncode == 0
     run_dir = root / "fmnist1000_vgg5" / "tmp"
     if os.geteuid() != 0:
         os.chmod(run_dir, 0o555)
@@ -196,7 +191,7 @@ def test_read_only_folders_fail_at_once_in_one_line(tmp_path):
     huge = ["--eps-l2", "0.5", "--eps-linf", "--attack-steps", "1000000", "--eval-n-test", "64"]
     evaluated = subprocess.run([*python, "evaluate", str(run_dir), *huge], capture_output=True, text=True, timeout=120)
     one_error_line(evaluated, f"{run_dir} is not writable")
-    trained = subprocess.run([*python, "train", *TINY, "--root", str(root), "--name", "new"], capture_output=True,
+    trained = subprocess.run([*python, "train", *tiny_flags, "--root", str(root), "--name", "new"], capture_output=True,
                              text=True, timeout=120)  # fmt: skip
     one_error_line(trained, "is not writable")
     reported = subprocess.run([*python, "report", str(root)], capture_output=True, text=True, timeout=120)
@@ -227,32 +222,32 @@ def test_a_bad_grid_file_is_one_line(tmp_path, capsys, text, message):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
-def test_cuda_on_a_machine_without_it_is_one_line(tmp_path):
-    trained = kernel_reg("train", *TINY, "--root", str(tmp_path), "--device", "cuda")
+def test_cuda_on_a_machine_without_it_is_one_line(tmp_path, tiny_flags):
+    trained = kernel_reg("train", *tiny_flags, "--root", str(tmp_path), "--device", "cuda")
     one_error_line(trained, "device 'cuda': CUDA is not available on this machine; use --device cpu")
     assert not (tmp_path / "fmnist1000_vgg5" / "tmp").exists()
-    missing = kernel_reg("train", *TINY[2:], "--root", str(tmp_path), "--data-dir", str(tmp_path / "nowhere"))
+    missing = kernel_reg("train", *tiny_flags[2:], "--root", str(tmp_path), "--data-dir", str(tmp_path / "nowhere"))
     one_error_line(missing, f"fashion-mnist: looked in {tmp_path / 'nowhere'}")
     assert not (tmp_path / "fmnist1000_vgg5" / "tmp").exists()  # a run that failed before writing leaves nothing
 
 
-def test_damaged_run_files_are_named_in_one_line(tmp_path):
-    assert kernel_reg("train", *TINY, "--root", str(tmp_path), "--num-epochs", "1").returncode == 0
+def test_damaged_run_files_are_named_in_one_line(tmp_path, tiny_flags):
+    assert kernel_reg("train", *tiny_flags, "--root", str(tmp_path), "--num-epochs", "1").returncode == 0
     run_dir = tmp_path / "fmnist1000_vgg5" / "tmp"
     flags = ["--eps-l2", "0.5", "--eps-linf", "--attack-steps", "2", "--no-checks", "--eval-n-test", "64"]
     checkpoint = (run_dir / "checkpoint.pt").read_bytes()
     (run_dir / "checkpoint.pt").write_bytes(checkpoint[:100])
     one_error_line(kernel_reg("evaluate", str(run_dir), *flags), "checkpoint.pt is unreadable")
     one_error_line(
-        kernel_reg("train", *TINY, "--root", str(tmp_path), "--num-epochs", "2"), "checkpoint.pt is unreadable"
+        kernel_reg("train", *tiny_flags, "--root", str(tmp_path), "--num-epochs", "2"), "checkpoint.pt is unreadable"
     )
     assert (run_dir / "checkpoint.pt").read_bytes() == checkpoint[:100]  # never started over
     (run_dir / "config.json").write_text("{")
     one_error_line(kernel_reg("evaluate", str(run_dir), *flags), f"{run_dir}/config.json is not valid JSON")
 
 
-def test_evaluation_names_the_weights_it_used_and_shows_progress_only_on_a_terminal(tmp_path):
-    trained = kernel_reg("train", *TINY, "--root", str(tmp_path), "--num-epochs", "2", "--n-val", "0")
+def test_evaluation_names_the_weights_it_used_and_shows_progress_only_on_a_terminal(tmp_path, tiny_flags):
+    trained = kernel_reg("train", *tiny_flags, "--root", str(tmp_path), "--num-epochs", "2", "--n-val", "0")
     assert trained.returncode == 0
     run_dir = tmp_path / "fmnist1000_vgg5" / "tmp"
     flags = ["--eps-l2", "0.5", "--eps-linf", "8", "--attack-steps", "2", "--no-checks", "--eval-batch-size", "16"]

@@ -218,16 +218,11 @@ def test_a_seeded_attack_repeats_exactly_and_leaves_the_global_rng_alone(name):
 
 
 @pytest.mark.cuda
-def test_a_tiny_training_run_on_a_gpu(tmp_path):
+def test_a_tiny_training_run_on_a_gpu(tmp_path, tiny):
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device")
-    from kernel_reg.config import preset_config
     from kernel_reg.training import train
 
-    config = preset_config(
-        "fmnist1000_vgg5", data_dir="embedded", n_train=64, n_val=64, n_test=64, width=4, batch_size=32,
-        num_epochs=2, eval_delta=1, root=str(tmp_path), probe_size=16, device="cuda",
-        regs=("gradient-penalty", "pgd-l2", "penalize-sn-pi"), steps=2,
-    )  # fmt: skip
+    config = tiny(tmp_path, device="cuda", regs=("gradient-penalty", "pgd-l2", "penalize-sn-pi"))
     metrics = train(config, log=lambda _: None)
     assert [m.epoch for m in metrics] == [0, 1] and all(math.isfinite(m.train_loss) for m in metrics)

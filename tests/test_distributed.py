@@ -8,15 +8,13 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from kernel_reg import spectral
 from kernel_reg.config import preset_config
 from kernel_reg.distributed import SINGLE, Group
 from kernel_reg.regularizers import NAMES as REGULARIZERS
-from kernel_reg.training import build_regularizers
+from kernel_reg.training import build_regularizers, step
 
 WORLD = 2
 
@@ -48,15 +46,7 @@ def one_step(reg: str, group: Group) -> dict[str, torch.Tensor]:
     x, y = x[shard], y[shard]
     torch.manual_seed(1)  # one RNG stream, alike on every rank and in the single process
     for _ in range(2):  # two steps: momentum and persistent power-iteration vectors are exercised too
-        inputs = regs.attack(model, x, y) if regs.attack is not None else x
-        loss = F.cross_entropy(trained(inputs), y)
-        for penalty in regs.penalties.values():
-            loss = loss + penalty(model, inputs, y)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        if regs.projection is not None:
-            spectral.project_(model, 0.5)
+        step(model, x, y, regs, optimizer, epoch=100, trained=trained, group=group)
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     for name, values in regs.state_dict().items():  # the persistent power-iteration vectors
         state.update({f"{name}:{k}": v.clone() for k, v in values.items()})

@@ -95,7 +95,9 @@ def test_apgd_and_square_stay_in_the_ball_and_the_range(norm):
 
 def test_apgd_checkpoints_follow_the_paper():
     # p = 0, 0.22, 0.41, 0.57, 0.70, 0.80, 0.87, 0.93, 0.99 (then > 1)
-    assert attacks._apgd_checkpoints(100) == [22, 41, 57, 70, 80, 87, 93, 99]
+    from kernel_reg.attacks.apgd import _apgd_checkpoints
+
+    assert _apgd_checkpoints(100) == [22, 41, 57, 70, 80, 87, 93, 99]
 
 
 @pytest.fixture(scope="module")

@@ -17,18 +17,10 @@ from kernel_reg.sweep import Cluster, expand, finished, load_grid_file, normaliz
 from kernel_reg.training import train
 
 
-def base(root, **changes):
-    values = dict(
-        data_dir="embedded", n_train=64, n_val=64, n_test=64, width=4, batch_size=32, num_epochs=2,
-        eval_delta=1, root=str(root), probe_size=16,
-    )  # fmt: skip
-    return preset_config("fmnist1000_vgg5", **{**values, **changes})
-
-
-def test_grids_expand_to_named_typed_runs(tmp_path):
+def test_grids_expand_to_named_typed_runs(tmp_path, tiny):
     grid = parse_grid("reg=gradient-penalty+project-sn lmbda=0.01,0.1 tau=1.5")
     assert grid == {"regs": [("gradient-penalty", "project-sn")], "lmbda": [0.01, 0.1], "tau": [1.5]}
-    configs = expand(base(tmp_path), [grid, parse_grid("reg=none")], seeds=2)
+    configs = expand(tiny(tmp_path), [grid, parse_grid("reg=none")], seeds=2)
     flags = "h" + short_hash(json.dumps(identity_changes(configs[2]), sort_keys=True))  # the sweep's own flags
     assert [c.name for c in configs] == [
         f"gradient-penalty+project-sn_lmbda0.01_tau1.5_s0_{flags}",
@@ -39,20 +31,20 @@ def test_grids_expand_to_named_typed_runs(tmp_path):
         f"none_s1_{flags}",
     ]
     assert [c.shuf_seed for c in configs] == [0, 0, 0, 1, 1, 1] and configs[1].reg("gradient-penalty")["lmbda"] == 0.1
-    restricted = expand(base(tmp_path), [parse_grid("reg=adv-perturbation epsilon=0.3 delta_candidates=16")], 1)
+    restricted = expand(tiny(tmp_path), [parse_grid("reg=adv-perturbation epsilon=0.3 delta_candidates=16")], 1)
     assert restricted[0].name.startswith("adv-perturbation_epsilon0.3_candidates16_s0")
     (tmp_path / "grid.yaml").write_text("- reg: [pgd-l2]\n  epsilon: [0.5, 1.0]\n- {reg: [none]}\n")
     assert load_grid_file(tmp_path / "grid.yaml") == [{"regs": [("pgd-l2",)], "epsilon": [0.5, 1.0]}, {"regs": [()]}]
     (tmp_path / "grid.json").write_text(json.dumps({"reg": "vat", "vat_alpha": [1, 2]}))
     assert load_grid_file(tmp_path / "grid.json") == [{"regs": [("vat",)], "vat_alpha": [1, 2]}]
-    vat = expand(base(tmp_path), load_grid_file(tmp_path / "grid.json"), 1)
+    vat = expand(tiny(tmp_path), load_grid_file(tmp_path / "grid.json"), 1)
     assert [c.reg("vat")["lmbda"] for c in vat] == [1.0, 2.0]  # --vat_alpha is VAT's weight
     with pytest.raises(ValueError, match="unknown key 'lmbd'"):
         parse_grid("lmbd=0.1")
     with pytest.raises(ValueError, match="regularizer must be one of"):
-        expand(base(tmp_path), [parse_grid("reg=dropout")], 1)
+        expand(tiny(tmp_path), [parse_grid("reg=dropout")], 1)
     with pytest.raises(ValueError, match="lmbda applies to gradient-penalty, loss-gradl1, loss-gradl2"):
-        expand(base(tmp_path), [parse_grid("reg=none lmbda=0.1")], 1)
+        expand(tiny(tmp_path), [parse_grid("reg=none lmbda=0.1")], 1)
 
 
 @pytest.mark.parametrize(
@@ -101,25 +93,25 @@ def test_a_run_name_is_a_function_of_the_configuration_alone(tmp_path):
         assert config == config.replace(name=run_name(config))
 
 
-def test_a_sweep_that_would_share_a_folder_is_refused(tmp_path, monkeypatch):
+def test_a_sweep_that_would_share_a_folder_is_refused(tmp_path, monkeypatch, tiny):
     from kernel_reg import sweep
 
     monkeypatch.setattr(sweep, "run_name", lambda config: "same")
     with pytest.raises(ValueError, match="two grid points map to the run folder same"):
-        expand(base(tmp_path), [parse_grid("reg=none lr=0.01,0.1")], 1)
+        expand(tiny(tmp_path), [parse_grid("reg=none lr=0.01,0.1")], 1)
 
 
-def test_sweep_flags_for_hyperparameters_apply_where_a_regularizer_takes_them(tmp_path):
+def test_sweep_flags_for_hyperparameters_apply_where_a_regularizer_takes_them(tmp_path, tiny):
     grids = [parse_grid("reg=pgd-l2 epsilon=0.5"), parse_grid("reg=none")]
-    configs = expand(base(tmp_path), grids, 1, defaults={"steps": 3})
+    configs = expand(tiny(tmp_path), grids, 1, defaults={"steps": 3})
     assert configs[0].reg("pgd-l2")["steps"] == 3 and configs[1].regs == ()
     with pytest.raises(ValueError, match="tau: no regularizer of the grid takes it"):
-        expand(base(tmp_path), grids, 1, defaults={"tau": 1.0})
+        expand(tiny(tmp_path), grids, 1, defaults={"tau": 1.0})
 
 
-def test_local_sweep_runs_skips_finished_runs_and_resumes_unfinished_ones(tmp_path):
+def test_local_sweep_runs_skips_finished_runs_and_resumes_unfinished_ones(tmp_path, tiny):
     grids = [parse_grid("reg=gradient-penalty lmbda=0.01,1"), parse_grid("reg=none")]
-    configs = expand(base(tmp_path), grids, seeds=2)
+    configs = expand(tiny(tmp_path), grids, seeds=2)
     lines = []
     results = run_sweep(configs, Cluster("local", jobs=2), log=lines.append)
     assert len(results) == 6 and lines[0] == "sweep: 6 runs, 0 finished, 6 to run"
@@ -128,7 +120,7 @@ def test_local_sweep_runs_skips_finished_runs_and_resumes_unfinished_ones(tmp_pa
     lines.clear()
     assert run_sweep(configs, Cluster("local", jobs=2), log=lines.append) == []
     assert lines == ["sweep: 6 runs, 6 finished, 0 to run"]
-    longer = expand(base(tmp_path), [parse_grid("reg=none num_epochs=3")], seeds=1)[0]
+    longer = expand(tiny(tmp_path), [parse_grid("reg=none num_epochs=3")], seeds=1)[0]
     train(longer.replace(num_epochs=1), log=lambda _: None)  # a run cut short
     lines.clear()
     run_sweep([longer], Cluster("local", jobs=1), log=lines.append)
@@ -184,11 +176,11 @@ def test_slurm_sweep_writes_the_job_array_it_would_submit(tmp_path, monkeypatch)
     assert len(pickles) == 4
 
 
-def test_report_marks_unfinished_runs_and_leaves_them_out_of_the_selection(tmp_path):
+def test_report_marks_unfinished_runs_and_leaves_them_out_of_the_selection(tmp_path, tiny):
     from kernel_reg.report import markdown_table
     from kernel_reg.training import train
 
-    config = base(tmp_path, name="cut")
+    config = tiny(tmp_path, name="cut")
     train(config, log=lambda _: None)
     (run_path(config) / "config.json").write_text(config.replace(num_epochs=5).to_json())  # as if cut short
     runs = collect_runs(tmp_path)
@@ -217,9 +209,9 @@ def test_grids_that_cannot_mean_what_they_say_are_refused(grid, message):
     [({"lr": []}, "lr has no values"), ({"lr": [True]}, "lr must be a number, got True"),
      ({"reg": ["none"], "regs": ["vat"]}, "give the regularizers once")],
 )  # fmt: skip
-def test_grid_files_are_checked_like_grids(tmp_path, grid, message):
+def test_grid_files_are_checked_like_grids(tmp_path, grid, message, tiny):
     with pytest.raises(ValueError, match=message):
-        expand(base(tmp_path), [normalize_grid(grid)], 1)
+        expand(tiny(tmp_path), [normalize_grid(grid)], 1)
 
 
 def test_the_sweep_flags_cannot_contradict_its_seeds(tmp_path, capsys):
@@ -228,8 +220,8 @@ def test_the_sweep_flags_cannot_contradict_its_seeds(tmp_path, capsys):
     assert exit_info.value.code == 2 and "a sweep sets shuf_seed from --seeds N" in capsys.readouterr().err
 
 
-def test_a_sweep_evaluates_again_when_asked_for_other_settings_or_after_more_training(tmp_path):
-    (config,) = expand(base(tmp_path), [parse_grid("reg=none")], 1)
+def test_a_sweep_evaluates_again_when_asked_for_other_settings_or_after_more_training(tmp_path, tiny):
+    (config,) = expand(tiny(tmp_path), [parse_grid("reg=none")], 1)
     quick = EvalSettings(l2_eps=(0.5,), linf_eps=(), steps=2, n_test=32, checks=False)
     assert not finished(config, None) and not finished(config, quick)
     train(config, log=lambda _: None)

@@ -10,26 +10,14 @@ import pytest
 import torch
 
 from kernel_reg import spectral
-from kernel_reg.config import preset_config
+from kernel_reg.builders import load_run
 from kernel_reg.regularizers import NAMES as REGULARIZERS
-from kernel_reg.rundir import RunFolderError, load_run, locked, read_config, read_metrics, run_path
+from kernel_reg.rundir import RunFolderError, locked, read_config, read_metrics, run_path
 from kernel_reg.training import TrainingDiverged, build_regularizers, train
-
-# cheap inner loops, for whichever regularizer takes them
-CHEAP = dict(steps=2, deformations=2)
-
-
-def tiny(tmp_path, **changes):
-    values = dict(
-        data_dir="embedded", n_train=64, n_val=64, n_test=64, width=4, batch_size=32, num_epochs=2,
-        eval_delta=1, root=str(tmp_path), probe_size=16,
-    )  # fmt: skip
-    values.update(changes)
-    return preset_config("fmnist1000_vgg5", **values).updated(CHEAP, strict=False)
 
 
 @pytest.mark.parametrize("reg", REGULARIZERS)
-def test_every_regularizer_trains_and_logs(tmp_path, reg):
+def test_every_regularizer_trains_and_logs(tmp_path, reg, tiny):
     config = tiny(tmp_path, regs=(reg,), name=reg, num_epochs=1)
     if reg == "project-sn":
         config = config.updated({"tau": 1.0})
@@ -46,7 +34,7 @@ def test_every_regularizer_trains_and_logs(tmp_path, reg):
         assert max(sigmas) <= spectral.tau_schedule(1.0, 2.0, 0) * (1 + 1e-4)
 
 
-def test_regularizers_are_built_with_the_config_strengths(tmp_path):
+def test_regularizers_are_built_with_the_config_strengths(tmp_path, tiny):
     config = tiny(tmp_path, regs=("gradient-penalty", "pgd-linf", "project-sn"), lmbda=0.3, epsilon=0.02, tau=2.0)
     built = build_regularizers(config)
     assert built.penalties["gradient-penalty"].lmbda == 0.3
@@ -93,7 +81,7 @@ def test_resume_after_a_kill_ends_like_an_uninterrupted_run(tmp_path):
     assert all(torch.equal(whole["model"][k], cut["model"][k]) for k in whole["model"])
 
 
-def test_resume_refuses_another_configuration(tmp_path):
+def test_resume_refuses_another_configuration(tmp_path, tiny):
     train(tiny(tmp_path, num_epochs=1), log=lambda _: None)
     with pytest.raises(RunFolderError, match=r"another configuration \(lr: saved 0.05, now 0.1\)"):
         train(tiny(tmp_path, num_epochs=1, lr=0.1), log=lambda _: None)
@@ -101,7 +89,7 @@ def test_resume_refuses_another_configuration(tmp_path):
     assert [m.epoch for m in more] == [0, 1, 2]
 
 
-def test_divergence_names_the_term_and_keeps_the_last_good_checkpoint(tmp_path):
+def test_divergence_names_the_term_and_keeps_the_last_good_checkpoint(tmp_path, tiny):
     # lr x 1e6 after the first epoch: the second one blows up
     config = tiny(tmp_path, sched_step=1, sched_gamma=1e6, num_epochs=4, regs=("gradient-penalty",))
     with pytest.raises(
@@ -113,7 +101,7 @@ def test_divergence_names_the_term_and_keeps_the_last_good_checkpoint(tmp_path):
     assert read_metrics(run_path(config))[-1].epoch == state["epoch"]
 
 
-def test_best_weights_are_those_of_best_validation_accuracy(tmp_path):
+def test_best_weights_are_those_of_best_validation_accuracy(tmp_path, tiny):
     config = tiny(tmp_path, num_epochs=4)
     metrics = train(config, log=lambda _: None)
     best = max(metrics, key=lambda m: (m.val_acc, -m.epoch))
@@ -125,7 +113,7 @@ def test_best_weights_are_those_of_best_validation_accuracy(tmp_path):
     assert val_acc == pytest.approx(best.val_acc)
 
 
-def test_each_epoch_is_on_disk_before_its_log_line(tmp_path):
+def test_each_epoch_is_on_disk_before_its_log_line(tmp_path, tiny):
     config = tiny(tmp_path, num_epochs=3)
     seen = []
 
@@ -138,7 +126,7 @@ def test_each_epoch_is_on_disk_before_its_log_line(tmp_path):
     assert seen == [("epoch 0", 0, 0), ("epoch 1", 1, 1), ("epoch 2", 2, 2)]
 
 
-def test_a_locked_run_folder_is_refused_at_once(tmp_path):
+def test_a_locked_run_folder_is_refused_at_once(tmp_path, tiny):
     config = tiny(tmp_path, num_epochs=1)
     with locked(run_path(config), "a test", create=True):
         with pytest.raises(RunFolderError, match=rf"in use by pid {os.getpid()} on .* \(a test\)"):
@@ -147,7 +135,7 @@ def test_a_locked_run_folder_is_refused_at_once(tmp_path):
     train(config, log=lambda _: None)  # released: the run goes ahead
 
 
-def test_resume_changes_nothing_when_asked_for_fewer_or_the_same_epochs(tmp_path):
+def test_resume_changes_nothing_when_asked_for_fewer_or_the_same_epochs(tmp_path, tiny):
     train(tiny(tmp_path, num_epochs=3), log=lambda _: None)
     run_dir = run_path(tiny(tmp_path))
     files = {name: (run_dir / name).read_bytes() for name in ("config.json", "metrics.jsonl", "checkpoint.pt")}
@@ -159,7 +147,7 @@ def test_resume_changes_nothing_when_asked_for_fewer_or_the_same_epochs(tmp_path
     assert {name: (run_dir / name).read_bytes() for name in files} == files
 
 
-def test_a_config_without_checkpoint_is_not_overwritten_by_another(tmp_path):
+def test_a_config_without_checkpoint_is_not_overwritten_by_another(tmp_path, tiny):
     config = tiny(tmp_path, num_epochs=1, regs=("gradient-penalty",), lmbda=0.01)
     run_path(config).mkdir(parents=True)
     (run_path(config) / "config.json").write_text(config.to_json())
@@ -169,7 +157,7 @@ def test_a_config_without_checkpoint_is_not_overwritten_by_another(tmp_path):
 
 
 @pytest.mark.parametrize("damage", ["empty", "truncated", "garbage"])
-def test_a_damaged_checkpoint_is_refused_never_restarted(tmp_path, damage):
+def test_a_damaged_checkpoint_is_refused_never_restarted(tmp_path, damage, tiny):
     config = tiny(tmp_path, num_epochs=3, eval_delta=1)
     train(config.replace(num_epochs=2), log=lambda _: None)
     path = run_path(config) / "checkpoint.pt"
@@ -185,7 +173,7 @@ def test_a_damaged_checkpoint_is_refused_never_restarted(tmp_path, damage):
     assert {p.name: p.read_bytes() for p in run_path(config).iterdir() if p.is_file()} == before
 
 
-def test_divergence_before_any_checkpoint_says_so(tmp_path):
+def test_divergence_before_any_checkpoint_says_so(tmp_path, tiny):
     config = tiny(tmp_path, lr=1e30, num_epochs=2)
     with pytest.raises(TrainingDiverged, match="at epoch 0; no checkpoint had been written yet"):
         train(config, log=lambda _: None)
@@ -193,7 +181,7 @@ def test_divergence_before_any_checkpoint_says_so(tmp_path):
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o002])
-def test_run_files_honour_the_umask(tmp_path, umask):
+def test_run_files_honour_the_umask(tmp_path, umask, tiny):
     old = os.umask(umask)
     try:
         config = tiny(tmp_path, num_epochs=1)
@@ -204,7 +192,7 @@ def test_run_files_honour_the_umask(tmp_path, umask):
         assert (run_path(config) / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
 
 
-def test_a_lost_checkpoint_is_refused_never_restarted(tmp_path):
+def test_a_lost_checkpoint_is_refused_never_restarted(tmp_path, tiny):
     config = tiny(tmp_path, num_epochs=3)
     train(config.replace(num_epochs=2), log=lambda _: None)
     (run_path(config) / "checkpoint.pt").unlink()
@@ -214,7 +202,7 @@ def test_a_lost_checkpoint_is_refused_never_restarted(tmp_path):
     assert (run_path(config) / "metrics.jsonl").read_bytes() == metrics
 
 
-def test_a_finished_run_repairs_its_metrics_from_the_checkpoint(tmp_path):
+def test_a_finished_run_repairs_its_metrics_from_the_checkpoint(tmp_path, tiny):
     config = tiny(tmp_path, num_epochs=2)
     rows = train(config, log=lambda _: None)
     (run_path(config) / "metrics.jsonl").write_text("")
@@ -223,7 +211,7 @@ def test_a_finished_run_repairs_its_metrics_from_the_checkpoint(tmp_path):
     assert read_metrics(run_path(config)) == rows and "rewritten from it" in lines[-1]
 
 
-def test_run_folders_do_not_nest(tmp_path):
+def test_run_folders_do_not_nest(tmp_path, tiny):
     outer = tiny(tmp_path, num_epochs=1, name="a")
     train(outer, log=lambda _: None)
     with pytest.raises(RunFolderError, match=r"would lie inside the run folder .*/a; choose a name outside it"):
@@ -234,7 +222,7 @@ def test_run_folders_do_not_nest(tmp_path):
         train(grouped.replace(name="study"), log=lambda _: None)
 
 
-def test_a_checkpoint_of_another_model_is_named(tmp_path):
+def test_a_checkpoint_of_another_model_is_named(tmp_path, tiny):
     config = tiny(tmp_path, num_epochs=2)
     train(config.replace(num_epochs=1), log=lambda _: None)
     other = tiny(tmp_path / "other", num_epochs=1, width=8)
@@ -246,12 +234,12 @@ def test_a_checkpoint_of_another_model_is_named(tmp_path):
         load_run(run_path(config), "cpu")
 
 
-def test_an_exact_spectral_penalty_on_diverged_weights_is_a_divergence(tmp_path):
+def test_an_exact_spectral_penalty_on_diverged_weights_is_a_divergence(tmp_path, tiny):
     config = tiny(tmp_path, regs=("penalize-sn-svd",), lmbdasn=1e30, num_epochs=2)
-    with pytest.raises(TrainingDiverged, match=r"penalize-sn-svd (failed at epoch \d|became)"):
+    with pytest.raises(TrainingDiverged, match=r"penalize-sn-svd (failed|became) .*at epoch \d"):
         train(config, log=lambda _: None)
 
 
-def test_more_test_images_than_the_data_set_has_is_refused(tmp_path):
+def test_more_test_images_than_the_data_set_has_is_refused(tmp_path, tiny):
     with pytest.raises(ValueError, match="n_test=5000 exceeds the 2000 images of the test set"):
         train(tiny(tmp_path, n_test=5000), log=lambda _: None)

@@ -17,11 +17,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from . import regularizers
+from .builders import resolve_device
 from .config import PRESETS, Config, field_types, parse_bool, preset_config
 from .evaluation import ATTACK_NAMES, EvalSettings, evaluate_run
 from .progress import say
 from .report import write_report
-from .rundir import check_not_nested, check_writable, locked, resolve_device, run_path
+from .rundir import check_not_nested, check_writable, locked, run_path
 
 # fields with their own flags below
 _SPECIAL = {"experiment", "regs"}

@@ -22,7 +22,7 @@ from pathlib import PurePosixPath
 from typing import Any
 
 from . import regularizers
-from ._guards import check_choice
+from .arguments import check_choice
 from .data import DATASETS
 from .models import MODELS
 from .regularizers import Value

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ._guards import check_int, check_nonnegative
+from .arguments import check_int, check_nonnegative
 
 
 def identity_grid(height: int, width: int, *, device: torch.device, dtype: torch.dtype) -> torch.Tensor:

@@ -5,7 +5,6 @@ run folder: ``robustness.json``."""
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -14,13 +13,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import spectral
-from ._guards import check_choice, check_int, check_positive, preserved_state
-from .attacks import APGD, PGD, Attack, Square, WorstCase
+from . import checks, spectral
+from .arguments import check_choice, check_int, check_positive
+from .attacks import APGD, PGD, Attack, AttackFn, Square, WorstCase
+from .builders import load_run
+from .checks import radius_text
+from .guard import preserved_state
 from .progress import progress
-from .rundir import MaskingCheck, Robustness, load_run, locked, read_config, write_robustness
-
-AttackFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]  # an Attack, or any such function
+from .rundir import MaskingCheck, Robustness, locked, read_config, write_robustness
 
 
 def accuracy(
@@ -165,11 +165,6 @@ def zero_gradient_share(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batc
     return zero / x.shape[0]
 
 
-def radius_text(norm: str, eps: float) -> str:
-    """A radius as its flag takes it: '0.5' for l2, '8/255' for linf."""
-    return f"{eps * 255:.4g}/255" if norm == "linf" else f"{eps:.4g}"
-
-
 def masking_checks(
     model: nn.Module,
     x: torch.Tensor,
@@ -180,48 +175,25 @@ def masking_checks(
     survivors: dict[str, dict[float, torch.Tensor]],
     generator: torch.Generator | None = None,
 ) -> tuple[list[MaskingCheck], dict[str, dict[str, float]]]:
-    """The checks that flag a robust accuracy as suspicious (gradient masking, a weak attack, a bug), and
-    the accuracies under twice the budget at the checked radii (random draws from ``generator``).
+    """The measurements behind the checks of ``checks`` and their verdicts, and the accuracies under twice
+    the budget at the checked radii (random draws from ``generator``).
 
     ``accuracies[norm][eps_key]``: the robust accuracies; ``survivors[norm]``: per radius to check (the
-    middle one first), whether each example is unbroken by the evaluation attack there. A difference
-    counts when it is more than one example.
+    middle one first), whether each example is unbroken by the evaluation attack there.
     """
     n = x.shape[0]
-    one = 1.0 / n + 1e-12
-    checks = []
-    for norm in ("l2", "linf"):
-        accs = [accuracies[norm][k] for k in sorted(accuracies[norm], key=float)]
-        rises = [f"{a:.3f} -> {b:.3f}" for a, b in zip(accs, accs[1:]) if b > a + one]
-        checks.append(
-            MaskingCheck(f"{norm} robust accuracy rises with eps", bool(rises), ", ".join(rises) or "monotone", norm)
-        )
+    found = [checks.rises_with_eps(norm, [accuracies[norm][k] for k in sorted(accuracies[norm], key=float)], n)
+             for norm in ("l2", "linf")]  # fmt: skip
     doubled: dict[str, dict[str, float]] = {norm: {} for norm in survivors}
     for norm, by_radius in survivors.items():
         for eps, alive in by_radius.items():
             base = int(alive.sum()) / n
             attack = build_eval_attack(norm, eps, settings, 2, generator)
-            where = f"{norm} eps {radius_text(norm, eps)}"
-            stronger = int(robust_correct(model, attack, x, y, settings.batch_size, f"{where}, 2x budget").sum()) / n
+            where = f"{norm} eps {radius_text(norm, eps)}, 2x budget"
+            stronger = int(robust_correct(model, attack, x, y, settings.batch_size, where).sum()) / n
             doubled[norm][eps_key(eps)] = stronger
-            numbers = {"accuracy": base, "doubled": stronger}
-            checks.append(
-                MaskingCheck(
-                    f"{norm} accuracy rises with more steps and restarts",
-                    stronger > base + one,
-                    f"eps {radius_text(norm, eps)}: {base:.3f} with the budget, {stronger:.3f} with twice the "
-                    "steps and restarts",
-                    norm, eps, numbers,
-                )
-            )  # fmt: skip
-            checks.append(
-                MaskingCheck(
-                    f"{norm} attack not converged (twice the budget lowers accuracy by over 1 point)",
-                    stronger < base - 0.01,
-                    f"eps {radius_text(norm, eps)}: {base:.3f} -> {stronger:.3f}",
-                    norm, eps, numbers,
-                )
-            )  # fmt: skip
+            found += [checks.rises_with_budget(norm, eps, base, stronger, n),
+                      checks.not_converged(norm, eps, base, stronger)]  # fmt: skip
         eps, alive = next(iter(by_radius.items()))
         todo = alive.nonzero().squeeze(1)
         broken = 0
@@ -229,32 +201,11 @@ def masking_checks(
             square = Square(norm=norm, eps=eps, queries=settings.queries, generator=generator)
             where = f"{norm} eps {radius_text(norm, eps)}, Square"
             broken = int((~robust_correct(model, square, x[todo], y[todo], settings.batch_size, where)).sum())
-        checks.append(
-            MaskingCheck(
-                f"{norm} score-based attack beats the gradient attacks",
-                broken > max(1, math.ceil(0.01 * n)),
-                f"eps {radius_text(norm, eps)}: Square ({settings.queries} queries) broke {broken} of the "
-                f"{todo.numel()} examples the gradient attacks left",
-                norm, eps, {"broken": broken, "survivors": int(todo.numel()), "queries": settings.queries},
-            )
-        )  # fmt: skip
-    share = zero_gradient_share(model, x, y, settings.batch_size)
-    checks.append(
-        MaskingCheck(
-            "zero input gradients", share > 0.1, f"{100 * share:.1f}% of examples have a zero gradient",
-            values={"share": share},
-        )
-    )  # fmt: skip
+        found.append(checks.square_beats_gradients(norm, eps, broken, int(todo.numel()), settings.queries, n))
+    found.append(checks.zero_gradients(zero_gradient_share(model, x, y, settings.batch_size)))
     if certified is not None:
-        above = [
-            f"eps {k}: certified {c:.3f} > robust {accuracies['l2'][k]:.3f}"
-            for k, c in certified.items()
-            if k in accuracies["l2"] and c > accuracies["l2"][k]
-        ]
-        checks.append(
-            MaskingCheck("certified accuracy exceeds robust accuracy (a bug)", bool(above), "; ".join(above) or "no")
-        )
-    return checks, doubled
+        found.append(checks.certified_above_robust(certified, accuracies["l2"]))
+    return found, doubled
 
 
 def evaluate_model(

@@ -22,20 +22,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._guards import (
-    check_choice,
-    check_int,
-    check_logits,
-    check_nonnegative,
-    check_positive,
-    describe,
-    normalize_l2,
-    preserved_state,
-    project_l2,
-    randn,
-)
+from .arguments import check_choice, check_int, check_logits, check_nonnegative, check_positive, describe
 from .deformations import RandomDeformation, deform, tangent
 from .distributed import SINGLE, Group
+from .guard import preserved_state
+from .tensors import normalize_l2, project_l2, randn
 
 
 class Penalty:

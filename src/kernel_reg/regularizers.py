@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Union
 
 from . import penalties, spectral
-from ._guards import check_int, check_nonnegative, check_positive
+from .arguments import check_int, check_nonnegative, check_positive
 from .attacks import PGDL2, Attack, PGDLinf
 from .deformations import RandomDeformation
 from .distributed import SINGLE, Group

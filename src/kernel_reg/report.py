@@ -42,6 +42,7 @@ from .rundir import (
     read_config,
     read_metrics,
     read_robustness,
+    trained_to_end,
 )
 
 Warn = Callable[[str], None]
@@ -61,7 +62,7 @@ class RunSummary:
 
     @property
     def finished(self) -> bool:
-        return self.metrics[-1].epoch == self.config.num_epochs - 1
+        return trained_to_end(self.config, self.metrics)
 
     @property
     def best(self) -> MetricsRow:

@@ -21,16 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._guards import (
-    check_choice,
-    check_int,
-    check_logits,
-    check_nonnegative,
-    check_positive,
-    describe,
-    preserved_state,
-)
+from .arguments import check_choice, check_int, check_logits, check_nonnegative, check_positive, describe
+from .guard import preserved_state
 from .penalties import Penalty
+from .tensors import margin
 
 SPECTRAL_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 Layer = Union[nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d]
@@ -386,9 +380,7 @@ def lipschitz_upper_bound(model: nn.Module, input_shape: Sequence[int], iters: i
 def certified_radius(logits: torch.Tensor, y: torch.Tensor, lipschitz: float) -> torch.Tensor:
     """Per-example l2 radius within which the prediction provably stays correct:
     (f_y - max_{j != y} f_j) / (sqrt(2) L), negative for misclassified examples."""
-    true = logits.gather(1, y.view(-1, 1)).squeeze(1)
-    others = logits.scatter(1, y.view(-1, 1), float("-inf")).amax(1)
-    return (true - others) / (math.sqrt(2.0) * lipschitz)
+    return margin(logits, y) / (math.sqrt(2.0) * lipschitz)
 
 
 def certified_accuracy(

@@ -42,7 +42,7 @@ from .config import (
     short_hash,
 )
 from .evaluation import EvalSettings, evaluate_run
-from .rundir import RunFolderError, read_metrics, read_robustness, run_path
+from .rundir import RunFolderError, read_metrics, read_robustness, run_path, trained_to_end
 
 Grid = dict[str, list[Any]]
 
@@ -186,7 +186,7 @@ def finished(config: Config, settings: EvalSettings | None) -> bool:
     training. A damaged folder is not finished: its job runs and reports what is wrong."""
     try:
         metrics = read_metrics(run_path(config))
-        done = bool(metrics) and metrics[-1].epoch == config.num_epochs - 1
+        done = trained_to_end(config, metrics)
         if not done or settings is None:
             return done
         result = read_robustness(run_path(config))

@@ -19,13 +19,14 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from . import distributed, penalties, regularizers, spectral
-from ._guards import preserved_state
 from .attacks import Attack
+from .builders import build_model, load_splits, load_weights, resolve_device
 from .config import Config, differences
 from .data import Splits, batches, random_crop_flip
 from .deformations import RandomDeformation
 from .distributed import SINGLE, Group
 from .evaluation import accuracy
+from .guard import preserved_state
 from .progress import progress
 from .rundir import (
     CHECKPOINT,
@@ -35,16 +36,12 @@ from .rundir import (
     MetricsRow,
     RunFolderError,
     atomic_torch_save,
-    build_model,
     check_not_nested,
     finite_or_none,
-    load_splits,
-    load_weights,
     locked,
     read_checkpoint,
     read_config,
     read_metrics,
-    resolve_device,
     run_path,
     write_config,
     write_metrics,
@@ -67,6 +64,19 @@ class Regularizers:
     attack: Attack | None = None
     projection: spectral.Projection | None = None
 
+    @classmethod
+    def of(cls, built: dict[str, regularizers.Built]) -> Regularizers:
+        """The built regularizers, by name, sorted into penalties, the attack and the projection."""
+        made = cls()
+        for name, obj in built.items():
+            if isinstance(obj, Attack):
+                made.attack = obj
+            elif isinstance(obj, spectral.Projection):
+                made.projection = obj
+            else:
+                made.penalties[name] = obj
+        return made
+
     def state_dict(self) -> dict[str, dict[str, torch.Tensor]]:
         """The state of the penalties that keep one between steps (the modules among them), on the CPU."""
         return {
@@ -85,16 +95,45 @@ class Regularizers:
 def build_regularizers(config: Config, group: Group = SINGLE) -> Regularizers:
     """The penalties, attack and projection of ``config.regs``, each from the registry with its own
     hyperparameters; on several processes (``group``), suprema and per-example noise span the global batch."""
-    built = Regularizers()
-    for setting in config.regs:
-        made = regularizers.build(setting.name, dict(setting.params), group)
-        if isinstance(made, Attack):
-            built.attack = made
-        elif isinstance(made, spectral.Projection):
-            built.projection = made
-        else:
-            built.penalties[setting.name] = made
-    return built
+    return Regularizers.of({s.name: regularizers.build(s.name, dict(s.params), group) for s in config.regs})
+
+
+def step(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    regs: Regularizers,
+    optimizer: torch.optim.Optimizer,
+    *,
+    epoch: int = 0,
+    trained: nn.Module | None = None,
+    group: Group = SINGLE,
+) -> dict[str, torch.Tensor]:
+    """One training step on the batch (x, y), the one that training, the distributed test and the benchmark
+    all take: [attack: x <- attack(model, x, y)] -> cross-entropy of ``trained`` (the model, or its DDP
+    wrapper) + the penalties -> backward -> optimizer step -> [projection at ``epoch``].
+
+    Returns the loss terms by name. TrainingDiverged, before the parameters change, when a term is not
+    finite on any process of ``group`` (a collective decision) or a penalty's eigendecomposition fails.
+    """
+    if regs.attack is not None:
+        x = regs.attack(model, x, y)
+    terms = {"cross-entropy": F.cross_entropy((trained or model)(x), y)}
+    for name, penalty in regs.penalties.items():
+        try:
+            terms[name] = penalty(model, x, y)
+        except torch.linalg.LinAlgError as error:  # an eigendecomposition of non-finite weights
+            raise TrainingDiverged(f"{name} failed ({error})") from None
+    total = torch.stack(list(terms.values())).sum()
+    if group.any(~torch.isfinite(total)):
+        name = next((name for name, value in terms.items() if not torch.isfinite(value)), "another rank's loss")
+        raise TrainingDiverged(f"{name} became {float(terms[name].detach()) if name in terms else float('nan')}")
+    optimizer.zero_grad(set_to_none=True)
+    total.backward()
+    optimizer.step()
+    if regs.projection is not None:
+        regs.projection(model, epoch)
+    return terms
 
 
 def build_augmentation(
@@ -257,25 +296,10 @@ def _train(config: Config, log: Log, group: Group, rank_device: torch.device | N
             if augment is not None:
                 x = augment(x)  # on the global batch, so that each example's draw is that of one process
             shard = group.shard(len(x))
-            x, y = x[shard], y[shard]
-            if regs.attack is not None:
-                x = regs.attack(model, x, y)
-            terms = {"cross-entropy": F.cross_entropy(trained(x), y)}
-            for name, penalty in regs.penalties.items():
-                try:
-                    terms[name] = penalty(model, x, y)
-                except torch.linalg.LinAlgError as error:  # an eigendecomposition of non-finite weights
-                    raise TrainingDiverged(f"{name} failed at epoch {epoch} ({error}); {kept()}") from None
-            total = torch.stack(list(terms.values())).sum()
-            if group.any(~torch.isfinite(total)):
-                name = next((name for name, value in terms.items() if not torch.isfinite(value)), "another rank's loss")
-                value = float(terms[name].detach()) if name in terms else float("nan")
-                raise TrainingDiverged(f"{name} became {value} at epoch {epoch}; {kept()}")
-            optimizer.zero_grad(set_to_none=True)
-            total.backward()
-            optimizer.step()
-            if regs.projection is not None:
-                regs.projection(model, epoch)
+            try:
+                step(model, x[shard], y[shard], regs, optimizer, epoch=epoch, trained=trained, group=group)
+            except TrainingDiverged as error:
+                raise TrainingDiverged(f"{error} at epoch {epoch}; {kept()}") from None
         scheduler.step()
         epoch_seconds.append(time.perf_counter() - began)
         broken = [name for name, p in model.named_parameters() if not torch.isfinite(p).all()]

@@ -1,49 +1,25 @@
-"""Shared helpers: the model-state guard, argument checks and small tensor utilities."""
+"""Argument checks, each naming the argument and what would be valid, and the repr of configured objects."""
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import torch
-from torch import nn
-from torch.nn.modules.batchnorm import _NormBase
-
-
-@contextlib.contextmanager
-def preserved_state(model: nn.Module, mode: bool | None = None) -> Iterator[None]:
-    """Run a block on ``model`` and leave it exactly as it was found.
-
-    Saves the train/eval flag of every submodule, optionally switches the whole model to ``mode``
-    (True: train, False: eval) for the block, and restores the flags afterwards, even on error.
-    BatchNorm-like layers run the block on copies of their running statistics, which are discarded:
-    the caller's buffers are never written, so graphs built in the block stay valid for backward.
-    """
-    flags = [(module, module.training) for module in model.modules()]
-    swapped = []
-    for module in model.modules():
-        if isinstance(module, _NormBase):
-            originals = dict(module._buffers)
-            swapped.append((module, originals))
-            for name, buffer in originals.items():
-                if buffer is not None:
-                    module._buffers[name] = buffer.clone()
-    if mode is not None:
-        model.train(mode)
-    try:
-        yield
-    finally:
-        for module, flag in flags:
-            module.training = flag
-        for module, originals in swapped:
-            module._buffers.update(originals)
 
 
 def describe(obj: object, skip: tuple[str, ...] = ("group", "generator", "sampler")) -> str:
-    """'Class(a=1, b=2)': the keyword arguments of ``obj``'s constructor with the values it holds."""
-    names = [p for p in inspect.signature(type(obj).__init__).parameters if p not in ("self", *skip)]
+    """'Class(a=1, b=2)': the keyword arguments of ``obj``'s constructor with the values it holds.
+
+    The constructor is the first in the class's method order that names its arguments (a subclass that
+    passes ``**arguments`` on shows its parent's), less those in the class's ``fixed_arguments``."""
+    fixed = (*skip, *getattr(type(obj), "fixed_arguments", ()))
+    for cls in type(obj).__mro__:
+        parameters = inspect.signature(cls.__init__).parameters.values()  # type: ignore[misc]
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+            break
+    names = [p.name for p in parameters if p.name != "self" and p.name not in fixed]
     values = ", ".join(f"{name}={getattr(obj, name)!r}" for name in names if hasattr(obj, name))
     return f"{type(obj).__name__}({values})"
 
@@ -123,49 +99,3 @@ def check_logits(logits: torch.Tensor, batch_size: int) -> torch.Tensor:
             f"{tuple(logits.shape)}; wrap the model so that it returns one row of class scores per input"
         )
     return logits
-
-
-def randn(shape: tuple[int, ...], like: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Standard normal draws of ``shape`` in ``like``'s dtype and on its device: from ``generator`` (on the
-    generator's own device, then moved: a CPU generator serves CUDA tensors), or from the global RNG."""
-    device = like.device if generator is None else generator.device
-    return torch.randn(shape, device=device, dtype=like.dtype, generator=generator).to(like.device)
-
-
-def rand(shape: tuple[int, ...], like: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Uniform draws in [0, 1), as ``randn``."""
-    device = like.device if generator is None else generator.device
-    return torch.rand(shape, device=device, dtype=like.dtype, generator=generator).to(like.device)
-
-
-def randint(
-    high: int, shape: tuple[int, ...], like: torch.Tensor, generator: torch.Generator | None = None
-) -> torch.Tensor:
-    """Integers uniform in [0, high), as ``randn`` (int64)."""
-    device = like.device if generator is None else generator.device
-    return torch.randint(0, high, shape, device=device, generator=generator).to(like.device)
-
-
-def per_example(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """Per-example values (n,) shaped (n, 1, ..., 1) to broadcast against a batch like ``like``."""
-    return values.view(-1, *([1] * (like.dim() - 1)))
-
-
-def flat_norm(t: torch.Tensor) -> torch.Tensor:
-    """Per-example l2 norms of a batch, shaped (n, 1, ..., 1) to broadcast against it."""
-    return per_example(t.flatten(1).norm(dim=1), t)
-
-
-def project_l2(delta: torch.Tensor, eps: float) -> torch.Tensor:
-    """Projection of each example of ``delta`` onto the l2 ball of radius ``eps``."""
-    return delta * (eps / flat_norm(delta).clamp_min(eps))
-
-
-def normalize_l2(t: torch.Tensor) -> torch.Tensor:
-    """Each example of ``t`` divided by its l2 norm (zero rows stay zero).
-
-    Each example is first divided by its largest entry, since the squares of tiny gradients (VAT's, at
-    xi = 1e-6) underflow to a zero norm and would blow the direction up instead of normalizing it."""
-    tiny = torch.finfo(t.dtype).tiny
-    t = t / per_example(t.flatten(1).abs().amax(dim=1), t).clamp_min(tiny)
-    return t / flat_norm(t).clamp_min(tiny)

@@ -1,0 +1,20 @@
+"""Adversarial attacks: ``attack(model, x, y) -> x_adv``.
+
+Every attack is an ``Attack``: keyword-only constructor arguments, ``name``, a ``repr`` of its
+hyperparameters, and ``attack(model, x, y) -> x_adv``, computed on the model in eval mode (dropout off,
+BatchNorm on its running statistics) with gradients with respect to the inputs only; the model's mode,
+its BatchNorm statistics and the caller's tensors are left as they were, also inside
+``torch.no_grad()``. ``BallAttack`` adds the ball (``norm``, ``eps``), the input range (``clip``) and an
+optional ``torch.Generator`` for the random draws.
+"""
+
+from .apgd import APGD, dlr_loss, targeted_dlr_loss
+from .base import BALLS, NORMS, Attack, AttackFn, Ball, BallAttack, L2Ball, LinfBall
+from .composite import WorstCase, strong, worst_case
+from .pgd import PGD, PGDL2, PGDLinf
+from .square import Square
+
+__all__ = [
+    "APGD", "BALLS", "NORMS", "PGD", "PGDL2", "PGDLinf", "Attack", "AttackFn", "Ball", "BallAttack", "L2Ball",
+    "LinfBall", "Square", "WorstCase", "dlr_loss", "strong", "targeted_dlr_loss", "worst_case",
+]  # fmt: skip

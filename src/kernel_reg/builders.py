@@ -1,0 +1,85 @@
+"""The objects of a run, made from its config: the device, the data splits, the model; and a trained run
+rebuilt from its folder for evaluation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from . import models
+from .config import Config, check_device
+from .data import NUM_CLASSES, Splits, load_arrays, make_splits, resolve_data_dir
+from .rundir import CHECKPOINT, CONFIG, RunFolderError, read_checkpoint, read_config
+
+
+def resolve_device(name: str) -> torch.device:
+    """The device of a run: 'auto' is CUDA when available, else the CPU. ValueError for a device this
+    machine does not have."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(check_device(name))
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {name!r}: MPS is not available on this machine; use --device cpu (or auto)")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {name!r}: CUDA is not available on this machine; use --device cpu (or auto)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return device
+
+
+def load_splits(config: Config, device: torch.device, n_test: int | None = None) -> Splits:
+    """The run's training / validation / test tensors on ``device``."""
+    arrays = load_arrays(config.dataset, resolve_data_dir(config.dataset, config.data_dir))
+    n_test = config.n_test if n_test is None else n_test
+    return make_splits(arrays, config.n_train, config.n_val, config.shuf_seed, device, n_test)
+
+
+def build_model(config: Config, device: torch.device) -> nn.Module:
+    """The run's model, initialised from ``config.seed``."""
+    torch.manual_seed(config.seed)
+    return models.build(config.model, NUM_CLASSES, config.width).to(device)
+
+
+@dataclass
+class LoadedRun:
+    """A run folder rebuilt: its config, model (eval mode) with the chosen weights, data splits, the epoch
+    of those weights, which they are ("best-validation" or "last") and the last epoch trained."""
+
+    config: Config
+    model: nn.Module
+    splits: Splits
+    epoch: int
+    weights: str
+    trained_to: int
+
+
+def load_run(run_dir: str | Path, device: str = "auto", n_test: int | None = None, which: str = "best") -> LoadedRun:
+    """A run folder's model and data. ``which="best"``: the weights of best validation accuracy, or the last
+    ones when the run has no validation set; "last": the last."""
+    run_dir = Path(run_dir)
+    config = read_config(run_dir)
+    target = resolve_device(device)
+    state = read_checkpoint(run_dir, target)
+    splits = load_splits(config, target, n_test)
+    model = build_model(config, target)
+    best = which == "best" and state.get("best") is not None
+    chosen = state["best"] if best else state
+    load_weights(model, chosen["model"], run_dir)
+    model.eval()
+    weights = "best-validation" if best else "last"
+    return LoadedRun(config, model, splits, int(chosen["epoch"]), weights, int(state["epoch"]))
+
+
+def load_weights(model: nn.Module, weights: dict[str, torch.Tensor], run_dir: str | Path) -> None:
+    """``model.load_state_dict(weights)``; RunFolderError when the checkpoint is another model's."""
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as error:
+        first = str(error).strip().splitlines()[0]
+        raise RunFolderError(
+            f"{Path(run_dir) / CHECKPOINT} holds weights of another model than its {CONFIG} describes ({first})"
+        ) from None

@@ -1,0 +1,38 @@
+"""The state guard: run a computation on a model and leave the model exactly as it was found."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+from torch import nn
+from torch.nn.modules.batchnorm import _NormBase
+
+
+@contextlib.contextmanager
+def preserved_state(model: nn.Module, mode: bool | None = None) -> Iterator[None]:
+    """Run a block on ``model`` and leave it exactly as it was found.
+
+    Saves the train/eval flag of every submodule, optionally switches the whole model to ``mode``
+    (True: train, False: eval) for the block, and restores the flags afterwards, even on error.
+    BatchNorm-like layers run the block on copies of their running statistics, which are discarded:
+    the caller's buffers are never written, so graphs built in the block stay valid for backward.
+    """
+    flags = [(module, module.training) for module in model.modules()]
+    swapped = []
+    for module in model.modules():
+        if isinstance(module, _NormBase):
+            originals = dict(module._buffers)
+            swapped.append((module, originals))
+            for name, buffer in originals.items():
+                if buffer is not None:
+                    module._buffers[name] = buffer.clone()
+    if mode is not None:
+        model.train(mode)
+    try:
+        yield
+    finally:
+        for module, flag in flags:
+            module.training = flag
+        for module, originals in swapped:
+            module._buffers.update(originals)
