@@ -6,7 +6,7 @@ import statistics
 import pytest
 
 from kernel_reg.config import preset_config
-from kernel_reg.report import collect_runs, markdown_table, selection_table, studies, write_report
+from kernel_reg.report import collect_runs, markdown_table, paired_table, selection_table, studies, write_report
 from kernel_reg.rundir import MetricsRow, Robustness, run_path, write_config, write_metrics, write_robustness
 
 
@@ -129,3 +129,21 @@ def test_a_checkpoint_without_metrics_is_reported(tmp_path):
     warnings = []
     assert collect_runs(tmp_path, warn=warnings.append) == []
     assert "it has a checkpoint.pt but no metrics rows" in warnings[0]
+
+
+def test_the_paired_table_calls_a_gain_only_beyond_two_standard_errors(tmp_path):
+    baseline = [0.70, 0.72, 0.74]
+    for seed, acc in enumerate(baseline):
+        make_run(tmp_path, f"none_s{seed}", acc, shuf_seed=seed)
+    steady = [0.03, 0.031, 0.029]  # + 3 points every time: a gain
+    noisy = [0.05, -0.04, 0.0]  # + 0.33 points on average, +- 2.6: no difference
+    for seed in range(3):
+        make_run(tmp_path, f"gp_s{seed}", baseline[seed] + steady[seed], regs=("gradient-penalty",), shuf_seed=seed)
+        make_run(tmp_path, f"vat_s{seed}", baseline[seed] + noisy[seed], regs=("vat",), shuf_seed=seed)
+    table = paired_table(collect_runs(tmp_path))
+    assert "| gradient-penalty | lmbda=0.1 | 3 | +3.00 +- 0.06 | gain |" in table
+    mean = 100 * sum(noisy) / 3
+    error = 100 * statistics.stdev(noisy) / 3**0.5
+    assert f"| vat | lmbda=1, epsilon=0.1 | 3 | {mean:+.2f} +- {error:.2f} | no difference shown |" in table
+    two = paired_table([r for r in collect_runs(tmp_path) if r.config.shuf_seed < 2])
+    assert "(needs 3 paired seeds)" in two

@@ -8,6 +8,7 @@ validation set); the table gives the test accuracy there, and the robust and cer
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from collections import defaultdict
 from collections.abc import Callable
@@ -15,8 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from . import regularizers
 from .config import (
     SEED_FIELDS,
     Config,
@@ -214,10 +214,27 @@ def _budget_change(robustness: Robustness) -> str:
     return f"{max(drops):.1f} ({len(drops)} radii)" if drops else "-"
 
 
-def selection_table(runs: list[RunSummary]) -> str:
-    """Per method, the hyperparameters of best mean validation accuracy over seeds (as the paper
-    selected them), and the test accuracy there: mean +- std over the seeds, with the runs pooled. Runs are
-    pooled as seeds only when their whole configurations differ in seed fields alone. Finished runs only."""
+@dataclass
+class Selection:
+    """The runs of a study by setting (seeds pooled: whole configurations equal but for seed fields; a
+    configuration found twice counted once), and per method the setting of best mean validation accuracy."""
+
+    settings: dict[str, list[RunSummary]]  # setting_key -> runs (its seeds)
+    chosen: dict[str, str]  # method -> the selected setting_key
+    duplicates: list[str]
+
+    def of(self, method: str) -> list[RunSummary]:
+        return self.settings[self.chosen[method]]
+
+    def family(self, method: str) -> list[list[RunSummary]]:
+        """The settings tried for ``method``, each a list of seeds, by hyperparameters."""
+        members = [runs for runs in self.settings.values() if runs[0].method == method]
+        return sorted(members, key=lambda runs: sorted(map(str, hyperparameters(runs[0].config).items())))
+
+
+def select(runs: list[RunSummary]) -> Selection:
+    """Pool the finished runs with a validation accuracy into settings, and select per method (as the
+    paper selected the hyperparameters)."""
     settings: dict[str, list[RunSummary]] = defaultdict(list)
     duplicates: list[str] = []
     for run in sorted(runs, key=lambda r: r.name):
@@ -228,30 +245,75 @@ def selection_table(runs: list[RunSummary]) -> str:
                 same.append(run)
             else:  # the same configuration, seeds included: one sample, not two
                 duplicates.append(f"{run.name} repeats {twin.name} (the same configuration, seeds included)")
-    if not settings:
-        return ""
-    chosen: dict[str, list[RunSummary]] = {}
-    tried: dict[str, int] = defaultdict(int)
-    for members in settings.values():
+    chosen: dict[str, str] = {}
+    for key, members in settings.items():
         method = members[0].method
-        tried[method] += 1
-        if method not in chosen or _mean_val(members) > _mean_val(chosen[method]):
-            chosen[method] = members
+        if method not in chosen or _mean_val(members) > _mean_val(settings[chosen[method]]):
+            chosen[method] = key
+    return Selection(dict(settings), chosen, duplicates)
+
+
+def selection_table(runs: list[RunSummary]) -> str:
+    """Per method, the hyperparameters of best mean validation accuracy over seeds (as the paper
+    selected them), and the test accuracy there: mean +- std over the seeds, with the runs pooled. Runs are
+    pooled as seeds only when their whole configurations differ in seed fields alone. Finished runs only."""
+    selection = select(runs)
+    if not selection.chosen:
+        return ""
     lines = [
         "| method | selected hyperparameters | settings tried | seeds | val acc | test acc (mean +- std) "
         "| runs pooled |",
         "|---|---|---|---|---|---|---|",
     ]
-    for method, members in sorted(chosen.items()):
+    for method in sorted(selection.chosen):
+        members = selection.of(method)
         params = hyperparameter_text(members[0].config) or "-"
         tests = [100 * r.best.test_acc for r in members]
         spread = statistics.stdev(tests) if len(tests) > 1 else 0.0
-        val = 100 * _mean_val(members)
         test = f"{statistics.mean(tests):.1f} +- {spread:.1f}"
         pooled = ", ".join(sorted(r.name for r in members))
-        lines.append(f"| {method} | {params} | {tried[method]} | {len(members)} | {val:.1f} | {test} | {pooled} |")
-    if duplicates:
-        lines += ["", "Counted once: " + "; ".join(duplicates) + "."]
+        tried = len(selection.family(method))
+        lines.append(
+            f"| {method} | {params} | {tried} | {len(members)} | {100 * _mean_val(members):.1f} | {test} | {pooled} |"
+        )
+    if selection.duplicates:
+        lines += ["", "Counted once: " + "; ".join(selection.duplicates) + "."]
+    return "\n".join(lines) + "\n"
+
+
+def _seed(run: RunSummary) -> tuple[int, int]:
+    return run.config.shuf_seed, run.config.seed
+
+
+MIN_PAIRED = 3  # paired seeds below which no gain or loss is called
+
+
+def paired_table(runs: list[RunSummary]) -> str:
+    """Per method at its selected setting, the paired difference of test accuracy to the unregularized
+    baseline on the same training subsets: mean +- standard error over the seeds, and a verdict that calls
+    a gain or a loss only when the mean difference exceeds two standard errors, on at least ``MIN_PAIRED``
+    seeds. '' without a baseline."""
+    selection = select(runs)
+    if "none" not in selection.chosen:
+        return ""
+    baseline = {_seed(r): r.best.test_acc for r in selection.of("none")}
+    lines = [
+        "| method | selected hyperparameters | paired seeds | test acc - baseline (points, mean +- s.e.) | verdict |",
+        "|---|---|---|---|---|",
+    ]
+    for method in sorted(m for m in selection.chosen if m != "none"):
+        members = selection.of(method)
+        differences = [100 * (r.best.test_acc - baseline[_seed(r)]) for r in members if _seed(r) in baseline]
+        params = hyperparameter_text(members[0].config) or "-"
+        if len(differences) < 2:
+            lines.append(f"| {method} | {params} | {len(differences)} | - | needs paired seeds |")
+            continue
+        mean = statistics.mean(differences)
+        error = statistics.stdev(differences) / math.sqrt(len(differences))
+        verdict = "gain" if mean > 2 * error else "loss" if mean < -2 * error else "no difference shown"
+        if len(differences) < MIN_PAIRED:  # two differences estimate their spread too poorly to judge
+            verdict = f"(needs {MIN_PAIRED} paired seeds)"
+        lines.append(f"| {method} | {params} | {len(differences)} | {mean:+.2f} +- {error:.2f} | {verdict} |")
     return "\n".join(lines) + "\n"
 
 
@@ -260,82 +322,161 @@ def _mean_val(runs: list[RunSummary]) -> float:
     return statistics.mean(r.best.val_acc or 0.0 for r in runs)
 
 
-def _label(run: RunSummary) -> str:
-    params = hyperparameter_text(run.config)
-    return f"{run.method} ({params})" if params else run.method
+# Methods in a fixed order, so that a method has the same colour in every figure of every report: the
+# ten main ones take tab20's dark shades, the others its light ones.
+CANONICAL_METHODS = (
+    "none", "wd", "project-sn", "pgd-l2", "loss-gradl2", "adv-perturbation", "gradient-penalty", "vat", "stability",
+    "gradtangent", "pgd-l2+project-sn", "loss-gradl2+project-sn", "adv-perturbation+project-sn",
+    "gradient-penalty+project-sn", "loss-gradl1", "pgd-linf", "penalize-sn-pi", "penalize-sn-svd",
+)  # fmt: skip
 
 
-def plot_learning_curves(runs: list[RunSummary], path: Path) -> None:
+def method_colour(method: str) -> Any:
+    """The colour of a method: its place in ``CANONICAL_METHODS`` (else a hash of its name) in tab20."""
+    import matplotlib
+
+    index = CANONICAL_METHODS.index(method) if method in CANONICAL_METHODS else int(short_hash(method), 16)
+    index %= 20
+    hue, shade = index % 10, index // 10
+    if hue == 7:  # tab20's grey pair marks the baseline in the bracket figure: navy instead
+        return ("#283593", "#7986cb")[shade]
+    return matplotlib.colormaps["tab20"](2 * hue + shade)
+
+
+def _strength(runs: list[RunSummary], short: bool = False) -> str:
+    """The hyperparameters of a setting, as a label ('' without any); ``short``: its strengths alone."""
+    config = runs[0].config
+    if not short:
+        return hyperparameter_text(config).replace(", ", " ")
+    strengths = {p.name for r in config.regs for p in regularizers.REGISTRY[r.name].params if p.strength} | {"wd"}
+    values = hyperparameters(config)
+    return " ".join(f"{k}={format_value(v)}" for k, v in values.items() if k.rsplit(".", 1)[-1] in strengths)
+
+
+def _mean_curve(runs: list[RunSummary], field: str) -> tuple[list[int], list[float]]:
+    """(epochs, mean over the seeds of ``field`` there), on the epochs every seed evaluated."""
+    epochs = sorted(set.intersection(*({m.epoch for m in r.metrics} for r in runs)))
+    values = [statistics.mean(getattr(next(m for m in r.metrics if m.epoch == e), field) for r in runs) for e in epochs]
+    return epochs, values
+
+
+def _panels(count: int, width: float = 3.6, height: float = 2.8) -> tuple[Any, list[Any]]:
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
-    for run in runs:
-        epochs = [m.epoch for m in run.metrics]
-        line = axes[0].plot(epochs, [m.train_loss for m in run.metrics], label=_label(run))[0]
-        axes[1].plot(epochs, [m.train_acc for m in run.metrics], color=line.get_color())
-        axes[2].plot(epochs, [m.test_acc for m in run.metrics], color=line.get_color())
-        if any(m.val_acc is not None for m in run.metrics):
-            axes[2].plot(epochs, [m.val_acc for m in run.metrics], color=line.get_color(), linestyle=":")
-    for ax, title in zip(axes, ("train loss", "train accuracy", "test (solid) and validation (dotted) accuracy")):
-        ax.set_title(title)
-        ax.set_xlabel("epoch")
+    columns = min(4, count)
+    rows = math.ceil(count / columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(width * columns, height * rows), squeeze=False, sharey=True)
+    flat = list(axes.flat)
+    for ax in flat[count:]:
+        ax.set_visible(False)
+    return fig, flat[:count]
+
+
+def plot_learning_curves(runs: list[RunSummary], path: Path) -> bool:
+    """Small multiples, one panel per method: the test accuracy of each setting over epochs (mean over
+    seeds; faint, its strength written at its end), the selected setting bold with its training accuracy
+    dashed. False when no run has finished."""
+    selection = select(runs)
+    if not selection.chosen:
+        return False
+    methods = sorted(selection.chosen, key=lambda m: (m != "none", m))
+    fig, axes = _panels(len(methods))
+    for ax, method in zip(axes, methods):
+        colour = method_colour(method)
+        for members in selection.family(method):
+            bold = members is selection.of(method)
+            epochs, test = _mean_curve(members, "test_acc")
+            style = dict(lw=2.2, alpha=1.0) if bold else dict(lw=1.0, alpha=0.45)
+            ax.plot(epochs, [100 * v for v in test], color=colour, label=_strength(members) or "-", **style)
+            if bold:
+                epochs, train = _mean_curve(members, "train_acc")
+                ax.plot(epochs, [100 * v for v in train], color=colour, lw=1.4, linestyle="--")
+        if len(selection.family(method)) > 1:
+            ax.legend(fontsize=6.5, loc="lower right", frameon=False, handlelength=1.5)
+        ax.set_title(method, fontsize=9)
+        ax.set_xlabel("epoch", fontsize=8)
+        ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
-    axes[0].set_yscale("log")
-    fig.legend(loc="lower center", ncol=3, fontsize=8, bbox_to_anchor=(0.5, -0.02))
-    fig.tight_layout(rect=(0, 0.12, 1, 1))
-    _save(fig, path)
-
-
-def plot_rkhs_bracket(runs: list[RunSummary], path: Path) -> None:
-    """The lower bounds (sup gradient norm: solid, ||f||_delta / eps: dashed) and the spectral upper
-    bound (dotted) of each run over epochs."""
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for run in runs:
-        epochs = [m.epoch for m in run.metrics]
-        line = ax.plot(epochs, [m.rkhs_lower_grad for m in run.metrics], label=_label(run))[0]
-        ax.plot(epochs, [m.rkhs_lower_delta for m in run.metrics], color=line.get_color(), linestyle="--")
-        ax.plot(epochs, [m.rkhs_upper_spectral for m in run.metrics], color=line.get_color(), linestyle=":")
-    ax.set_yscale("log")
-    ax.set_xlabel("epoch")
-    ax.set_title("RKHS-norm bracket: lower bounds (solid: sup ||grad f||, dashed: ||f||_delta / eps), upper (dotted)")
-    ax.title.set_fontsize(9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    axes[0].set_ylabel("accuracy (%)", fontsize=8)
+    fig.suptitle("test accuracy per setting (mean over seeds; bold: selected by validation, its training "
+                 "accuracy dashed)", fontsize=9)  # fmt: skip
     fig.tight_layout()
     _save(fig, path)
+    return True
+
+
+def plot_rkhs_bracket(runs: list[RunSummary], path: Path) -> bool:
+    """Small multiples, one panel per method at its selected setting (mean over seeds): the lower bounds of
+    the RKHS norm (sup ||grad f||: solid, ||f||_delta / eps: dashed) and the spectral upper bound (dotted),
+    with the unregularized baseline's in grey. False when no run has finished."""
+    selection = select(runs)
+    if not selection.chosen:
+        return False
+    methods = sorted(selection.chosen, key=lambda m: (m != "none", m))
+    fig, axes = _panels(len(methods))
+    series = (("rkhs_lower_grad", "-"), ("rkhs_lower_delta", "--"), ("rkhs_upper_spectral", ":"))
+    for ax, method in zip(axes, methods):
+        for members, colour in ((selection.of("none"), "0.6"),) if "none" in selection.chosen else ():
+            for field, style in series:
+                ax.plot(*_mean_curve(members, field), color=colour, linestyle=style, lw=1.0)
+        colour = method_colour(method)
+        for field, style in series:
+            ax.plot(*_mean_curve(selection.of(method), field), color=colour, linestyle=style, lw=1.8)
+        ax.set_yscale("log")
+        strength = _strength(selection.of(method))
+        ax.set_title(f"{method} ({strength})" if strength else method, fontsize=8)
+        ax.set_xlabel("epoch", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    fig.suptitle("RKHS-norm bracket at the selected setting: lower bounds (solid: sup ||grad f||, dashed: "
+                 "||f||_delta / eps), spectral upper bound (dotted); grey: no regularization", fontsize=9)  # fmt: skip
+    fig.tight_layout()
+    _save(fig, path)
+    return True
 
 
 def plot_tradeoff(runs: list[RunSummary], path: Path, norm: str = "l2") -> bool:
     """Standard vs adversarial test accuracy, one panel per eps_test, one curve per method across its
-    hyperparameters (as the paper's figure); for l2, the certified accuracies dotted, hollow triangles.
-    False when no run has been evaluated."""
+    settings, each point labelled with its strength (as the paper's figure); for l2 the certified
+    accuracies too (dotted, hollow triangles) unless they are zero everywhere. False when no run has been
+    evaluated."""
     import matplotlib.pyplot as plt
 
     evaluated = [(r, r.robustness) for r in runs if r.robustness is not None and getattr(r.robustness, norm)]
     if not evaluated:
         return False
     keys = sorted({k for _, rob in evaluated for k in getattr(rob, norm)}, key=float)
-    by_method: dict[str, list[Robustness]] = defaultdict(list)
+    by_method: dict[str, list[tuple[RunSummary, Robustness]]] = defaultdict(list)
     for run, rob in evaluated:
-        by_method[run.method].append(rob)
-    fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 4), squeeze=False)
+        by_method[run.method].append((run, rob))
+    certified_anywhere = norm == "l2" and any(any((rob.certified_l2 or {}).values()) for _, rob in evaluated)
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.6 * len(keys), 4.2), squeeze=False)
     for ax, key in zip(axes[0], keys):
-        for color, (method, members) in enumerate(sorted(by_method.items())):
-            curves = [(norm, "-o", None)] + ([("certified_l2", ":^", "none")] if norm == "l2" else [])
+        for method, members in sorted(by_method.items()):
+            colour = method_colour(method)
+            curves = [(norm, "-o", colour)] + ([("certified_l2", ":^", "none")] if certified_anywhere else [])
             for field, style, fill in curves:
-                pairs = [(rob.clean, (getattr(rob, field) or {}).get(key)) for rob in members]
-                points = sorted(p for p in pairs if p[1] is not None)
-                if points:
-                    label = method if field == norm else f"{method}, certified"
-                    ax.plot(*(100 * np.array(points)).T, style, color=f"C{color % 10}", label=label, mfc=fill)
+                points = sorted(
+                    (100 * rob.clean, 100 * value, _strength([run], short=True))
+                    for run, rob in members
+                    if (value := (getattr(rob, field) or {}).get(key)) is not None
+                )
+                if not points:
+                    continue
+                xs, ys, labels = zip(*points)
+                label = method if field == norm else f"{method}, certified"
+                ax.plot(xs, ys, style, color=colour, label=label, mfc=fill, ms=5)
+                if field == norm:
+                    for x_point, y_point, text in points:
+                        ax.annotate(text, (x_point, y_point), fontsize=6, color=colour, xytext=(3, 3),
+                                    textcoords="offset points")  # fmt: skip
         eps = float(key)
         ax.set_title(f"{norm} eps_test = {eps * 255:.3g}/255" if norm == "linf" else f"{norm} eps_test = {eps:g}")
         ax.set_xlabel("standard accuracy (%)")
         ax.set_ylabel("adversarial accuracy (%)")
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
     fig.tight_layout()
     _save(fig, path)
     return True
@@ -368,9 +509,12 @@ def write_report(
     sections, written = [], [out / "report.md"]
     for study in groups:
         suffix = "" if len(groups) == 1 else f"_{study.slug}"
-        files = [out / f"learning_curves{suffix}.png", out / f"rkhs_bracket{suffix}.png"]
-        plot_learning_curves(study.runs, files[0])
-        plot_rkhs_bracket(study.runs, files[1])
+        files = [
+            f
+            for f, plot in ((out / f"learning_curves{suffix}.png", plot_learning_curves),
+                            (out / f"rkhs_bracket{suffix}.png", plot_rkhs_bracket))
+            if plot(study.runs, f)
+        ]  # fmt: skip
         for norm in ("l2", "linf"):
             if plot_tradeoff(study.runs, out / f"tradeoff_{norm}{suffix}.png", norm):
                 files.append(out / f"tradeoff_{norm}{suffix}.png")
@@ -382,6 +526,9 @@ def write_report(
         selection = selection_table(study.runs)
         if selection:
             text += "### Selected by validation accuracy\n\n" + selection + "\n"
+        paired = paired_table(study.runs)
+        if paired:
+            text += "### Paired with the unregularized baseline (same training subsets)\n\n" + paired + "\n"
         text += "### All runs\n\n" + markdown_table(study.runs)
         text += "\nPlots: " + ", ".join(f"[{f.name}]({f.name})" for f in files) + "\n"
         sections.append(text)
