@@ -1,5 +1,7 @@
 """PGD attacks: constraints, effect on the loss, restarts, and no side effects."""
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -204,3 +206,24 @@ def test_rounding_overshoots_of_augmented_images_pass_and_real_ones_are_refused(
     x[0, 0] = 1.000001
     with pytest.raises(ValueError, match=r"got values in \[.*, 1.00000\d+\]"):
         attacks.PGDL2(eps=0.5, steps=2)(model, x, y)
+
+
+def test_restarts_need_a_random_start():
+    assert attacks.PGDL2(eps=0.5, restarts=3).random_start  # chosen for you
+    with pytest.raises(ValueError, match="restarts=3 needs random_start=True"):
+        attacks.PGDL2(eps=0.5, restarts=3, random_start=False)
+
+
+@pytest.mark.parametrize("clip", [(True, 2.0), 0.5, "01"])
+def test_a_clip_that_is_not_a_pair_of_numbers_is_refused(clip):
+    with pytest.raises(ValueError, match="clip must be None or a pair"):
+        attacks.PGDL2(eps=0.5, clip=clip)
+
+
+def test_robust_accuracy_of_an_empty_set_is_nan():
+    from kernel_reg.evaluation import robust_accuracy
+
+    model = nn.Linear(4, 3)
+    assert math.isnan(
+        robust_accuracy(model, attacks.PGDL2(eps=0.5, clip=None), torch.zeros(0, 4), torch.zeros(0).long())
+    )

@@ -13,7 +13,15 @@ def describe(obj: object, skip: tuple[str, ...] = ("group", "generator", "sample
     """'Class(a=1, b=2)': the keyword arguments of ``obj``'s constructor with the values it holds.
 
     The constructor is the first in the class's method order that names its arguments (a subclass that
-    passes ``**arguments`` on shows its parent's), less those in the class's ``fixed_arguments``."""
+    passes ``**arguments`` on shows its parent's), less those in the class's ``fixed_arguments``.
+
+    Args:
+        obj: the configured object; an argument is shown when ``obj`` has an attribute of its name.
+        skip: argument names never shown (default: "group", "generator", "sampler").
+
+    Returns:
+        The repr string.
+    """
     fixed = (*skip, *getattr(type(obj), "fixed_arguments", ()))
     for cls in type(obj).__mro__:
         parameters = inspect.signature(cls.__init__).parameters.values()  # type: ignore[misc]
@@ -25,28 +33,28 @@ def describe(obj: object, skip: tuple[str, ...] = ("group", "generator", "sample
 
 
 def check_positive(name: str, value: float) -> float:
-    """``value`` as a float, or ValueError if it is not a finite number > 0."""
+    """``value`` as a float, or ValueError (naming ``name``) if it is not a finite int or float > 0 (bool refused)."""
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value <= 0:
         raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
     return float(value)
 
 
 def check_nonnegative(name: str, value: float) -> float:
-    """``value`` as a float, or ValueError if it is not a finite number >= 0."""
+    """``value`` as a float, or ValueError (naming ``name``) if it is not a finite int or float >= 0 (bool refused)."""
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value < 0:
         raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
     return float(value)
 
 
 def check_int(name: str, value: int, minimum: int = 1) -> int:
-    """``value``, or ValueError if it is not an integer >= ``minimum``."""
+    """``value``, or ValueError (naming ``name``) if it is not an int >= ``minimum`` (default 1; bool refused)."""
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return value
 
 
 def check_choice(name: str, value: str, choices: Sequence[str]) -> str:
-    """``value``, or ValueError naming the valid choices."""
+    """``value``, or ValueError naming ``name`` and the valid ``choices`` if it is not one of them."""
     if value not in choices:
         valid = ", ".join(repr(c) for c in choices)
         raise ValueError(f"{name} must be one of {valid}, got {value!r}")
@@ -54,10 +62,17 @@ def check_choice(name: str, value: str, choices: Sequence[str]) -> str:
 
 
 def check_clip(clip: tuple[float, float] | None) -> tuple[float, float] | None:
-    """A valid input range (lo, hi) with lo < hi, or None for no clipping."""
+    """A valid input range (lo, hi) with lo < hi, as floats, or None for no clipping.
+
+    Raises:
+        ValueError: unless ``clip`` is None or a pair of numbers with lo < hi.
+    """
     if clip is None:
         return None
-    if len(clip) != 2 or not all(isinstance(c, (int, float)) for c in clip) or not clip[0] < clip[1]:
+    numbers = isinstance(clip, (tuple, list)) and all(
+        isinstance(c, (int, float)) and not isinstance(c, bool) for c in clip
+    )
+    if not numbers or len(clip) != 2 or not clip[0] < clip[1]:
         raise ValueError(f"clip must be None or a pair (lo, hi) with lo < hi, got {clip!r}")
     return float(clip[0]), float(clip[1])
 
@@ -66,9 +81,15 @@ def check_inside_clip(x: torch.Tensor, clip: tuple[float, float] | None, who: st
     """ValueError unless every entry of ``x`` lies in the clip box [lo, hi] (no check when ``clip`` is None).
 
     An attack clamps its points into the box, so on inputs outside it the returned points would leave
-    the eps ball. Overshoots of two ulps at the box's edges pass: bilinear resampling of saturated pixels
-    (the deformation augmentation) gives 1 + 2^-23 in float32, as ``x + delta`` itself rounds by as much.
-    One min/max pass over the batch."""
+    the eps ball. Overshoots of 2 * machine-eps * max(|lo|, |hi|) (two ulps at 1) pass: bilinear resampling of
+    saturated pixels (the deformation augmentation) gives 1 + 2^-23 in float32, as ``x + delta`` itself
+    rounds by as much. One min/max pass over the batch.
+
+    Args:
+        x: the inputs, any shape.
+        clip: the box (lo, hi), or None.
+        who: the name of the caller, for the message.
+    """
     if clip is None or x.numel() == 0:
         return
     lo, hi = clip
@@ -87,7 +108,11 @@ def check_inside_clip(x: torch.Tensor, clip: tuple[float, float] | None, who: st
 
 
 def check_logits(logits: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """The model output, or ValueError unless it is a 2-D (batch, classes) tensor of logits."""
+    """The model output, or ValueError unless it is a 2-D (batch, classes) tensor of logits.
+
+    Shape:
+        logits: (batch_size, k); returned as is.
+    """
     if not isinstance(logits, torch.Tensor):
         raise ValueError(
             f"the model must return a tensor of logits of shape (batch={batch_size}, classes), it returned a "

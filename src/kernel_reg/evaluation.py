@@ -26,7 +26,22 @@ from .rundir import MaskingCheck, Robustness, locked, read_config, write_robustn
 def accuracy(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512, description: str = "accuracy"
 ) -> tuple[float, float]:
-    """(mean cross-entropy, accuracy) of ``model`` in eval mode on (x, y); NaN for an empty set."""
+    """(mean cross-entropy, accuracy) of ``model`` in eval mode on (x, y):
+
+        (1/n sum_i CE(f(x_i), y_i), 1/n #{i : argmax_j f_j(x_i) = y_i}),
+
+    without gradients, ``batch_size`` examples per forward pass; the model is left as it was found.
+
+    Args:
+        model: maps x to logits (n, k).
+        x: the inputs, (n, *shape).
+        y: their class indices, (n,).
+        batch_size: examples per forward pass (default 512).
+        description: the progress bar's label (default "accuracy").
+
+    Returns:
+        (loss, accuracy), floats; (NaN, NaN) for an empty set.
+    """
     if x.shape[0] == 0:
         return float("nan"), float("nan")
     loss, correct = 0.0, 0
@@ -43,7 +58,22 @@ def accuracy(
 def robust_correct(
     model: nn.Module, attack: AttackFn, x: torch.Tensor, y: torch.Tensor, batch_size: int, description: str = "attack"
 ) -> torch.Tensor:
-    """Per example: still correctly classified after ``attack`` (each batch attacked once)."""
+    """Per example: still correctly classified after ``attack``, argmax_j f_j(attack(x_i)) = y_i.
+
+    The attack runs once per batch of ``batch_size`` examples; its points are classified in eval mode,
+    without gradients.
+
+    Args:
+        model: maps x to logits (n, k).
+        attack: an ``Attack`` or any function (model, x, y) -> x_adv.
+        x: the inputs, (n, *shape).
+        y: their class indices, (n,).
+        batch_size: examples per attack call, >= 1.
+        description: the progress bar's label (default "attack").
+
+    Returns:
+        A bool tensor (n,) on x's device: True where the attack failed.
+    """
     correct = []
     starts = range(0, x.shape[0], batch_size)
     for start in progress(starts, len(starts), description):
@@ -57,7 +87,21 @@ def robust_correct(
 def robust_accuracy(
     model: nn.Module, attack: AttackFn, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512
 ) -> float:
-    """Accuracy on ``attack``'s adversarial examples."""
+    """Robust accuracy: the fraction of examples still correctly classified after ``attack``,
+    1/n #{i : argmax_j f_j(attack(x_i)) = y_i} (see ``robust_correct``).
+
+    Args:
+        model: maps x to logits (n, k).
+        attack: an ``Attack`` or any function (model, x, y) -> x_adv.
+        x: the inputs, (n, *shape), n >= 1.
+        y: their class indices, (n,).
+        batch_size: examples per attack call (default 512).
+
+    Returns:
+        The robust accuracy, a float in [0, 1] (NaN for an empty set).
+    """
+    if x.shape[0] == 0:
+        return float("nan")
     return int(robust_correct(model, attack, x, y, batch_size).sum()) / x.shape[0]
 
 
@@ -66,12 +110,37 @@ ATTACK_NAMES = ("pgd", "apgd-ce", "apgd-dlr", "apgd-t", "square", "strong")
 
 @dataclass(frozen=True)
 class EvalSettings:
-    """The robustness evaluation. Attack defaults are the original's (PGD, 100 steps, l2 step 0.5, linf
-    step 0.01); ``attacks`` names the attacks whose per-example worst case gives each number ("strong":
-    APGD-CE then APGD-T); ``checks`` runs the gradient-masking checks, whose convergence check (twice
-    the steps and restarts) runs at the middle radius of each norm, or at every one with
-    ``converge_every_radius``. The attacks draw from their own generator seeded with ``seed``: an
-    evaluation repeats exactly (on one device and thread count) and leaves the global RNG alone."""
+    """The robustness evaluation's settings (frozen; checked on construction). Attack defaults are the
+    original's (PGD, 100 steps, l2 step 0.5, linf step 0.01); ``attacks`` names the attacks whose
+    per-example worst case gives each number ("strong": APGD-CE then APGD-T); ``checks`` runs the
+    gradient-masking checks, whose convergence check (twice the steps and restarts) runs at the middle
+    radius of each norm, or at every one with ``converge_every_radius``. The attacks draw from their own
+    generator seeded with ``seed``: an evaluation repeats exactly (on one device and thread count) and
+    leaves the global RNG alone.
+
+    Args:
+        l2_eps: the l2 radii, each > 0 (default (0.1, 0.5, 1.0, 1.5)); also those of the certified accuracy.
+        linf_eps: the linf radii, in [0, 1] pixel units, each > 0 (default 1/255, 2/255, 5/255, 8/255); at
+            least one radius in all.
+        attacks: a non-empty tuple of "pgd", "apgd-ce", "apgd-dlr", "apgd-t", "square" and "strong"
+            (default ("pgd",)).
+        steps: the iterations of PGD and APGD, >= 1 (default 100).
+        l2_step_size: PGD's l2 step, > 0 (default 0.5).
+        linf_step_size: PGD's linf step, > 0 (default 0.01).
+        restarts: the runs of PGD (a random start when > 1) and of APGD, >= 1 (default 1).
+        n_target_classes: APGD-T's target classes, >= 1 (default 9).
+        queries: the Square attack's queries, >= 1 (default 1000), also the masking check's.
+        n_test: how many test images (the first ones), >= 1 (default 1000); None: the run's configured
+            ``n_test``.
+        batch_size: examples per attack call, >= 1 (default 500).
+        checks: run the gradient-masking checks (default True).
+        converge_every_radius: the convergence check at every radius, not only the middle one (default
+            False).
+        seed: the seed of the attacks' generator, >= 0 (default 0).
+
+    Raises:
+        ValueError: for any invalid value, naming it.
+    """
 
     l2_eps: tuple[float, ...] = (0.1, 0.5, 1.0, 1.5)
     linf_eps: tuple[float, ...] = (1 / 255, 2 / 255, 5 / 255, 8 / 255)
@@ -212,7 +281,23 @@ def evaluate_model(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: EvalSettings, input_shape: Sequence[int]
 ) -> Robustness:
     """Clean, robust (l2 and linf) and certified-l2 accuracies of ``model`` on (x, y), the attacks that
-    produced them, and the gradient-masking checks (``epoch`` and ``weights`` left unset)."""
+    produced them, and the gradient-masking checks (``epoch``, ``weights`` and ``trained_to`` left unset).
+
+    Robust accuracy at each radius: under the per-example worst case of the settings' attacks. Certified
+    l2 accuracy: margin > sqrt(2) L eps at each l2 radius, L = ``spectral.lipschitz_upper_bound`` (None,
+    with ``certified_note``, for a model with a layer without a Lipschitz rule). The model is left as it
+    was found; the global RNG is not used.
+
+    Args:
+        model: maps x to logits (n, k).
+        x: the test inputs, (n, *shape).
+        y: their class indices, (n,).
+        settings: the attacks, radii and checks.
+        input_shape: the shape of one input, without the batch dimension, for the Lipschitz bound.
+
+    Returns:
+        A ``rundir.Robustness``; its accuracy dicts are keyed by ``eps_key(eps)``.
+    """
     generator = torch.Generator().manual_seed(settings.seed)
     _, clean = accuracy(model, x, y, settings.batch_size, "clean accuracy")
     accuracies: dict[str, dict[str, float]] = {}
@@ -281,7 +366,23 @@ def evaluate_run(
     """Evaluate a run folder's weights of best validation accuracy (``which="last"``, or a run without a
     validation set: its last weights) on its test set, holding the folder's lock; ``log`` gets the
     summary lines before ``robustness.json`` is written there. A folder that is locked or not writable
-    fails at once, before any work."""
+    fails at once, before any work.
+
+    Args:
+        run_dir: the run folder.
+        settings: the evaluation settings (``settings.n_test``: the test images).
+        device: where to evaluate: "auto" (default: CUDA when available, else the CPU) or a device name.
+        which: "best" (default) or "last", the weights.
+        log: receives each summary line (default: discards them).
+
+    Returns:
+        The ``rundir.Robustness`` written, with ``epoch``, ``weights`` and ``trained_to`` set.
+
+    Raises:
+        ValueError: for another ``which``, or a device this machine does not have.
+        RunFolderError: for a folder that is not a run folder, is locked by another process or is not
+            writable.
+    """
     run_dir = Path(run_dir)
     check_choice("weights", which, ("best", "last"))
     read_config(run_dir)  # a run folder at all, before taking its lock

@@ -11,12 +11,22 @@ from torch.nn.modules.batchnorm import _NormBase
 
 @contextlib.contextmanager
 def preserved_state(model: nn.Module, mode: bool | None = None) -> Iterator[None]:
-    """Run a block on ``model`` and leave it exactly as it was found.
+    """Run a block on ``model`` and leave it exactly as it was found (a context manager).
 
     Saves the train/eval flag of every submodule, optionally switches the whole model to ``mode``
     (True: train, False: eval) for the block, and restores the flags afterwards, even on error.
-    BatchNorm-like layers run the block on copies of their running statistics, which are discarded:
-    the caller's buffers are never written, so graphs built in the block stay valid for backward.
+    BatchNorm-like layers (``_NormBase``: BatchNorm, InstanceNorm, ...) run the block on copies of their
+    buffers (running statistics, batch counter), which are discarded: the caller's buffers are never written,
+    so graphs built in the block stay valid for backward. Parameters are not guarded.
+
+    Args:
+        model: the module to guard.
+        mode: the train/eval flag for the block: True (train), False (eval), or None (default: the
+            caller's flags, unchanged).
+
+    Example:
+        >>> with preserved_state(model, mode=False), torch.no_grad():
+        ...     logits = model(x)  # eval mode here; model.training as before afterwards
     """
     flags = [(module, module.training) for module in model.modules()]
     swapped = []

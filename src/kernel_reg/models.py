@@ -24,7 +24,15 @@ VGG16 = (64, 64, "P", 128, 128, "P", 256, 256, 256, "P", 512, 512, 512, "P", 512
 
 
 class Normalize(nn.Module):
-    """(x - mean) / std per channel; mean and std are buffers, so they follow ``.to(device)``."""
+    """(x - mean) / std per channel; mean and std are buffers, so they follow ``.to(device)``.
+
+    Args:
+        mean: the per-channel means, length C.
+        std: the per-channel standard deviations, length C, > 0.
+
+    Shape:
+        x: (n, C, H, W); output: (n, C, H, W).
+    """
 
     mean: torch.Tensor
     std: torch.Tensor
@@ -35,6 +43,7 @@ class Normalize(nn.Module):
         self.register_buffer("std", torch.tensor(std).view(-1, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(x - mean) / std, channel by channel."""
         return (x - self.mean) / self.std
 
     def lipschitz_upper_bound(self, child_bound: Callable[[nn.Module], float]) -> float:
@@ -43,7 +52,19 @@ class Normalize(nn.Module):
 
 
 class BasicBlock(nn.Module):
-    """Residual block without BatchNorm: relu(conv2(relu(conv1(x))) + shortcut(x))."""
+    """Residual block without BatchNorm: relu(conv2(relu(conv1(x))) + shortcut(x)).
+
+    conv1: 3x3, ``stride``; conv2: 3x3; shortcut: the identity, or a 1x1 convolution with ``stride`` when the
+    stride or the width changes; no biases. A ``spectral.LipschitzBounded`` module.
+
+    Args:
+        in_planes: input channels.
+        planes: output channels.
+        stride: conv1's and the shortcut's stride (default 1).
+
+    Shape:
+        x: (n, in_planes, H, W); output: (n, planes, ceil(H / stride), ceil(W / stride)).
+    """
 
     def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
         super().__init__()
@@ -54,6 +75,7 @@ class BasicBlock(nn.Module):
             self.shortcut = nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """relu(conv2(relu(conv1(x))) + shortcut(x))."""
         return F.relu(self.conv2(F.relu(self.conv1(x))) + self.shortcut(x))
 
     def lipschitz_upper_bound(self, child_bound: Callable[[nn.Module], float]) -> float:
@@ -100,18 +122,43 @@ def _cifar_vgg(config: Sequence[int | str], num_classes: int) -> nn.Sequential:
 
 
 def vgg11(num_classes: int = 10) -> nn.Sequential:
-    """VGG-11 for 3x32x32 inputs: max-pooling, no BatchNorm, classifier 512-512-k."""
+    """VGG-11 for 3x32x32 inputs in [0, 1] (CIFAR-10 normalisation inside): 3x3 convolutions with ReLU and
+    2x2 max-pooling, no BatchNorm, classifier 512-512-k.
+
+    Args:
+        num_classes: k (default 10).
+
+    Shape:
+        x: (n, 3, 32, 32); output: logits (n, k).
+    """
     return _cifar_vgg(VGG11, num_classes)
 
 
 def vgg16(num_classes: int = 10) -> nn.Sequential:
-    """VGG-16 for 3x32x32 inputs: max-pooling, no BatchNorm, classifier 512-512-k."""
+    """VGG-16 for 3x32x32 inputs in [0, 1] (CIFAR-10 normalisation inside): 3x3 convolutions with ReLU and
+    2x2 max-pooling, no BatchNorm, classifier 512-512-k.
+
+    Args:
+        num_classes: k (default 10).
+
+    Shape:
+        x: (n, 3, 32, 32); output: logits (n, k).
+    """
     return _cifar_vgg(VGG16, num_classes)
 
 
 def vgg5_stable(num_classes: int = 10, widths: Sequence[int] = (64, 128, 256, 512)) -> nn.Sequential:
-    """The 'stable' VGG-5 for 1x28x28 inputs: four 3x3 convolutions each followed by 2x2 average
-    pooling (28 -> 14 -> 7 -> 3 -> 1), then a linear layer; no biases anywhere."""
+    """The 'stable' VGG-5 for 1x28x28 inputs in [0, 1] (MNIST normalisation inside): four 3x3 convolutions
+    each followed by ReLU and 2x2 average pooling (28 -> 14 -> 7 -> 3 -> 1), then a linear layer; no biases
+    anywhere.
+
+    Args:
+        num_classes: k (default 10).
+        widths: the four convolutions' output channels (default (64, 128, 256, 512)).
+
+    Shape:
+        x: (n, 1, 28, 28); output: logits (n, k).
+    """
     config: list[int | str] = []
     for width in widths:
         config += [width, "P"]
@@ -126,7 +173,16 @@ def vgg5_stable(num_classes: int = 10, widths: Sequence[int] = (64, 128, 256, 51
 
 
 def resnet18(num_classes: int = 10) -> nn.Sequential:
-    """ResNet-18 for 3x32x32 inputs without BatchNorm (stages of 64, 128, 256, 512 channels)."""
+    """ResNet-18 for 3x32x32 inputs in [0, 1] (CIFAR-10 normalisation inside) without BatchNorm: a 3x3
+    convolution with ReLU, four stages of two ``BasicBlock`` (64, 128, 256, 512 channels, strides 1, 2, 2, 2), 4x4
+    average pooling and a linear layer.
+
+    Args:
+        num_classes: k (default 10).
+
+    Shape:
+        x: (n, 3, 32, 32); output: logits (n, k).
+    """
     layers: list[nn.Module] = [
         Normalize(CIFAR_MEAN, CIFAR_STD),
         nn.Conv2d(3, 64, 3, padding=1, bias=False),
@@ -140,6 +196,7 @@ def resnet18(num_classes: int = 10) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+# the model constructors by name
 MODELS: dict[str, Callable[..., nn.Sequential]] = {
     "vgg11": vgg11,
     "vgg16": vgg16,
@@ -149,7 +206,16 @@ MODELS: dict[str, Callable[..., nn.Sequential]] = {
 
 
 def build(name: str, num_classes: int = 10, width: int = 64) -> nn.Sequential:
-    """A model by name; ``width`` is the first layer's width of vgg5_stable (then doubled per stage)."""
+    """A model by name: one of ``MODELS`` ("vgg11", "vgg16", "resnet18", "vgg5_stable").
+
+    Args:
+        name: the model's name (KeyError for another).
+        num_classes: k (default 10).
+        width: vgg5_stable only: the first convolution's width, doubled per stage (default 64).
+
+    Returns:
+        The model, a ``nn.Sequential`` mapping inputs in [0, 1] to logits (n, k).
+    """
     if name == "vgg5_stable":
         return vgg5_stable(num_classes, widths=(width, 2 * width, 4 * width, 8 * width))
     return MODELS[name](num_classes)

@@ -1,4 +1,5 @@
-"""Lower bounds of the RKHS norm of a classifier, used as penalties.
+"""Lower bounds of the RKHS norm of a classifier, used as penalties (Bietti, Mialon, Chen and Mairal, "A Kernel
+Perspective for Regularizing Deep Neural Networks", ICML 2019), and the loss-gradient and VAT baselines.
 
 Every penalty is a callable ``penalty(model, x, y) -> scalar tensor``, already multiplied by its
 weight, to be added to the task loss; gradients flow to the model's parameters. f denotes the model
@@ -32,15 +33,25 @@ from .tensors import normalize_l2, project_l2, randn
 class Penalty:
     """The contract of every penalty: ``penalty(model, x, y) -> lmbda * value``, a scalar to add to the loss.
 
-    Args (keyword-only): ``lmbda``, the weight (>= 0), and the penalty's own hyperparameters.
-    Shape: x (n, *shape), the inputs; y (n,) class indices (used by the penalties that need labels);
-        the model maps x to logits (n, k).
-    Returns: a scalar tensor in the model's dtype, with a graph to the model's parameters, also when
-        called under ``torch.no_grad()``.
-
     The model runs in the caller's train/eval mode; its flags, BatchNorm statistics and the caller's
     tensors are left as they were. ``name`` names the penalty; ``repr`` shows its hyperparameters.
-    Subclasses implement ``unweighted``.
+    Subclasses implement ``unweighted`` (and ``check_inputs``).
+
+    Args (keyword-only):
+        lmbda: the weight, a finite number >= 0 (0 still computes the penalty, times 0); subclasses add
+            their own hyperparameters.
+
+    Shape:
+        x: (n, *shape), the inputs; y: (n,) class indices, or None (only the penalties that need labels
+        use them); model(x): logits (n, k).
+
+    Returns:
+        A scalar tensor, lmbda * value, in the model's dtype, with a graph to the model's parameters, also
+        when called under ``torch.no_grad()``.
+
+    Raises:
+        ValueError: for inputs the penalty is not defined on (``check_inputs``), or a model that does not
+            return logits (n, k).
     """
 
     name = "penalty"
@@ -49,15 +60,17 @@ class Penalty:
         self.lmbda = check_nonnegative("lmbda", lmbda)
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """lmbda * unweighted(model, x, y), after ``check_inputs``, with gradients enabled, model guarded."""
         self.check_inputs(x, y)
         with torch.enable_grad(), preserved_state(model):
             return self.lmbda * self.unweighted(model, x.detach(), None if y is None else y.detach())
 
     def check_inputs(self, x: torch.Tensor, y: torch.Tensor | None) -> None:
-        """ValueError for inputs the penalty is not defined on."""
+        """Raise ValueError for inputs x (n, *shape) and labels y (n,) or None the penalty is not defined on
+        (no-op here)."""
 
     def unweighted(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
-        """The penalty without its weight (model and tensors already guarded)."""
+        """The penalty without its weight, a scalar tensor (model and tensors already guarded, x detached)."""
         raise NotImplementedError
 
     def __repr__(self) -> str:
@@ -73,13 +86,24 @@ def _check_images(name: str, x: torch.Tensor) -> None:
 
 
 class SupremumPenalty(Penalty):
-    """lmbda * sum_j max_i s_j(x_i): a supremum over the batch for each class j.
+    """lmbda * sum_j max_i s_j(x_i): a supremum over the batch for each class j = 1..k.
 
     Two passes: ``search`` finds, without a parameter graph, each class's maximiser and its score
     (k,); ``terms`` recomputes the k winning terms with their graph. The argmax is a constant, so this is
     the exact gradient of the definition at a fraction of the cost of a graph through the whole search.
     On several processes (``group``, see ``distributed.Group``) the maximiser is sought over the global
-    batch.
+    batch. Labels are not used.
+
+    Args (keyword-only):
+        lmbda: the weight, >= 0.
+        group: the process group (default ``SINGLE``: one process); with several, the rank whose example
+            wins a class keeps its term (``distributed.Group.supremum_sum``).
+
+    Shape:
+        x: (n, *shape); y: (n,) or None, not used; model(x): logits (n, k).
+
+    Returns:
+        A scalar tensor, lmbda * sum_j s_j(x_{i_j}), with a graph to the model's parameters.
     """
 
     def __init__(self, *, lmbda: float, group: Group = SINGLE) -> None:
@@ -87,7 +111,8 @@ class SupremumPenalty(Penalty):
         self.group = group
 
     def search(self, model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, Any]:
-        """(per class, the largest score (k,); what ``terms`` needs to recompute the winners)."""
+        """(scores, winners): per class, the largest score s_j(x_{i_j}) (k,), and what ``terms`` needs to
+        recompute the winners."""
         raise NotImplementedError
 
     def terms(self, model: nn.Module, x: torch.Tensor, winners: Any) -> torch.Tensor:
@@ -95,11 +120,16 @@ class SupremumPenalty(Penalty):
         raise NotImplementedError
 
     def unweighted(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        """sum_j of the winning terms, over the global batch on several processes."""
         scores, winners = self.search(model, x)
         return self.group.supremum_sum(self.terms(model, x, winners), scores.detach())
 
     def class_terms(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        """The unweighted winning term of each class on this batch (k,), on this process."""
+        """The unweighted winning term s_j(x_{i_j}) of each class on this batch, on this process alone.
+
+        Shape:
+            x: (n, *shape); output: (k,), with a graph to the model's parameters.
+        """
         self.check_inputs(x, None)
         with torch.enable_grad(), preserved_state(model):
             x = x.detach()
@@ -109,10 +139,22 @@ class SupremumPenalty(Penalty):
 def class_input_gradients(
     model: nn.Module, x: torch.Tensor, create_graph: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits (n, k) and per-class input gradients (n, k, *x.shape[1:]): grads[i, j] = grad_x f_j(x_i).
+    """Logits and per-class input gradients grads[i, j] = grad_x f_j(x_i).
 
     One forward pass, then k input-only backward passes on the retained graph (no parameter
-    gradients are formed unless ``create_graph``).
+    gradients are formed unless ``create_graph``). Exact per example when the examples do not interact
+    (no BatchNorm in train mode): each is the gradient of sum_i f_j(x_i).
+
+    Args:
+        model: maps x to logits (n, k).
+        x: the inputs, (n, *shape).
+        create_graph: keep a graph through the gradients (for double backpropagation); default False.
+
+    Shape:
+        x: (n, *shape); logits: (n, k); grads: (n, k, *shape).
+
+    Returns:
+        (logits, grads).
     """
     x_in = x.detach().requires_grad_(True)
     logits = check_logits(model(x_in), x.shape[0])
@@ -156,12 +198,28 @@ def _draw_fields(sampler: RandomDeformation, group: Group, x: torch.Tensor, m: i
 
 
 class GradientPenalty(SupremumPenalty):
-    """||grad f||^2, the supremum gradient penalty.
+    """||grad f||^2, the supremum gradient penalty (Bietti, Mialon, Chen and Mairal, ICML 2019):
 
-        lmbda * sum_j ||grad_x f_j(x_{i_j})||_2^2,  i_j = argmax_i ||grad_x f_j(x_i)||_2^2.
+        lmbda * sum_j max_i ||grad_x f_j(x_i)||_2^2 = lmbda * sum_j ||grad_x f_j(x_{i_j})||_2^2,
+        i_j = argmax_i ||grad_x f_j(x_i)||_2^2.
 
     The search takes the per-class input gradients of the batch (one forward, k input-only backward
     passes); the k winners are recomputed with a graph for double backpropagation.
+
+    Args (keyword-only):
+        lmbda: the weight, >= 0 (default 0.1).
+        group: the process group (default: one process; see ``SupremumPenalty``).
+
+    Shape:
+        x: (n, *shape); y: (n,) or None, not used; model(x): logits (n, k).
+
+    Returns:
+        The penalty above, a scalar tensor with a graph to the model's parameters.
+
+    Example:
+        >>> penalty = GradientPenalty(lmbda=0.1)
+        >>> loss = F.cross_entropy(model(x), y) + penalty(model, x, y)
+        >>> loss.backward()
     """
 
     name = "gradient-penalty"
@@ -170,30 +228,54 @@ class GradientPenalty(SupremumPenalty):
         super().__init__(lmbda=lmbda, group=group)
 
     def search(self, model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """max_i ||grad_x f_j(x_i)||_2^2 per class (k,), and the maximising example indices i_j (k,)."""
         _, grads = class_input_gradients(model, x)  # (n, k, *shape)
         scores, winners = grads.flatten(2).pow(2).sum(2).max(0)  # (k,) each
         return scores, winners
 
     def terms(self, model: nn.Module, x: torch.Tensor, winners: torch.Tensor) -> torch.Tensor:
+        """||grad_x f_j(x_{i_j})||_2^2 for each class j (k,), with a graph for double backpropagation."""
         return _selected_class_gradients(model, x[winners]).flatten(1).pow(2).sum(1)
 
 
 class AdversarialPerturbationPenalty(SupremumPenalty):
-    """||f||_delta^2, the adversarial perturbation penalty.
+    """||f||_delta^2, the adversarial perturbation penalty (Bietti, Mialon, Chen and Mairal, ICML 2019).
 
     For each class j and example i, d_ij approximately maximises f_j(x_i + d) - f_j(x_i) over
-    ||d||_2 <= eps by ``steps`` normalised gradient steps of size ``step_size`` (default 1.5 eps / steps)
-    from d = 0, each followed by projection on the ball. With i_j the example of largest increase,
+    ||d||_2 <= eps by ``steps`` normalised gradient steps d <- Proj_eps(d + step_size * g / ||g||_2),
+    g = grad_d f_j(x_i + d), from d = 0 (no clip box: the inputs may leave their range). With i_j the
+    example of largest increase f_j(x_i + d_ij) - f_j(x_i),
 
         lmbda * sum_j (f_j(x_{i_j} + d_{i_j j}) - f_j(x_{i_j}))^2,
 
-    gradients flowing through both terms.
+    gradients flowing through both terms (d_{i_j j} held constant).
 
     The first step, from d = 0, needs only the per-class input gradients of the clean batch (one forward,
-    k input-only backward passes); the other steps forward k copies of the batch, ``chunk_size`` examples
-    at a time (default: the batch size, one class per pass). With ``candidates=m``, only the m examples of
-    steepest ascent per class (largest ||grad_x f_j(x_i)||) continue after the first step: the search
+    k input-only backward passes); the remaining steps - 1 forward k copies of the batch, in passes of
+    whole classes of m examples (m = n, or ``candidates``). With ``candidates=m``, only the m examples of
+    steepest ascent per class (largest ||grad_x f_j(x_i)||_2) continue after the first step: the search
     then costs about m / n of the exact one, and is exact when m >= n.
+
+    Args (keyword-only):
+        lmbda: the weight, >= 0 (default 1.0).
+        eps: the radius of the l2 ball, > 0 (default 1.0).
+        steps: the number of ascent steps, >= 1 (default 5).
+        step_size: the step length, > 0; None (default): 1.5 eps / steps.
+        chunk_size: the largest number of examples per forward pass of the search, >= 1, rounded down to
+            whole classes of m examples but at least one class per pass; None (default): one class per
+            pass.
+        candidates: m, the examples per class kept after the first step, >= 1; None (default): all n.
+        group: the process group (default: one process; see ``SupremumPenalty``).
+
+    Shape:
+        x: (n, *shape); y: (n,) or None, not used; model(x): logits (n, k).
+
+    Returns:
+        The penalty above, a scalar tensor with a graph to the model's parameters.
+
+    Example:
+        >>> penalty = AdversarialPerturbationPenalty(lmbda=1.0, eps=1.0, steps=5, candidates=8)
+        >>> loss = F.cross_entropy(model(x), y) + penalty(model, x, y)
     """
 
     name = "adv-perturbation"
@@ -239,7 +321,8 @@ class AdversarialPerturbationPenalty(SupremumPenalty):
         return torch.cat(deltas), torch.cat(values)
 
     def search(self, model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-        """The largest increase of each class (k,), and its example and perturbation ((k, *shape) each)."""
+        """The largest increase max_i f_j(x_i + d_ij) - f_j(x_i) of each class (k,), and its example and
+        perturbation ((k, *shape) each)."""
         n = x.shape[0]
         clean, grads = class_input_gradients(model, x)  # (n, k), (n, k, *shape)
         clean, k = clean.detach(), clean.shape[1]
@@ -263,8 +346,32 @@ class AdversarialPerturbationPenalty(SupremumPenalty):
 
 
 class LossGradientPenalty(Penalty):
-    """grad-l2 / grad-l1: lmbda / n * sum_i ||grad_x l(f(x_i), y_i)||, the squared l2 norm or the l1 norm
-    (``norm``), l the per-example cross-entropy. Needs the labels y."""
+    """grad-l2 / grad-l1, the loss-gradient penalties compared in Bietti, Mialon, Chen and Mairal (ICML 2019)
+    (double backpropagation, Drucker and LeCun, 1992):
+
+        lmbda / n * sum_i ||grad_x l(f(x_i), y_i)||_2^2   (norm "l2")   or
+        lmbda / n * sum_i ||grad_x l(f(x_i), y_i)||_1     (norm "l1"),
+
+    l the per-example cross-entropy. Needs the labels y. One forward and one backward pass with a graph
+    for double backpropagation. Named "loss-gradl2" or "loss-gradl1".
+
+    Args (keyword-only):
+        lmbda: the weight, >= 0 (default 0.1).
+        norm: "l2" (default: the squared l2 norm) or "l1".
+
+    Shape:
+        x: (n, *shape); y: (n,) class indices, required; model(x): logits (n, k).
+
+    Returns:
+        The penalty above, a scalar tensor with a graph to the model's parameters.
+
+    Raises:
+        ValueError: when y is None or not of shape (n,).
+
+    Example:
+        >>> penalty = LossGradientPenalty(lmbda=0.1, norm="l2")
+        >>> loss = F.cross_entropy(model(x), y) + penalty(model, x, y)
+    """
 
     def __init__(self, *, lmbda: float = 0.1, norm: str = "l2") -> None:
         super().__init__(lmbda=lmbda)
@@ -272,11 +379,13 @@ class LossGradientPenalty(Penalty):
         self.name = f"loss-grad{norm}"
 
     def check_inputs(self, x: torch.Tensor, y: torch.Tensor | None) -> None:
+        """Raise ValueError unless y has the shape (n,)."""
         if y is None or y.shape != x.shape[:1]:
             got = "none" if y is None else f"shape {tuple(y.shape)}"
             raise ValueError(f"{self.name} needs the labels y of shape ({x.shape[0]},), got {got}")
 
     def unweighted(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        """mean_i ||grad_x l(f(x_i), y_i)||_2^2 (or ||.||_1)."""
         assert y is not None  # check_inputs
         x_in = x.requires_grad_(True)
         logits = check_logits(model(x_in), x.shape[0])
@@ -292,13 +401,31 @@ def _kl(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:
 
 
 class VATPenalty(Penalty):
-    """Virtual adversarial training (Miyato et al., 2018).
+    """Virtual adversarial training (Miyato, Maeda, Koyama and Ishii, TPAMI 2018):
 
         lmbda * mean_i KL(p(.|x_i) || p(.|x_i + r_i)),  r_i = eps * d_i / ||d_i||_2,
 
-    d_i from ``steps`` power-iteration steps d <- grad_d KL(p(.|x) || p(.|x + xi d / ||d||)) from a
-    Gaussian draw. As in VAT, p(.|x) is held constant (no gradient through the clean prediction).
-    ``lmbda`` is the original's ``--vat_alpha``.
+    p(.|x) = softmax(f(x)), d_i from ``steps`` power-iteration steps
+    d <- grad_r KL(p(.|x) || p(.|x + r)) at r = xi d / ||d||_2, from a Gaussian draw (the global RNG).
+    As in VAT, p(.|x) is held constant (no gradient through the clean prediction) and r_i too. Labels are
+    not used. ``lmbda`` is the original's ``--vat_alpha``.
+
+    Args (keyword-only):
+        lmbda: the weight, >= 0 (default 1.0).
+        eps: the norm of the adversarial direction r_i, > 0 (default 1.0).
+        xi: the finite-difference radius of the power iteration, > 0 (default 1e-6).
+        steps: power-iteration steps, >= 1 (default 1).
+        group: the process group; on several, the Gaussian draws are made for the global batch.
+
+    Shape:
+        x: (n, *shape); y: (n,) or None, not used; model(x): logits (n, k).
+
+    Returns:
+        The penalty above, a scalar tensor with a graph to the model's parameters.
+
+    Example:
+        >>> penalty = VATPenalty(lmbda=1.0, eps=1.0)
+        >>> loss = F.cross_entropy(model(x), y) + penalty(model, x)
     """
 
     name = "vat"
@@ -313,6 +440,7 @@ class VATPenalty(Penalty):
         self.group = group
 
     def unweighted(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        """mean_i KL(p(.|x_i) || p(.|x_i + r_i)), the power iteration included."""
         with torch.no_grad():
             clean = check_logits(model(x), x.shape[0])
         direction = self.group.draw(lambda count: randn((count, *x.shape[1:]), x), len(x))
@@ -323,15 +451,37 @@ class VATPenalty(Penalty):
 
 
 class DeformationStabilityPenalty(SupremumPenalty):
-    """||f||_tau^2, stability to deformations.
+    """||f||_tau^2, stability to deformations (Bietti, Mialon, Chen and Mairal, ICML 2019):
 
         lmbda * sum_j max_{i, r} (f_j(T_{v_ir} x_i) - f_j(x_i))^2
 
-    over ``deformations`` random fields v_ir per example (drawn by ``sampler``, see
-    ``deformations.RandomDeformation``), at most ``chunk_size`` deformed images per forward pass
-    (default: the batch size). With ``candidates=m``, every example is first deformed by its first field
-    only, and the other fields are tried on the m examples per class that this moved most: exact when
-    m >= n. Shape: x (n, C, H, W), images.
+    over ``deformations`` random fields v_ir per example (drawn by ``sampler`` from the global RNG, see
+    ``deformations.RandomDeformation``), T_v the deformation of ``deformations.deform``. Every example is
+    first deformed by its first field, in one forward pass of n images; the other fields follow in passes
+    of at most ``chunk_size`` deformed images. With ``candidates=m``, the other fields are tried only on
+    the m examples per class that the first field moved most: exact when m >= n.
+
+    Args (keyword-only):
+        lmbda: the weight, >= 0 (default 0.1).
+        deformations: random fields per example, >= 1 (default 4).
+        sampler: the field distribution; None (default): ``RandomDeformation()``.
+        chunk_size: the most deformed images per forward pass after the first, >= 1; None (default): n.
+        candidates: m, the examples per class that get the other fields, >= 1; None (default): all n.
+        group: the process group (default: one process; see ``SupremumPenalty``); on several, the fields
+            are drawn for the global batch.
+
+    Shape:
+        x: images (n, C, H, W); y: (n,) or None, not used; model(x): logits (n, k).
+
+    Returns:
+        The penalty above, a scalar tensor with a graph to the model's parameters.
+
+    Raises:
+        ValueError: for inputs that are not image batches (n, C, H, W).
+
+    Example:
+        >>> penalty = DeformationStabilityPenalty(lmbda=0.1, deformations=4, sampler=RandomDeformation(amplitude=1.0))
+        >>> loss = F.cross_entropy(model(x), y) + penalty(model, x, y)
     """
 
     name = "stability"
@@ -353,10 +503,12 @@ class DeformationStabilityPenalty(SupremumPenalty):
         self.candidates = None if candidates is None else check_int("candidates", candidates)
 
     def check_inputs(self, x: torch.Tensor, y: torch.Tensor | None) -> None:
+        """Raise ValueError unless x is a batch of images (n, C, H, W)."""
         _check_images(type(self).__name__, x)
 
     def search(self, model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-        """The largest change of each class (k,), and its example and displacement field."""
+        """The largest change max_{i, r} (f_j(T_{v_ir} x_i) - f_j(x_i))^2 of each class (k,), and its example
+        (k, C, H, W) and displacement field (k, H, W, 2)."""
         n, m = x.shape[0], self.deformations
         fields = _draw_fields(self.sampler, self.group, x, m)  # (n, m, H, W, 2): field r of example i
         with torch.no_grad():
@@ -384,12 +536,34 @@ class DeformationStabilityPenalty(SupremumPenalty):
 
 
 class TangentGradientPenalty(SupremumPenalty):
-    """||D_tau f||^2, gradients along deformation tangents.
+    """||D_tau f||^2, gradients along deformation tangents (Bietti, Mialon, Chen and Mairal, ICML 2019):
 
         lmbda * sum_j max_i sum_m <grad_x f_j(x_i), t_im>^2,
 
-    t_im the tangent vectors of ``deformations`` random fields per example (see ``deformations.tangent``).
-    Shape: x (n, C, H, W), images.
+    t_im the tangent vectors of ``deformations`` random fields per example (drawn by ``sampler`` from the
+    global RNG; see ``deformations.tangent``). The search takes the per-class input gradients of the batch
+    (one forward, k input-only backward passes); the k winners are recomputed with a graph for double
+    backpropagation, with their tangents.
+
+    Args (keyword-only):
+        lmbda: the weight, >= 0 (default 0.1).
+        deformations: random fields (tangents) per example, >= 1 (default 4).
+        sampler: the field distribution; None (default): ``RandomDeformation()``.
+        group: the process group (default: one process; see ``SupremumPenalty``); on several, the fields
+            are drawn for the global batch.
+
+    Shape:
+        x: images (n, C, H, W); y: (n,) or None, not used; model(x): logits (n, k).
+
+    Returns:
+        The penalty above, a scalar tensor with a graph to the model's parameters.
+
+    Raises:
+        ValueError: for inputs that are not image batches (n, C, H, W).
+
+    Example:
+        >>> penalty = TangentGradientPenalty(lmbda=0.1, deformations=4)
+        >>> loss = F.cross_entropy(model(x), y) + penalty(model, x, y)
     """
 
     name = "gradtangent"
@@ -407,9 +581,12 @@ class TangentGradientPenalty(SupremumPenalty):
         self.sampler = sampler or RandomDeformation()
 
     def check_inputs(self, x: torch.Tensor, y: torch.Tensor | None) -> None:
+        """Raise ValueError unless x is a batch of images (n, C, H, W)."""
         _check_images(type(self).__name__, x)
 
     def search(self, model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """max_i sum_m <grad_x f_j(x_i), t_im>^2 per class (k,), and the maximising examples (k,) with their
+        flattened tangents (k, m, C * H * W)."""
         tangents = tangent(x, _draw_fields(self.sampler, self.group, x, self.deformations)).flatten(2)  # (n, m, D)
         _, grads = class_input_gradients(model, x)  # (n, k, *shape)
         scores = torch.einsum("nkd,nmd->nkm", grads.flatten(2), tangents).pow(2).sum(2)  # (n, k)
@@ -417,6 +594,7 @@ class TangentGradientPenalty(SupremumPenalty):
         return best, (winners, tangents[winners])
 
     def terms(self, model: nn.Module, x: torch.Tensor, winners: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """sum_m <grad_x f_j(x_{i_j}), t_{i_j m}>^2 for each class j (k,), with its graph."""
         examples, tangents = winners
         selected = _selected_class_gradients(model, x[examples]).flatten(1)  # (k, D)
         return torch.einsum("kd,kmd->km", selected, tangents).pow(2).sum(1)
@@ -425,7 +603,22 @@ class TangentGradientPenalty(SupremumPenalty):
 class FirstExamples(Penalty):
     """A penalty applied to the first ``count`` examples of each batch only (for costly penalties, as the
     original's ``stability_ex_per_batch``): ``penalty(model, x[:count], y[:count])``, weighted by the
-    penalty's own ``lmbda``."""
+    penalty's own ``lmbda`` (``lmbda`` and ``name`` are the wrapped penalty's).
+
+    Args (keyword-only):
+        penalty: the penalty to apply.
+        count: the number of leading examples it sees, >= 1 (all of a smaller batch).
+
+    Shape:
+        x: (n, *shape); y: (n,) or None; the wrapped penalty gets x[:count], y[:count].
+
+    Returns:
+        The wrapped penalty's scalar on those examples.
+
+    Example:
+        >>> penalty = FirstExamples(penalty=DeformationStabilityPenalty(lmbda=0.1), count=32)
+        >>> loss = F.cross_entropy(model(x), y) + penalty(model, x, y)
+    """
 
     def __init__(self, *, penalty: Penalty, count: int) -> None:
         self.penalty = penalty
@@ -434,4 +627,5 @@ class FirstExamples(Penalty):
         self.name = penalty.name
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """``penalty(model, x[:count], y[:count])``."""
         return self.penalty(model, x[: self.count], None if y is None else y[: self.count])

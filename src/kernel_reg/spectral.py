@@ -1,4 +1,4 @@
-"""The upper bound of the RKHS norm: spectral norms of the layers.
+"""The upper bound of the RKHS norm: spectral norms of the layers (Bietti, Mialon, Chen and Mairal, ICML 2019).
 
 W_mat denotes a Conv/Linear weight reshaped to (out, -1); BatchNorm weights and biases are never
 touched. Contents:
@@ -6,8 +6,9 @@ touched. Contents:
 - ``project_``: clip the singular values of every W_mat at tau (constraint), with ``tau_schedule``;
 - ``SpectralNormPenalty``: lmbda * sum_layers sigma_max(W_mat)^2, by power iteration or exactly;
 - ``operator_norm``: the norm of a layer as it acts on its input (padding, stride), by power iteration;
-- ``operator_norm_upper_bound`` / ``lipschitz_upper_bound``: guaranteed upper bounds (Gram iteration
-  on the Fourier blocks of a circular embedding), and from them ``certified_accuracy``.
+- ``gram_iteration_bound`` / ``conv_operator_norm_upper_bound`` / ``lipschitz_upper_bound``: guaranteed upper
+  bounds (Gram iteration, on the Fourier blocks of a circular embedding for convolutions), and from them
+  ``certified_radius`` and ``certified_accuracy`` (margin > sqrt(2) L eps).
 """
 
 from __future__ import annotations
@@ -26,17 +27,33 @@ from .guard import preserved_state
 from .penalties import Penalty
 from .tensors import margin
 
+# the layers whose W_mat the spectral constraint and penalty act on
 SPECTRAL_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 Layer = Union[nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d]
 
 
 def spectral_layers(model: nn.Module) -> list[tuple[str, Layer]]:
-    """The (name, module) pairs whose weights the spectral constraint and penalty act on."""
+    """The (name, module) pairs whose weights the spectral constraint and penalty act on.
+
+    Args:
+        model: any module.
+
+    Returns:
+        Its Linear and Conv1d/2d/3d submodules with their names, in ``named_modules`` order (the model
+        itself included when it is such a layer).
+    """
     return [(name, m) for name, m in model.named_modules() if isinstance(m, SPECTRAL_LAYERS)]
 
 
 def weight_matrix(layer: Layer) -> torch.Tensor:
-    """W_mat: the weight reshaped to (out, -1)."""
+    """W_mat: the weight reshaped to (out, -1), a view with its graph.
+
+    sigma_max(W_mat) is the quantity the constraint and penalty control; for a convolution it is not the
+    layer's operator norm (see ``operator_norm`` and ``conv_operator_norm_upper_bound``).
+
+    Shape:
+        Output: (out, in) for Linear, (out, in / groups * prod(kernel_size)) for a convolution.
+    """
     return layer.weight.reshape(layer.weight.shape[0], -1)
 
 
@@ -50,7 +67,16 @@ def clip_singular_values(mat: torch.Tensor, tau: float) -> torch.Tensor:
 
     Computed from the eigendecomposition of the smaller Gram matrix, as the correction
     W - sum_{s_i > tau} (1 - tau / s_i) u_i u_i^T W (or its transpose), so that only the clipped
-    directions are touched and smaller singular values stay exactly as they were.
+    directions are touched and smaller singular values stay exactly as they were. Works in float32 for
+    lower-precision inputs.
+
+    Args:
+        mat: the matrix W, (p, q).
+        tau: the largest singular value allowed (not checked here; ``project_`` checks tau > 0).
+
+    Returns:
+        ``mat`` itself (the same object) when no singular value exceeds tau, else a new (p, q) matrix in
+        ``mat``'s dtype.
     """
     work = mat if mat.dtype in (torch.float32, torch.float64) else mat.float()
     eigvals, eigvecs = torch.linalg.eigh(_gram(work))
@@ -69,7 +95,19 @@ def clip_singular_values(mat: torch.Tensor, tau: float) -> torch.Tensor:
 
 @torch.no_grad()
 def project_(model: nn.Module, tau: float) -> None:
-    """Project every Conv/Linear weight in place onto {sigma_max(W_mat) <= tau} (call after optimizer.step())."""
+    """The spectral constraint (Bietti, Mialon, Chen and Mairal, ICML 2019): project every Conv/Linear weight in
+    place onto {sigma_max(W_mat) <= tau}, W_mat <- U min(S, tau) V^T (``clip_singular_values``).
+
+    Call after ``optimizer.step()``; runs without a graph. Layers already inside the set are not written.
+
+    Args:
+        model: the model whose ``spectral_layers`` are projected.
+        tau: the radius, a finite number > 0.
+
+    Example:
+        >>> optimizer.step()
+        >>> project_(model, tau_schedule(tau=1.5, kappa=2.0, epoch=epoch))
+    """
     tau = check_positive("tau", tau)
     for _, layer in spectral_layers(model):
         mat = weight_matrix(layer)
@@ -79,7 +117,18 @@ def project_(model: nn.Module, tau: float) -> None:
 
 
 def tau_schedule(tau: float, kappa: float, epoch: float) -> float:
-    """The decaying constraint radius of the original: tau * (1 + 4 exp(-epoch / kappa))."""
+    """The decaying constraint radius of the original: tau * (1 + 4 exp(-epoch / kappa)).
+
+    5 tau at epoch 0, decreasing to tau.
+
+    Args:
+        tau: the final radius, > 0.
+        kappa: the decay time in epochs, > 0.
+        epoch: the (possibly fractional) epoch.
+
+    Returns:
+        The radius, a float.
+    """
     check_positive("tau", tau)
     check_positive("kappa", kappa)
     return tau * (1.0 + 4.0 * math.exp(-epoch / kappa))
@@ -87,13 +136,19 @@ def tau_schedule(tau: float, kappa: float, epoch: float) -> float:
 
 class Projection:
     """The spectral constraint as training uses it: after each step at ``epoch``, project every layer
-    onto {sigma_max(W_mat) <= tau_schedule(tau, kappa, epoch)}."""
+    onto {sigma_max(W_mat) <= tau_schedule(tau, kappa, epoch)} (see ``project_``).
+
+    Args (keyword-only):
+        tau: the final radius, > 0 (default 0.5).
+        kappa: the decay time of the radius in epochs, > 0 (default 2.0).
+    """
 
     def __init__(self, *, tau: float = 0.5, kappa: float = 2.0) -> None:
         self.tau = check_positive("tau", tau)
         self.kappa = check_positive("kappa", kappa)
 
     def radius(self, epoch: float) -> float:
+        """tau * (1 + 4 exp(-epoch / kappa)), the radius at ``epoch``."""
         return tau_schedule(self.tau, self.kappa, epoch)
 
     def __repr__(self) -> str:
@@ -107,17 +162,38 @@ class Projection:
 
 
 class SpectralNormPenalty(Penalty, nn.Module):
-    """lmbda * sum_layers sigma_max(W_mat)^2 over the model's Conv/Linear layers.
+    """The spectral-norm penalty (Bietti, Mialon, Chen and Mairal, ICML 2019), an upper-bound regularizer:
 
-    Args:
-        lmbda: the weight.
-        method: "power": ``steps`` power-iteration steps per call from vectors kept between calls (one per
-            layer, so the estimate sharpens as training goes), sigma = u^T W_mat v with u, v held constant;
-            "svd": the exact largest eigenvalue of the smaller Gram matrix, sigma^2.
-        steps: power-iteration steps per call.
+        lmbda * sum_layers sigma_max(W_mat)^2
 
-    The power-iteration vectors are buffers of this module, so ``state_dict()`` carries them into a
-    checkpoint like any other state. x and y are not used.
+    over the model's Conv/Linear layers (``spectral_layers``).
+
+    The power-iteration vectors are buffers of this module (as in spectral normalization, Miyato, Kataoka,
+    Koyama and Yoshida, ICLR 2018), so ``state_dict()`` carries them into a checkpoint like any other
+    state; a vector whose shape, device or dtype no longer matches its layer is drawn again (global RNG).
+    The model is not run: x and y are not used, and the call needs no ``preserved_state``.
+
+    Args (keyword-only):
+        lmbda: the weight, >= 0 (default 0.01).
+        method: "power" (default): ``steps`` power-iteration steps per call from vectors kept between calls
+            (one per layer, so the estimate sharpens as training goes), sigma = u^T W_mat v with u, v held
+            constant (an estimate from below); "svd": the exact largest eigenvalue of the smaller Gram
+            matrix, sigma^2.
+        steps: power-iteration steps per call, >= 1 (default 2; "power" only).
+
+    Shape:
+        x, y: not used (may be omitted).
+
+    Returns:
+        A scalar tensor, the penalty above, with a graph to the layers' weights.
+
+    Raises:
+        ValueError: for a model without Linear or Conv1d/2d/3d layers.
+
+    Example:
+        >>> penalty = SpectralNormPenalty(lmbda=0.01, method="power", steps=2)
+        >>> loss = F.cross_entropy(model(x), y) + penalty(model)
+        >>> sigmas = penalty.sigmas(model)  # sigma_max(W_mat) per layer
     """
 
     name = "spectral-norm"
@@ -152,7 +228,15 @@ class SpectralNormPenalty(Penalty, nn.Module):
 
     def squared_sigmas(self, model: nn.Module) -> list[torch.Tensor]:
         """sigma_max(W_mat)^2 of each layer, differentiable with respect to the weights (no square root,
-        so zero weights have a finite gradient)."""
+        so zero weights have a finite gradient).
+
+        Returns:
+            One 0-dim tensor per layer of ``spectral_layers(model)``, in that order; with "power", each
+            call advances the power iteration.
+
+        Raises:
+            ValueError: for a model without Linear or Conv1d/2d/3d layers.
+        """
         layers = spectral_layers(model)
         if not layers:
             raise ValueError(
@@ -163,13 +247,15 @@ class SpectralNormPenalty(Penalty, nn.Module):
         return [self._power_sigma(name, weight_matrix(m)).pow(2) for name, m in layers]
 
     def sigmas(self, model: nn.Module) -> list[torch.Tensor]:
-        """sigma_max(W_mat) of each layer (for reading; the penalty uses ``squared_sigmas``)."""
+        """sigma_max(W_mat) of each layer, 0-dim tensors (for reading; the penalty uses ``squared_sigmas``)."""
         return [s.sqrt() for s in self.squared_sigmas(model)]
 
     def unweighted(self, model: nn.Module, x: torch.Tensor | None, y: torch.Tensor | None) -> torch.Tensor:
+        """sum_layers sigma_max(W_mat)^2."""
         return torch.stack(self.squared_sigmas(model)).sum()
 
     def __call__(self, model: nn.Module, x: torch.Tensor | None = None, y: torch.Tensor | None = None) -> torch.Tensor:
+        """lmbda * sum_layers sigma_max(W_mat)^2, with its graph also under ``torch.no_grad()``."""
         with torch.enable_grad():
             return self.lmbda * self.unweighted(model, x, y)
 
@@ -186,11 +272,21 @@ def _linear_part(layer: nn.Module, input_shape: Sequence[int]) -> Callable[[torc
 
 
 def operator_norm(layer: nn.Module, input_shape: Sequence[int], iters: int = 500, tol: float = 1e-7) -> float:
-    """Largest singular value of an affine layer's linear part acting on inputs of ``input_shape``
-    (e.g. (C, H, W) for a convolution, with its padding and stride), by power iteration on A^T A.
+    """Largest singular value sigma_max(A) of an affine layer's linear part A v = layer(v) - layer(0) acting on
+    inputs of ``input_shape`` (e.g. (C, H, W) for a convolution, with its padding and stride), by power
+    iteration on A^T A (global RNG for the start).
 
     An estimate from below that converges to the exact value; not a certificate (see
-    ``operator_norm_upper_bound``).
+    ``conv_operator_norm_upper_bound`` and ``lipschitz_upper_bound``).
+
+    Args:
+        layer: a module with at least one parameter, affine in its input (Linear, Conv, ...).
+        input_shape: the shape of one input, without the batch dimension.
+        iters: the largest number of iterations, >= 1 (default 500).
+        tol: stop once the estimate changes by at most ``tol`` times itself (default 1e-7).
+
+    Returns:
+        ||A v||_2 for the last unit vector v, a float.
     """
     check_int("iters", iters)
     apply = _linear_part(layer, input_shape)
@@ -211,13 +307,27 @@ def operator_norm(layer: nn.Module, input_shape: Sequence[int], iters: int = 500
 
 
 def gram_iteration_bound(matrices: torch.Tensor, iters: int = 12) -> torch.Tensor:
-    """Guaranteed upper bounds on sigma_max of each matrix of a batch (..., p, q), by Gram iteration
-    (Delattre, Barthelemy, Araujo and Allauzen, ICML 2023).
+    """Guaranteed upper bounds on sigma_max of each matrix of a batch, by Gram iteration (Delattre,
+    Barthelemy, Araujo and Allauzen, "Efficient Bound of Lipschitz Constant for Convolutional Layers by Gram
+    Iteration", ICML 2023).
 
-    With G_0 = W and G_{t+1} = G_t^H G_t, ||G_t||_2 = sigma_max^(2^t) <= ||G_t||_F, so
-    sigma_max <= ||G_t||_F^(1 / 2^t), a bound that tightens to within a factor rank^(1 / 2^(t+1)).
-    Computed in double precision with a rescaling at every step (tracked in logs), which keeps
-    rounding errors orders of magnitude below the bound's own slack.
+    With G_0 = W (or W^H when p < q) and G_{t+1} = G_t^H G_t, ||G_t||_2 = sigma_max^(2^t) <= ||G_t||_F, so
+
+        sigma_max <= ||G_iters||_F^(1 / 2^iters),
+
+    a bound that tightens to within a factor rank^(1 / 2^(iters+1)). Computed in double precision with a
+    rescaling at every step (tracked in logs), which keeps rounding errors orders of magnitude below the
+    bound's own slack.
+
+    Args:
+        matrices: real or complex matrices, (..., p, q).
+        iters: the number of Gram steps t, >= 0 (default 12; 0 gives the Frobenius norm).
+
+    Shape:
+        matrices: (..., p, q); output: (...), float64.
+
+    Returns:
+        The bounds, on the matrices' device.
     """
     check_int("iters", iters, minimum=0)
     g = matrices.to(torch.complex128 if matrices.is_complex() else torch.float64)
@@ -246,7 +356,9 @@ def _conv_padding(conv: nn.Conv2d) -> tuple[int, int]:
 
 
 def conv_operator_norm_upper_bound(conv: nn.Conv2d, input_size: Sequence[int], iters: int = 12) -> float:
-    """Guaranteed upper bound on the norm of a zero-padded 2-D convolution on inputs (C, H, W).
+    """Guaranteed upper bound on the l2 operator norm of a zero-padded 2-D convolution on inputs (C, H, W)
+    (bias ignored), by Gram iteration on the Fourier blocks of a circular embedding (Sedghi, Gupta and Long,
+    ICLR 2019, for the blocks; Delattre, Barthelemy, Araujo and Allauzen, ICML 2023, for the bound).
 
     Zero-padding the input to a size N >= (H + pad_h, W + pad_w), N a multiple of the stride s, is an
     isometry, and the zero-padded strided convolution keeps a subset of the outputs of the circular
@@ -255,6 +367,18 @@ def conv_operator_norm_upper_bound(conv: nn.Conv2d, input_size: Sequence[int], i
     with in * s_h * s_w channels and kernel K_phase[o, (c, r), q] = K[o, c, s q + r]; its norm is the
     largest sigma_max(K_hat(w)) over frequencies w, K_hat the 2-D DFT of that kernel at size N / s, one
     (out, in * s_h * s_w) matrix per frequency, each bounded by ``gram_iteration_bound``.
+
+    Args:
+        conv: the convolution: any kernel size, stride, dilation, groups and padding (integers, "same" or
+            "valid"), ``padding_mode="zeros"``.
+        input_size: the input's shape, (C, H, W) or (H, W) (only H and W are read).
+        iters: Gram-iteration steps, >= 0 (default 12).
+
+    Returns:
+        The bound, a float.
+
+    Raises:
+        ValueError: for another ``padding_mode``, or an input smaller than the (dilated) kernel.
     """
     if conv.padding_mode != "zeros":
         raise ValueError(f"conv_operator_norm_upper_bound supports padding_mode='zeros', got {conv.padding_mode!r}")
@@ -327,10 +451,12 @@ class LipschitzBounded(Protocol):
     ``lipschitz_upper_bound(child_bound)`` returns a guaranteed upper bound on the module's l2 -> l2
     Lipschitz constant, given ``child_bound(submodule)``, the bound of any of its submodules on the inputs
     that submodule receives. A residual block x -> x + g(x) returns 1 + child_bound(g); a block
-    x -> relu(x + g(x)) the same (ReLU is 1-Lipschitz).
+    x -> relu(x + g(x)) the same (ReLU is 1-Lipschitz). See ``models.Normalize`` and ``models.BasicBlock``.
     """
 
-    def lipschitz_upper_bound(self, child_bound: Callable[[nn.Module], float]) -> float: ...
+    def lipschitz_upper_bound(self, child_bound: Callable[[nn.Module], float]) -> float:
+        """The module's bound, given ``child_bound(submodule) -> float`` for its submodules."""
+        ...
 
 
 def _reference(model: nn.Module) -> torch.Tensor:
@@ -357,13 +483,37 @@ def _input_shapes(model: nn.Module, input_shape: Sequence[int]) -> dict[nn.Modul
 
 
 def lipschitz_upper_bound(model: nn.Module, input_shape: Sequence[int], iters: int = 12) -> float:
-    """Guaranteed upper bound on the l2 -> l2 Lipschitz constant of ``model`` (in eval mode) on inputs
-    of ``input_shape`` (C, H, W).
+    """Guaranteed upper bound L on the l2 -> l2 Lipschitz constant of ``model`` (in eval mode) on inputs
+    of ``input_shape`` (C, H, W): ||f(x) - f(x')||_2 <= L ||x - x'||_2.
 
-    The product over a ``nn.Sequential`` of per-layer bounds: Conv2d and Linear by Gram iteration
-    (``conv_operator_norm_upper_bound``, ``gram_iteration_bound``), ReLU and non-overlapping max-pooling 1,
-    k x k average pooling with stride k 1/k; a module that implements ``LipschitzBounded`` (residual
-    blocks: the sum rule) states its own rule. A model without parameters is bounded all the same.
+    The product over a ``nn.Sequential`` of per-layer bounds:
+
+    - Conv2d and Linear: Gram iteration (``conv_operator_norm_upper_bound``, ``gram_iteration_bound``;
+      Delattre, Barthelemy, Araujo and Allauzen, ICML 2023);
+    - ReLU, Tanh, Identity, Flatten, Dropout: 1; LeakyReLU: max(1, |slope|); Sigmoid: 1/4;
+    - MaxPool2d (dilation 1): sqrt(c), c = ceil(k_h / s_h) ceil(k_w / s_w) the most windows an input lies
+      in (1 when non-overlapping); AvgPool2d (``count_include_pad`` or no padding): sqrt(c / (k_h k_w))
+      (1/k for k x k with stride k); AdaptiveAvgPool2d(1): 1 / sqrt(H W);
+    - BatchNorm (eval mode, running statistics): max |gamma| / sqrt(running_var + eps).
+
+    A module that implements ``LipschitzBounded`` (residual blocks: the sum rule) states its own rule. One
+    forward pass on a zero input records each layer's input shape; a model without parameters is bounded
+    all the same.
+
+    Args:
+        model: a ``nn.Sequential`` of the layers above, a ``LipschitzBounded`` module, or one such layer.
+        input_shape: the shape of one input, without the batch dimension, e.g. (1, 28, 28).
+        iters: Gram-iteration steps per Linear / Conv2d layer, >= 0 (default 12).
+
+    Returns:
+        L, a float.
+
+    Raises:
+        TypeError: for a layer without a rule (e.g. Conv1d, a non-sequential container).
+
+    Example:
+        >>> model = models.vgg5_stable()
+        >>> L = lipschitz_upper_bound(model, (1, 28, 28))  # >= the true constant, not an estimate
     """
     shapes = _input_shapes(model, input_shape)
 
@@ -378,16 +528,52 @@ def lipschitz_upper_bound(model: nn.Module, input_shape: Sequence[int], iters: i
 
 
 def certified_radius(logits: torch.Tensor, y: torch.Tensor, lipschitz: float) -> torch.Tensor:
-    """Per-example l2 radius within which the prediction provably stays correct:
-    (f_y - max_{j != y} f_j) / (sqrt(2) L), negative for misclassified examples."""
+    """Per-example l2 radius within which the prediction provably stays correct (Tsuzuku, Sato and
+    Sugiyama, "Lipschitz-Margin Training", NeurIPS 2018):
+
+        (f_y - max_{j != y} f_j) / (sqrt(2) L),
+
+    <= 0 for misclassified examples (negative unless the top logits tie).
+
+    Args:
+        logits: f, (n, k).
+        y: class indices, (n,).
+        lipschitz: L, an upper bound on the model's l2 Lipschitz constant, > 0.
+
+    Returns:
+        The radii, (n,).
+    """
     return margin(logits, y) / (math.sqrt(2.0) * lipschitz)
 
 
 def certified_accuracy(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, lipschitz: float | None = None
 ) -> float:
-    """Fraction of examples with margin f_y - max_{j != y} f_j > sqrt(2) L eps (model in eval mode),
-    L = ``lipschitz`` or ``lipschitz_upper_bound(model, x.shape[1:])``."""
+    """Certified l2 robust accuracy (Tsuzuku, Sato and Sugiyama, NeurIPS 2018): the fraction of examples with
+
+        f_y(x) - max_{j != y} f_j(x) > sqrt(2) L eps,
+
+    which no perturbation of l2 norm <= eps can misclassify. The model runs once on all of x, in eval mode
+    and without gradients, and is left as it was found.
+
+    Args:
+        model: maps x to logits (n, k).
+        x: the inputs, (n, *shape).
+        y: their class indices, (n,).
+        eps: the l2 radius, >= 0.
+        lipschitz: L, an upper bound on the model's l2 Lipschitz constant; None (default):
+            ``lipschitz_upper_bound(model, x.shape[1:])``.
+
+    Returns:
+        The certified accuracy, a float in [0, 1] (at eps = 0: the accuracy, ties counted as errors).
+
+    Raises:
+        TypeError: when ``lipschitz`` is None and a layer has no Lipschitz rule.
+
+    Example:
+        >>> L = lipschitz_upper_bound(model, (1, 28, 28))
+        >>> certified_accuracy(model, x, y, eps=0.1, lipschitz=L)  # a float in [0, 1]
+    """
     check_nonnegative("eps", eps)
     bound = lipschitz_upper_bound(model, x.shape[1:]) if lipschitz is None else lipschitz
     with preserved_state(model, mode=False), torch.no_grad():

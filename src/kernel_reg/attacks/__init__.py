@@ -6,6 +6,12 @@ BatchNorm on its running statistics) with gradients with respect to the inputs o
 its BatchNorm statistics and the caller's tensors are left as they were, also inside
 ``torch.no_grad()``. ``BallAttack`` adds the ball (``norm``, ``eps``), the input range (``clip``) and an
 optional ``torch.Generator`` for the random draws.
+
+- ``PGD`` / ``PGDL2`` / ``PGDLinf``: projected gradient ascent (Madry et al., ICLR 2018);
+- ``APGD``: Auto-PGD with the CE, DLR or targeted DLR loss (Croce & Hein, ICML 2020);
+- ``Square``: gradient-free random search (Andriushchenko, Croce, Flammarion and Hein, ECCV 2020);
+- ``WorstCase`` / ``worst_case``: the per-example worst case over attacks; ``strong``: APGD-CE + APGD-T
+  (+ Square), as AutoAttack.
 """
 
 from .apgd import APGD, dlr_loss, targeted_dlr_loss

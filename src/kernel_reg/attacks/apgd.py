@@ -14,13 +14,38 @@ from .base import BallAttack
 
 
 def dlr_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Difference of logits ratio: -(z_y - max_{j != y} z_j) / (z_pi1 - z_pi3), per example (needs k >= 3)."""
+    """The difference-of-logits-ratio loss (Croce & Hein, ICML 2020), per example:
+
+        DLR(z, y) = -(z_y - max_{j != y} z_j) / (z_pi1 - z_pi3 + 1e-12),
+
+    z_pi1 >= z_pi2 >= ... the sorted logits. Invariant to shifts and positive rescalings of the logits.
+
+    Args:
+        logits: z, (n, k) with k >= 3.
+        y: class indices, (n,).
+
+    Returns:
+        The losses, (n,): positive exactly when another class has a larger logit than y.
+    """
     ordered = logits.sort(dim=1, descending=True).values
     return -margin(logits, y) / (ordered[:, 0] - ordered[:, 2] + 1e-12)
 
 
 def targeted_dlr_loss(logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """-(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2), per example (needs k >= 4)."""
+    """The targeted DLR loss of APGD-T (Croce & Hein, ICML 2020), per example:
+
+        DLR_t(z, y, t) = -(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2 + 1e-12),
+
+    z_pi1 >= z_pi2 >= ... the sorted logits; maximising it pushes the logit of the target t above z_y.
+
+    Args:
+        logits: z, (n, k) with k >= 4.
+        y: class indices, (n,).
+        target: target class indices, (n,).
+
+    Returns:
+        The losses, (n,).
+    """
     ordered = logits.sort(dim=1, descending=True).values
     gap = logits.gather(1, y[:, None]).squeeze(1) - logits.gather(1, target[:, None]).squeeze(1)
     return -gap / (ordered[:, 0] - 0.5 * (ordered[:, 2] + ordered[:, 3]) + 1e-12)
@@ -37,14 +62,52 @@ def _apgd_checkpoints(steps: int) -> list[int]:
 
 class APGD(BallAttack):
     """Auto-PGD (Croce & Hein, ICML 2020), untargeted (loss "ce" or "dlr") or targeted (APGD-T: the
-    DLR loss towards each of the ``n_target_classes`` highest other classes in turn).
+    targeted DLR loss towards each of the ``n_target_classes`` highest other classes in turn).
 
-    From a point uniform in the ball, steps of size eta (initially 2 eps) along the ball's direction of
-    the gradient, with momentum alpha = 0.75, projected on the ball and the input range. At the
-    checkpoints w_j, eta is halved and the iterate reset to the best point when the loss increased in
-    fewer than rho = 0.75 of the steps since w_{j-1}, or when eta was not halved at w_{j-1} and the best
-    loss has not improved since. Per example, the first misclassified point found is kept (else the
-    point of largest loss); restarts and targets run only on the examples still unbroken.
+    From a point uniform in the ball, with eta (per example) initially 2 eps and P = Proj on the ball then
+    the clip box, steps
+
+        z = P(x_k + eta * direction(grad L(x_k))),
+        x_{k+1} = P(x_k + alpha (z - x_k) + (1 - alpha) (x_k - x_{k-1}))   (z alone at the first step),
+
+    direction(g) = g / ||g||_2 (l2) or sign(g) (linf), L the per-example loss (maximised). At the
+    checkpoints w_j = ceil(p_j * steps) (p_0 = 0, p_1 = 0.22, p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06)),
+    eta is halved and the iterate reset to the best point when the loss increased in fewer than
+    rho * (w_j - w_{j-1}) of the steps since w_{j-1}, or when eta was not halved at w_{j-1} and the best
+    loss has not improved since. Per example, the first misclassified point found is kept (else the point
+    of largest loss); restarts and targets run only on the examples still unbroken. Cost: at most
+    (restarts * targets) * (steps + 1) forward and backward passes, targets = min(n_target_classes, k - 1)
+    for APGD-T and 1 otherwise.
+
+    Args (keyword-only):
+        norm: "linf" (default) or "l2", the ball.
+        eps: its radius, > 0 (default 8/255).
+        loss: "ce" (default, cross-entropy) or "dlr" (``dlr_loss``, needs k >= 3 classes).
+        targeted: APGD-T, the targeted DLR loss (``targeted_dlr_loss``, needs k >= 4 and loss="dlr";
+            default False). The name is "APGD-T", else "APGD-CE" or "APGD-DLR".
+        n_target_classes: APGD-T only: the number of target classes, >= 1 (default 9), the highest-ranked
+            other classes on the clean input, capped at k - 1.
+        steps: iterations per run, >= 1 (default 100).
+        restarts: runs per target (from new random points), >= 1 (default 1).
+        clip: the input range (lo, hi) x_adv stays in, or None (default (0, 1)).
+        rho: the checkpoint's fraction of increasing steps, > 0 (default 0.75, the paper's).
+        alpha: the momentum weight, > 0 (default 0.75, the paper's; 1 is no momentum).
+        generator: the source of the random starts (None, default: the global RNG).
+
+    Shape:
+        x: (n, *shape); y: (n,) class indices; model(x): logits (n, k).
+
+    Returns:
+        x_adv (n, *shape), detached, with ||x_adv - x|| <= eps and x_adv in the clip box; x itself for the
+        examples misclassified from the start.
+
+    Raises:
+        ValueError: targeted with loss "ce", or the DLR losses with too few classes.
+
+    Example:
+        >>> apgd_ce = attacks.APGD(norm="l2", eps=0.5)
+        >>> apgd_t = attacks.APGD(norm="l2", eps=0.5, loss="dlr", targeted=True, n_target_classes=3)
+        >>> x_adv = apgd_t(model, x, y)
     """
 
     def __init__(
@@ -133,6 +196,7 @@ class APGD(BallAttack):
         return torch.where(per_example(broken, x), x_broken, x_best).detach(), broken
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Every restart (for every target) on the examples still unbroken; see the class docstring."""
         with torch.no_grad():
             clean = check_logits(model(x), x.shape[0])
         k = clean.shape[1]

@@ -1,4 +1,4 @@
-"""PGD (Madry et al., 2018) in the l2 and linf balls."""
+"""PGD (Madry, Makelov, Schmidt, Tsipras and Vladu, ICLR 2018) in the l2 and linf balls."""
 
 from __future__ import annotations
 
@@ -18,16 +18,41 @@ DEFAULTS: dict[str, tuple[float, float | None, bool]] = {"l2": (1.0, None, False
 
 
 class PGD(BallAttack):
-    """Projected gradient ascent on the cross-entropy (Madry et al., 2018).
+    """Projected gradient ascent on the cross-entropy (Madry, Makelov, Schmidt, Tsipras and Vladu, ICLR 2018).
 
-    From x (or, with ``random_start``, a point uniform in the ball), ``steps`` steps
-    delta <- Proj(delta + step_size * direction(grad_delta CE(f(x + delta), y))), the projection onto the
-    ball then the clip box. With ``restarts`` > 1, each example keeps the worst case over the restarts:
-    a misclassified point beats a correctly classified one, then the larger loss wins. On several
-    processes (``group``), random starts are drawn for the global batch (see ``distributed.Group.draw``).
+    From delta = 0 (or, with ``random_start``, a point uniform in the ball), ``steps`` steps
 
-    ``eps``, ``step_size`` and ``random_start`` left as None take the original's defaults for the norm:
-    l2: eps 1, steps of 1.5 eps / steps, no random start; linf: eps 8/255, steps of 0.01, a random start.
+        delta <- Proj(delta + step_size * direction(grad_delta CE(f(x + delta), y))),
+
+    direction(g) = g / ||g||_2 (l2) or sign(g) (linf), Proj the projection onto the ball then the clip box;
+    x_adv = x + delta. With ``restarts`` > 1, each example keeps the worst case over the restarts: a
+    misclassified point beats a correctly classified one, then the larger loss wins (restarts differ only
+    with ``random_start``). On several processes (``group``), random starts are drawn for the global batch
+    (see ``distributed.Group.draw``). Cost: restarts * steps forward and backward passes (plus one forward
+    per restart when restarts > 1).
+
+    Args (keyword-only):
+        norm: "l2" (default) or "linf", the ball.
+        eps: its radius, > 0; None (default): the original's, 1 (l2) or 8/255 (linf).
+        steps: the number of ascent steps, >= 1 (default 5).
+        step_size: the step length, > 0; None (default): 1.5 eps / steps (l2) or 0.01 (linf).
+        random_start: start from a uniform point of the ball rather than from x; None (default): True for
+            linf or several restarts, else False. Several restarts need it (from x they would all agree).
+        restarts: the number of runs, >= 1 (default 1); each example keeps its worst case.
+        clip: the input range (lo, hi) x_adv stays in, or None (default (0, 1)).
+        group: the process group of distributed training (default: a single process).
+        generator: the source of the random starts (None, default: the global RNG).
+
+    Shape:
+        x: (n, *shape); y: (n,) class indices; model(x): logits (n, k).
+
+    Returns:
+        x_adv (n, *shape), detached, with ||x_adv - x|| <= eps and x_adv in the clip box.
+
+    Example:
+        >>> attack = attacks.PGD(norm="linf", eps=8 / 255, steps=10)
+        >>> x_adv = attack(model, x, y)  # x in [0, 1]
+        >>> assert (x_adv - x).abs().max() <= 8 / 255 + 1e-6
     """
 
     fixed_arguments: tuple[str, ...] = ()
@@ -50,8 +75,12 @@ class PGD(BallAttack):
         self.steps = check_int("steps", steps)
         step_size = default_step if step_size is None else step_size
         self.step_size = 1.5 * self.eps / self.steps if step_size is None else check_positive("step_size", step_size)
-        self.random_start = default_start if random_start is None else bool(random_start)
         self.restarts = check_int("restarts", restarts)
+        if random_start is None:
+            random_start = default_start or self.restarts > 1
+        if self.restarts > 1 and not random_start:
+            raise ValueError(f"restarts={restarts} needs random_start=True: from x, every restart is the same")
+        self.random_start = bool(random_start)
         self.group = group
         self.name = f"PGD-{self.norm}"
 
@@ -68,6 +97,7 @@ class PGD(BallAttack):
         return x_adv
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The best of ``restarts`` runs of ``steps`` projected ascent steps, per example."""
         best = self._ascend(model, x, y)
         if self.restarts == 1:
             return best
@@ -90,7 +120,12 @@ def _outcome(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.
 
 
 class PGDL2(PGD):
-    """PGD in the l2 ball with the original's defaults (``PGD(norm="l2", ...)``)."""
+    """PGD in the l2 ball with the original's defaults: ``PGD(norm="l2", ...)``, named "PGDL2".
+
+    Args:
+        **arguments: the keyword arguments of ``PGD`` but ``norm`` (defaults: eps 1, 5 steps of
+            1.5 eps / steps, no random start).
+    """
 
     fixed_arguments = ("norm",)
 
@@ -100,7 +135,12 @@ class PGDL2(PGD):
 
 
 class PGDLinf(PGD):
-    """PGD in the linf ball with the original's defaults (``PGD(norm="linf", ...)``)."""
+    """PGD in the linf ball with the original's defaults: ``PGD(norm="linf", ...)``, named "PGDLinf".
+
+    Args:
+        **arguments: the keyword arguments of ``PGD`` but ``norm`` (defaults: eps 8/255, 5 steps of
+            0.01, a random start).
+    """
 
     fixed_arguments = ("norm",)
 

@@ -37,15 +37,42 @@ def _meta_pattern(size: int, device: torch.device, dtype: torch.dtype) -> torch.
 
 
 class Square(BallAttack):
-    """Square attack (Andriushchenko, Croce, Flammarion and Hein, ECCV 2020): random search on the
-    margin f_y - max_{j != y} f_j with square-shaped updates, using no gradients at all.
+    """Square attack (Andriushchenko, Croce, Flammarion and Hein, ECCV 2020): random search that minimises
+    the margin
 
-    linf: starts from vertical stripes of +-eps, then sets a random square (side sqrt(p H W)) of each
-    channel to +-eps. l2: starts from a random point of the sphere, then moves the perturbation's mass
-    in two random squares into the first, shaped by the meta-pattern, keeping ||delta||_2 = eps. A
-    proposal is kept when it lowers the margin; examples stop once misclassified. p follows the
-    paper's halving schedule from ``p_init`` (default 0.05 linf, 0.1 l2). Inputs are images (n, C, H, W)
-    of at least 2 x 2 pixels.
+        f_y(x + delta) - max_{j != y} f_j(x + delta)
+
+    with square-shaped updates, using no gradients at all (a check on gradient masking).
+
+    linf: starts from vertical stripes of +-eps, then sets a random square (side round(sqrt(p H W)),
+    between 1 and min(H, W) - 1) of each channel to +-eps. l2: starts from a random point of the sphere
+    ||delta||_2 = eps, then moves the perturbation's mass in two random squares into the first, shaped by
+    the meta-pattern, keeping ||delta||_2 = eps (before clipping to the input range). A proposal is kept
+    when it lowers the margin; examples stop once their margin is <= 0. p follows the paper's halving
+    schedule from ``p_init`` (halved at 10, 50, 200, 500, 1000, 2000, 4000, 6000 and 8000 of 10,000
+    queries, rescaled to ``queries``).
+
+    Args (keyword-only):
+        norm: "linf" (default) or "l2", the ball.
+        eps: its radius, > 0 (default 8/255).
+        queries: the budget per example, >= 1 (default 5000): one forward pass for the start, then at most
+            queries - 1 proposals.
+        p_init: the initial fraction of pixels of a square, > 0; None (default): 0.05 (linf) or 0.1 (l2).
+        clip: the input range (lo, hi) x_adv stays in, or None (default (0, 1)).
+        generator: the source of the random draws (None, default: the global RNG).
+
+    Shape:
+        x: images (n, C, H, W) with H, W >= 2; y: (n,) class indices; model(x): logits (n, k).
+
+    Returns:
+        x_adv (n, C, H, W), detached, with ||x_adv - x|| <= eps and x_adv in the clip box.
+
+    Raises:
+        ValueError: for inputs that are not image batches of at least 2 x 2 pixels.
+
+    Example:
+        >>> attack = attacks.Square(norm="linf", eps=8 / 255, queries=1000)
+        >>> x_adv = attack(model, x, y)  # x: (n, C, H, W) in [0, 1]
     """
 
     def __init__(
@@ -105,12 +132,14 @@ class Square(BallAttack):
         return delta * (1 - both) + per_example(scale, delta) * self._signs((n, channels, 1, 1), delta) * placed
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """``Attack.__call__``, after checking that x is a batch of images (n, C, H, W) with H, W >= 2."""
         if x.dim() != 4 or min(x.shape[-2:]) < 2:
             raise ValueError(f"Square needs image batches (n, C, H, W) with H, W >= 2, got shape {tuple(x.shape)}")
         return super().__call__(model, x, y)
 
     @torch.no_grad()
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The random search, without gradients; see the class docstring."""
         n, _, height, width = x.shape
         x_adv = self._clip(x + self._start(x))
         delta = x_adv - x
