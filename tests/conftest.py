@@ -1,5 +1,7 @@
 """Shared fixtures: tiny float64 models on which brute-force definitions are cheap."""
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -57,3 +59,18 @@ def tiny():
 def tiny_flags():
     """The tiny run as command-line flags."""
     return [item for key, value in TINY_FIELDS.items() for item in (f"--{key.replace('_', '-')}", str(value))]
+
+
+@pytest.fixture
+def explicit_matrix():
+    """``explicit_matrix(layer, input_shape)``: the matrix of the linear part of ``layer`` on inputs of
+    ``input_shape`` (float64), column by column: the exact operator its norms are checked against."""
+
+    def build(layer, input_shape):
+        size = math.prod(input_shape)
+        basis = torch.eye(size, dtype=torch.float64).view(size, *input_shape)
+        with torch.no_grad():
+            out = layer(basis) - layer(torch.zeros(1, *input_shape, dtype=torch.float64))
+        return out.flatten(1).T.numpy()
+
+    return build

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kernel_reg import attacks, spectral
+from kernel_reg import attacks, lipschitz
 from kernel_reg.data import EMBEDDED, load_arrays, make_splits
 from kernel_reg.evaluation import EvalSettings, evaluate_model, robust_accuracy
 
@@ -76,8 +76,8 @@ def test_attacks_on_a_linear_model_against_the_closed_form(linear_problem, norm,
     strong = accuracy_under(model, attacks.strong(norm=norm, eps=eps, steps=50, clip=None), x, y)
     assert exact <= strong <= exact + 1 / N
     if norm == "l2":
-        lipschitz = spectral.lipschitz_upper_bound(model, (1, 4, 5))
-        assert spectral.certified_accuracy(model, x, y, eps, lipschitz) <= exact
+        bound = lipschitz.lipschitz_upper_bound(model, (1, 4, 5))
+        assert lipschitz.certified_accuracy(model, x, y, eps, bound) <= exact
 
 
 @pytest.mark.parametrize("norm", ["l2", "linf"])

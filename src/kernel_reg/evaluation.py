@@ -5,7 +5,8 @@ run folder: ``robustness.json``."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+import math
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -13,14 +14,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import checks, spectral
+from . import checks, lipschitz
 from .arguments import check_choice, check_int, check_positive
 from .attacks import APGD, PGD, Attack, AttackFn, Square, WorstCase
 from .builders import load_run
 from .checks import radius_text
+from .data import batches
 from .guard import preserved_state
 from .progress import progress
 from .rundir import MaskingCheck, Robustness, locked, read_config, write_robustness
+
+
+def _in_batches(
+    x: torch.Tensor, y: torch.Tensor, batch_size: int, description: str
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(x, y) in order, ``batch_size`` examples at a time, with a progress bar on a terminal."""
+    return progress(batches(x, y, batch_size), math.ceil(x.shape[0] / batch_size), description)
 
 
 def accuracy(
@@ -45,11 +54,9 @@ def accuracy(
     if x.shape[0] == 0:
         return float("nan"), float("nan")
     loss, correct = 0.0, 0
-    starts = range(0, x.shape[0], batch_size)
     with preserved_state(model, mode=False), torch.no_grad():
-        for start in progress(starts, len(starts), description):
-            logits = model(x[start : start + batch_size])
-            target = y[start : start + batch_size]
+        for xb, target in _in_batches(x, y, batch_size, description):
+            logits = model(xb)
             loss += float(F.cross_entropy(logits, target, reduction="sum"))
             correct += int((logits.argmax(1) == target).sum())
     return loss / x.shape[0], correct / x.shape[0]
@@ -75,9 +82,7 @@ def robust_correct(
         A bool tensor (n,) on x's device: True where the attack failed.
     """
     correct = []
-    starts = range(0, x.shape[0], batch_size)
-    for start in progress(starts, len(starts), description):
-        xb, yb = x[start : start + batch_size], y[start : start + batch_size]
+    for xb, yb in _in_batches(x, y, batch_size, description):
         x_adv = attack(model, xb, yb)
         with preserved_state(model, mode=False), torch.no_grad():
             correct.append(model(x_adv).argmax(1) == yb)
@@ -226,9 +231,9 @@ def zero_gradient_share(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batc
     """Share of examples whose input gradient of the cross-entropy is exactly zero."""
     zero = 0
     with preserved_state(model, mode=False), torch.enable_grad():
-        for start in range(0, x.shape[0], batch_size):
-            xb = x[start : start + batch_size].detach().requires_grad_(True)
-            loss = F.cross_entropy(model(xb), y[start : start + batch_size], reduction="sum")
+        for xb, yb in _in_batches(x, y, batch_size, "zero-gradient check"):
+            xb = xb.detach().requires_grad_(True)
+            loss = F.cross_entropy(model(xb), yb, reduction="sum")
             grad = torch.autograd.grad(loss, xb)[0]
             zero += int((grad.flatten(1).abs().amax(1) == 0).sum())
     return zero / x.shape[0]
@@ -284,7 +289,7 @@ def evaluate_model(
     produced them, and the gradient-masking checks (``epoch``, ``weights`` and ``trained_to`` left unset).
 
     Robust accuracy at each radius: under the per-example worst case of the settings' attacks. Certified
-    l2 accuracy: margin > sqrt(2) L eps at each l2 radius, L = ``spectral.lipschitz_upper_bound`` (None,
+    l2 accuracy: margin > sqrt(2) L eps at each l2 radius, L = ``lipschitz.lipschitz_upper_bound`` (None,
     with ``certified_note``, for a model with a layer without a Lipschitz rule). The model is left as it
     was found; the global RNG is not used.
 
@@ -318,21 +323,21 @@ def evaluate_model(
     certified: dict[str, float] | None = None
     note = None
     try:
-        lipschitz: float | None = spectral.lipschitz_upper_bound(model, input_shape)
+        bound: float | None = lipschitz.lipschitz_upper_bound(model, input_shape)
     except TypeError as error:  # a layer without a Lipschitz rule: no certificate
-        lipschitz, note = None, str(error)
+        bound, note = None, str(error)
     else:
-        certified = {eps_key(e): spectral.certified_accuracy(model, x, y, e, lipschitz) for e in settings.l2_eps}
+        certified = {eps_key(e): lipschitz.certified_accuracy(model, x, y, e, bound) for e in settings.l2_eps}
     attacks = {norm: describe_attacks(norm, settings) for norm in ("l2", "linf") if accuracies[norm]}
     attacks["certified_l2"] = "margin > sqrt(2) * L * eps, L the Gram-iteration Lipschitz upper bound"
-    checks: list[MaskingCheck] | None = None
+    found: list[MaskingCheck] | None = None
     doubled: dict[str, dict[str, float]] = {}
     if settings.checks:
-        checks, doubled = masking_checks(model, x, y, settings, accuracies, certified, survivors, generator)
+        found, doubled = masking_checks(model, x, y, settings, accuracies, certified, survivors, generator)
     return Robustness(
-        clean=clean, n=len(y), l2=accuracies["l2"], linf=accuracies["linf"], lipschitz_bound=lipschitz,
+        clean=clean, n=len(y), l2=accuracies["l2"], linf=accuracies["linf"], lipschitz_bound=bound,
         certified_l2=certified, attacks=attacks, settings=asdict(settings), doubled=doubled,
-        masking_checks=None if checks is None else tuple(checks), certified_note=note,
+        masking_checks=None if found is None else tuple(found), certified_note=note,
     )  # fmt: skip
 
 

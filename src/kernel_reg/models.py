@@ -2,7 +2,7 @@
 
 Input normalisation is the first layer, so attacks, penalties and certificates all act on pixels.
 Being sequences of standard layers (plus ``BasicBlock``, which states its own Lipschitz rule) lets
-``spectral.lipschitz_upper_bound`` walk every model here.
+``lipschitz.lipschitz_upper_bound`` walk every model here.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ class BasicBlock(nn.Module):
     """Residual block without BatchNorm: relu(conv2(relu(conv1(x))) + shortcut(x)).
 
     conv1: 3x3, ``stride``; conv2: 3x3; shortcut: the identity, or a 1x1 convolution with ``stride`` when the
-    stride or the width changes; no biases. A ``spectral.LipschitzBounded`` module.
+    stride or the width changes; no biases. A ``lipschitz.LipschitzBounded`` module.
 
     Args:
         in_planes: input channels.

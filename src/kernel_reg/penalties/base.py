@@ -1,0 +1,211 @@
+"""The penalty contract, the supremum-penalty base, per-class input gradients, and FirstExamples."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..arguments import check_int, check_logits, check_nonnegative, describe
+from ..deformations import RandomDeformation
+from ..distributed import SINGLE, Group
+from ..guard import preserved_state
+
+
+class Penalty:
+    """The contract of every penalty: ``penalty(model, x, y) -> lmbda * value``, a scalar to add to the loss.
+
+    The model runs in the caller's train/eval mode; its flags, BatchNorm statistics and the caller's
+    tensors are left as they were. ``name`` names the penalty; ``repr`` shows its hyperparameters.
+    Subclasses implement ``unweighted`` (and ``check_inputs``).
+
+    Args (keyword-only):
+        lmbda: the weight, a finite number >= 0 (0 still computes the penalty, times 0); subclasses add
+            their own hyperparameters.
+
+    Shape:
+        x: (n, *shape), the inputs; y: (n,) class indices, or None (only the penalties that need labels
+        use them); model(x): logits (n, k).
+
+    Returns:
+        A scalar tensor, lmbda * value, in the model's dtype, with a graph to the model's parameters, also
+        when called under ``torch.no_grad()``.
+
+    Raises:
+        ValueError: for inputs the penalty is not defined on (``check_inputs``), or a model that does not
+            return logits (n, k).
+    """
+
+    name = "penalty"
+
+    def __init__(self, *, lmbda: float) -> None:
+        self.lmbda = check_nonnegative("lmbda", lmbda)
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """lmbda * unweighted(model, x, y), after ``check_inputs``, with gradients enabled, model guarded."""
+        self.check_inputs(x, y)
+        with torch.enable_grad(), preserved_state(model):
+            return self.lmbda * self.unweighted(model, x.detach(), None if y is None else y.detach())
+
+    def check_inputs(self, x: torch.Tensor, y: torch.Tensor | None) -> None:
+        """Raise ValueError for inputs x (n, *shape) and labels y (n,) or None the penalty is not defined on
+        (no-op here)."""
+
+    def unweighted(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        """The penalty without its weight, a scalar tensor (model and tensors already guarded, x detached)."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return describe(self)
+
+
+def _check_images(name: str, x: torch.Tensor) -> None:
+    if x.dim() != 4:
+        raise ValueError(
+            f"{name} deforms images: x must be a batch (n, C, H, W), got shape {tuple(x.shape)}; "
+            "reshape flat inputs to images or use a penalty without deformations"
+        )
+
+
+class SupremumPenalty(Penalty):
+    """lmbda * sum_j max_i s_j(x_i): a supremum over the batch for each class j = 1..k.
+
+    Two passes: ``search`` finds, without a parameter graph, each class's maximiser and its score
+    (k,); ``terms`` recomputes the k winning terms with their graph. The argmax is a constant, so this is
+    the exact gradient of the definition at a fraction of the cost of a graph through the whole search.
+    On several processes (``group``, see ``distributed.Group``) the maximiser is sought over the global
+    batch. Labels are not used.
+
+    Args (keyword-only):
+        lmbda: the weight, >= 0.
+        group: the process group (default ``SINGLE``: one process); with several, the rank whose example
+            wins a class keeps its term (``distributed.Group.supremum_sum``).
+
+    Shape:
+        x: (n, *shape); y: (n,) or None, not used; model(x): logits (n, k).
+
+    Returns:
+        A scalar tensor, lmbda * sum_j s_j(x_{i_j}), with a graph to the model's parameters.
+    """
+
+    def __init__(self, *, lmbda: float, group: Group = SINGLE) -> None:
+        super().__init__(lmbda=lmbda)
+        self.group = group
+
+    def search(self, model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        """(scores, winners): per class, the largest score s_j(x_{i_j}) (k,), and what ``terms`` needs to
+        recompute the winners."""
+        raise NotImplementedError
+
+    def terms(self, model: nn.Module, x: torch.Tensor, winners: Any) -> torch.Tensor:
+        """The winning term of each class (k,), with its graph."""
+        raise NotImplementedError
+
+    def unweighted(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        """sum_j of the winning terms, over the global batch on several processes."""
+        scores, winners = self.search(model, x)
+        return self.group.supremum_sum(self.terms(model, x, winners), scores.detach())
+
+    def class_terms(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """The unweighted winning term s_j(x_{i_j}) of each class on this batch, on this process alone.
+
+        Shape:
+            x: (n, *shape); output: (k,), with a graph to the model's parameters.
+        """
+        self.check_inputs(x, None)
+        with torch.enable_grad(), preserved_state(model):
+            x = x.detach()
+            return self.terms(model, x, self.search(model, x)[1])
+
+
+def class_input_gradients(
+    model: nn.Module, x: torch.Tensor, create_graph: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and per-class input gradients grads[i, j] = grad_x f_j(x_i).
+
+    One forward pass, then k input-only backward passes on the retained graph (no parameter
+    gradients are formed unless ``create_graph``). Exact per example when the examples do not interact
+    (no BatchNorm in train mode): each is the gradient of sum_i f_j(x_i).
+
+    Args:
+        model: maps x to logits (n, k).
+        x: the inputs, (n, *shape).
+        create_graph: keep a graph through the gradients (for double backpropagation); default False.
+
+    Shape:
+        x: (n, *shape); logits: (n, k); grads: (n, k, *shape).
+
+    Returns:
+        (logits, grads).
+    """
+    x_in = x.detach().requires_grad_(True)
+    logits = check_logits(model(x_in), x.shape[0])
+    k = logits.shape[1]
+    cotangents = torch.eye(k, dtype=logits.dtype, device=logits.device)
+    grads = [
+        torch.autograd.grad(
+            logits,
+            x_in,
+            grad_outputs=cotangents[j].expand_as(logits),
+            retain_graph=create_graph or j < k - 1,
+            create_graph=create_graph,
+        )[0]
+        for j in range(k)
+    ]
+    return logits, torch.stack(grads, dim=1)
+
+
+def _selected_class_gradients(model: nn.Module, x_selected: torch.Tensor) -> torch.Tensor:
+    """grad_x f_j(x_selected[j]) for j = 0..k-1, with a graph for double backpropagation: (k, *shape)."""
+    x_in = x_selected.detach().requires_grad_(True)
+    logits = check_logits(model(x_in), x_in.shape[0])
+    return torch.autograd.grad(logits.diagonal().sum(), x_in, create_graph=True)[0]
+
+
+def _own_class_logits(model: nn.Module, inputs: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+    """f_{classes[c]}(inputs[c, i]) for inputs (c, n, *shape): one logit per copy of the batch, (c, n)."""
+    c, n = inputs.shape[:2]
+    logits = model(inputs.flatten(0, 1)).view(c, n, -1)
+    return logits.gather(2, classes.view(c, 1, 1).expand(c, n, 1)).squeeze(2)
+
+
+def _draw_fields(sampler: RandomDeformation, group: Group, x: torch.Tensor, m: int) -> torch.Tensor:
+    """``m`` random displacement fields per example of the image batch x: (n, m, H, W, 2)."""
+    height, width = x.shape[-2:]
+
+    def sample(count: int) -> torch.Tensor:
+        return sampler.sample(count * m, height, width, device=x.device, dtype=x.dtype).view(count, m, height, width, 2)
+
+    return group.draw(sample, x.shape[0])
+
+
+class FirstExamples(Penalty):
+    """A penalty applied to the first ``count`` examples of each batch only (for costly penalties, as the
+    original's ``stability_ex_per_batch``): ``penalty(model, x[:count], y[:count])``, weighted by the
+    penalty's own ``lmbda`` (``lmbda`` and ``name`` are the wrapped penalty's).
+
+    Args (keyword-only):
+        penalty: the penalty to apply.
+        count: the number of leading examples it sees, >= 1 (all of a smaller batch).
+
+    Shape:
+        x: (n, *shape); y: (n,) or None; the wrapped penalty gets x[:count], y[:count].
+
+    Returns:
+        The wrapped penalty's scalar on those examples.
+
+    Example:
+        >>> penalty = FirstExamples(penalty=DeformationStabilityPenalty(lmbda=0.1), count=32)
+        >>> loss = F.cross_entropy(model(x), y) + penalty(model, x, y)
+    """
+
+    def __init__(self, *, penalty: Penalty, count: int) -> None:
+        self.penalty = penalty
+        self.count = check_int("count", count)
+        self.lmbda = penalty.lmbda
+        self.name = penalty.name
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """``penalty(model, x[:count], y[:count])``."""
+        return self.penalty(model, x[: self.count], None if y is None else y[: self.count])

@@ -1,0 +1,191 @@
+"""The runs of a report and how they are compared: run summaries read from run folders, studies (one
+experiment under one setting of everything but the regularization), and the selection of each method's
+setting by validation accuracy (runs pooled as seeds only when their configurations differ in seed fields
+alone)."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import (
+    SEED_FIELDS,
+    Config,
+    format_value,
+    hyperparameters,
+    identity,
+    method_label,
+    preset_config,
+    setting_key,
+    short_hash,
+)
+from .rundir import (
+    CHECKPOINT,
+    CONFIG,
+    METRICS,
+    ROBUSTNESS,
+    MetricsRow,
+    Robustness,
+    RunFolderError,
+    read_config,
+    read_metrics,
+    read_robustness,
+    trained_to_end,
+)
+
+Warn = Callable[[str], None]
+
+
+@dataclass
+class RunSummary:
+    path: Path
+    config: Config
+    metrics: list[MetricsRow]
+    robustness: Robustness | None
+    name: str = ""  # the folder relative to the report's root
+
+    @property
+    def method(self) -> str:
+        return method_label(self.config)
+
+    @property
+    def finished(self) -> bool:
+        return trained_to_end(self.config, self.metrics)
+
+    @property
+    def best(self) -> MetricsRow:
+        """The evaluation of best validation accuracy (ties: the earliest), or the last one."""
+        with_val = [m for m in self.metrics if m.val_acc is not None]
+        if not with_val:
+            return self.metrics[-1]
+        return max(with_val, key=lambda m: (m.val_acc, -m.epoch))
+
+
+def _set_aside_or_hidden(path: Path, root: Path) -> bool:
+    """A folder that ``--fresh`` set aside (``name.old-<time>``) or a hidden one (``.submitit``)."""
+    return any(part.startswith(".") or ".old-" in part for part in path.relative_to(root).parts)
+
+
+def collect_runs(root: str | Path, warn: Warn = lambda _: None) -> list[RunSummary]:
+    """Every run folder under ``root`` (any depth) that has logged at least one evaluation; folders set
+    aside by ``--fresh`` and hidden ones are ignored, damaged ones skipped with a one-line ``warn``."""
+    root = Path(root)
+    runs = []
+    for config_path in sorted(root.rglob(CONFIG)):
+        run_dir = config_path.parent
+        if _set_aside_or_hidden(run_dir, root):
+            continue
+        try:
+            metrics = read_metrics(run_dir)
+            if not metrics:
+                if (run_dir / CHECKPOINT).is_file():
+                    missing = f"it has a {CHECKPOINT} but no metrics rows ({METRICS} is missing or empty)"
+                    warn(f"kernel-reg report: skipping {run_dir}: {missing}; `kernel-reg train` rewrites them")
+                continue
+            config = read_config(run_dir)
+            name = str(run_dir.relative_to(root)) if run_dir != root else run_dir.name
+            robustness = read_robustness(run_dir)
+            if robustness is not None and robustness.trained_to not in (None, metrics[-1].epoch):
+                warn(f"kernel-reg report: {run_dir}: {ROBUSTNESS} evaluated the run trained to epoch "
+                     f"{robustness.trained_to}, it has been trained since (epoch {metrics[-1].epoch}): its "
+                     "robustness is left out; evaluate it again")  # fmt: skip
+                robustness = None
+            runs.append(RunSummary(run_dir, config, metrics, robustness, name))
+        except RunFolderError as error:
+            warn(f"kernel-reg report: skipping {run_dir}: {error}")
+    return runs
+
+
+_REGULARIZATION = ("regs", "wd")
+
+
+def _context(config: Config) -> dict[str, object]:
+    """What a run shares with the runs it is compared with: its setting without the regularization."""
+    return {k: v for k, v in identity(config, SEED_FIELDS + _REGULARIZATION).items() if "." not in k}
+
+
+@dataclass
+class Study:
+    """The runs of one experiment under one setting of everything but the regularization: they are
+    compared in one table. ``differs``: the context's values that differ from the experiment's preset."""
+
+    experiment: str
+    differs: dict[str, object]
+    runs: list[RunSummary]
+
+    @property
+    def title(self) -> str:
+        changed = ", ".join(f"{k}={format_value(v)}" for k, v in self.differs.items())
+        return f"{self.experiment} ({changed})" if changed else self.experiment
+
+    @property
+    def slug(self) -> str:
+        return self.experiment + (
+            "_" + short_hash(json.dumps(self.differs, sort_keys=True, default=str)) if self.differs else ""
+        )
+
+
+def studies(runs: list[RunSummary]) -> list[Study]:
+    """The runs grouped by experiment and context: runs of different experiments, training-set sizes,
+    schedules, widths, ... are never in one table."""
+    grouped: dict[tuple[str, str], list[RunSummary]] = defaultdict(list)
+    for run in runs:
+        grouped[(run.config.experiment, json.dumps(_context(run.config), sort_keys=True, default=str))].append(run)
+    result = []
+    for (experiment, _), members in sorted(grouped.items()):
+        preset = _context(preset_config(experiment))
+        context = _context(members[0].config)
+        result.append(Study(experiment, {k: v for k, v in context.items() if preset.get(k) != v}, members))
+    return result
+
+
+@dataclass
+class Selection:
+    """The runs of a study by setting (seeds pooled: whole configurations equal but for seed fields; a
+    configuration found twice counted once), and per method the setting of best mean validation accuracy."""
+
+    settings: dict[str, list[RunSummary]]  # setting_key -> runs (its seeds)
+    chosen: dict[str, str]  # method -> the selected setting_key
+    duplicates: list[str]
+
+    def of(self, method: str) -> list[RunSummary]:
+        return self.settings[self.chosen[method]]
+
+    def family(self, method: str) -> list[list[RunSummary]]:
+        """The settings tried for ``method``, each a list of seeds, by hyperparameters."""
+        members = [runs for runs in self.settings.values() if runs[0].method == method]
+        return sorted(members, key=lambda runs: sorted(map(str, hyperparameters(runs[0].config).items())))
+
+
+def select(runs: list[RunSummary]) -> Selection:
+    """Pool the finished runs with a validation accuracy into settings, and select per method (as the
+    paper selected the hyperparameters)."""
+    settings: dict[str, list[RunSummary]] = defaultdict(list)
+    duplicates: list[str] = []
+    for run in sorted(runs, key=lambda r: r.name):
+        if run.finished and run.best.val_acc is not None:
+            same = settings[setting_key(run.config)]
+            twin = next((r for r in same if identity(r.config) == identity(run.config)), None)
+            if twin is None:
+                same.append(run)
+            else:  # the same configuration, seeds included: one sample, not two
+                duplicates.append(f"{run.name} repeats {twin.name} (the same configuration, seeds included)")
+    chosen: dict[str, str] = {}
+    for key, members in settings.items():
+        method = members[0].method
+        if method not in chosen or _mean_val(members) > _mean_val(settings[chosen[method]]):
+            chosen[method] = key
+    return Selection(dict(settings), chosen, duplicates)
+
+
+def _mean_val(runs: list[RunSummary]) -> float:
+    """Mean best validation accuracy of runs that all have one."""
+    return statistics.mean(r.best.val_acc or 0.0 for r in runs)
+
+
+# Methods in a fixed order, so that a method has the same colour in every figure of every report: the
+# ten main ones take tab20's dark shades, the others its light ones.

@@ -1,0 +1,134 @@
+"""Operator norms and Lipschitz bounds against explicit convolution matrices, numpy's SVD and empirical
+Lipschitz ratios; certificates against the margin rule."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.autograd.functional import jacobian
+
+from kernel_reg import lipschitz, models
+
+CONVS = [
+    dict(in_channels=2, out_channels=3, kernel_size=3, padding=1),
+    dict(in_channels=2, out_channels=3, kernel_size=3, padding=1, stride=2),
+    dict(in_channels=3, out_channels=2, kernel_size=(3, 2), padding=0),
+    dict(in_channels=2, out_channels=4, kernel_size=3, padding=2, dilation=2),
+    dict(in_channels=4, out_channels=4, kernel_size=3, padding=1, groups=2),
+]
+
+
+@pytest.mark.parametrize("config", CONVS)
+def test_conv_operator_norm_is_the_top_singular_value_of_its_matrix(config, explicit_matrix):
+    torch.manual_seed(1)
+    conv = nn.Conv2d(**config).double()
+    shape = (config["in_channels"], 6, 5)
+    exact = np.linalg.svd(explicit_matrix(conv, shape), compute_uv=False).max()
+    assert lipschitz.operator_norm(conv, shape, iters=5000, tol=1e-13) == pytest.approx(exact, rel=1e-5)
+    upper = lipschitz.conv_operator_norm_upper_bound(conv, shape, iters=16)
+    assert exact <= upper <= 1.5 * exact
+
+
+def test_gram_iteration_bounds_and_converges_to_sigma_max():
+    torch.manual_seed(2)
+    mats = torch.randn(5, 7, 4, dtype=torch.float64) * torch.tensor([1e-3, 1, 10, 1e3, 1e6]).view(5, 1, 1)
+    exact = np.linalg.svd(mats.numpy(), compute_uv=False).max(1)
+    for iters in (0, 2, 6):
+        assert np.all(lipschitz.gram_iteration_bound(mats, iters).numpy() >= exact * (1 - 1e-12))
+    np.testing.assert_allclose(lipschitz.gram_iteration_bound(mats, 16).numpy(), exact, rtol=1e-4)
+    assert float(lipschitz.gram_iteration_bound(torch.zeros(3, 3), 5)) == 0.0
+
+
+def tiny_vgg():
+    torch.manual_seed(3)
+    return nn.Sequential(
+        models.Normalize((0.5, 0.4, 0.3), (0.2, 0.3, 0.25)),
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(4, 6, 3, padding=1),
+        nn.ReLU(),
+        nn.AvgPool2d(2),
+        nn.Flatten(),
+        nn.Linear(24, 5),
+    ).double()
+
+
+def tiny_resnet():
+    torch.manual_seed(4)
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1, bias=False),
+        nn.ReLU(),
+        models.BasicBlock(4, 4),
+        models.BasicBlock(4, 8, stride=2),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 5),
+    ).double()
+
+
+def tiny_vgg5():
+    torch.manual_seed(5)
+    return models.vgg5_stable(num_classes=5, widths=(3, 4, 4, 6)).double()
+
+
+def jacobian_norm(model, x):
+    return np.linalg.svd(jacobian(lambda z: model(z[None])[0], x).reshape(5, -1).numpy(), compute_uv=False).max()
+
+
+@pytest.mark.parametrize(
+    ("build", "shape"), [(tiny_vgg, (3, 8, 8)), (tiny_resnet, (3, 8, 8)), (tiny_vgg5, (1, 28, 28))]
+)
+def test_lipschitz_bound_exceeds_random_and_adversarial_ratios(build, shape):
+    model = build()
+    bound = lipschitz.lipschitz_upper_bound(model, shape)
+    torch.manual_seed(6)
+    x, x2 = torch.rand(64, *shape, dtype=torch.float64), torch.rand(64, *shape, dtype=torch.float64)
+    with torch.no_grad():
+        ratios = (model(x) - model(x2)).norm(dim=1) / (x - x2).flatten(1).norm(dim=1)
+    assert float(ratios.max()) <= bound
+    # adversarial pairs: ascend the ratio from the point of largest local gain
+    local = max(jacobian_norm(model, x_i) for x_i in x[:8])
+    assert local <= bound
+    a = x[:8].clone().requires_grad_(True)
+    b = (x[:8] + 1e-3 * torch.randn_like(x[:8])).requires_grad_(True)
+    optimizer = torch.optim.Adam([a, b], lr=1e-3)
+    for _ in range(200):
+        ratio = (model(a) - model(b)).norm(dim=1) / (a - b).flatten(1).norm(dim=1)
+        optimizer.zero_grad()
+        (-ratio.sum()).backward()
+        optimizer.step()
+    assert float(ratio.max().detach()) <= bound
+    assert bound < 1e4 * local  # a bound, not infinity
+
+
+def test_lipschitz_bound_is_tight_for_a_linear_map():
+    layer = nn.Sequential(nn.Flatten(), nn.Linear(12, 4)).double()
+    exact = np.linalg.svd(layer[1].weight.detach().numpy(), compute_uv=False).max()
+    assert lipschitz.lipschitz_upper_bound(layer, (3, 2, 2), iters=20) == pytest.approx(exact, rel=1e-6)
+
+
+def test_lipschitz_bound_rejects_unknown_layers():
+    class Square(nn.Module):
+        def forward(self, x):
+            return x**2
+
+    with pytest.raises(TypeError, match="Square"):
+        lipschitz.lipschitz_upper_bound(nn.Sequential(nn.Flatten(), Square(), nn.Linear(4, 2)), (4,))
+
+
+def test_certified_accuracy_of_a_linear_model_matches_the_margin_rule():
+    torch.manual_seed(7)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(10, 4)).double()
+    x = torch.randn(500, 10, dtype=torch.float64)
+    y = torch.randint(0, 4, (500,))
+    w, b = model[1].weight.detach().numpy(), model[1].bias.detach().numpy()
+    lip = np.linalg.svd(w, compute_uv=False).max()
+    logits = x.numpy() @ w.T + b
+    for eps in (0.0, 0.05, 0.2):
+        margins = np.array([logits[i, y[i]] - np.delete(logits[i], y[i]).max() for i in range(500)])
+        expected = np.mean(margins > math.sqrt(2) * lip * eps)
+        assert lipschitz.certified_accuracy(model, x, y, eps, lipschitz=lip) == pytest.approx(expected)
+    assert lipschitz.certified_accuracy(model, x, y, 0.1) <= lipschitz.certified_accuracy(model, x, y, 0.0)
