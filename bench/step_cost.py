@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from kernel_reg import models, penalties, regularizers
+from kernel_reg.margin import LipschitzMargin
 from kernel_reg.training import Regularizers, step
 
 K, STEPS = 10, 5  # classes; inner steps of ||f||_delta^2 and PGD
@@ -50,11 +51,14 @@ CONFIGS: dict[str, tuple[str | None, dict, str, float]] = {
     "stability": ("stability", {"deformations": 4}, "3F + F + mF (m = 4 fields)", (3 + 1 + 4) / 3),
     "gradtangent": ("gradtangent", {"deformations": 4}, "3F + (1 + k)F", (3 + 1 + K) / 3),
     "project-sn": ("project-sn", {"tau": 1.0}, "3F + one eigh per layer", 1.0),
+    "project-sn-operator": ("project-sn", {"tau": 1.0, "norm": "operator"}, "3F + 2 conv passes per layer", 1.0),
     "penalize-sn-pi": ("penalize-sn-pi", {}, "3F + 2 matvecs per layer", 1.0),
     "penalize-sn-svd": ("penalize-sn-svd", {}, "3F + one eigh per layer", 1.0),
 }  # fmt: skip
 # ||f||_delta^2 with k copies of the batch in one forward pass, against the chunked default
 REPLICATED = "adv-perturbation-replicated"
+# Lipschitz-margin training (eps_train 0.5): the margin's power iteration and product bound on top of a plain step
+MARGIN = "lipschitz-margin"
 MODELS = {"vgg11": (models.vgg11, (3, 32, 32)), "vgg5": (models.vgg5_stable, (1, 28, 28))}
 
 
@@ -62,6 +66,11 @@ def peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def _row_of(config_name: str) -> str:
+    """The CONFIGS row whose regularizer and floor a variant row shares."""
+    return {REPLICATED: "adv-perturbation", MARGIN: "plain"}.get(config_name, config_name)
 
 
 def run_child(model_name: str, config_name: str, steps: int, warmup: int, device: torch.device) -> dict:
@@ -72,13 +81,15 @@ def run_child(model_name: str, config_name: str, steps: int, warmup: int, device
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     x = torch.rand(128, *shape, device=device)
     y = torch.randint(0, K, (128,), device=device)
-    name, params = CONFIGS["adv-perturbation" if config_name == REPLICATED else config_name][:2]
+    name, params = CONFIGS[_row_of(config_name)][:2]
     built = {}
     if config_name == REPLICATED:
         built[config_name] = penalties.AdversarialPerturbationPenalty(eps=1.0, steps=STEPS, chunk_size=K * 128)
     elif name is not None:
-        built[name] = regularizers.build(name, {**regularizers.lookup(name).defaults(), **params})
+        built[name] = regularizers.build(name, {**regularizers.lookup(name).defaults(), **params}, input_shape=shape)
     regs = Regularizers.of(built)
+    if config_name == MARGIN:
+        regs.margin = LipschitzMargin(eps=0.5, input_shape=shape)
 
     times = []
     for i in range(warmup + steps):
@@ -140,7 +151,7 @@ def agreement(device: torch.device, batches: int = 10) -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
-    rows = [*CONFIGS, REPLICATED]
+    rows = [*CONFIGS, REPLICATED, MARGIN]
     parser.add_argument("--configs", nargs="+", default=rows, choices=rows)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
@@ -181,8 +192,10 @@ def main() -> None:
             results[f"{model_name}/{config_name}"] = figures
             plain = figures["seconds"] if config_name == "plain" else plain
             ratio = f"{figures['seconds'] / plain:.2f}x" if plain else "-"
-            floor, floor_ratio = CONFIGS["adv-perturbation" if config_name == REPLICATED else config_name][2:]
-            floor = "as above, k copies in one batch" if config_name == REPLICATED else floor
+            floor, floor_ratio = CONFIGS[_row_of(config_name)][2:]
+            floor = {REPLICATED: "as above, k copies in one batch", MARGIN: "3F + 2 conv passes per layer"}.get(
+                config_name, floor
+            )
             print(
                 f"| {model_name} | {config_name} | {figures['seconds']:.3f} | {ratio} | {figures['peak_mb']:.0f} | "
                 f"{floor} | {floor_ratio:.2f}x |",

@@ -34,6 +34,15 @@ def test_the_original_commands_are_accepted():
     assert (config.sched_step, config.n_val, config.reg_names) == (30, 0, ("pgd-linf",))
     assert config.reg("pgd-linf")["step_size"] == 0.002
     assert parse("--reg", "gradient-penalty").reg("gradient-penalty")["lmbda"] == 0.1  # the registry's default
+    certified = parse("--model", "lipnet", "--width", "32", "--activation", "maxmin", "--lipschitz-margin", "0.7",
+                      "--reg_project_sn", "--tau", "1", "--sn-norm", "operator")  # fmt: skip
+    assert (certified.model, certified.width, certified.activation, certified.lipschitz_margin) == (
+        "lipnet",
+        32,
+        "maxmin",
+        0.7,
+    )
+    assert certified.reg("project-sn")["norm"] == "operator"
     assert parse("--no-aug").aug is False
 
 
@@ -54,6 +63,9 @@ def test_the_original_commands_are_accepted():
         (["train", "--name", "keep.old-me"], "without '..' or '.old-', got 'keep.old-me'"),
         (["train", "--device", "bogus"], "device must be auto, cpu, cuda, cuda:N or mps, got 'bogus'"),
         (["train", "--device", "xla"], "device must be auto, cpu, cuda, cuda:N or mps, got 'xla'"),
+        (["train", "--reg", "project-sn", "--sn-norm", "frobenius"], "project-sn.norm must be one of 'reshaped'"),
+        (["train", "--activation", "gelu"], "activation must be one of 'relu', 'maxmin'"),
+        (["train", "--experiment", "cifar10_vgg", "--activation", "maxmin"], "apply to vgg5_stable and lipnet only"),
         (["train", "--reg", "pgd-l2", "--reg", "pgd-linf"], "at most one adversarial training"),
         (
             ["train", "--reg", "adv-perturbation", "--delta-candidates", "0"],

@@ -132,3 +132,34 @@ def test_certified_accuracy_of_a_linear_model_matches_the_margin_rule():
         expected = np.mean(margins > math.sqrt(2) * lip * eps)
         assert lipschitz.certified_accuracy(model, x, y, eps, lipschitz=lip) == pytest.approx(expected)
     assert lipschitz.certified_accuracy(model, x, y, 0.1) <= lipschitz.certified_accuracy(model, x, y, 0.0)
+
+
+def test_the_jacobian_lower_bound_is_exact_for_a_linear_map_and_below_the_bound_elsewhere():
+    torch.manual_seed(4)
+    linear = nn.Sequential(nn.Flatten(), nn.Linear(12, 5)).double()
+    x = torch.rand(3, 3, 2, 2, dtype=torch.float64)
+    exact = np.linalg.svd(linear[1].weight.detach().numpy(), compute_uv=False).max()
+    assert lipschitz.lipschitz_lower_bound(linear, x, steps=100) == pytest.approx(exact, rel=1e-4)
+    model = models.lipnet(width=4).double()
+    x = torch.rand(4, 1, 28, 28, dtype=torch.float64)
+    lower = lipschitz.lipschitz_lower_bound(model, x, steps=20)
+    assert 0 < lower <= lipschitz.lipschitz_upper_bound(model, (1, 28, 28))
+
+
+def test_the_lipschitz_margin_raises_the_other_logits_by_the_certified_amount():
+    from kernel_reg.margin import LipschitzMargin
+
+    torch.manual_seed(5)
+    model = models.lipnet(width=4).double()
+    margin = LipschitzMargin(eps=0.5, input_shape=(1, 28, 28), steps=200)
+    logits, y = torch.zeros(3, 10, dtype=torch.float64), torch.tensor([0, 3, 9])
+    estimate = float(margin.lipschitz(model).detach())  # 200 power-iteration steps: converged
+    bound = lipschitz.lipschitz_upper_bound(model, (1, 28, 28))
+    assert estimate <= bound * (1 + 1e-9) and estimate >= 0.9 * bound  # converged estimates, from below
+    shifted = margin(model, logits, y)  # 200 more steps: the same L to 1e-3
+    expected = math.sqrt(2) * 0.5 * estimate
+    assert torch.allclose(shifted.gather(1, y[:, None]), torch.zeros(3, 1, dtype=torch.float64))
+    others = shifted.scatter(1, y[:, None], float("nan"))
+    assert torch.allclose(others[~others.isnan()], torch.full((27,), expected, dtype=torch.float64), rtol=1e-3)
+    shifted.sum().backward()
+    assert all(p.grad is not None for p in model.parameters())  # the margin pushes L down too

@@ -1,5 +1,7 @@
 """The paper's networks: shapes, parameter counts worked out by hand, and the normalisation inside."""
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -42,3 +44,29 @@ def test_normalisation_is_inside_the_model():
     std = torch.tensor(models.CIFAR_STD, dtype=torch.float64).view(3, 1, 1)
     torch.testing.assert_close(model(x), model[1:]((x - mean) / std))
     assert model[0].mean.dtype == torch.float64  # buffers follow .to()
+
+
+def test_maxmin_is_one_lipschitz_and_keeps_gradient_norms():
+    torch.manual_seed(0)
+    act = models.MaxMin()
+    a, b = torch.randn(64, 6, 3, 3, dtype=torch.float64), torch.randn(64, 6, 3, 3, dtype=torch.float64)
+    assert torch.all((act(a) - act(b)).flatten(1).norm(dim=1) <= (a - b).flatten(1).norm(dim=1) + 1e-12)
+    x = torch.randn(5, 4, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(5, 4, dtype=torch.float64)
+    (grad,) = torch.autograd.grad(act(x), x, grad_outputs=g)
+    assert torch.allclose(grad.norm(dim=1), g.norm(dim=1))  # a permutation: the norm of the gradient is kept
+    with pytest.raises(ValueError, match="even number"):
+        act(torch.zeros(1, 3))
+
+
+def test_lipnet_maps_images_to_logits_and_is_bounded_by_its_layers():
+    from kernel_reg import lipschitz, spectral
+
+    model = models.build("lipnet", 10, width=4).double()
+    assert model(torch.rand(3, 1, 28, 28, dtype=torch.float64)).shape == (3, 10)
+    shapes = lipschitz.input_shapes(model, (1, 28, 28))
+    product = math.prod(
+        lipschitz.layer_upper_bound(layer, shapes[layer]) for _, layer in spectral.spectral_layers(model)
+    )
+    assert lipschitz.lipschitz_upper_bound(model, (1, 28, 28)) == pytest.approx(product)  # nothing amplifies
+    assert isinstance(models.build("vgg5_stable", width=4, activation="maxmin")[2], models.MaxMin)

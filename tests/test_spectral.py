@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from kernel_reg import spectral
+from kernel_reg import lipschitz, models, spectral
 
 
 def numpy_sigmas(weight):
@@ -87,3 +87,77 @@ def test_spectral_penalty_gradient_is_that_of_sigma_squared():
     (grad,) = torch.autograd.grad(value, layer.weight)
     u, s, vt = np.linalg.svd(layer.weight.detach().numpy())
     np.testing.assert_allclose(grad.numpy(), 2 * s[0] * np.outer(u[:, 0], vt[0]), rtol=1e-8)
+
+
+OPERATOR_LAYERS = [
+    (lambda: nn.Conv2d(2, 3, 3, padding=1), (2, 6, 5)),
+    (lambda: nn.Conv2d(2, 3, 3, padding=1, stride=2), (2, 6, 6)),
+    (lambda: nn.Conv2d(2, 4, 3, padding=2, dilation=2), (2, 5, 5)),
+    (lambda: nn.Conv2d(4, 4, 3, padding=1, groups=2), (4, 5, 4)),
+    (lambda: nn.Linear(12, 7), (12,)),
+]
+
+
+@pytest.mark.parametrize(("make", "shape"), OPERATOR_LAYERS)
+def test_operator_projection_bounds_the_exact_operator_norm(make, shape, explicit_matrix):
+    torch.manual_seed(0)
+    layer = make().double()
+    with torch.no_grad():
+        layer.weight.mul_(3.0)  # well above the radius
+    exact_before = np.linalg.svd(explicit_matrix(layer, shape), compute_uv=False).max()
+    assert exact_before > 1.2
+    spectral.project_(layer, 1.0, norm="operator", input_shape=shape)
+    exact = np.linalg.svd(explicit_matrix(layer, shape), compute_uv=False).max()
+    assert exact <= 1.0 + 1e-9
+    assert exact >= 0.7  # rescaled to the bound, not crushed
+    spectral.project_(layer, 1.0, norm="operator", input_shape=shape)  # already inside: unchanged
+    assert np.linalg.svd(explicit_matrix(layer, shape), compute_uv=False).max() == pytest.approx(exact)
+
+
+@pytest.mark.parametrize(("make", "shape"), OPERATOR_LAYERS)
+def test_operator_norm_estimates_converge_from_below(make, shape, explicit_matrix):
+    torch.manual_seed(1)
+    layer = nn.Sequential(make()).double()
+    exact = np.linalg.svd(explicit_matrix(layer, shape), compute_uv=False).max()
+    norms = spectral.OperatorNorms()
+    shapes = lipschitz.input_shapes(layer, shape)
+    few = float(norms.estimates(layer, shapes, 2)["0"].detach())
+    many = float(norms.estimates(layer, shapes, 1000)["0"].detach())  # continues from the kept vector
+    assert few <= exact + 1e-9 and many <= exact + 1e-9
+    assert many == pytest.approx(exact, rel=1e-3)
+    again = spectral.OperatorNorms()
+    again.load_state_dict(norms.state_dict())  # the vectors travel in a checkpoint
+    assert float(again.estimates(layer, shapes, 0)["0"].detach()) == pytest.approx(many)
+
+
+def test_operator_projection_in_training_guarantees_the_radius_at_the_end_of_each_epoch():
+    torch.manual_seed(2)
+    model = models.lipnet(width=4).double()
+    projection = spectral.Projection(tau=1.0, kappa=1e-6, norm="operator", input_shape=(1, 28, 28), steps=2)
+    shapes = lipschitz.input_shapes(model, (1, 28, 28))
+    for _ in range(5):
+        projection(model, epoch=10)  # the cheap per-step rescaling by the estimates
+    estimates = projection.operators.estimates(model, shapes, 0)
+    assert max(float(s.detach()) for s in estimates.values()) <= 1.0 + 1e-9
+    projection.finish_epoch(model, epoch=10)
+    for _, layer in spectral.spectral_layers(model):
+        assert lipschitz.layer_upper_bound(layer, shapes[layer]) <= 1.0 + 1e-9
+    depth = len(spectral.spectral_layers(model))
+    assert lipschitz.lipschitz_upper_bound(model, (1, 28, 28)) <= 1.0**depth + 1e-9  # MaxMin, unshuffle: 1
+
+
+def test_operator_norm_penalty_is_the_sum_of_squared_operator_norms(explicit_matrix):
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(2 * 16, 3)).double()
+    x = torch.rand(2, 1, 4, 4, dtype=torch.float64)
+    penalty = spectral.SpectralNormPenalty(lmbda=0.5, norm="operator", steps=300)
+    value = penalty(model, x)
+    conv = np.linalg.svd(explicit_matrix(model[0], (1, 4, 4)), compute_uv=False).max()
+    linear = np.linalg.svd(model[3].weight.detach().numpy(), compute_uv=False).max()
+    assert float(value.detach()) == pytest.approx(0.5 * (conv**2 + linear**2), rel=1e-4)
+    value.backward()
+    assert model[0].weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="needs the inputs x"):
+        penalty(model)
+    with pytest.raises(ValueError, match="use method='power'"):
+        spectral.SpectralNormPenalty(method="svd", norm="operator")

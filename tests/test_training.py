@@ -9,7 +9,7 @@ import time
 import pytest
 import torch
 
-from kernel_reg import spectral
+from kernel_reg import lipschitz, spectral
 from kernel_reg.builders import load_run
 from kernel_reg.regularizers import NAMES as REGULARIZERS
 from kernel_reg.rundir import RunFolderError, locked, read_config, read_metrics, run_path
@@ -243,3 +243,23 @@ def test_an_exact_spectral_penalty_on_diverged_weights_is_a_divergence(tmp_path,
 def test_more_test_images_than_the_data_set_has_is_refused(tmp_path, tiny):
     with pytest.raises(ValueError, match="n_test=5000 exceeds the 2000 images of the test set"):
         train(tiny(tmp_path, n_test=5000), log=lambda _: None)
+
+
+def test_a_certified_training_run_keeps_its_certificates_below_its_attacks(tmp_path, tiny):
+    from kernel_reg.evaluation import EvalSettings, evaluate_run
+
+    config = tiny(tmp_path, model="lipnet", width=4, num_epochs=3, lipschitz_margin=0.3, regs=("project-sn",),
+                  tau=1.0, kappa=1e-3, sn_norm="operator")  # fmt: skip
+    assert config.reg("project-sn")["norm"] == "operator" and config.activation is None
+    metrics = train(config, log=lambda _: None)
+    assert metrics[-1].tau == pytest.approx(1.0)
+    run = load_run(run_path(config), "cpu", which="last")
+    shapes = lipschitz.input_shapes(run.model, (1, 28, 28))
+    for _, layer in spectral.spectral_layers(run.model):  # guaranteed at the end of every epoch
+        assert lipschitz.layer_upper_bound(layer, shapes[layer]) <= 1.0 + 1e-6
+    settings = EvalSettings(l2_eps=(0.1, 0.3), linf_eps=(), attacks=("strong",), steps=3, n_test=32, queries=20)
+    result = evaluate_run(run_path(config), settings, "cpu", "last")
+    assert result.lipschitz_bound <= 1.0 + 1e-6 and 0 < result.lipschitz_lower <= result.lipschitz_bound
+    for key, certified in result.certified_l2.items():
+        assert certified <= result.l2[key]
+    assert "certified accuracy exceeds robust accuracy (a bug)" not in result.suspicious

@@ -41,7 +41,7 @@ def load_splits(config: Config, device: torch.device, n_test: int | None = None)
 def build_model(config: Config, device: torch.device) -> nn.Module:
     """The run's model, initialised from ``config.seed``."""
     torch.manual_seed(config.seed)
-    return models.build(config.model, NUM_CLASSES, config.width).to(device)
+    return models.build(config.model, NUM_CLASSES, config.width, config.activation).to(device)
 
 
 @dataclass

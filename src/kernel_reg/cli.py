@@ -124,6 +124,8 @@ def _add_eval_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eval-n-test", "--eval_n_test", type=int, default=defaults.n_test,
                         help="evaluate on the first N test images (0: all)")  # fmt: skip
     parser.add_argument("--eval-batch-size", "--eval_batch_size", type=int, default=defaults.batch_size)
+    parser.add_argument("--lipschitz-probe", "--lipschitz_probe", type=int, default=defaults.lipschitz_probe,
+                        help="test images whose Jacobian norms bound L from below (0: none)")  # fmt: skip
     parser.add_argument("--attack-seed", "--attack_seed", type=int, default=defaults.seed,
                         help="seed of the attacks' random draws (the same seed repeats the evaluation)")  # fmt: skip
 
@@ -144,6 +146,7 @@ def eval_settings_from_args(args: argparse.Namespace) -> EvalSettings:
         n_test=args.eval_n_test or None,
         batch_size=args.eval_batch_size,
         seed=args.attack_seed,
+        lipschitz_probe=args.lipschitz_probe,
     )
 
 

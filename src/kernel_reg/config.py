@@ -24,7 +24,7 @@ from typing import Any
 from . import regularizers
 from .arguments import check_choice
 from .data import DATASETS
-from .models import MODELS
+from .models import ACTIVATIONS, MODELS, WIDTH_MODELS
 from .regularizers import Value
 
 # fields that say where and how a run executes, not what it computes
@@ -138,6 +138,7 @@ class Config:
     # model
     model: str = "vgg5_stable"
     width: int = 64
+    activation: str | None = None  # vgg5_stable and lipnet: "relu" or "maxmin" (None: the model's own)
     # optimisation
     batch_size: int = 128
     test_batch_size: int = 512
@@ -150,6 +151,8 @@ class Config:
     eval_delta: int = 5
     # regularization: names, or RegSetting / {"name": ..., hyperparameter: value} entries
     regs: tuple[RegSetting, ...] = ()
+    # Lipschitz-margin training: the radius eps_train to keep a certified margin for (0: off)
+    lipschitz_margin: float = 0.0
     # monitoring: the RKHS-norm bracket on a fixed probe batch
     probe_size: int = 128
     probe_epsilon: float = 1.0
@@ -174,8 +177,13 @@ class Config:
         check_choice("model", self.model, tuple(MODELS))
         check_run_name(self.name)
         check_device(self.device)
-        if self.width != 64 and self.model != "vgg5_stable":
-            raise ValueError(f"width applies to vgg5_stable only, got width={self.width} for {self.model}")
+        if (self.width != 64 or self.activation is not None) and self.model not in WIDTH_MODELS:
+            raise ValueError(
+                f"width and activation apply to {' and '.join(WIDTH_MODELS)} only, got width={self.width}, "
+                f"activation={self.activation} for {self.model}"
+            )
+        if self.activation is not None:
+            check_choice("activation", self.activation, tuple(ACTIVATIONS))
         positive = ("batch_size", "test_batch_size", "num_epochs", "eval_delta", "sched_step")
         for name in positive + ("width", "probe_size"):
             value = getattr(self, name)
@@ -193,7 +201,7 @@ class Config:
             value = getattr(self, name)
             if not math.isfinite(value) or value <= 0:
                 raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-        for name in ("momentum", "wd", "deform_amplitude"):
+        for name in ("momentum", "wd", "deform_amplitude", "lipschitz_margin"):
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0:
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")

@@ -161,6 +161,7 @@ class EvalSettings:
     checks: bool = True
     converge_every_radius: bool = False
     seed: int = 0  # of the attacks' random draws (their own generator: the global RNG is left alone)
+    lipschitz_probe: int = 100  # test images whose Jacobian norms give the empirical lower bound of L (0: none)
 
     def __post_init__(self) -> None:
         for eps in self.l2_eps + self.linf_eps:
@@ -178,6 +179,7 @@ class EvalSettings:
         if self.n_test is not None:
             check_int("n_test", self.n_test)
         check_int("seed", self.seed, minimum=0)
+        check_int("lipschitz_probe", self.lipschitz_probe, minimum=0)
 
     def members(self) -> list[str]:
         """The attack names, "strong" expanded, without repeats."""
@@ -328,6 +330,7 @@ def evaluate_model(
         bound, note = None, str(error)
     else:
         certified = {eps_key(e): lipschitz.certified_accuracy(model, x, y, e, bound) for e in settings.l2_eps}
+    lower = lipschitz.lipschitz_lower_bound(model, x[: settings.lipschitz_probe]) if settings.lipschitz_probe else None
     attacks = {norm: describe_attacks(norm, settings) for norm in ("l2", "linf") if accuracies[norm]}
     attacks["certified_l2"] = "margin > sqrt(2) * L * eps, L the Gram-iteration Lipschitz upper bound"
     found: list[MaskingCheck] | None = None
@@ -336,6 +339,7 @@ def evaluate_model(
         found, doubled = masking_checks(model, x, y, settings, accuracies, certified, survivors, generator)
     return Robustness(
         clean=clean, n=len(y), l2=accuracies["l2"], linf=accuracies["linf"], lipschitz_bound=bound,
+        lipschitz_lower=lower,
         certified_l2=certified, attacks=attacks, settings=asdict(settings), doubled=doubled,
         masking_checks=None if found is None else tuple(found), certified_note=note,
     )  # fmt: skip
@@ -355,6 +359,11 @@ def summary(result: Robustness) -> list[str]:
     if result.certified_l2 is not None:
         lines.append(f"  certified l2 accuracy (%) at eps {cells('l2', result.certified_l2)} "
                      f"(Lipschitz bound {result.lipschitz_bound:.4g})")  # fmt: skip
+        if result.lipschitz_lower is not None and result.lipschitz_bound:
+            ratio = result.lipschitz_bound / max(result.lipschitz_lower, 1e-30)
+            lines.append(f"  Lipschitz constant between {result.lipschitz_lower:.4g} (largest Jacobian norm "
+                         f"found) and {result.lipschitz_bound:.4g} (guaranteed): the bound is {ratio:.3g}x the lower "
+                         "one")  # fmt: skip
     else:
         lines.append(f"  no certificate: {result.certified_note}")
     lines += [f"  WARNING: {name}" for name in result.suspicious]

@@ -13,7 +13,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, Union, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +21,7 @@ from torch import nn
 
 from .arguments import check_int, check_logits, check_nonnegative
 from .guard import preserved_state
+from .models import MaxMin
 from .tensors import margin
 
 
@@ -173,14 +174,22 @@ def _pool_overlap(kernel: Any, stride: Any) -> tuple[int, int]:
     return kh * kw, math.ceil(kh / sh) * math.ceil(kw / sw)
 
 
+def layer_upper_bound(layer: nn.Module, input_shape: Sequence[int], iters: int = 12) -> float:
+    """A guaranteed upper bound on the operator norm of a Linear or Conv2d layer's linear part on inputs of
+    ``input_shape`` (Gram iteration, ``iters`` steps); of any other standard layer, its Lipschitz rule."""
+    return _layer_bound(layer, input_shape, iters)
+
+
 def _layer_bound(module: nn.Module, input_shape: Sequence[int], iters: int) -> float:
     """Upper bound on the l2 Lipschitz constant of one standard layer, in eval mode."""
     if isinstance(module, nn.Linear):
         return float(gram_iteration_bound(module.weight.detach(), iters))
     if isinstance(module, nn.Conv2d):
         return conv_operator_norm_upper_bound(module, input_shape, iters)
-    if isinstance(module, (nn.ReLU, nn.LeakyReLU, nn.Tanh, nn.Identity, nn.Flatten, nn.Dropout)):
+    if isinstance(module, (nn.ReLU, nn.LeakyReLU, nn.Tanh, nn.Identity, nn.Flatten, nn.Dropout, MaxMin)):
         return max(1.0, abs(getattr(module, "negative_slope", 1.0)))
+    if isinstance(module, (nn.PixelUnshuffle, nn.PixelShuffle)):  # permutations of the entries
+        return 1.0
     if isinstance(module, nn.Sigmoid):
         return 0.25
     if isinstance(module, nn.MaxPool2d) and module.dilation in (1, (1, 1)):
@@ -199,10 +208,14 @@ def _layer_bound(module: nn.Module, input_shape: Sequence[int], iters: int) -> f
         return float(scale.max())
     raise TypeError(
         f"lipschitz_upper_bound has no rule for {type(module).__name__}; supported: nn.Sequential, "
-        "Linear, Conv2d, ReLU/LeakyReLU/Tanh/Sigmoid, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d(1), "
+        "Linear, Conv2d, ReLU/LeakyReLU/Tanh/Sigmoid/MaxMin, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d(1), "
+        "PixelUnshuffle/PixelShuffle, "
         "BatchNorm (eval), Flatten, Identity, Dropout, or any module implementing lipschitz.LipschitzBounded "
         "(a `lipschitz_upper_bound(child_bound)` method)"
     )
+
+
+Bound = Union[float, torch.Tensor]  # a bound, or a differentiable estimate
 
 
 @runtime_checkable
@@ -215,7 +228,7 @@ class LipschitzBounded(Protocol):
     x -> relu(x + g(x)) the same (ReLU is 1-Lipschitz). See ``models.Normalize`` and ``models.BasicBlock``.
     """
 
-    def lipschitz_upper_bound(self, child_bound: Callable[[nn.Module], float]) -> float:
+    def lipschitz_upper_bound(self, child_bound: Callable[[nn.Module], Any]) -> Any:
         """The module's bound, given ``child_bound(submodule) -> float`` for its submodules."""
         ...
 
@@ -225,7 +238,7 @@ def _reference(model: nn.Module) -> torch.Tensor:
     return next(itertools.chain(model.parameters(), model.buffers()), torch.zeros(()))
 
 
-def _input_shapes(model: nn.Module, input_shape: Sequence[int]) -> dict[nn.Module, tuple[int, ...]]:
+def input_shapes(model: nn.Module, input_shape: Sequence[int]) -> dict[nn.Module, tuple[int, ...]]:
     """The shape (without batch) of the input each submodule receives on one example."""
     shapes: dict[nn.Module, tuple[int, ...]] = {}
 
@@ -276,16 +289,63 @@ def lipschitz_upper_bound(model: nn.Module, input_shape: Sequence[int], iters: i
         >>> model = models.vgg5_stable()
         >>> L = lipschitz_upper_bound(model, (1, 28, 28))  # >= the true constant, not an estimate
     """
-    shapes = _input_shapes(model, input_shape)
+    shapes = input_shapes(model, input_shape)
 
-    def bound(module: nn.Module) -> float:
+    def linear(layer: nn.Module, shape: tuple[int, ...]) -> float:
+        return _layer_bound(layer, shape, iters)
+
+    return float(compose_bound(model, shapes, linear))
+
+
+def compose_bound(
+    model: nn.Module, shapes: dict[nn.Module, tuple[int, ...]], linear: Callable[[nn.Module, tuple[int, ...]], Bound]
+) -> Bound:
+    """The Lipschitz bound of ``model`` by the rules of ``lipschitz_upper_bound``, with the norms of its
+    Linear and Conv2d layers from ``linear(layer, input_shape)``: Gram-iteration bounds give the guaranteed
+    bound, power-iteration estimates with their graph a differentiable estimate (Lipschitz-margin training).
+    ``shapes``: each submodule's input shape (``input_shapes``)."""
+
+    def bound(module: nn.Module) -> Bound:
         if isinstance(module, LipschitzBounded):
-            return float(module.lipschitz_upper_bound(bound))
+            return module.lipschitz_upper_bound(bound)
         if isinstance(module, nn.Sequential):
-            return math.prod(bound(child) for child in module)
-        return _layer_bound(module, shapes.get(module, ()), iters)
+            result: Bound = 1.0
+            for child in module:
+                result = result * bound(child)
+            return result
+        if isinstance(module, (nn.Linear, nn.Conv2d)):
+            return linear(module, shapes.get(module, ()))
+        return _layer_bound(module, shapes.get(module, ()), 0)
 
     return bound(model)
+
+
+def lipschitz_lower_bound(model: nn.Module, x: torch.Tensor, steps: int = 10) -> float:
+    """An empirical lower bound on the l2 Lipschitz constant of ``model`` (eval mode): the largest spectral
+    norm of its Jacobian at the inputs ``x``, max_i ||J_f(x_i)||_2, each by ``steps`` power-iteration steps
+    on J^T J (each step one forward-mode and one reverse-mode product). Since L >= ||J_f(x)||_2 at every x,
+    the ratio of this to ``lipschitz_upper_bound`` says how tight the certificate is (1: exact).
+
+    Shape:
+        x: (n, *shape), the inputs to probe.
+    Returns:
+        The largest estimate, a float (0 for an empty batch).
+    """
+    if x.shape[0] == 0:
+        return 0.0
+    x = x.detach()
+    with preserved_state(model, mode=False), torch.enable_grad():
+        v = torch.randn_like(x)
+        v = v / v.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *[1] * (x.dim() - 1))
+        sigma = torch.zeros(x.shape[0], device=x.device, dtype=x.dtype)
+        for _ in range(steps):
+            jv = torch.func.jvp(model, (x,), (v,))[1]  # J v, per example (examples do not interact)
+            x_in = x.clone().requires_grad_(True)
+            out = model(x_in)
+            (jtjv,) = torch.autograd.grad(out, x_in, grad_outputs=jv)  # J^T J v
+            sigma = jv.flatten(1).norm(dim=1)  # ||J v|| with ||v|| = 1: a lower bound on ||J||_2
+            v = jtjv / jtjv.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *[1] * (x.dim() - 1))
+    return float(sigma.detach().max())
 
 
 def certified_radius(logits: torch.Tensor, y: torch.Tensor, lipschitz: float) -> torch.Tensor:

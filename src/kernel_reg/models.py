@@ -83,6 +83,26 @@ class BasicBlock(nn.Module):
         return child_bound(self.conv2) * child_bound(self.conv1) + child_bound(self.shortcut)
 
 
+class MaxMin(nn.Module):
+    """The MaxMin activation (GroupSort with groups of two; Anil, Lucas and Grosse, ICML 2019): channels in
+    pairs (a, b) become (max(a, b), min(a, b)). A permutation of its input at every point, so it keeps the
+    l2 norm of differences at most as large (1-Lipschitz) and, unlike ReLU, keeps the norm of the gradient:
+    constrained networks keep their capacity.
+
+    Shape:
+        x: (n, C, *spatial) with C even; output: the same.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[1] % 2:
+            raise ValueError(f"MaxMin pairs channels: it needs an even number of them, got {x.shape[1]}")
+        a, b = x.chunk(2, dim=1)
+        return torch.cat([torch.maximum(a, b), torch.minimum(a, b)], dim=1)
+
+
+ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {"relu": nn.ReLU, "maxmin": MaxMin}
+
+
 def _kaiming_init(model: nn.Sequential) -> nn.Sequential:
     """Convolutions: N(0, 2 / (kh * kw * out)), biases zero (the original's initialisation)."""
     for module in model.modules():
@@ -94,14 +114,16 @@ def _kaiming_init(model: nn.Sequential) -> nn.Sequential:
     return model
 
 
-def _features(config: Sequence[int | str], in_channels: int, pool: str, bias: bool) -> list[nn.Module]:
-    """3x3 convolutions with ReLU; "P" is a 2x2 max or average pooling."""
+def _features(
+    config: Sequence[int | str], in_channels: int, pool: str, bias: bool, activation: str = "relu"
+) -> list[nn.Module]:
+    """3x3 convolutions, each followed by ``activation``; "P" is a 2x2 max or average pooling."""
     layers: list[nn.Module] = []
     for item in config:
         if item == "P":
             layers.append(nn.MaxPool2d(2, 2) if pool == "max" else nn.AvgPool2d(2, 2))
         else:
-            layers += [nn.Conv2d(in_channels, int(item), 3, padding=1, bias=bias), nn.ReLU()]
+            layers += [nn.Conv2d(in_channels, int(item), 3, padding=1, bias=bias), ACTIVATIONS[activation]()]
             in_channels = int(item)
     return layers
 
@@ -147,7 +169,9 @@ def vgg16(num_classes: int = 10) -> nn.Sequential:
     return _cifar_vgg(VGG16, num_classes)
 
 
-def vgg5_stable(num_classes: int = 10, widths: Sequence[int] = (64, 128, 256, 512)) -> nn.Sequential:
+def vgg5_stable(
+    num_classes: int = 10, widths: Sequence[int] = (64, 128, 256, 512), activation: str = "relu"
+) -> nn.Sequential:
     """The 'stable' VGG-5 for 1x28x28 inputs in [0, 1] (MNIST normalisation inside): four 3x3 convolutions
     each followed by ReLU and 2x2 average pooling (28 -> 14 -> 7 -> 3 -> 1), then a linear layer; no biases
     anywhere.
@@ -155,6 +179,7 @@ def vgg5_stable(num_classes: int = 10, widths: Sequence[int] = (64, 128, 256, 51
     Args:
         num_classes: k (default 10).
         widths: the four convolutions' output channels (default (64, 128, 256, 512)).
+        activation: "relu" (default) or "maxmin" (``MaxMin``; even widths).
 
     Shape:
         x: (n, 1, 28, 28); output: logits (n, k).
@@ -165,7 +190,7 @@ def vgg5_stable(num_classes: int = 10, widths: Sequence[int] = (64, 128, 256, 51
     return _kaiming_init(
         nn.Sequential(
             Normalize(MNIST_MEAN, MNIST_STD),
-            *_features(config, 1, pool="avg", bias=False),
+            *_features(config, 1, pool="avg", bias=False, activation=activation),
             nn.Flatten(),
             nn.Linear(widths[-1], num_classes, bias=False),
         )
@@ -196,26 +221,69 @@ def resnet18(num_classes: int = 10) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+def lipnet(num_classes: int = 10, width: int = 32, activation: str = "maxmin") -> nn.Sequential:
+    """A network for certified robustness on 1x28x28 inputs in [0, 1], whose every layer is at most as
+    Lipschitz as its linear parts: mean subtraction (no division by the standard deviation, which would
+    multiply the Lipschitz constant by 1/std), five 3x3 stride-1 convolutions with ``activation`` (MaxMin by
+    default: 1-Lipschitz and gradient-norm preserving), downsampling by pixel-unshuffle (a permutation, norm
+    1, where pooling would halve the margin), and a linear classifier; no biases.
+
+    28x28: conv(1 -> w), conv(w -> w), unshuffle -> 14x14, conv(4w -> 2w), conv(2w -> 2w), unshuffle ->
+    7x7, conv(8w -> 4w), linear(4w * 49 -> k). With the operator norm of every convolution and of the
+    linear layer at most 1 (``spectral.project_(model, 1.0, norm="operator", input_shape=(1, 28, 28))``),
+    the network is 1-Lipschitz.
+
+    Args:
+        num_classes: k (default 10).
+        width: w, the first convolutions' channels (even; default 32, about 0.5M parameters).
+        activation: "maxmin" (default) or "relu".
+
+    Shape:
+        x: (n, 1, 28, 28); output: logits (n, k).
+    """
+    act = ACTIVATIONS[activation]
+    return nn.Sequential(
+        Normalize(MNIST_MEAN, (1.0,)),
+        nn.Conv2d(1, width, 3, padding=1, bias=False), act(),
+        nn.Conv2d(width, width, 3, padding=1, bias=False), act(),
+        nn.PixelUnshuffle(2),
+        nn.Conv2d(4 * width, 2 * width, 3, padding=1, bias=False), act(),
+        nn.Conv2d(2 * width, 2 * width, 3, padding=1, bias=False), act(),
+        nn.PixelUnshuffle(2),
+        nn.Conv2d(8 * width, 4 * width, 3, padding=1, bias=False), act(),
+        nn.Flatten(),
+        nn.Linear(4 * width * 49, num_classes, bias=False),
+    )  # fmt: skip
+
+
 # the model constructors by name
 MODELS: dict[str, Callable[..., nn.Sequential]] = {
     "vgg11": vgg11,
     "vgg16": vgg16,
     "resnet18": resnet18,
     "vgg5_stable": vgg5_stable,
+    "lipnet": lipnet,
 }
+# the models that take a width and an activation
+WIDTH_MODELS = ("vgg5_stable", "lipnet")
 
 
-def build(name: str, num_classes: int = 10, width: int = 64) -> nn.Sequential:
-    """A model by name: one of ``MODELS`` ("vgg11", "vgg16", "resnet18", "vgg5_stable").
+def build(name: str, num_classes: int = 10, width: int = 64, activation: str | None = None) -> nn.Sequential:
+    """A model by name: one of ``MODELS`` ("vgg11", "vgg16", "resnet18", "vgg5_stable", "lipnet").
 
     Args:
         name: the model's name (KeyError for another).
         num_classes: k (default 10).
-        width: vgg5_stable only: the first convolution's width, doubled per stage (default 64).
+        width: vgg5_stable: the first convolution's width, doubled per stage (default 64); lipnet: its w.
+        activation: vgg5_stable and lipnet: "relu" or "maxmin"; None (default): the model's own (vgg5_stable:
+            ReLU, lipnet: MaxMin).
 
     Returns:
         The model, a ``nn.Sequential`` mapping inputs in [0, 1] to logits (n, k).
     """
     if name == "vgg5_stable":
-        return vgg5_stable(num_classes, widths=(width, 2 * width, 4 * width, 8 * width))
+        widths = (width, 2 * width, 4 * width, 8 * width)
+        return vgg5_stable(num_classes, widths=widths, activation=activation or "relu")
+    if name == "lipnet":
+        return lipnet(num_classes, width=width, activation=activation or "maxmin")
     return MODELS[name](num_classes)

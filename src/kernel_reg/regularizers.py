@@ -13,24 +13,25 @@ which sets it in every selected regularizer that reads that flag.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Union
 
 from . import penalties, spectral
-from .arguments import check_int, check_nonnegative, check_positive
+from .arguments import check_choice, check_int, check_nonnegative, check_positive
 from .attacks import PGDL2, Attack, PGDLinf
 from .deformations import RandomDeformation
 from .distributed import SINGLE, Group
 
-Value = Union[float, int, None]
+Value = Union[float, int, str, None]
 Built = Union[penalties.Penalty, Attack, spectral.Projection]
 
 
 @dataclass(frozen=True)
 class Param:
     """One hyperparameter: its name, default, kind ("weight" and "positive": floats >= 0 / > 0; "count":
-    an integer >= 1; "optional-count": the same or None, meaning all), the original's flag that sets it
+    an integer >= 1; "optional-count": the same or None, meaning all; "choice": one of ``choices``), the
+    original's flag that sets it
     (snake case, or None), whether it is the regularizer's strength (always shown in run names and
     reports), and a short help text."""
 
@@ -41,10 +42,13 @@ class Param:
     alias: str | None = None
     strength: bool = False
     maximum: float | None = None
+    choices: tuple[str, ...] = ()
 
     def check(self, value: Any, owner: str) -> Value:
         """``value`` validated (ints accepted for floats); ValueError naming ``owner.name`` otherwise."""
         label = f"{owner}.{self.name}"
+        if self.kind == "choice":
+            return check_choice(label, value, self.choices)
         if self.kind in ("weight", "positive"):
             number = check_nonnegative(label, value) if self.kind == "weight" else check_positive(label, value)
             if self.maximum is not None and number > self.maximum:
@@ -62,6 +66,8 @@ class Param:
         """The value from command-line or grid text ("none" or "all" for an optional count's None)."""
         if self.kind == "optional-count" and text.lower() in ("none", "all"):
             return None
+        if self.kind == "choice":
+            return text
         try:
             return float(text) if self.kind in ("weight", "positive") else int(text)
         except ValueError:
@@ -71,14 +77,14 @@ class Param:
 
 @dataclass(frozen=True)
 class Regularizer:
-    """One registry entry: ``build(params, group)`` makes the penalty, attack or projection from the
-    values of ``params`` (a mapping name -> value); ``group`` spans the processes of a distributed run."""
+    """One registry entry: ``build(params, context)`` makes the penalty, attack or projection from the
+    values of ``params`` (a mapping name -> value) for the run ``context`` describes."""
 
     name: str
     kind: str  # "penalty" | "attack" | "projection"
     help: str
     params: tuple[Param, ...]
-    build: Callable[[Mapping[str, Any], Group], Built]
+    build: Callable[[Mapping[str, Any], Context], Built]
     original_flag: str
 
     def param(self, name: str) -> Param:
@@ -90,6 +96,20 @@ class Regularizer:
 
     def defaults(self) -> dict[str, Value]:
         return {p.name: p.default for p in self.params}
+
+
+@dataclass(frozen=True)
+class Context:
+    """What a builder may need to know of the run: its processes and the shape of one input."""
+
+    group: Group = SINGLE
+    input_shape: tuple[int, ...] | None = None
+
+
+def _sn_norm() -> Param:
+    return Param("norm", "reshaped", "choice", "the norm bounded: of the reshaped kernel (the original's) or of "
+                 "the layer as an operator on its inputs (guaranteed, for certificates)", "sn_norm",
+                 choices=spectral.NORMS)  # fmt: skip
 
 
 def _lmbda(default: float, alias: str | None, strength: bool = True) -> Param:
@@ -121,9 +141,9 @@ def _deformation_entry(name: str, help: str, penalty: type, weight_flag: str, de
     """||f||_tau^2 and ||D_tau f||^2: a weight, random deformations per example, optionally on the first
     examples of a batch only, deformation amplitude."""
 
-    def build(p: Mapping[str, Any], group: Group) -> penalties.Penalty:
+    def build(p: Mapping[str, Any], c: Context) -> penalties.Penalty:
         sampler = RandomDeformation(amplitude=p["amplitude"])
-        made = penalty(lmbda=p["lmbda"], deformations=p["deformations"], sampler=sampler, group=group)
+        made = penalty(lmbda=p["lmbda"], deformations=p["deformations"], sampler=sampler, group=c.group)
         return _first_examples(made, p["examples_per_batch"])
 
     params = (_lmbda(0.1, weight_flag), deformations, _examples_per_batch(), _amplitude())
@@ -144,31 +164,31 @@ REGISTRY: dict[str, Regularizer] = {
                    "search only the N examples of largest class-gradient norm per class (none: every example)",
                    "delta_candidates"),
              _lmbda(1.0, None, strength=False)),
-            lambda p, group: penalties.AdversarialPerturbationPenalty(
-                lmbda=p["lmbda"], eps=p["epsilon"], steps=p["steps"], candidates=p["candidates"], group=group
+            lambda p, c: penalties.AdversarialPerturbationPenalty(
+                lmbda=p["lmbda"], eps=p["epsilon"], steps=p["steps"], candidates=p["candidates"], group=c.group
             ),
             flag="adv_perturbation_penalty",
         ),
         _entry(
             "gradient-penalty", "penalty", "||grad f||^2, the supremum input-gradient penalty",
             (_lmbda(0.1, "lmbda"),),
-            lambda p, group: penalties.GradientPenalty(lmbda=p["lmbda"], group=group),
+            lambda p, c: penalties.GradientPenalty(lmbda=p["lmbda"], group=c.group),
         ),
         _entry(
             "loss-gradl2", "penalty", "grad-l2: the squared l2 norm of the loss gradient",
             (_lmbda(0.1, "lmbda"),),
-            lambda p, group: penalties.LossGradientPenalty(lmbda=p["lmbda"], norm="l2"),
+            lambda p, c: penalties.LossGradientPenalty(lmbda=p["lmbda"], norm="l2"),
         ),
         _entry(
             "loss-gradl1", "penalty", "grad-l1: the l1 norm of the loss gradient",
             (_lmbda(0.1, "lmbda"),),
-            lambda p, group: penalties.LossGradientPenalty(lmbda=p["lmbda"], norm="l1"),
+            lambda p, c: penalties.LossGradientPenalty(lmbda=p["lmbda"], norm="l1"),
         ),
         _entry(
             "vat", "penalty", "virtual adversarial training",
             (_lmbda(1.0, "vat_alpha"), _epsilon("radius of the virtual adversarial perturbation"),
              Param("xi", 1e-6, "positive", "finite-difference step of the power iteration", "vat_xi")),
-            lambda p, group: penalties.VATPenalty(lmbda=p["lmbda"], eps=p["epsilon"], xi=p["xi"], group=group),
+            lambda p, c: penalties.VATPenalty(lmbda=p["lmbda"], eps=p["epsilon"], xi=p["xi"], group=c.group),
         ),
         _deformation_entry(
             "stability", "||f||_tau^2, stability to random deformations", penalties.DeformationStabilityPenalty,
@@ -181,7 +201,7 @@ REGISTRY: dict[str, Regularizer] = {
         _entry(
             "pgd-l2", "attack", "adversarial training with PGD in the l2 ball",
             (_epsilon("radius of the l2 ball"), _steps("PGD steps")),
-            lambda p, group: PGDL2(eps=p["epsilon"], steps=p["steps"], group=group),
+            lambda p, c: PGDL2(eps=p["epsilon"], steps=p["steps"], group=c.group),
             flag="pgdl2",
         ),
         _entry(
@@ -191,24 +211,29 @@ REGISTRY: dict[str, Regularizer] = {
              _steps("PGD steps"),
              Param("step_size", 0.01, "positive", "size of a sign step on inputs in [0, 1]", "linf_step_size",
                    maximum=1.0)),
-            lambda p, group: PGDLinf(eps=p["epsilon"], steps=p["steps"], step_size=p["step_size"], group=group),
+            lambda p, c: PGDLinf(eps=p["epsilon"], steps=p["steps"], step_size=p["step_size"], group=c.group),
             flag="pgdlinf",
         ),
         _entry(
             "project-sn", "projection", "projection of every layer on {sigma_max <= tau(epoch)} after each step",
             (Param("tau", 0.5, "positive", "final radius of the constraint", "tau", strength=True),
-             Param("kappa", 2.0, "positive", "decay of the radius, tau (1 + 4 exp(-epoch / kappa))", "kappa")),
-            lambda p, group: spectral.Projection(tau=p["tau"], kappa=p["kappa"]),
+             Param("kappa", 2.0, "positive", "decay of the radius, tau (1 + 4 exp(-epoch / kappa))", "kappa"),
+             _sn_norm(),
+             Param("steps", 1, "count", "operator norm: power-iteration steps per training step")),
+            lambda p, c: spectral.Projection(tau=p["tau"], kappa=p["kappa"], norm=p["norm"],
+                                             input_shape=c.input_shape, steps=p["steps"]),
         ),
         _entry(
             "penalize-sn-pi", "penalty", "spectral-norm penalty by power iteration",
-            (_lmbda(0.01, "lmbdasn"), Param("steps", 2, "count", "power-iteration steps per training step", "nb_it")),
-            lambda p, group: spectral.SpectralNormPenalty(lmbda=p["lmbda"], method="power", steps=p["steps"]),
+            (_lmbda(0.01, "lmbdasn"), Param("steps", 2, "count", "power-iteration steps per training step", "nb_it"),
+             _sn_norm()),
+            lambda p, c: spectral.SpectralNormPenalty(lmbda=p["lmbda"], method="power", steps=p["steps"],
+                                                      norm=p["norm"]),
         ),
         _entry(
             "penalize-sn-svd", "penalty", "spectral-norm penalty with exact largest singular values",
             (_lmbda(0.01, "lmbdasn"),),
-            lambda p, group: spectral.SpectralNormPenalty(lmbda=p["lmbda"], method="svd"),
+            lambda p, c: spectral.SpectralNormPenalty(lmbda=p["lmbda"], method="svd"),
         ),
     )
 }  # fmt: skip
@@ -265,6 +290,9 @@ def param_of(key: str) -> Param:
     return REGISTRY[reg].param(name)
 
 
-def build(name: str, params: Mapping[str, Any], group: Group = SINGLE) -> Built:
-    """The penalty, attack or projection of regularizer ``name`` with hyperparameters ``params``."""
-    return lookup(name).build(params, group)
+def build(
+    name: str, params: Mapping[str, Any], group: Group = SINGLE, input_shape: Sequence[int] | None = None
+) -> Built:
+    """The penalty, attack or projection of regularizer ``name`` with hyperparameters ``params``, for a run
+    on the processes of ``group`` whose inputs have ``input_shape`` (needed by the operator norms)."""
+    return lookup(name).build(params, Context(group, None if input_shape is None else tuple(input_shape)))

@@ -198,6 +198,7 @@ class Robustness:
     epoch: int | None = None
     weights: str | None = None
     trained_to: int | None = None  # the run's last trained epoch when it was evaluated
+    lipschitz_lower: float | None = None  # the largest Jacobian norm found: L is at least this
 
     @property
     def suspicious(self) -> list[str]:

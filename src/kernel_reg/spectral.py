@@ -14,12 +14,14 @@ The norms of layers as operators on their inputs, guaranteed Lipschitz bounds an
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from typing import Any, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import lipschitz
 from .arguments import check_choice, check_int, check_positive, describe
 from .penalties import Penalty
 
@@ -89,27 +91,59 @@ def clip_singular_values(mat: torch.Tensor, tau: float) -> torch.Tensor:
     return clipped.to(mat.dtype)
 
 
-@torch.no_grad()
-def project_(model: nn.Module, tau: float) -> None:
-    """The spectral constraint (Bietti, Mialon, Chen and Mairal, ICML 2019): project every Conv/Linear weight in
-    place onto {sigma_max(W_mat) <= tau}, W_mat <- U min(S, tau) V^T (``clip_singular_values``).
+NORMS = ("reshaped", "operator")
 
-    Call after ``optimizer.step()``; runs without a graph. Layers already inside the set are not written.
+
+@torch.no_grad()
+def project_(
+    model: nn.Module, tau: float, norm: str = "reshaped", input_shape: Sequence[int] | None = None, iters: int = 12
+) -> None:
+    """Project every Conv/Linear weight in place onto a set of bounded norm (call after ``optimizer.step()``).
+
+    norm="reshaped" (the original's constraint; Bietti, Mialon, Chen and Mairal, ICML 2019): onto
+    {sigma_max(W_mat) <= tau}, W_mat <- U min(S, tau) V^T (``clip_singular_values``). This bounds the
+    reshaped kernel, not the convolution as an operator on images.
+
+    norm="operator": every layer's operator norm on inputs of ``input_shape`` (stride, padding, dilation and
+    groups as the layer has them) becomes guaranteed <= tau: W <- W tau / B when B > tau, B the layer's
+    Gram-iteration upper bound (``lipschitz.conv_operator_norm_upper_bound``, ``iters`` steps; a Linear
+    layer's is its sigma_max). Then a network of such layers and 1-Lipschitz activations is tau^depth times
+    its fixed layers' constants Lipschitz.
+
+    Runs without a graph; layers already inside the set are not written.
 
     Args:
         model: the model whose ``spectral_layers`` are projected.
         tau: the radius, a finite number > 0.
+        norm: "reshaped" (default) or "operator".
+        input_shape: norm="operator": the shape of one input of the model, e.g. (1, 28, 28).
+        iters: norm="operator": Gram-iteration steps per layer (more: a tighter bound).
 
     Example:
         >>> optimizer.step()
         >>> project_(model, tau_schedule(tau=1.5, kappa=2.0, epoch=epoch))
+        >>> project_(model, 1.0, norm="operator", input_shape=(1, 28, 28))  # guaranteed 1-Lipschitz layers
     """
     tau = check_positive("tau", tau)
+    check_choice("norm", norm, NORMS)
+    if norm == "operator":
+        shapes = _shapes_for(model, input_shape)
+        for _, layer in spectral_layers(model):
+            bound = lipschitz.layer_upper_bound(layer, shapes.get(layer, ()), iters)
+            if bound > tau:
+                layer.weight.mul_(tau / bound)
+        return
     for _, layer in spectral_layers(model):
         mat = weight_matrix(layer)
         clipped = clip_singular_values(mat, tau)
         if clipped is not mat:
             layer.weight.copy_(clipped.view_as(layer.weight))
+
+
+def _shapes_for(model: nn.Module, input_shape: Sequence[int] | None) -> dict[nn.Module, tuple[int, ...]]:
+    if input_shape is None:
+        raise ValueError("norm='operator' needs input_shape, the shape of one model input, e.g. (1, 28, 28)")
+    return lipschitz.input_shapes(model, input_shape)
 
 
 def tau_schedule(tau: float, kappa: float, epoch: float) -> float:
@@ -130,18 +164,90 @@ def tau_schedule(tau: float, kappa: float, epoch: float) -> float:
     return tau * (1.0 + 4.0 * math.exp(-epoch / kappa))
 
 
-class Projection:
-    """The spectral constraint as training uses it: after each step at ``epoch``, project every layer
-    onto {sigma_max(W_mat) <= tau_schedule(tau, kappa, epoch)} (see ``project_``).
+class OperatorNorms(nn.Module):
+    """Persistent power iteration on the operator of every Conv2d / Linear layer (its linear part on inputs
+    of the layer's input shape), one unit vector per layer kept between calls as a buffer, so that one or
+    two steps per training step track the top singular value as the weights move.
+
+    ``estimates(model, shapes, steps)`` returns sigma_l = ||A_l v_l||_2 per layer, v_l the unit vector after
+    ``steps`` steps: a lower bound on the operator norm that converges to it, differentiable with respect to
+    the weights (v_l held constant). The vectors are buffers (``state_dict`` carries them).
+    """
+
+    def estimates(
+        self, model: nn.Module, shapes: dict[nn.Module, tuple[int, ...]], steps: int
+    ) -> dict[str, torch.Tensor]:
+        sigmas = {}
+        for name, layer in spectral_layers(model):
+            shape = shapes.get(layer, ())
+            apply = _linear_map(layer)
+            key = "v:" + name.replace(".", "/")
+            v = self._buffers.get(key)
+            weight = layer.weight
+            if v is None or tuple(v.shape) != (1, *shape) or v.device != weight.device or v.dtype != weight.dtype:
+                v = _unit(torch.randn(1, *shape, device=weight.device, dtype=weight.dtype))
+            with torch.no_grad():
+                for _ in range(steps):
+                    v = _unit(torch.func.vjp(apply, v)[1](apply(v))[0])  # A^T A v, normalised
+            self.register_buffer(key, v)
+            sigmas[name] = apply(v).flatten().norm()
+        return sigmas
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        for key, value in state_dict.items():  # the vectors are made on first use: make them for loading too
+            if key.startswith(prefix) and key[len(prefix) :] not in self._buffers:
+                self.register_buffer(key[len(prefix) :], torch.empty_like(value))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+def _unit(v: torch.Tensor) -> torch.Tensor:
+    return v / v.flatten().norm().clamp_min(torch.finfo(v.dtype).tiny)
+
+
+def _linear_map(layer: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """v -> the layer's linear part applied to v (no bias)."""
+    if isinstance(layer, nn.Linear):
+        return lambda v: F.linear(v, layer.weight)
+    assert isinstance(layer, nn.Conv2d) and isinstance(layer.padding, tuple), "Conv2d with explicit padding"
+    return lambda v: F.conv2d(v, layer.weight, None, layer.stride, layer.padding, layer.dilation, layer.groups)
+
+
+class Projection(nn.Module):
+    """The spectral constraint as training uses it: after each step at ``epoch``, every layer is brought
+    into the set of radius tau_schedule(tau, kappa, epoch).
+
+    norm="reshaped": ``project_`` on the reshaped kernels, exactly, at every step. norm="operator": at every
+    step each layer is divided by its power-iteration estimate of its operator norm when that exceeds the
+    radius (``OperatorNorms``, ``steps`` steps: as cheap as the reshaped projection), and at the end of each
+    epoch (``finish_epoch``) ``project_(norm="operator")`` makes every norm guaranteed <= the radius, so that
+    the weights saved and evaluated are.
 
     Args (keyword-only):
         tau: the final radius, > 0 (default 0.5).
         kappa: the decay time of the radius in epochs, > 0 (default 2.0).
+        norm: "reshaped" (default) or "operator".
+        input_shape: norm="operator": the shape of one input of the model.
+        steps: norm="operator": power-iteration steps per training step (default 1).
     """
 
-    def __init__(self, *, tau: float = 0.5, kappa: float = 2.0) -> None:
+    def __init__(
+        self,
+        *,
+        tau: float = 0.5,
+        kappa: float = 2.0,
+        norm: str = "reshaped",
+        input_shape: Sequence[int] | None = None,
+        steps: int = 1,
+    ) -> None:
+        super().__init__()
         self.tau = check_positive("tau", tau)
         self.kappa = check_positive("kappa", kappa)
+        self.norm = check_choice("norm", norm, NORMS)
+        if norm == "operator" and input_shape is None:
+            raise ValueError("norm='operator' needs input_shape, the shape of one input of the model")
+        self.input_shape = None if input_shape is None else tuple(input_shape)
+        self.steps = check_int("steps", steps)
+        self.operators = OperatorNorms()
 
     def radius(self, epoch: float) -> float:
         """tau * (1 + 4 exp(-epoch / kappa)), the radius at ``epoch``."""
@@ -150,11 +256,26 @@ class Projection:
     def __repr__(self) -> str:
         return describe(self)
 
+    @torch.no_grad()
     def __call__(self, model: nn.Module, epoch: float) -> float:
-        """Project ``model`` in place; returns the radius used."""
+        """Bring ``model`` into the set in place; returns the radius used."""
         radius = self.radius(epoch)
-        project_(model, radius)
+        if self.norm == "reshaped":
+            project_(model, radius)
+            return radius
+        shapes = _shapes_for(model, self.input_shape)
+        layers = dict(spectral_layers(model))
+        for name, sigma in self.operators.estimates(model, shapes, self.steps).items():
+            if sigma > radius:
+                layers[name].weight.mul_(radius / sigma)
         return radius
+
+    @torch.no_grad()
+    def finish_epoch(self, model: nn.Module, epoch: float) -> None:
+        """norm="operator": make every layer's norm guaranteed <= the radius (nothing for "reshaped", whose
+        every step is exact)."""
+        if self.norm == "operator":
+            project_(model, self.radius(epoch), norm="operator", input_shape=self.input_shape)
 
 
 class SpectralNormPenalty(Penalty, nn.Module):
@@ -176,6 +297,9 @@ class SpectralNormPenalty(Penalty, nn.Module):
             constant (an estimate from below); "svd": the exact largest eigenvalue of the smaller Gram
             matrix, sigma^2.
         steps: power-iteration steps per call, >= 1 (default 2; "power" only).
+        norm: "reshaped" (default): sigma_max of W_mat; "operator" ("power" only): the norm of the layer as
+            an operator on its inputs, by persistent power iteration on the operator (``OperatorNorms``),
+            which needs x to know the input shape.
 
     Shape:
         x, y: not used (may be omitted).
@@ -194,11 +318,15 @@ class SpectralNormPenalty(Penalty, nn.Module):
 
     name = "spectral-norm"
 
-    def __init__(self, *, lmbda: float = 0.01, method: str = "power", steps: int = 2) -> None:
+    def __init__(self, *, lmbda: float = 0.01, method: str = "power", steps: int = 2, norm: str = "reshaped") -> None:
         nn.Module.__init__(self)
         Penalty.__init__(self, lmbda=lmbda)
         self.method = check_choice("method", method, ("power", "svd"))
         self.steps = check_int("steps", steps)
+        self.norm = check_choice("norm", norm, NORMS)
+        if norm == "operator" and method != "power":
+            raise ValueError("norm='operator' is estimated by power iteration: use method='power'")
+        self.operators = OperatorNorms()
 
     @staticmethod
     def _key(layer_name: str) -> str:
@@ -222,7 +350,7 @@ class SpectralNormPenalty(Penalty, nn.Module):
                 self.register_buffer(key[len(prefix) :], torch.empty_like(value))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    def squared_sigmas(self, model: nn.Module) -> list[torch.Tensor]:
+    def squared_sigmas(self, model: nn.Module, x: torch.Tensor | None = None) -> list[torch.Tensor]:
         """sigma_max(W_mat)^2 of each layer, differentiable with respect to the weights (no square root,
         so zero weights have a finite gradient).
 
@@ -238,17 +366,22 @@ class SpectralNormPenalty(Penalty, nn.Module):
             raise ValueError(
                 f"{type(model).__name__} has no layer the spectral-norm penalty acts on (Linear, Conv1d/2d/3d)"
             )
+        if self.norm == "operator":
+            if x is None:
+                raise ValueError("the operator-norm penalty needs the inputs x (their shape): penalty(model, x)")
+            shapes = lipschitz.input_shapes(model, x.shape[1:])
+            return [s.pow(2) for s in self.operators.estimates(model, shapes, self.steps).values()]
         if self.method == "svd":
             return [torch.linalg.eigvalsh(_gram(weight_matrix(m)))[-1].clamp_min(0) for _, m in layers]
         return [self._power_sigma(name, weight_matrix(m)).pow(2) for name, m in layers]
 
-    def sigmas(self, model: nn.Module) -> list[torch.Tensor]:
-        """sigma_max(W_mat) of each layer, 0-dim tensors (for reading; the penalty uses ``squared_sigmas``)."""
-        return [s.sqrt() for s in self.squared_sigmas(model)]
+    def sigmas(self, model: nn.Module, x: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """sigma_max of each layer, 0-dim tensors (for reading; the penalty uses ``squared_sigmas``)."""
+        return [s.sqrt() for s in self.squared_sigmas(model, x)]
 
     def unweighted(self, model: nn.Module, x: torch.Tensor | None, y: torch.Tensor | None) -> torch.Tensor:
         """sum_layers sigma_max(W_mat)^2."""
-        return torch.stack(self.squared_sigmas(model)).sum()
+        return torch.stack(self.squared_sigmas(model, x)).sum()
 
     def __call__(self, model: nn.Module, x: torch.Tensor | None = None, y: torch.Tensor | None = None) -> torch.Tensor:
         """lmbda * sum_layers sigma_max(W_mat)^2, with its graph also under ``torch.no_grad()``."""

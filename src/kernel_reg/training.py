@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +27,7 @@ from .deformations import RandomDeformation
 from .distributed import SINGLE, Group
 from .evaluation import accuracy
 from .guard import preserved_state
+from .margin import LipschitzMargin
 from .progress import progress
 from .rundir import (
     CHECKPOINT,
@@ -58,11 +59,13 @@ class TrainingDiverged(RuntimeError):
 
 @dataclass
 class Regularizers:
-    """What the configuration asks for, built: named penalties, an optional attack, an optional projection."""
+    """What the configuration asks for, built: named penalties, an optional attack, an optional projection
+    and an optional Lipschitz margin."""
 
     penalties: dict[str, penalties.Penalty] = field(default_factory=dict)
     attack: Attack | None = None
     projection: spectral.Projection | None = None
+    margin: LipschitzMargin | None = None
 
     @classmethod
     def of(cls, built: dict[str, regularizers.Built]) -> Regularizers:
@@ -77,25 +80,34 @@ class Regularizers:
                 made.penalties[name] = obj
         return made
 
+    def modules(self) -> dict[str, nn.Module]:
+        """The parts that keep a state between steps (persistent power-iteration vectors), by name."""
+        parts: dict[str, object] = {**self.penalties, "projection": self.projection, "margin": self.margin}
+        return {name: part for name, part in parts.items() if isinstance(part, nn.Module)}
+
     def state_dict(self) -> dict[str, dict[str, torch.Tensor]]:
-        """The state of the penalties that keep one between steps (the modules among them), on the CPU."""
-        return {
-            name: {k: v.cpu() for k, v in p.state_dict().items()}
-            for name, p in self.penalties.items()
-            if isinstance(p, nn.Module)
-        }
+        """The state of ``modules``, on the CPU."""
+        return {name: {k: v.cpu() for k, v in m.state_dict().items()} for name, m in self.modules().items()}
 
     def load_state_dict(self, state: dict[str, dict[str, torch.Tensor]], device: torch.device) -> None:
+        modules = self.modules()
         for name, values in state.items():
-            module = self.penalties[name]
-            assert isinstance(module, nn.Module)
-            module.load_state_dict({k: v.to(device) for k, v in values.items()})
+            modules[name].load_state_dict({k: v.to(device) for k, v in values.items()})
 
 
-def build_regularizers(config: Config, group: Group = SINGLE) -> Regularizers:
+def build_regularizers(config: Config, group: Group = SINGLE, input_shape: Sequence[int] | None = None) -> Regularizers:
     """The penalties, attack and projection of ``config.regs``, each from the registry with its own
-    hyperparameters; on several processes (``group``), suprema and per-example noise span the global batch."""
-    return Regularizers.of({s.name: regularizers.build(s.name, dict(s.params), group) for s in config.regs})
+    hyperparameters, and the Lipschitz margin when ``config.lipschitz_margin`` > 0; on several processes
+    (``group``), suprema and per-example noise span the global batch. ``input_shape``: of one input (the
+    operator norms need it)."""
+    built = Regularizers.of(
+        {s.name: regularizers.build(s.name, dict(s.params), group, input_shape) for s in config.regs}
+    )
+    if config.lipschitz_margin > 0:
+        if input_shape is None:
+            raise ValueError("the Lipschitz margin needs input_shape, the shape of one input of the model")
+        built.margin = LipschitzMargin(eps=config.lipschitz_margin, input_shape=input_shape)
+    return built
 
 
 def step(
@@ -111,14 +123,18 @@ def step(
 ) -> dict[str, torch.Tensor]:
     """One training step on the batch (x, y), the one that training, the distributed test and the benchmark
     all take: [attack: x <- attack(model, x, y)] -> cross-entropy of ``trained`` (the model, or its DDP
-    wrapper) + the penalties -> backward -> optimizer step -> [projection at ``epoch``].
+    wrapper) on logits [raised by the Lipschitz margin] + the penalties -> backward -> optimizer step ->
+    [projection at ``epoch``].
 
     Returns the loss terms by name. TrainingDiverged, before the parameters change, when a term is not
     finite on any process of ``group`` (a collective decision) or a penalty's eigendecomposition fails.
     """
     if regs.attack is not None:
         x = regs.attack(model, x, y)
-    terms = {"cross-entropy": F.cross_entropy((trained or model)(x), y)}
+    logits = (trained or model)(x)
+    if regs.margin is not None:
+        logits = regs.margin(model, logits, y)
+    terms = {"cross-entropy": F.cross_entropy(logits, y)}
     for name, penalty in regs.penalties.items():
         try:
             terms[name] = penalty(model, x, y)
@@ -255,7 +271,7 @@ def _train(config: Config, log: Log, group: Group, rank_device: torch.device | N
         trained = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.wd)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, config.sched_step, config.sched_gamma)
-    regs = build_regularizers(config, group)
+    regs = build_regularizers(config, group, splits.input_shape)
     data_rng = torch.Generator().manual_seed(config.seed)
     augment = build_augmentation(config, splits.train_x.shape[1], data_rng)
     probe_x = splits.train_x[: config.probe_size]
@@ -300,6 +316,8 @@ def _train(config: Config, log: Log, group: Group, rank_device: torch.device | N
                 step(model, x[shard], y[shard], regs, optimizer, epoch=epoch, trained=trained, group=group)
             except TrainingDiverged as error:
                 raise TrainingDiverged(f"{error} at epoch {epoch}; {kept()}") from None
+        if regs.projection is not None:
+            regs.projection.finish_epoch(model, epoch)
         scheduler.step()
         epoch_seconds.append(time.perf_counter() - began)
         broken = [name for name, p in model.named_parameters() if not torch.isfinite(p).all()]
