@@ -35,7 +35,7 @@ BAD_ARGUMENTS = [
     (lambda: attacks.PGD(norm="l1"), "norm"),
     (lambda: penalties.AdversarialPerturbationPenalty(candidates=0), "candidates"),
     (lambda: penalties.DeformationStabilityPenalty(chunk_size=0), "chunk_size"),
-    (lambda: spectral.Projection(kappa=0), "kappa"),
+    (lambda: spectral.Projection(kappa=-1.0), "kappa"),
 ]
 
 

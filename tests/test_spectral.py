@@ -67,6 +67,7 @@ def test_tau_schedule():
     assert spectral.tau_schedule(1.5, 2.0, 0) == pytest.approx(7.5)
     assert spectral.tau_schedule(1.5, 2.0, 4) == pytest.approx(1.5 * (1 + 4 * math.exp(-2)))
     assert spectral.tau_schedule(1.5, 2.0, 1000) == pytest.approx(1.5)
+    assert spectral.tau_schedule(1.5, 0.0, 0) == 1.5  # kappa 0: the final radius from the start
 
 
 @pytest.mark.parametrize("method", ["power", "svd"])

@@ -217,7 +217,8 @@ REGISTRY: dict[str, Regularizer] = {
         _entry(
             "project-sn", "projection", "projection of every layer on {sigma_max <= tau(epoch)} after each step",
             (Param("tau", 0.5, "positive", "final radius of the constraint", "tau", strength=True),
-             Param("kappa", 2.0, "positive", "decay of the radius, tau (1 + 4 exp(-epoch / kappa))", "kappa"),
+             Param("kappa", 2.0, "weight", "decay of the radius, tau (1 + 4 exp(-epoch / kappa)); 0: tau throughout",
+                   "kappa"),
              _sn_norm(),
              Param("steps", 1, "count", "operator norm: power-iteration steps per training step")),
             lambda p, c: spectral.Projection(tau=p["tau"], kappa=p["kappa"], norm=p["norm"],

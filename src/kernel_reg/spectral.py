@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import lipschitz
-from .arguments import check_choice, check_int, check_positive, describe
+from .arguments import check_choice, check_int, check_nonnegative, check_positive, describe
 from .penalties import Penalty
 
 # the layers whose W_mat the spectral constraint and penalty act on
@@ -149,18 +149,20 @@ def _shapes_for(model: nn.Module, input_shape: Sequence[int] | None) -> dict[nn.
 def tau_schedule(tau: float, kappa: float, epoch: float) -> float:
     """The decaying constraint radius of the original: tau * (1 + 4 exp(-epoch / kappa)).
 
-    5 tau at epoch 0, decreasing to tau.
+    5 tau at epoch 0, decreasing to tau; kappa = 0: tau from the start (certified training, where a margin
+    is kept for the final radius from the first step).
 
     Args:
         tau: the final radius, > 0.
-        kappa: the decay time in epochs, > 0.
+        kappa: the decay time in epochs, >= 0.
         epoch: the (possibly fractional) epoch.
 
     Returns:
         The radius, a float.
     """
     check_positive("tau", tau)
-    check_positive("kappa", kappa)
+    if check_nonnegative("kappa", kappa) == 0:
+        return tau
     return tau * (1.0 + 4.0 * math.exp(-epoch / kappa))
 
 
@@ -224,7 +226,7 @@ class Projection(nn.Module):
 
     Args (keyword-only):
         tau: the final radius, > 0 (default 0.5).
-        kappa: the decay time of the radius in epochs, > 0 (default 2.0).
+        kappa: the decay time of the radius in epochs, >= 0 (default 2.0; 0: the radius is tau throughout).
         norm: "reshaped" (default) or "operator".
         input_shape: norm="operator": the shape of one input of the model.
         steps: norm="operator": power-iteration steps per training step (default 1).
@@ -241,7 +243,7 @@ class Projection(nn.Module):
     ) -> None:
         super().__init__()
         self.tau = check_positive("tau", tau)
-        self.kappa = check_positive("kappa", kappa)
+        self.kappa = check_nonnegative("kappa", kappa)
         self.norm = check_choice("norm", norm, NORMS)
         if norm == "operator" and input_shape is None:
             raise ValueError("norm='operator' needs input_shape, the shape of one input of the model")
