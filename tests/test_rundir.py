@@ -174,3 +174,23 @@ def test_the_umask_decides_the_permissions_of_records(tmp_path):
     finally:
         os.umask(old)
     assert (tmp_path / "metrics.jsonl").stat().st_mode & 0o777 == 0o640
+
+
+def test_published_weights_evaluate_without_the_checkpoint(tmp_path, tiny):
+    from kernel_reg.builders import load_run
+    from kernel_reg.rundir import export_weights
+    from kernel_reg.training import train
+
+    config = tiny(tmp_path, num_epochs=2)
+    train(config, log=lambda _: None)
+    run_dir = tmp_path / config.experiment / config.name
+    before = {which: load_run(run_dir, "cpu", which=which) for which in ("best", "last")}
+    path = export_weights(run_dir)
+    assert path.stat().st_size < (run_dir / "checkpoint.pt").stat().st_size  # no optimizer state
+    (run_dir / "checkpoint.pt").unlink()
+    for which, run in before.items():
+        again = load_run(run_dir, "cpu", which=which)
+        assert (again.epoch, again.weights) == (run.epoch, run.weights)
+        assert all(
+            torch.equal(a, b) for a, b in zip(again.model.state_dict().values(), run.model.state_dict().values())
+        )

@@ -63,7 +63,7 @@ def load_run(run_dir: str | Path, device: str = "auto", n_test: int | None = Non
     run_dir = Path(run_dir)
     config = read_config(run_dir)
     target = resolve_device(device)
-    state = read_checkpoint(run_dir, target)
+    state = read_checkpoint(run_dir, target, weights=True)
     splits = load_splits(config, target, n_test)
     model = build_model(config, target)
     best = which == "best" and state.get("best") is not None

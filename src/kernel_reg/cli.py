@@ -22,7 +22,7 @@ from .config import PRESETS, Config, field_types, parse_bool, preset_config
 from .evaluation import ATTACK_NAMES, EvalSettings, evaluate_run
 from .progress import say
 from .report import write_report
-from .rundir import check_not_nested, check_writable, locked, run_path
+from .rundir import check_not_nested, check_writable, export_weights, locked, run_path
 
 # fields with their own flags below
 _SPECIAL = {"experiment", "regs"}
@@ -192,6 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help="the weights of best validation accuracy (default) or the last ones")  # fmt: skip
     _add_eval_flags(evaluate)
 
+    export = commands.add_parser("export", help="weights.pt: a run's weights without optimizer state, to publish")
+    export.add_argument("runs", nargs="+", type=Path, help="run folders")
+
     report = commands.add_parser("report", help="Markdown table and plots over a folder of runs")
     report.add_argument("root", nargs="?", type=Path, default=Path("runs"))
     report.add_argument("--out", type=Path, default=None, help="folder for report.md and the plots (default: root)")
@@ -327,6 +330,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             for run_dir in runs:
                 say(f"{run_dir}:")
                 evaluate_run(run_dir, settings, args.device, args.weights, log=say)
+        elif args.command == "export":
+            for run_dir in args.runs:
+                with locked(run_dir, "kernel-reg export"):
+                    say(f"wrote {export_weights(run_dir)}")
         elif args.command == "report":
             table, files = write_report(args.root, args.out, warn=lambda line: print(line, file=sys.stderr))
             say(table)

@@ -34,8 +34,8 @@ import torch
 
 from .config import Config, upgrade_legacy
 
-CONFIG, METRICS, CHECKPOINT, ROBUSTNESS, LOCK = (
-    "config.json", "metrics.jsonl", "checkpoint.pt", "robustness.json", ".lock",
+CONFIG, METRICS, CHECKPOINT, ROBUSTNESS, LOCK, WEIGHTS = (
+    "config.json", "metrics.jsonl", "checkpoint.pt", "robustness.json", ".lock", "weights.pt",
 )  # fmt: skip
 FORMAT = 2
 
@@ -172,9 +172,6 @@ class MaskingCheck:
     values: dict[str, float] = field(default_factory=dict)
 
 
-WEIGHTS = ("best-validation", "last")
-
-
 @dataclass(frozen=True)
 class Robustness:
     """What ``kernel-reg evaluate`` measured on the first ``n`` test images: clean accuracy, robust accuracy
@@ -298,9 +295,14 @@ def read_robustness(run_dir: str | Path) -> Robustness | None:
         raise RunFolderError(f"{path} is not a valid evaluation record: {error}") from None
 
 
-def read_checkpoint(run_dir: str | Path, device: torch.device | str = "cpu") -> dict[str, Any]:
-    """The training state of a run folder; RunFolderError when it is missing, truncated or corrupt."""
+def read_checkpoint(run_dir: str | Path, device: torch.device | str = "cpu", weights: bool = False) -> dict[str, Any]:
+    """The training state of a run folder; RunFolderError when it is missing, truncated or corrupt.
+
+    ``weights``: a folder without ``checkpoint.pt`` may give its published ``weights.pt`` instead (the last
+    and the best weights with their epochs, no optimizer state; see ``export_weights``)."""
     path = Path(run_dir) / CHECKPOINT
+    if weights and not path.is_file() and (Path(run_dir) / WEIGHTS).is_file():
+        path = Path(run_dir) / WEIGHTS
     if not path.is_file():
         raise RunFolderError(f"{run_dir} has no {CHECKPOINT}: train it first")
     try:
@@ -314,6 +316,16 @@ def read_checkpoint(run_dir: str | Path, device: torch.device | str = "cpu") -> 
     if not isinstance(state, dict) or not {"model", "epoch"} <= set(state):
         raise RunFolderError(f"{path} is not a kernel-reg checkpoint (no model weights and epoch)")
     return state
+
+
+def export_weights(run_dir: str | Path) -> Path:
+    """Write ``weights.pt``, the weights of a trained run without its optimizer state (the last ones and
+    those of best validation accuracy, with their epochs): what to publish, a few hundred KB for a width-16
+    VGG-5; ``kernel-reg evaluate`` reads it when the folder has no checkpoint."""
+    state = read_checkpoint(run_dir)
+    weights = {"format": FORMAT, "model": state["model"], "epoch": state["epoch"], "best": state.get("best")}
+    atomic_torch_save(weights, Path(run_dir) / WEIGHTS)
+    return Path(run_dir) / WEIGHTS
 
 
 def check_not_nested(run_dir: Path, top: Path) -> None:
