@@ -185,3 +185,45 @@ def test_candidate_preselection_is_exact_with_enough_candidates_and_a_lower_boun
 
     assert torch.equal(stability(len(x)), stability(None))
     assert float(stability(1)) <= float(stability(None)) * (1 + 1e-12)
+
+
+def _parameter_gradient(penalty, model, x, y, seed=7):
+    model.zero_grad()
+    torch.manual_seed(seed)  # the same deformations for both methods
+    value = penalty(model, x, y)
+    value.backward()
+    grads = [torch.zeros_like(p) if p.grad is None else p.grad for p in model.parameters()]  # biases: none
+    return value.detach(), torch.cat([g.flatten() for g in grads])
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda method: penalties.LossGradientPenalty(lmbda=0.7, method=method, h=1e-4),
+        lambda method: penalties.GradientPenalty(lmbda=0.7, method=method, h=1e-4),
+        lambda method: penalties.TangentGradientPenalty(lmbda=0.7, deformations=3, method=method, h=1e-4),
+    ],
+    ids=["loss-gradl2", "gradient-penalty", "gradtangent"],
+)
+def test_finite_differences_give_the_exact_value_and_nearly_the_exact_gradient(model, batch, make):
+    x, y = batch
+    exact_value, exact_grad = _parameter_gradient(make("exact"), model, x, y)
+    fd_value, fd_grad = _parameter_gradient(make("finite-difference"), model, x, y)
+    assert torch.allclose(fd_value, exact_value, rtol=1e-10)  # the value itself is exact
+    cosine = torch.nn.functional.cosine_similarity(exact_grad, fd_grad, dim=0)
+    assert cosine > 0.9999 and torch.allclose(fd_grad.norm(), exact_grad.norm(), rtol=1e-3)
+
+
+def test_the_finite_difference_step_trades_bias_for_nothing_below_a_point(model, batch):
+    """Larger steps drift from the exact gradient: the cosine falls monotonically as h grows."""
+    x, y = batch
+    _, exact = _parameter_gradient(penalties.LossGradientPenalty(lmbda=1.0), model, x, y)
+    cosines = []
+    for h in (1e-4, 1e-1, 1.0):
+        _, fd = _parameter_gradient(
+            penalties.LossGradientPenalty(lmbda=1.0, method="finite-difference", h=h), model, x, y
+        )
+        cosines.append(float(torch.nn.functional.cosine_similarity(exact, fd, dim=0)))
+    assert cosines[0] > cosines[1] > cosines[2]
+    with pytest.raises(ValueError, match="approximates the squared l2 norm: use norm='l2'"):
+        penalties.LossGradientPenalty(norm="l1", method="finite-difference")

@@ -106,6 +106,15 @@ class Context:
     input_shape: tuple[int, ...] | None = None
 
 
+def _gradient_method() -> tuple[Param, Param]:
+    return (
+        Param("method", "exact", "choice", "how the penalty's parameter gradient is computed: by double "
+              "backpropagation, or by a finite difference along the input gradient (no double backward)",
+              choices=penalties.METHODS),
+        Param("h", 0.01, "positive", "finite-difference step, along a unit direction"),
+    )  # fmt: skip
+
+
 def _sn_norm() -> Param:
     return Param("norm", "reshaped", "choice", "the norm bounded: of the reshaped kernel (the original's) or of "
                  "the layer as an operator on its inputs (guaranteed, for certificates)", "sn_norm",
@@ -137,16 +146,19 @@ def _first_examples(penalty: penalties.Penalty, count: int | None) -> penalties.
     return penalty if count is None else penalties.FirstExamples(penalty=penalty, count=count)
 
 
-def _deformation_entry(name: str, help: str, penalty: type, weight_flag: str, deformations: Param) -> Regularizer:
+def _deformation_entry(
+    name: str, help: str, penalty: type, weight_flag: str, deformations: Param, *extra: Param
+) -> Regularizer:
     """||f||_tau^2 and ||D_tau f||^2: a weight, random deformations per example, optionally on the first
     examples of a batch only, deformation amplitude."""
 
     def build(p: Mapping[str, Any], c: Context) -> penalties.Penalty:
         sampler = RandomDeformation(amplitude=p["amplitude"])
-        made = penalty(lmbda=p["lmbda"], deformations=p["deformations"], sampler=sampler, group=c.group)
+        options = {param.name: p[param.name] for param in extra}
+        made = penalty(lmbda=p["lmbda"], deformations=p["deformations"], sampler=sampler, group=c.group, **options)
         return _first_examples(made, p["examples_per_batch"])
 
-    params = (_lmbda(0.1, weight_flag), deformations, _examples_per_batch(), _amplitude())
+    params = (_lmbda(0.1, weight_flag), deformations, _examples_per_batch(), _amplitude(), *extra)
     return _entry(name, "penalty", help, params, build)
 
 
@@ -171,13 +183,13 @@ REGISTRY: dict[str, Regularizer] = {
         ),
         _entry(
             "gradient-penalty", "penalty", "||grad f||^2, the supremum input-gradient penalty",
-            (_lmbda(0.1, "lmbda"),),
-            lambda p, c: penalties.GradientPenalty(lmbda=p["lmbda"], group=c.group),
+            (_lmbda(0.1, "lmbda"), *_gradient_method()),
+            lambda p, c: penalties.GradientPenalty(lmbda=p["lmbda"], method=p["method"], h=p["h"], group=c.group),
         ),
         _entry(
             "loss-gradl2", "penalty", "grad-l2: the squared l2 norm of the loss gradient",
-            (_lmbda(0.1, "lmbda"),),
-            lambda p, c: penalties.LossGradientPenalty(lmbda=p["lmbda"], norm="l2"),
+            (_lmbda(0.1, "lmbda"), *_gradient_method()),
+            lambda p, c: penalties.LossGradientPenalty(lmbda=p["lmbda"], norm="l2", method=p["method"], h=p["h"]),
         ),
         _entry(
             "loss-gradl1", "penalty", "grad-l1: the l1 norm of the loss gradient",
@@ -197,6 +209,7 @@ REGISTRY: dict[str, Regularizer] = {
         _deformation_entry(
             "gradtangent", "||D_tau f||^2, gradients along deformation tangents", penalties.TangentGradientPenalty,
             "lmbdatan", Param("deformations", 8, "count", "tangent vectors per example", "stability_num_deformations"),
+            *_gradient_method(),
         ),
         _entry(
             "pgd-l2", "attack", "adversarial training with PGD in the l2 ball",

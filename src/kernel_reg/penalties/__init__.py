@@ -18,7 +18,7 @@ The penalties live in ``base`` (the contract, the supremum base), ``gradient``, 
 ``deformation``; their names are all here.
 """
 
-from .base import FirstExamples, Penalty, SupremumPenalty, class_input_gradients
+from .base import METHODS, FirstExamples, Penalty, SupremumPenalty, class_input_gradients, finite_difference
 from .deformation import DeformationStabilityPenalty, TangentGradientPenalty
 from .gradient import GradientPenalty, LossGradientPenalty
 from .perturbation import AdversarialPerturbationPenalty, VATPenalty
@@ -26,5 +26,5 @@ from .perturbation import AdversarialPerturbationPenalty, VATPenalty
 __all__ = [
     "AdversarialPerturbationPenalty", "DeformationStabilityPenalty", "FirstExamples", "GradientPenalty",
     "LossGradientPenalty", "Penalty", "SupremumPenalty", "TangentGradientPenalty", "VATPenalty",
-    "class_input_gradients",
+    "class_input_gradients", "finite_difference", "METHODS",
 ]  # fmt: skip

@@ -9,7 +9,14 @@ from torch import nn
 
 from ..arguments import check_choice, check_logits
 from ..distributed import SINGLE, Group
-from .base import Penalty, SupremumPenalty, _selected_class_gradients, class_input_gradients
+from .base import (
+    Penalty,
+    SupremumPenalty,
+    _selected_class_gradients,
+    check_method,
+    class_input_gradients,
+    finite_difference,
+)
 
 
 class GradientPenalty(SupremumPenalty):
@@ -39,18 +46,28 @@ class GradientPenalty(SupremumPenalty):
 
     name = "gradient-penalty"
 
-    def __init__(self, *, lmbda: float = 0.1, group: Group = SINGLE) -> None:
+    def __init__(self, *, lmbda: float = 0.1, method: str = "exact", h: float = 0.01, group: Group = SINGLE) -> None:
         super().__init__(lmbda=lmbda, group=group)
+        self.method, self.h = check_method(method, h)
 
-    def search(self, model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """max_i ||grad_x f_j(x_i)||_2^2 per class (k,), and the maximising example indices i_j (k,)."""
+    def search(self, model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """Per class, the largest ||grad_x f_j(x_i)||^2 (k,), and its example and gradient ((k,), (k, *shape))."""
         _, grads = class_input_gradients(model, x)  # (n, k, *shape)
         scores, winners = grads.flatten(2).pow(2).sum(2).max(0)  # (k,) each
-        return scores, winners
+        return scores, (winners, grads[winners, torch.arange(len(winners), device=x.device)])
 
-    def terms(self, model: nn.Module, x: torch.Tensor, winners: torch.Tensor) -> torch.Tensor:
-        """||grad_x f_j(x_{i_j})||_2^2 for each class j (k,), with a graph for double backpropagation."""
-        return _selected_class_gradients(model, x[winners]).flatten(1).pow(2).sum(1)
+    def terms(self, model: nn.Module, x: torch.Tensor, winners: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """||grad_x f_j(x_{i_j})||^2 for each class j (k,): by double backpropagation, or ("finite-difference")
+        with the gradient of ``finite_difference`` (two forward passes of the k winners, no double backward)."""
+        examples, grads = winners
+        if self.method == "exact":
+            return _selected_class_gradients(model, x[examples]).flatten(1).pow(2).sum(1)
+        k = len(examples)
+        norm = grads.flatten(1).norm(dim=1)
+        direction = grads / norm.clamp_min(torch.finfo(grads.dtype).tiny).view(-1, *[1] * (grads.dim() - 1))
+        logits = model(torch.cat([x[examples] + self.h * direction, x[examples]]))
+        plus, base = logits[:k].diagonal(), logits[k:].diagonal()
+        return finite_difference(norm.pow(2), 2 * norm, plus, base, self.h)
 
 
 class LossGradientPenalty(Penalty):
@@ -81,9 +98,12 @@ class LossGradientPenalty(Penalty):
         >>> loss = F.cross_entropy(model(x), y) + penalty(model, x, y)
     """
 
-    def __init__(self, *, lmbda: float = 0.1, norm: str = "l2") -> None:
+    def __init__(self, *, lmbda: float = 0.1, norm: str = "l2", method: str = "exact", h: float = 0.01) -> None:
         super().__init__(lmbda=lmbda)
         self.norm = check_choice("norm", norm, ("l2", "l1"))
+        self.method, self.h = check_method(method, h)
+        if self.method != "exact" and norm != "l2":
+            raise ValueError("method='finite-difference' approximates the squared l2 norm: use norm='l2'")
         self.name = f"loss-grad{norm}"
 
     def check_inputs(self, x: torch.Tensor, y: torch.Tensor | None) -> None:
@@ -98,6 +118,13 @@ class LossGradientPenalty(Penalty):
         x_in = x.requires_grad_(True)
         logits = check_logits(model(x_in), x.shape[0])
         loss = F.cross_entropy(logits, y, reduction="sum")
-        grads = torch.autograd.grad(loss, x_in, create_graph=True)[0].flatten(1)
+        exact = self.method == "exact"
+        grads = torch.autograd.grad(loss, x_in, create_graph=exact)[0]
+        if not exact:  # the input gradient alone, then the finite difference along it (two forward passes)
+            norm = grads.flatten(1).norm(dim=1)
+            direction = grads / norm.clamp_min(torch.finfo(grads.dtype).tiny).view(-1, *[1] * (grads.dim() - 1))
+            both = F.cross_entropy(model(torch.cat([x + self.h * direction, x])), torch.cat([y, y]), reduction="none")
+            return finite_difference(norm.pow(2), 2 * norm, both[: len(y)], both[len(y) :], self.h).mean()
+        grads = grads.flatten(1)
         per_example = grads.pow(2).sum(1) if self.norm == "l2" else grads.abs().sum(1)
         return per_example.mean()
