@@ -31,8 +31,9 @@ def test_the_original_flags_and_defaults_are_kept():
     assert flags["penalize-sn-pi"] == "--reg_penalize_sn_pi"
     # the original's argparse defaults
     assert REGISTRY["gradient-penalty"].defaults()["lmbda"] == 0.1 and REGISTRY["pgd-l2"].defaults()["epsilon"] == 0.1
-    assert REGISTRY["project-sn"].defaults() == {"tau": 0.5, "kappa": 2.0}
-    assert REGISTRY["penalize-sn-pi"].defaults() == {"lmbda": 0.01, "steps": 2}
+    # the original's two hyperparameters keep their values; later additions default to the original behaviour
+    assert REGISTRY["project-sn"].defaults() == {"tau": 0.5, "kappa": 2.0, "norm": "reshaped", "steps": 1}
+    assert REGISTRY["penalize-sn-pi"].defaults() == {"lmbda": 0.01, "steps": 2, "norm": "reshaped"}
     assert REGISTRY["vat"].defaults()["xi"] == 1e-6
     assert sorted(r for r, _ in ALIASES["lmbda"]) == ["gradient-penalty", "loss-gradl1", "loss-gradl2"]
     assert ALIASES["vat_alpha"] == [("vat", "lmbda")] and ALIASES["lmbdast"] == [("stability", "lmbda")]

@@ -72,7 +72,7 @@ def test_resume_after_a_kill_ends_like_an_uninterrupted_run(tmp_path):
     def comparable(root):
         rows = read_metrics(root / "fmnist1000_vgg5" / "r")
         return [
-            {k: v for k, v in row.to_dict().items() if k not in ("seconds_per_epoch", "eval_seconds")} for row in rows
+            {k: v for k, v in row.to_dict().items() if not k.endswith(("seconds", "seconds_per_epoch"))} for row in rows
         ]
 
     assert comparable(tmp_path / "cut") == comparable(tmp_path / "whole")
@@ -87,6 +87,14 @@ def test_resume_refuses_another_configuration(tmp_path, tiny):
         train(tiny(tmp_path, num_epochs=1, lr=0.1), log=lambda _: None)
     more = train(tiny(tmp_path, num_epochs=3), log=lambda _: None)  # more epochs is a resume
     assert [m.epoch for m in more] == [0, 1, 2]
+
+
+def test_a_margin_that_overflows_the_logits_is_named(tmp_path, tiny):
+    config = tiny(tmp_path, num_epochs=1, lipschitz_margin=1e38)
+    with pytest.raises(
+        TrainingDiverged, match=r"cross-entropy became (nan|inf) \(the Lipschitz margin adds .* at epoch 0"
+    ):
+        train(config, log=lambda _: None)
 
 
 def test_divergence_names_the_term_and_keeps_the_last_good_checkpoint(tmp_path, tiny):
@@ -263,3 +271,51 @@ def test_a_certified_training_run_keeps_its_certificates_below_its_attacks(tmp_p
     for key, certified in result.certified_l2.items():
         assert certified <= result.l2[key]
     assert "certified accuracy exceeds robust accuracy (a bug)" not in result.suspicious
+
+
+def test_rkhs_bounds_are_the_penalties_values_from_one_set_of_gradients():
+    """The monitor's lower bounds are GradientPenalty and AdversarialPerturbationPenalty at lmbda = 1 (exact
+    when the probe holds at most ``candidates`` examples, a lower value never above the full search
+    otherwise), and the upper bound the product of the layers' largest singular values (numpy SVD)."""
+    import numpy as np
+
+    from kernel_reg import penalties
+    from kernel_reg.training import rkhs_lower_bounds, spectral_upper_bound
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 4, 3), torch.nn.Tanh(), torch.nn.Flatten(), torch.nn.Linear(4 * 6 * 6, 3)
+    ).double()
+    model.train()
+    x = torch.randn(24, 1, 8, 8, dtype=torch.float64)
+    full = rkhs_lower_bounds(model, x, 0.5)
+    assert model.training  # the caller's mode is restored
+    grad = float(penalties.GradientPenalty(lmbda=1.0)(model, x).detach()) ** 0.5
+    assert full["rkhs_lower_grad"] == pytest.approx(grad)
+    delta = float(penalties.AdversarialPerturbationPenalty(lmbda=1.0, eps=0.5)(model, x).detach()) ** 0.5 / 0.5
+    assert full["rkhs_lower_delta"] == pytest.approx(delta, rel=1e-9)
+    assert rkhs_lower_bounds(model, x[:5], 0.5, candidates=5) == rkhs_lower_bounds(model, x[:5], 0.5)
+    assert rkhs_lower_bounds(model, x, 0.5, candidates=2)["rkhs_lower_delta"] <= full["rkhs_lower_delta"] * (1 + 1e-12)
+    sigmas = [
+        np.linalg.svd(w.detach().reshape(w.shape[0], -1).numpy(), compute_uv=False)[0]
+        for w in (model[0].weight, model[3].weight)
+    ]
+    assert spectral_upper_bound(model) == pytest.approx(float(np.prod(sigmas)))
+
+
+@pytest.mark.parametrize("eval_delta, probe_delta, num_epochs", [(1, 3, 7), (2, 3, 8), (3, 2, 7), (2, 4, 9)])
+def test_lower_bounds_come_at_the_first_evaluation_of_every_probe_delta_epochs(
+    tmp_path, tiny, eval_delta, probe_delta, num_epochs
+):
+    config = tiny(tmp_path, num_epochs=num_epochs, eval_delta=eval_delta, probe_delta=probe_delta)
+    metrics = train(config, log=lambda _: None)
+    evaluated = [row.epoch for row in metrics]
+    assert evaluated == sorted({*range(0, num_epochs, eval_delta), num_epochs - 1})
+    expected = {min(e for e in evaluated if e >= start) for start in range(0, num_epochs, probe_delta)}
+    expected.add(num_epochs - 1)
+    with_bounds = {row.epoch for row in metrics if row.rkhs_lower_grad is not None}
+    assert with_bounds == expected
+    for row in metrics:
+        assert (row.rkhs_lower_delta is not None) == (row.epoch in expected) == (row.bracket_seconds is not None)
+        assert row.rkhs_upper_spectral > 0 and row.eval_seconds >= (row.bracket_seconds or 0)
+    assert read_metrics(run_path(config)) == metrics

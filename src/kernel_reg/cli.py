@@ -227,6 +227,7 @@ def demo_configs(root: Path, epochs: int, device: str) -> list[Config]:
     base = preset_config(
         "fmnist1000_vgg5", data_dir="embedded", n_val=2000, root=str(root), num_epochs=epochs,
         eval_delta=max(1, epochs // 10), width=16, sched_step=max(1, epochs // 2), device=device, probe_size=64,
+        probe_delta=max(1, epochs // 5),
     )  # fmt: skip
     return [
         base.replace(name="baseline"),

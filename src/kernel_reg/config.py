@@ -153,9 +153,11 @@ class Config:
     regs: tuple[RegSetting, ...] = ()
     # Lipschitz-margin training: the radius eps_train to keep a certified margin for (0: off)
     lipschitz_margin: float = 0.0
-    # monitoring: the RKHS-norm bracket on a fixed probe batch
+    # monitoring: the RKHS-norm bracket on a fixed probe batch; its lower bounds (an exhaustive search, the
+    # costly part) at the first evaluation of every probe_delta epochs and at the last, its upper bound at all
     probe_size: int = 128
     probe_epsilon: float = 1.0
+    probe_delta: int = 50
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -185,7 +187,7 @@ class Config:
         if self.activation is not None:
             check_choice("activation", self.activation, tuple(ACTIVATIONS))
         positive = ("batch_size", "test_batch_size", "num_epochs", "eval_delta", "sched_step")
-        for name in positive + ("width", "probe_size"):
+        for name in positive + ("width", "probe_size", "probe_delta"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")

@@ -51,8 +51,8 @@ def _strength(runs: list[RunSummary], short: bool = False) -> str:
 
 
 def _mean_curve(runs: list[RunSummary], field: str) -> tuple[list[int], list[float]]:
-    """(epochs, mean over the seeds of ``field`` there), on the epochs every seed evaluated."""
-    epochs = sorted(set.intersection(*({m.epoch for m in r.metrics} for r in runs)))
+    """(epochs, mean over the seeds of ``field`` there), on the epochs where every seed has a value."""
+    epochs = sorted(set.intersection(*({m.epoch for m in r.metrics if getattr(m, field) is not None} for r in runs)))
     values = [statistics.mean(getattr(next(m for m in r.metrics if m.epoch == e), field) for r in runs) for e in epochs]
     return epochs, values
 

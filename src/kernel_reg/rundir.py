@@ -139,8 +139,10 @@ def locked(run_dir: str | Path, purpose: str, create: bool = False) -> Iterator[
 @dataclass(frozen=True)
 class MetricsRow:
     """One evaluation during training: losses and accuracies (val_acc None without a validation set),
-    the RKHS-norm bracket on the probe batch, the learning rate, the projection radius when projecting,
-    and the cost: seconds per training epoch since the last evaluation, seconds of this evaluation."""
+    the RKHS-norm bracket on the probe batch (its lower bounds None at evaluations that skip them, see
+    ``Config.probe_delta``), the learning rate, the projection radius when projecting, and the cost:
+    seconds per training epoch since the last evaluation, seconds of this evaluation, of which
+    ``bracket_seconds`` for the lower bounds."""
 
     epoch: int
     lr: float
@@ -148,12 +150,13 @@ class MetricsRow:
     train_acc: float
     val_acc: float | None
     test_acc: float
-    rkhs_lower_grad: float
-    rkhs_lower_delta: float
+    rkhs_lower_grad: float | None
+    rkhs_lower_delta: float | None
     rkhs_upper_spectral: float
     seconds_per_epoch: float
     eval_seconds: float | None = None
     tau: float | None = None
+    bracket_seconds: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -101,19 +101,22 @@ class AdversarialPerturbationPenalty(SupremumPenalty):
             deltas.append(d)
         return torch.cat(deltas), torch.cat(values)
 
-    def search(self, model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    def search(
+        self, model: nn.Module, x: torch.Tensor, first: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         """The largest increase max_i f_j(x_i + d_ij) - f_j(x_i) of each class (k,), and its example and
-        perturbation ((k, *shape) each)."""
+        perturbation ((k, *shape) each). ``first``: the clean logits (n, k) and per-class input gradients
+        (n, k, *shape) of x when the caller has them (``class_input_gradients``)."""
         n = x.shape[0]
-        clean, grads = class_input_gradients(model, x)  # (n, k), (n, k, *shape)
+        clean, grads = class_input_gradients(model, x) if first is None else first
         clean, k = clean.detach(), clean.shape[1]
         classes = torch.arange(k, device=x.device)
         if self.candidates is not None and self.candidates < n:
             pool = grads.flatten(2).norm(dim=2).topk(self.candidates, dim=0).indices.T  # (k, m)
         else:
             pool = torch.arange(n, device=x.device).expand(k, n)
-        first = grads.transpose(0, 1)[classes[:, None], pool]  # (k, m, *shape): grad f_j at pool[j]
-        delta = self._step(torch.zeros_like(first).flatten(0, 1), first.flatten(0, 1)).view_as(first)
+        pool_grads = grads.transpose(0, 1)[classes[:, None], pool]  # (k, m, *shape): grad f_j at pool[j]
+        delta = self._step(torch.zeros_like(pool_grads).flatten(0, 1), pool_grads.flatten(0, 1)).view_as(pool_grads)
         deltas, perturbed = self._ascend(model, x[pool], delta)  # (k, m, *shape), (k, m)
         scores, best = (perturbed - clean.T.gather(1, pool)).max(1)  # (k,)
         return scores, (x[pool[classes, best]], deltas[classes, best].detach())
