@@ -206,7 +206,7 @@ def test_constructors_are_keyword_only_and_repr_shows_the_hyperparameters(name):
 def test_repr_of_pgd_reads_like_its_constructor():
     pgd = attacks.PGDL2(eps=1.0, steps=5, step_size=0.25)
     assert repr(pgd) == "PGDL2(eps=1.0, steps=5, step_size=0.25, random_start=False, restarts=1, clip=(0.0, 1.0))"
-    assert repr(penalties.GradientPenalty(lmbda=0.5)) == "GradientPenalty(lmbda=0.5, method='exact', h=0.01)"
+    assert repr(penalties.GradientPenalty(lmbda=0.5)) == "GradientPenalty(lmbda=0.5, method='exact', h=1.0)"
 
 
 @pytest.mark.parametrize("name", ["pgd-l2 restarts", "apgd-ce", "apgd-t", "square-l2", "square-linf", "strong"])

@@ -111,7 +111,7 @@ def _gradient_method() -> tuple[Param, Param]:
         Param("method", "exact", "choice", "how the penalty's parameter gradient is computed: by double "
               "backpropagation, or by a finite difference along the input gradient (no double backward)",
               choices=penalties.METHODS),
-        Param("h", 0.01, "positive", "finite-difference step, along a unit direction"),
+        Param("h", 1.0, "positive", "finite-difference step, along a unit direction"),
     )  # fmt: skip
 
 
