@@ -46,6 +46,17 @@ def test_the_original_commands_are_accepted():
     assert parse("--no-aug").aug is False
 
 
+def test_every_configuration_flag_says_what_it_sets():
+    import dataclasses
+
+    from kernel_reg.config import FIELD_HELP, Config
+
+    assert set(FIELD_HELP) == {f.name for f in dataclasses.fields(Config)} - {"regs", "experiment"}
+    train = build_parser()._subparsers._group_actions[0].choices["train"]
+    flags = {a.dest: a for a in train._actions if a.dest in FIELD_HELP}
+    assert set(flags) == set(FIELD_HELP) and all(a.help == FIELD_HELP[d] and a.help for d, a in flags.items())
+
+
 @pytest.mark.parametrize(
     ("argv", "names"),
     [

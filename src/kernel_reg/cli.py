@@ -18,7 +18,7 @@ from pathlib import Path
 
 from . import regularizers
 from .builders import resolve_device
-from .config import PRESETS, Config, field_types, parse_bool, preset_config
+from .config import FIELD_HELP, PRESETS, Config, field_types, parse_bool, preset_config
 from .evaluation import ATTACK_NAMES, EvalSettings, evaluate_run
 from .progress import say
 from .report import write_report
@@ -47,9 +47,11 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
             continue
         names = [f"--{name.replace('_', '-')}"] + ([f"--{name}"] if "_" in name else [])
         if parse is parse_bool:
-            group.add_argument(*names, dest=name, action=argparse.BooleanOptionalAction, default=None)
+            group.add_argument(*names, dest=name, action=argparse.BooleanOptionalAction, default=None,
+                               help=FIELD_HELP[name])  # fmt: skip
         else:
-            group.add_argument(*names, dest=name, type=parse, default=None, metavar=parse.__name__.upper())
+            group.add_argument(*names, dest=name, type=parse, default=None, metavar=parse.__name__.upper(),
+                               help=FIELD_HELP[name])  # fmt: skip
     hyper = parser.add_argument_group(
         "regularizer hyperparameters (--REG.NAME sets one regularizer's; registry defaults otherwise)"
     )

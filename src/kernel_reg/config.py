@@ -327,6 +327,39 @@ def parse_bool(text: str) -> bool:
     raise ValueError(f"not a boolean: {text!r} (use true or false)")
 
 
+# one line of --help per Config field (but regs and experiment, which have their own flags)
+FIELD_HELP: dict[str, str] = {
+    "name": "run folder name under ROOT/EXPERIMENT",
+    "root": "folder of the run folders",
+    "device": "auto (CUDA when available), cpu, cuda or cuda:N",
+    "seed": "seed of initialisation, batch order and augmentation",
+    "dataset": f"one of: {', '.join(DATASETS)}",
+    "data_dir": "folder of the data set's files, or 'embedded' (none: the installed or embedded Fashion-MNIST)",
+    "n_train": "training examples drawn from the pool (none: all)",
+    "n_val": "validation examples, the last of the shuffled pool (0: none)",
+    "n_test": "test examples (none: all)",
+    "shuf_seed": "which training subset: the pool is shuffled by RandomState(42 + shuf_seed)",
+    "aug": "augmentation: crops and flips (CIFAR), random deformations (grayscale)",
+    "deform_amplitude": "amplitude of the augmentation's random deformations",
+    "model": f"one of: {', '.join(MODELS)}",
+    "width": f"channels of the first layers ({' and '.join(WIDTH_MODELS)} only)",
+    "activation": f"{' and '.join(WIDTH_MODELS)}: one of {', '.join(ACTIVATIONS)} (none: the model's own)",
+    "batch_size": "training batch size",
+    "test_batch_size": "batch size of the accuracy passes",
+    "lr": "SGD learning rate",
+    "momentum": "SGD momentum",
+    "wd": "weight decay",
+    "sched_step": "epochs between two learning-rate decays",
+    "sched_gamma": "factor of each learning-rate decay",
+    "num_epochs": "epochs to train (a resume may raise it)",
+    "eval_delta": "epochs between two evaluations (accuracies, upper bound, checkpoint)",
+    "lipschitz_margin": "eps_train of Lipschitz-margin training: logits + sqrt(2) L eps off the label (0: off)",
+    "probe_size": "training images of the probe batch of the RKHS-norm lower bounds",
+    "probe_epsilon": "radius of the ||f||_delta lower bound on the probe",
+    "probe_delta": "epochs between two computations of the RKHS-norm lower bounds (also at the last epoch)",
+}
+
+
 def field_types() -> dict[str, Callable[[str], Any]]:
     """Per Config field but ``regs``, the parser of its value from text (int, float, bool or str; 'none'
     for the fields that may be None)."""
