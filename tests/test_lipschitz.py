@@ -163,3 +163,5 @@ def test_the_lipschitz_margin_raises_the_other_logits_by_the_certified_amount():
     assert torch.allclose(others[~others.isnan()], torch.full((27,), expected, dtype=torch.float64), rtol=1e-3)
     shifted.sum().backward()
     assert all(p.grad is not None for p in model.parameters())  # the margin pushes L down too
+    held = LipschitzMargin(eps=0.5, input_shape=(1, 28, 28), through_bound=False)(model, logits, y)
+    assert not held.requires_grad  # L held constant: no gradient reaches the weights through it

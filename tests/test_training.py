@@ -259,6 +259,8 @@ def test_a_certified_training_run_keeps_its_certificates_below_its_attacks(tmp_p
     config = tiny(tmp_path, model="lipnet", width=4, num_epochs=3, lipschitz_margin=0.3, regs=("project-sn",),
                   tau=1.0, kappa=0.0, sn_norm="operator")  # fmt: skip
     assert config.reg("project-sn")["norm"] == "operator" and config.activation is None
+    assert not build_regularizers(config, input_shape=(1, 28, 28)).margin.through_bound  # the projection holds L
+    assert build_regularizers(config.replace(regs=()), input_shape=(1, 28, 28)).margin.through_bound
     metrics = train(config, log=lambda _: None)
     assert metrics[-1].tau == pytest.approx(1.0)
     run = load_run(run_path(config), "cpu", which="last")

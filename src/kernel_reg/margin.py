@@ -6,6 +6,11 @@ to keep that margin, while the gradient through L keeps L itself small:
 
     loss = CE(f(x) + sqrt(2) L eps_train (1 - onehot(y)), y).
 
+Under a projection that already holds every layer's operator norm at most tau, that gradient only shrinks
+the network: a ``lipnet`` with the operator projection at tau = 1 and eps_train 0.7 collapsed to a constant
+(training loss log 10) within 3 epochs, and learned (52% after 3 epochs on 6000 images) with L held
+constant. Training therefore holds L constant (``through_bound=False``) when it projects on operator norms.
+
 L is the product bound of ``lipschitz.compose_bound`` with every Conv2d / Linear norm from persistent power
 iteration (``spectral.OperatorNorms``): cheap, differentiable, and close to the guaranteed bound once the
 power iteration has converged.
@@ -32,16 +37,19 @@ class LipschitzMargin(nn.Module):
         eps: eps_train, the radius to keep a margin for, > 0.
         input_shape: the shape of one input of the model, e.g. (1, 28, 28).
         steps: power-iteration steps per call (default 1).
+        through_bound: whether the adjusted logits carry a gradient through L (default True, as LMT).
 
     Shape:
-        logits (n, k), y (n,); returns the adjusted logits (n, k), with a graph through L.
+        logits (n, k), y (n,); returns the adjusted logits (n, k), with a graph through L if
+        ``through_bound``.
     """
 
-    def __init__(self, *, eps: float, input_shape: Sequence[int], steps: int = 1) -> None:
+    def __init__(self, *, eps: float, input_shape: Sequence[int], steps: int = 1, through_bound: bool = True) -> None:
         super().__init__()
         self.eps = check_positive("eps", eps)
         self.input_shape = tuple(input_shape)
         self.steps = check_int("steps", steps)
+        self.through_bound = bool(through_bound)
         self.operators = OperatorNorms()
 
     def lipschitz(self, model: nn.Module) -> torch.Tensor:
@@ -54,7 +62,8 @@ class LipschitzMargin(nn.Module):
         return torch.as_tensor(lipschitz.compose_bound(model, shapes, lambda layer, shape: norms[layer]))
 
     def forward(self, model: nn.Module, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        shift = math.sqrt(2.0) * self.eps * self.lipschitz(model)
+        bound = self.lipschitz(model)
+        shift = math.sqrt(2.0) * self.eps * (bound if self.through_bound else bound.detach())
         return logits + shift * (1 - F.one_hot(y, logits.shape[1]).to(logits.dtype))
 
     def __repr__(self) -> str:

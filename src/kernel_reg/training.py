@@ -98,7 +98,8 @@ class Regularizers:
 
 def build_regularizers(config: Config, group: Group = SINGLE, input_shape: Sequence[int] | None = None) -> Regularizers:
     """The penalties, attack and projection of ``config.regs``, each from the registry with its own
-    hyperparameters, and the Lipschitz margin when ``config.lipschitz_margin`` > 0; on several processes
+    hyperparameters, and the Lipschitz margin when ``config.lipschitz_margin`` > 0 (without a gradient
+    through L when an operator-norm projection holds L: see ``margin``); on several processes
     (``group``), suprema and per-example noise span the global batch. ``input_shape``: of one input (the
     operator norms need it)."""
     built = Regularizers.of(
@@ -107,7 +108,8 @@ def build_regularizers(config: Config, group: Group = SINGLE, input_shape: Seque
     if config.lipschitz_margin > 0:
         if input_shape is None:
             raise ValueError("the Lipschitz margin needs input_shape, the shape of one input of the model")
-        built.margin = LipschitzMargin(eps=config.lipschitz_margin, input_shape=input_shape)
+        held = built.projection is not None and built.projection.norm == "operator"  # L held by the projection
+        built.margin = LipschitzMargin(eps=config.lipschitz_margin, input_shape=input_shape, through_bound=not held)
     return built
 
 
