@@ -321,3 +321,38 @@ def test_lower_bounds_come_at_the_first_evaluation_of_every_probe_delta_epochs(
         assert (row.rkhs_lower_delta is not None) == (row.epoch in expected) == (row.bracket_seconds is not None)
         assert row.rkhs_upper_spectral > 0 and row.eval_seconds >= (row.bracket_seconds or 0)
     assert read_metrics(run_path(config)) == metrics
+
+
+def test_adam_runs_resume_as_if_uninterrupted(tmp_path, tiny):
+    whole = train(tiny(tmp_path / "whole", num_epochs=3, optimizer="adam", lr=1e-3), log=lambda _: None)
+    train(tiny(tmp_path / "cut", num_epochs=1, optimizer="adam", lr=1e-3), log=lambda _: None)
+    cut = train(tiny(tmp_path / "cut", num_epochs=3, optimizer="adam", lr=1e-3), log=lambda _: None)
+    assert [row.train_loss for row in cut] == [row.train_loss for row in whole]
+    state = torch.load(run_path(tiny(tmp_path / "cut")) / "checkpoint.pt", weights_only=False)
+    assert "exp_avg_sq" in state["optimizer"]["state"][0]  # Adam's state, saved and restored
+
+
+def test_the_cross_entropy_scale_is_ce_of_scaled_logits_over_the_scale(tiny, tmp_path):
+    from kernel_reg.training import Regularizers, step
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(36, 4)).double()
+    x, y = torch.randn(8, 1, 6, 6, dtype=torch.float64), torch.randint(0, 4, (8,))
+    logits = model(x).detach()
+    expected = -(torch.log_softmax(7.0 * logits, 1).gather(1, y[:, None])).mean() / 7.0
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    terms = step(model, x, y, Regularizers(ce_scale=7.0), optimizer)
+    assert float(terms["cross-entropy"].detach()) == pytest.approx(float(expected), rel=1e-12)
+    assert build_regularizers(tiny(tmp_path, ce_scale=7.0)).ce_scale == 7.0
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"optimizer": "rmsprop"}, "optimizer must be one of 'sgd', 'adam', got 'rmsprop'"),
+        ({"ce_scale": 0.0}, "ce_scale must be a finite number > 0"),
+    ],
+)
+def test_bad_optimizer_settings_are_named(tmp_path, tiny, changes, message):
+    with pytest.raises(ValueError, match=message):
+        tiny(tmp_path, **changes)

@@ -31,6 +31,7 @@ from .regularizers import Value
 EXECUTION_FIELDS = ("name", "root", "device")
 # fields that only draw another sample of the same setting
 SEED_FIELDS = ("seed", "shuf_seed")
+OPTIMIZERS = ("sgd", "adam")
 
 
 @dataclass(frozen=True)
@@ -142,6 +143,7 @@ class Config:
     # optimisation
     batch_size: int = 128
     test_batch_size: int = 512
+    optimizer: str = "sgd"  # "sgd" (the original's) or "adam"
     lr: float = 0.05
     momentum: float = 0.9
     wd: float = 0.0
@@ -153,6 +155,8 @@ class Config:
     regs: tuple[RegSetting, ...] = ()
     # Lipschitz-margin training: the radius eps_train to keep a certified margin for (0: off)
     lipschitz_margin: float = 0.0
+    # the cross-entropy on s * logits, divided by s (s > 1: for networks whose logits move little, L <= 1)
+    ce_scale: float = 1.0
     # monitoring: the RKHS-norm bracket on a fixed probe batch; its lower bounds (an exhaustive search, the
     # costly part) at the first evaluation of every probe_delta epochs and at the last, its upper bound at all
     probe_size: int = 128
@@ -177,6 +181,7 @@ class Config:
             raise ValueError("choose at most one adversarial training: pgd-l2 or pgd-linf")
         check_choice("dataset", self.dataset, DATASETS)
         check_choice("model", self.model, tuple(MODELS))
+        check_choice("optimizer", self.optimizer, OPTIMIZERS)
         check_run_name(self.name)
         check_device(self.device)
         if (self.width != 64 or self.activation is not None) and self.model not in WIDTH_MODELS:
@@ -199,7 +204,7 @@ class Config:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
                 raise ValueError(f"{name} must be an integer >= 1 or None (all examples), got {value!r}")
-        for name in ("lr", "probe_epsilon", "sched_gamma"):
+        for name in ("lr", "probe_epsilon", "sched_gamma", "ce_scale"):
             value = getattr(self, name)
             if not math.isfinite(value) or value <= 0:
                 raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
@@ -346,14 +351,16 @@ FIELD_HELP: dict[str, str] = {
     "activation": f"{' and '.join(WIDTH_MODELS)}: one of {', '.join(ACTIVATIONS)} (none: the model's own)",
     "batch_size": "training batch size",
     "test_batch_size": "batch size of the accuracy passes",
-    "lr": "SGD learning rate",
-    "momentum": "SGD momentum",
+    "optimizer": f"one of: {', '.join(OPTIMIZERS)} (Adam: set --lr too, e.g. 0.001)",
+    "lr": "learning rate",
+    "momentum": "SGD momentum (Adam: not used)",
     "wd": "weight decay",
     "sched_step": "epochs between two learning-rate decays",
     "sched_gamma": "factor of each learning-rate decay",
     "num_epochs": "epochs to train (a resume may raise it)",
     "eval_delta": "epochs between two evaluations (accuracies, upper bound, checkpoint)",
     "lipschitz_margin": "eps_train of Lipschitz-margin training: logits + sqrt(2) L eps off the label (0: off)",
+    "ce_scale": "s: the loss is CE(s logits, y) / s (s > 1 helps networks of small Lipschitz constant)",
     "probe_size": "training images of the probe batch of the RKHS-norm lower bounds",
     "probe_epsilon": "radius of the ||f||_delta lower bound on the probe",
     "probe_delta": "epochs between two computations of the RKHS-norm lower bounds (also at the last epoch)",

@@ -60,13 +60,14 @@ class TrainingDiverged(RuntimeError):
 
 @dataclass
 class Regularizers:
-    """What the configuration asks for, built: named penalties, an optional attack, an optional projection
-    and an optional Lipschitz margin."""
+    """What the configuration asks for, built: named penalties, an optional attack, an optional projection,
+    an optional Lipschitz margin and the scale s of the cross-entropy, CE(s z, y) / s."""
 
     penalties: dict[str, penalties.Penalty] = field(default_factory=dict)
     attack: Attack | None = None
     projection: spectral.Projection | None = None
     margin: LipschitzMargin | None = None
+    ce_scale: float = 1.0
 
     @classmethod
     def of(cls, built: dict[str, regularizers.Built]) -> Regularizers:
@@ -105,6 +106,7 @@ def build_regularizers(config: Config, group: Group = SINGLE, input_shape: Seque
     built = Regularizers.of(
         {s.name: regularizers.build(s.name, dict(s.params), group, input_shape) for s in config.regs}
     )
+    built.ce_scale = config.ce_scale
     if config.lipschitz_margin > 0:
         if input_shape is None:
             raise ValueError("the Lipschitz margin needs input_shape, the shape of one input of the model")
@@ -126,8 +128,8 @@ def step(
 ) -> dict[str, torch.Tensor]:
     """One training step on the batch (x, y), the one that training, the distributed test and the benchmark
     all take: [attack: x <- attack(model, x, y)] -> cross-entropy of ``trained`` (the model, or its DDP
-    wrapper) on logits [raised by the Lipschitz margin] + the penalties -> backward -> optimizer step ->
-    [projection at ``epoch``].
+    wrapper) on logits [raised by the Lipschitz margin] [scaled: CE(s z, y) / s] + the penalties ->
+    backward -> optimizer step -> [projection at ``epoch``].
 
     Returns the loss terms by name. TrainingDiverged, before the parameters change, when a term is not
     finite on any process of ``group`` (a collective decision) or a penalty's eigendecomposition fails.
@@ -137,7 +139,8 @@ def step(
     logits = (trained or model)(x)
     if regs.margin is not None:
         logits = regs.margin(model, logits, y)
-    terms = {"cross-entropy": F.cross_entropy(logits, y)}
+    scale = regs.ce_scale
+    terms = {"cross-entropy": F.cross_entropy(logits * scale, y) / scale if scale != 1 else F.cross_entropy(logits, y)}
     for name, penalty in regs.penalties.items():
         try:
             terms[name] = penalty(model, x, y)
@@ -159,6 +162,13 @@ def step(
     if regs.projection is not None:
         regs.projection(model, epoch)
     return terms
+
+
+def build_optimizer(config: Config, model: nn.Module) -> torch.optim.Optimizer:
+    """SGD with momentum (the original's) or Adam, both with L2 weight decay ``wd``."""
+    if config.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.wd)
+    return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.wd)
 
 
 def build_augmentation(
@@ -293,7 +303,7 @@ def _train(config: Config, log: Log, group: Group, rank_device: torch.device | N
     trained: nn.Module = model
     if group.world > 1:
         trained = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.wd)
+    optimizer = build_optimizer(config, model)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, config.sched_step, config.sched_gamma)
     regs = build_regularizers(config, group, splits.input_shape)
     data_rng = torch.Generator().manual_seed(config.seed)
