@@ -33,7 +33,7 @@ from kernel_reg.config import preset_config
 from kernel_reg.data import batches
 from kernel_reg.evaluation import accuracy
 from kernel_reg.guard import preserved_state
-from kernel_reg.training import build_regularizers, rkhs_lower_bounds, step
+from kernel_reg.training import build_optimizer, build_regularizers, rkhs_lower_bounds, step
 
 
 def median_seconds(work: Callable[[], object], repeats: int) -> float:
@@ -60,7 +60,7 @@ def timing(experiment: str, repeats: int) -> None:
     device = torch.device("cpu")
     splits = load_splits(config, device)
     model = build_model(config, device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum)
+    optimizer = build_optimizer(config, model)
     regs = build_regularizers(config, input_shape=splits.input_shape)
     data_rng = torch.Generator().manual_seed(0)
     probe_x = splits.train_x[: config.probe_size]

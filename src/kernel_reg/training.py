@@ -139,8 +139,7 @@ def step(
     logits = (trained or model)(x)
     if regs.margin is not None:
         logits = regs.margin(model, logits, y)
-    scale = regs.ce_scale
-    terms = {"cross-entropy": F.cross_entropy(logits * scale, y) / scale if scale != 1 else F.cross_entropy(logits, y)}
+    terms = {"cross-entropy": F.cross_entropy(logits * regs.ce_scale, y) / regs.ce_scale}
     for name, penalty in regs.penalties.items():
         try:
             terms[name] = penalty(model, x, y)

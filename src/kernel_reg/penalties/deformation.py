@@ -131,8 +131,8 @@ class TangentGradientPenalty(SupremumPenalty):
         method: "exact" (default: double backpropagation) or "finite-difference": the same value, its
             parameter gradient from a finite difference of step h along each unit tangent (Finlay and
             Oberman, 2019; ``base.finite_difference``), no double backward.
-        h: the finite-difference step, > 0 (default 1.0: on a trained ReLU VGG-5 and [0, 1] images, h = 0.01
-            gave a cosine of 0.15-0.34 to the exact parameter gradient, h = 1 gave 0.62-0.91; bench/README.md).
+        h: the finite-difference step, > 0 (default 1.0; bench/README.md gives the cosine to the exact
+            parameter gradient per h).
         group: the process group (default: one process; see ``SupremumPenalty``); on several, the fields
             are drawn for the global batch.
 

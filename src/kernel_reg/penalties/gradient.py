@@ -33,8 +33,8 @@ class GradientPenalty(SupremumPenalty):
         method: "exact" (default: double backpropagation) or "finite-difference": the same value, its
             parameter gradient from a finite difference of step h along the unit input gradient (Finlay and
             Oberman, 2019; ``base.finite_difference``), no double backward.
-        h: the finite-difference step, > 0 (default 1.0: on a trained ReLU VGG-5 and [0, 1] images, h = 0.01
-            gave a cosine of 0.15-0.34 to the exact parameter gradient, h = 1 gave 0.62-0.91; bench/README.md).
+        h: the finite-difference step, > 0 (default 1.0; bench/README.md gives the cosine to the exact
+            parameter gradient per h).
         group: the process group (default: one process; see ``SupremumPenalty``).
 
     Shape:
@@ -91,8 +91,8 @@ class LossGradientPenalty(Penalty):
         method: "exact" (default: double backpropagation) or, with norm "l2" only, "finite-difference":
             the same value, its parameter gradient from a finite difference of step h along the unit input
             gradient (Finlay and Oberman, 2019; ``base.finite_difference``), no double backward.
-        h: the finite-difference step, > 0 (default 1.0: on a trained ReLU VGG-5 and [0, 1] images, h = 0.01
-            gave a cosine of 0.15-0.34 to the exact parameter gradient, h = 1 gave 0.62-0.91; bench/README.md).
+        h: the finite-difference step, > 0 (default 1.0; bench/README.md gives the cosine to the exact
+            parameter gradient per h).
 
     Shape:
         x: (n, *shape); y: (n,) class indices, required; model(x): logits (n, k).
