@@ -43,6 +43,8 @@ def test_the_original_commands_are_accepted():
         0.7,
     )
     assert certified.reg("project-sn")["norm"] == "operator"
+    assert parse("--model", "lipnet", "--normalization", "operator").normalization == "operator"
+    assert parse("--model", "lipnet", "--normalization", "none").normalization is None
     assert parse("--no-aug").aug is False
 
 

@@ -95,6 +95,8 @@ OPERATOR_LAYERS = [
     (lambda: nn.Conv2d(2, 3, 3, padding=1, stride=2), (2, 6, 6)),
     (lambda: nn.Conv2d(2, 4, 3, padding=2, dilation=2), (2, 5, 5)),
     (lambda: nn.Conv2d(4, 4, 3, padding=1, groups=2), (4, 5, 4)),
+    (lambda: nn.Conv2d(2, 3, 3, padding=1, padding_mode="circular"), (2, 6, 5)),
+    (lambda: nn.Conv2d(2, 3, 3, padding=1, stride=2, padding_mode="circular"), (2, 6, 6)),
     (lambda: nn.Linear(12, 7), (12,)),
 ]
 
@@ -162,3 +164,56 @@ def test_operator_norm_penalty_is_the_sum_of_squared_operator_norms(explicit_mat
         penalty(model)
     with pytest.raises(ValueError, match="use method='power'"):
         spectral.SpectralNormPenalty(method="svd", norm="operator")
+
+
+@pytest.mark.parametrize(("make", "shape"), OPERATOR_LAYERS)
+def test_normalization_divides_each_layer_by_its_exact_operator_norm(make, shape, explicit_matrix):
+    torch.manual_seed(3)
+    layer = nn.Sequential(make()).double()
+    with torch.no_grad():
+        layer[0].weight.mul_(5.0)
+    cold = spectral.normalize_(nn.Sequential(make()).double(), shape, warmup=0)
+    exact_cold = np.linalg.svd(explicit_matrix(cold, shape), compute_uv=False).max()
+    assert exact_cold >= 1.0 - 1e-9  # ||A v|| <= sigma_max whatever v: never below 1
+    spectral.normalize_(layer, shape, warmup=2000)
+    exact = np.linalg.svd(explicit_matrix(layer, shape), compute_uv=False).max()
+    assert 1.0 - 1e-9 <= exact <= 1.0 + 1e-4  # v converged: W_eff = W / sigma_max(A_W)
+    with pytest.raises(ValueError, match="already parametrized"):
+        spectral.normalize_(layer, shape)
+
+
+def small_lipnet(seed: int) -> nn.Sequential:
+    """``models.lipnet`` at width 2 for 1x8x8 inputs (unshuffles 8 -> 4 -> 2), its weights normalized."""
+    torch.manual_seed(seed)
+    body = list(models.lipnet(width=2))[:-1]
+    return spectral.normalize_(nn.Sequential(*body, nn.Linear(8 * 4, 3, bias=False)).double(), (1, 8, 8))
+
+
+def test_normalization_follows_the_weights_and_round_trips_through_a_state_dict(explicit_matrix):
+    model = small_lipnet(4)
+    x = torch.rand(4, 1, 8, 8, dtype=torch.float64)
+    model.train()
+    train_out = model(x)
+    assert torch.equal(model(x), train_out)  # reading the weights does not move the vectors
+    model.eval()
+    assert torch.equal(model(x), train_out)  # the same function in train and eval mode
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    for _ in range(20):  # large steps: the power iteration has to follow
+        optimizer.zero_grad()
+        model(x).square().sum().neg().backward()
+        optimizer.step()
+        spectral.renormalize_(model)
+    shapes = lipschitz.input_shapes(model, (1, 8, 8))
+
+    def exact_norms():
+        return [
+            np.linalg.svd(explicit_matrix(m, shapes[m]), compute_uv=False).max()
+            for _, m in spectral.spectral_layers(model)
+        ]
+
+    assert min(exact_norms()) >= 1.0 - 1e-9  # one step per update lags, from above
+    spectral.renormalize_(model, steps=2000)  # as training does at the end of each epoch
+    np.testing.assert_allclose(exact_norms(), 1.0, rtol=1e-4)
+    twin = small_lipnet(5)  # other weights and vectors
+    twin.load_state_dict(model.state_dict())
+    assert torch.equal(twin.eval()(x), model(x))

@@ -1,10 +1,12 @@
 """Training end to end on tiny budgets: every regularizer, checkpoints, resume, divergence."""
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -273,6 +275,41 @@ def test_a_certified_training_run_keeps_its_certificates_below_its_attacks(tmp_p
     for key, certified in result.certified_l2.items():
         assert certified <= result.l2[key]
     assert "certified accuracy exceeds robust accuracy (a bug)" not in result.suspicious
+
+
+def test_a_normalized_run_keeps_every_layer_at_norm_one_resumes_and_certifies_below_its_attacks(tmp_path, tiny):
+    from kernel_reg.evaluation import EvalSettings, evaluate_run
+
+    config = tiny(tmp_path, model="lipnet", width=4, num_epochs=2, lipschitz_margin=0.3, normalization="operator",
+                  ce_scale=10.0)  # fmt: skip
+    assert not build_regularizers(config, input_shape=(1, 28, 28)).margin.through_bound  # the normalization holds L
+    with pytest.raises(ValueError, match="choose one of them"):
+        config.replace(regs=("project-sn",))
+    with pytest.raises(ValueError, match="normalization must be one of"):
+        config.replace(normalization="reshaped")
+    first = train(config, log=lambda _: None)
+    resumed = train(config.replace(num_epochs=3), log=lambda _: None)  # the vectors travel in the checkpoint
+    assert [r.test_acc for r in resumed[:2]] == [r.test_acc for r in first]
+    run = load_run(run_path(config), "cpu", which="last")
+    assert run.epoch == 2
+    shapes = lipschitz.input_shapes(run.model, (1, 28, 28))
+    for _, layer in spectral.spectral_layers(run.model):  # the vectors converge at the end of every epoch
+        assert 1.0 - 1e-6 <= lipschitz.layer_upper_bound(layer, shapes[layer]) <= 1.0 + 1e-3
+    settings = EvalSettings(l2_eps=(0.1, 0.3), linf_eps=(), attacks=("strong",), steps=3, n_test=32, queries=20)
+    result = evaluate_run(run_path(config), settings, "cpu", "last")
+    assert result.lipschitz_bound <= 1.0 + 6e-3 and 0 < result.lipschitz_lower <= result.lipschitz_bound
+    for key, certified in result.certified_l2.items():
+        assert certified <= result.l2[key]
+    # the side-by-side table: certified on the whole test set, attacked from robustness.json
+    table = tmp_path / "table.json"
+    script = Path(__file__).parents[1] / "scripts" / "certified_table.py"
+    subprocess.run([sys.executable, script, run_path(config), "--eps", "0.1", "0.3", "--device", "cpu",
+                    "--json", table], check=True, capture_output=True)  # fmt: skip
+    (row,) = json.loads(table.read_text())
+    x, y = run.splits.test_x, run.splits.test_y
+    assert row["n"] == len(y) and row["lipschitz"] == pytest.approx(result.lipschitz_bound)
+    assert row["certified"]["0.1"] == pytest.approx(lipschitz.certified_accuracy(run.model, x, y, 0.1))
+    assert row["attacked"] == result.l2 and row["attacked_n"] == 32
 
 
 def test_rkhs_bounds_are_the_penalties_values_from_one_set_of_gradients():

@@ -3,13 +3,14 @@ rebuilt from its folder for evaluation."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from . import models
+from . import models, spectral
 from .config import Config, check_device
 from .data import NUM_CLASSES, Splits, load_arrays, make_splits, resolve_data_dir
 from .rundir import CHECKPOINT, CONFIG, RunFolderError, read_checkpoint, read_config
@@ -38,10 +39,16 @@ def load_splits(config: Config, device: torch.device, n_test: int | None = None)
     return make_splits(arrays, config.n_train, config.n_val, config.shuf_seed, device, n_test)
 
 
-def build_model(config: Config, device: torch.device) -> nn.Module:
-    """The run's model, initialised from ``config.seed``."""
+def build_model(config: Config, device: torch.device, input_shape: Sequence[int] | None = None) -> nn.Module:
+    """The run's model, initialised from ``config.seed``, its weights normalized by their operator norms on
+    inputs of ``input_shape`` (the shape of one input) when ``config.normalization`` asks for it."""
     torch.manual_seed(config.seed)
-    return models.build(config.model, NUM_CLASSES, config.width, config.activation).to(device)
+    model = models.build(config.model, NUM_CLASSES, config.width, config.activation).to(device)
+    if config.normalization is not None:
+        if input_shape is None:
+            raise ValueError("normalization='operator' needs input_shape, the shape of one input of the model")
+        spectral.normalize_(model, input_shape)
+    return model
 
 
 @dataclass
@@ -65,7 +72,7 @@ def load_run(run_dir: str | Path, device: str = "auto", n_test: int | None = Non
     target = resolve_device(device)
     state = read_checkpoint(run_dir, target, weights=True)
     splits = load_splits(config, target, n_test)
-    model = build_model(config, target)
+    model = build_model(config, target, splits.input_shape)
     best = which == "best" and state.get("best") is not None
     chosen = state["best"] if best else state
     load_weights(model, chosen["model"], run_dir)

@@ -32,6 +32,7 @@ EXECUTION_FIELDS = ("name", "root", "device")
 # fields that only draw another sample of the same setting
 SEED_FIELDS = ("seed", "shuf_seed")
 OPTIMIZERS = ("sgd", "adam")
+NORMALIZATIONS = ("operator",)
 
 
 @dataclass(frozen=True)
@@ -140,6 +141,8 @@ class Config:
     model: str = "vgg5_stable"
     width: int = 64
     activation: str | None = None  # vgg5_stable and lipnet: "relu" or "maxmin" (None: the model's own)
+    # "operator": every Conv2d / Linear weight divided by its operator norm in the forward pass (None: off)
+    normalization: str | None = None
     # optimisation
     batch_size: int = 128
     test_batch_size: int = 512
@@ -191,6 +194,13 @@ class Config:
             )
         if self.activation is not None:
             check_choice("activation", self.activation, tuple(ACTIVATIONS))
+        if self.normalization is not None:
+            check_choice("normalization", self.normalization, NORMALIZATIONS)
+            if "project-sn" in names:
+                raise ValueError(
+                    "normalization='operator' holds every layer's norm at 1 by dividing it in the forward pass; "
+                    "project-sn would rescale the raw weights to no effect: choose one of them"
+                )
         positive = ("batch_size", "test_batch_size", "num_epochs", "eval_delta", "sched_step")
         for name in positive + ("width", "probe_size", "probe_delta"):
             value = getattr(self, name)
@@ -349,6 +359,8 @@ FIELD_HELP: dict[str, str] = {
     "model": f"one of: {', '.join(MODELS)}",
     "width": f"channels of the first layers ({' and '.join(WIDTH_MODELS)} only)",
     "activation": f"{' and '.join(WIDTH_MODELS)}: one of {', '.join(ACTIVATIONS)} (none: the model's own)",
+    "normalization": "operator: each Conv2d / Linear weight divided by its operator norm, by persistent power "
+    "iteration (none: off)",
     "batch_size": "training batch size",
     "test_batch_size": "batch size of the accuracy passes",
     "optimizer": f"one of: {', '.join(OPTIMIZERS)} (Adam: set --lr too, e.g. 0.001)",

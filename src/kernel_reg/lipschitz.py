@@ -118,9 +118,10 @@ def _conv_padding(conv: nn.Conv2d) -> tuple[int, int]:
 
 
 def conv_operator_norm_upper_bound(conv: nn.Conv2d, input_size: Sequence[int], iters: int = 12) -> float:
-    """Guaranteed upper bound on the l2 operator norm of a zero-padded 2-D convolution on inputs (C, H, W)
-    (bias ignored), by Gram iteration on the Fourier blocks of a circular embedding (Sedghi, Gupta and Long,
-    ICLR 2019, for the blocks; Delattre, Barthelemy, Araujo and Allauzen, ICML 2023, for the bound).
+    """Guaranteed upper bound on the l2 operator norm of a 2-D convolution (zero or circular padding) on
+    inputs (C, H, W) (bias ignored), by Gram iteration on the Fourier blocks of a circular embedding (Sedghi,
+    Gupta and Long, ICLR 2019, for the blocks; Delattre, Barthelemy, Araujo and Allauzen, ICML 2023, for the
+    bound).
 
     Zero-padding the input to a size N >= (H + pad_h, W + pad_w), N a multiple of the stride s, is an
     isometry, and the zero-padded strided convolution keeps a subset of the outputs of the circular
@@ -130,9 +131,13 @@ def conv_operator_norm_upper_bound(conv: nn.Conv2d, input_size: Sequence[int], i
     largest sigma_max(K_hat(w)) over frequencies w, K_hat the 2-D DFT of that kernel at size N / s, one
     (out, in * s_h * s_w) matrix per frequency, each bounded by ``gram_iteration_bound``.
 
+    With ``padding_mode="circular"`` (a padding within the kernel's reach, H and W multiples of the stride)
+    the layer's outputs are, up to a circular shift of the input, outputs of the circular convolution on
+    H x W itself: N = (H, W), no embedding, and the bound is exact up to the Gram iteration's slack.
+
     Args:
         conv: the convolution: any kernel size, stride, dilation, groups and padding (integers, "same" or
-            "valid"), ``padding_mode="zeros"``.
+            "valid"), ``padding_mode`` "zeros" or "circular".
         input_size: the input's shape, (C, H, W) or (H, W) (only H and W are read).
         iters: Gram-iteration steps, >= 0 (default 12).
 
@@ -140,11 +145,24 @@ def conv_operator_norm_upper_bound(conv: nn.Conv2d, input_size: Sequence[int], i
         The bound, a float.
 
     Raises:
-        ValueError: for another ``padding_mode``, or an input smaller than the (dilated) kernel.
+        ValueError: for another ``padding_mode``, an input smaller than the (dilated) kernel, or a circular
+            padding that the bound does not cover.
     """
-    if conv.padding_mode != "zeros":
-        raise ValueError(f"conv_operator_norm_upper_bound supports padding_mode='zeros', got {conv.padding_mode!r}")
     (kh, kw), (dh, dw), (sh, sw) = conv.kernel_size, conv.dilation, conv.stride
+    pad_h, pad_w = _conv_padding(conv)
+    height, width = input_size[-2], input_size[-1]
+    if conv.padding_mode == "circular":
+        if pad_h > (kh - 1) * dh or pad_w > (kw - 1) * dw or height % sh or width % sw:
+            raise ValueError(
+                f"{conv}: a circular padding bound needs a padding within the kernel's reach and an input size "
+                f"{(height, width)} divisible by the stride"
+            )
+        size = (height // sh, width // sw)  # the circular convolution on the input itself: no embedding
+    elif conv.padding_mode == "zeros":
+        size = (math.ceil((height + pad_h) / sh), math.ceil((width + pad_w) / sw))
+    else:
+        raise ValueError(f"conv_operator_norm_upper_bound supports padding_mode 'zeros' and 'circular', got "
+                         f"{conv.padding_mode!r}")  # fmt: skip
     weight = conv.weight.detach().double()
     out_channels, in_per_group = weight.shape[:2]
     # dilate, then pad the kernel to whole multiples of the stride
@@ -153,8 +171,6 @@ def conv_operator_norm_upper_bound(conv: nn.Conv2d, input_size: Sequence[int], i
     kernel[:, :, : (kh - 1) * dh + 1 : dh, : (kw - 1) * dw + 1 : dw] = weight
     phases = kernel.view(out_channels, in_per_group, qh, sh, qw, sw).permute(0, 1, 3, 5, 2, 4)
     phases = phases.reshape(out_channels, in_per_group * sh * sw, qh, qw)
-    pad_h, pad_w = _conv_padding(conv)
-    size = (math.ceil((input_size[-2] + pad_h) / sh), math.ceil((input_size[-1] + pad_w) / sw))
     if size[0] < qh or size[1] < qw:
         raise ValueError(f"input size {tuple(input_size)} is smaller than the kernel of {conv}")
     spectrum = torch.fft.rfft2(phases, s=size)  # (out, in / groups * s_h * s_w, N_h / s_h, N_w / s_w / 2 + 1)
@@ -245,7 +261,8 @@ def input_shapes(model: nn.Module, input_shape: Sequence[int]) -> dict[nn.Module
     def record(module: nn.Module, args: tuple) -> None:
         shapes.setdefault(module, tuple(args[0].shape[1:]))
 
-    handles = [m.register_forward_pre_hook(record) for m in model.modules()]
+    layers = [m for name, m in model.named_modules() if "parametrizations" not in name.split(".")]  # not W's maps
+    handles = [m.register_forward_pre_hook(record) for m in layers]
     param = _reference(model)
     try:
         with preserved_state(model, mode=False), torch.no_grad():

@@ -9,7 +9,8 @@ to keep that margin, while the gradient through L keeps L itself small:
 Under a projection that already holds every layer's operator norm at most tau, that gradient only shrinks
 the network: a ``lipnet`` with the operator projection at tau = 1 and eps_train 0.7 collapsed to a constant
 (training loss log 10) within 3 epochs, and learned (52% after 3 epochs on 6000 images) with L held
-constant. Training therefore holds L constant (``through_bound=False``) when it projects on operator norms.
+constant. Training therefore holds L constant (``through_bound=False``) when it projects on operator norms or
+normalizes by them (``spectral.normalize_``).
 
 L is the product bound of ``lipschitz.compose_bound`` with every Conv2d / Linear norm from persistent power
 iteration (``spectral.OperatorNorms``): cheap, differentiable, and close to the guaranteed bound once the

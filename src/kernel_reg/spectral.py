@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Any, Union
+from dataclasses import dataclass
+from typing import Any, Union, cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils import parametrize
 
 from . import lipschitz
 from .arguments import check_choice, check_int, check_nonnegative, check_positive, describe
@@ -206,12 +208,129 @@ def _unit(v: torch.Tensor) -> torch.Tensor:
     return v / v.flatten().norm().clamp_min(torch.finfo(v.dtype).tiny)
 
 
+@dataclass(frozen=True)
+class _Operator:
+    """How a Linear or Conv2d layer applies a weight (without its bias): (W, v) -> A_W v, with the layer's
+    stride, padding (its mode too: circular, reflect, ...), dilation and groups."""
+
+    conv: bool
+    stride: Any = 1
+    padding: Any = 0
+    dilation: Any = 1
+    groups: int = 1
+    mode_padding: tuple[int, ...] | None = None  # F.pad's amounts when padding_mode is not "zeros"
+    padding_mode: str = "zeros"
+
+    @classmethod
+    def of(cls, layer: nn.Module) -> _Operator:
+        if isinstance(layer, nn.Linear):
+            return cls(conv=False)
+        if not isinstance(layer, nn.Conv2d):
+            raise TypeError(f"operator norms are defined for Linear and Conv2d layers, got {type(layer).__name__}")
+        padded = layer.padding_mode != "zeros"
+        return cls(
+            conv=True, stride=layer.stride, padding=0 if padded else layer.padding, dilation=layer.dilation,
+            groups=layer.groups, padding_mode=layer.padding_mode,
+            mode_padding=tuple(layer._reversed_padding_repeated_twice) if padded else None,
+        )  # fmt: skip
+
+    def __call__(self, weight: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        if not self.conv:
+            return F.linear(v, weight)
+        if self.mode_padding is not None:
+            v = F.pad(v, self.mode_padding, mode=self.padding_mode)
+        return F.conv2d(v, weight, None, self.stride, self.padding, self.dilation, self.groups)
+
+
 def _linear_map(layer: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
     """v -> the layer's linear part applied to v (no bias)."""
-    if isinstance(layer, nn.Linear):
-        return lambda v: F.linear(v, layer.weight)
-    assert isinstance(layer, nn.Conv2d) and isinstance(layer.padding, tuple), "Conv2d with explicit padding"
-    return lambda v: F.conv2d(v, layer.weight, None, layer.stride, layer.padding, layer.dilation, layer.groups)
+    operator = _Operator.of(layer)
+    return lambda v: operator(cast(torch.Tensor, layer.weight), v)
+
+
+class OperatorNormalization(nn.Module):
+    """A parametrization (``torch.nn.utils.parametrize``) of a Linear / Conv2d weight by its operator norm on
+    inputs of one shape, spectral normalization (Miyato, Kataoka, Koyama and Yoshida, ICLR 2018) of the
+    operator rather than of the reshaped kernel:
+
+        W_eff = W / ||A_W v||_2,
+
+    A_W the layer's linear map on its inputs and v a unit vector (buffer) that persistent power iteration
+    on A_W^T A_W keeps near the top right singular vector, so sigma_max(A_{W_eff}) = sigma_max(A_W) / ||A_W v||
+    >= 1, within the power iteration's lag of 1. The forward pass only reads v: every read of the weight
+    within a training step sees the same W_eff, and ``power_step_`` (``renormalize_``, after each optimizer
+    step) moves v. Guarantees come from bounding W_eff itself (``lipschitz.lipschitz_upper_bound``).
+
+    Args:
+        layer: the Linear or Conv2d layer whose weight it parametrizes.
+        input_shape: the shape of one input of that layer, e.g. (32, 28, 28).
+        steps: power-iteration steps per ``power_step_`` (>= 1).
+    """
+
+    v: torch.Tensor
+
+    def __init__(self, layer: nn.Module, input_shape: Sequence[int], steps: int = 1) -> None:
+        super().__init__()
+        self.operator = _Operator.of(layer)
+        self.steps = check_int("steps", steps)
+        weight = cast(torch.Tensor, layer.weight)
+        self.register_buffer("v", _unit(torch.randn(1, *input_shape, device=weight.device, dtype=weight.dtype)))
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight / self.operator(weight, self.v).flatten().norm()
+
+    @torch.no_grad()
+    def power_step_(self, weight: torch.Tensor, steps: int | None = None) -> None:
+        """v <- A^T A v / ||A^T A v|| (``steps`` times, default the parametrization's), A = A_weight."""
+        v = self.v
+
+        def apply(u: torch.Tensor) -> torch.Tensor:
+            return self.operator(weight, u)
+
+        for _ in range(self.steps if steps is None else check_int("steps", steps)):
+            v = _unit(torch.func.vjp(apply, v)[1](apply(v))[0])  # A^T A v, normalised
+        self.v.copy_(v)
+
+
+def _normalizations(model: nn.Module) -> list[tuple[OperatorNormalization, torch.Tensor]]:
+    """(parametrization, raw weight) of every weight of ``model`` that ``normalize_`` parametrized."""
+    found = []
+    for module in model.modules():
+        if parametrize.is_parametrized(module, "weight"):
+            chain = cast(parametrize.ParametrizationList, module.parametrizations["weight"])  # type: ignore[index]
+            found += [(p, chain.original) for p in chain if isinstance(p, OperatorNormalization)]
+    return found
+
+
+def normalize_(model: nn.Module, input_shape: Sequence[int], steps: int = 1, warmup: int = 100) -> nn.Module:
+    """Parametrize every Linear / Conv2d weight of ``model`` in place by ``OperatorNormalization``, so that
+    each layer's operator norm on its inputs (those of a model input of ``input_shape``) is held near 1 for
+    the whole of training; the power iteration starts with ``warmup`` steps. Returns the model.
+
+    Call ``renormalize_(model)`` after each optimizer step (``training.step`` does). The state dict holds
+    each raw weight as ``<layer>.parametrizations.weight.original`` beside its vector ``...weight.0.v``.
+
+    Example:
+        >>> model = normalize_(models.lipnet(), (1, 28, 28))
+        >>> lipschitz.lipschitz_upper_bound(model, (1, 28, 28))  # about 1 with MaxMin activations
+    """
+    check_int("warmup", warmup, minimum=0)
+    shapes = lipschitz.input_shapes(model, input_shape)
+    for _, layer in spectral_layers(model):
+        if parametrize.is_parametrized(layer, "weight"):
+            raise ValueError(f"{layer} is already parametrized: normalize_ a model once")
+        normalization = OperatorNormalization(layer, shapes[layer], steps)
+        if warmup:
+            normalization.power_step_(layer.weight.detach(), warmup)
+        parametrize.register_parametrization(layer, "weight", normalization)
+    return model
+
+
+def renormalize_(model: nn.Module, steps: int | None = None) -> None:
+    """Power iteration for every ``OperatorNormalization`` of ``model`` (nothing without any), each its own
+    number of steps or ``steps``: v follows the weights after an optimizer step."""
+    for normalization, weight in _normalizations(model):
+        normalization.power_step_(weight.detach(), steps)
 
 
 class Projection(nn.Module):

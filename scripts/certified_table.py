@@ -1,0 +1,66 @@
+"""Issue 14's side-by-side table: per run folder, on the run's whole test set, the clean accuracy, the
+guaranteed Lipschitz bound L (``lipschitz.lipschitz_upper_bound``) and the certified l2 accuracy at each
+radius (margin > sqrt(2) L eps); beside them, from the folder's robustness.json (``kernel-reg evaluate``
+on its first n test images), the attacked accuracy at the same radii and the tightness L_lower / L.
+
+    python scripts/certified_table.py runs/fmnist_vgg5/* --eps 0.1 0.25 0.5 [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from kernel_reg import lipschitz
+from kernel_reg.builders import load_run
+from kernel_reg.evaluation import accuracy, eps_key
+from kernel_reg.rundir import ROBUSTNESS, read_robustness
+
+
+def row(run_dir: Path, radii: list[float], device: str) -> dict:
+    run = load_run(run_dir, device, which="last")
+    x, y = run.splits.test_x, run.splits.test_y
+    with torch.no_grad():
+        _, clean = accuracy(run.model, x, y, 1000, "clean accuracy")
+        bound = lipschitz.lipschitz_upper_bound(run.model, run.splits.input_shape)
+    certified = {eps_key(e): lipschitz.certified_accuracy(run.model, x, y, e, bound) for e in radii}
+    values = dict(run=run_dir.name, n=len(y), clean=clean, lipschitz=bound, certified=certified)
+    if (run_dir / ROBUSTNESS).is_file():
+        record = read_robustness(run_dir)
+        values.update(attacked_n=record.n, attacked={k: record.l2.get(k) for k in certified},
+                      tightness=None if not record.lipschitz_lower or not record.lipschitz_bound
+                      else record.lipschitz_lower / record.lipschitz_bound)  # fmt: skip
+    return values
+
+
+def percent(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("runs", nargs="+", type=Path)
+    parser.add_argument("--eps", nargs="+", type=float, default=[0.1, 0.25, 0.5])
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--json", type=Path, default=None, help="also write the rows as JSON")
+    args = parser.parse_args()
+    rows = [row(run, args.eps, args.device) for run in args.runs]
+    keys = [eps_key(e) for e in args.eps]
+    print("| run | clean | L | " + " | ".join(f"certified {k}" for k in keys) + " | "
+          + " | ".join(f"attacked {k}" for k in keys) + " | L_lower / L |")  # fmt: skip
+    print("|---" * (3 + 2 * len(keys) + 1) + "|")
+    for r in rows:
+        attacked = r.get("attacked", {})
+        tight = "-" if r.get("tightness") is None else f"{r['tightness']:.2f}"
+        print(f"| {r['run']} | {percent(r['clean'])} | {r['lipschitz']:.3f} | "
+              + " | ".join(percent(r["certified"][k]) for k in keys) + " | "
+              + " | ".join(percent(attacked.get(k)) for k in keys) + f" | {tight} |")  # fmt: skip
+    if args.json is not None:
+        args.json.write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()
