@@ -147,3 +147,16 @@ def test_the_paired_table_calls_a_gain_only_beyond_two_standard_errors(tmp_path)
     assert f"| vat | lmbda=1, epsilon=0.1 | 3 | {mean:+.2f} +- {error:.2f} | no difference shown |" in table
     two = paired_table([r for r in collect_runs(tmp_path) if r.config.shuf_seed < 2])
     assert "(needs 3 paired seeds)" in two
+
+
+def test_settings_are_compared_on_the_training_subsets_they_share(tmp_path):
+    """Selected on subset 0, the chosen strength then runs on subsets 1 and 2: its lower validation
+    accuracy there must not hand the selection to a strength that ran on subset 0 only."""
+    make_run(tmp_path, "gp_a_s0", 0.80, val_acc=0.84, regs=("gradient-penalty",), lmbda=0.01)
+    make_run(tmp_path, "gp_a_s1", 0.76, val_acc=0.79, regs=("gradient-penalty",), lmbda=0.01, shuf_seed=1)
+    make_run(tmp_path, "gp_b_s0", 0.79, val_acc=0.83, regs=("gradient-penalty",), lmbda=0.1)
+    table = selection_table(collect_runs(tmp_path))
+    assert "| gradient-penalty | lmbda=0.01 | 2 | 2 |" in table  # 0.84 > 0.83 on subset 0 (mean 0.815 < 0.83)
+    make_run(tmp_path, "gp_c_s5", 0.90, val_acc=0.95, regs=("gradient-penalty",), lmbda=1.0, shuf_seed=5)
+    table = selection_table(collect_runs(tmp_path))  # no subset shared by all three: each on its own
+    assert "| gradient-penalty | lmbda=1 | 3 | 1 |" in table

@@ -22,7 +22,7 @@ from .rundir import (
     atomic_write_text,
     check_writable,
 )
-from .studies import RunSummary, Warn, _mean_val, collect_runs, select, studies
+from .studies import RunSummary, Warn, _mean_val, collect_runs, seed_of, select, studies
 
 
 def _percent(value: float | None) -> str:
@@ -89,9 +89,10 @@ def _budget_change(robustness: Robustness) -> str:
 
 
 def selection_table(runs: list[RunSummary]) -> str:
-    """Per method, the hyperparameters of best mean validation accuracy over seeds (as the paper
-    selected them), and the test accuracy there: mean +- std over the seeds, with the runs pooled. Runs are
-    pooled as seeds only when their whole configurations differ in seed fields alone. Finished runs only."""
+    """Per method, the hyperparameters of best mean validation accuracy over the seeds that all its
+    settings ran on (as the paper selected them; ``studies.select``), and the test accuracy there: mean +-
+    std over the seeds, with the runs pooled. Runs are pooled as seeds only when their whole configurations
+    differ in seed fields alone. Finished runs only."""
     selection = select(runs)
     if not selection.chosen:
         return ""
@@ -116,10 +117,6 @@ def selection_table(runs: list[RunSummary]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _seed(run: RunSummary) -> tuple[int, int]:
-    return run.config.shuf_seed, run.config.seed
-
-
 MIN_PAIRED = 3  # paired seeds below which no gain or loss is called
 
 
@@ -131,14 +128,14 @@ def paired_table(runs: list[RunSummary]) -> str:
     selection = select(runs)
     if "none" not in selection.chosen:
         return ""
-    baseline = {_seed(r): r.best.test_acc for r in selection.of("none")}
+    baseline = {seed_of(r): r.best.test_acc for r in selection.of("none")}
     lines = [
         "| method | selected hyperparameters | paired seeds | test acc - baseline (points, mean +- s.e.) | verdict |",
         "|---|---|---|---|---|",
     ]
     for method in sorted(m for m in selection.chosen if m != "none"):
         members = selection.of(method)
-        differences = [100 * (r.best.test_acc - baseline[_seed(r)]) for r in members if _seed(r) in baseline]
+        differences = [100 * (r.best.test_acc - baseline[seed_of(r)]) for r in members if seed_of(r) in baseline]
         params = hyperparameter_text(members[0].config) or "-"
         if len(differences) < 2:
             lines.append(f"| {method} | {params} | {len(differences)} | - | needs paired seeds |")
@@ -185,7 +182,11 @@ def write_report(
             text += ".\n\n"
         selection = selection_table(study.runs)
         if selection:
-            text += "### Selected by validation accuracy\n\n" + selection + "\n"
+            text += (
+                "### Selected by validation accuracy\n\nEach method's setting is the one of best mean "
+                "validation accuracy over the training subsets that all its settings ran on; the test "
+                "accuracy is then over all the subsets the selected setting ran on.\n\n" + selection + "\n"
+            )
         paired = paired_table(study.runs)
         if paired:
             text += "### Paired with the unregularized baseline (same training subsets)\n\n" + paired + "\n"

@@ -174,12 +174,29 @@ def select(runs: list[RunSummary]) -> Selection:
                 same.append(run)
             else:  # the same configuration, seeds included: one sample, not two
                 duplicates.append(f"{run.name} repeats {twin.name} (the same configuration, seeds included)")
-    chosen: dict[str, str] = {}
+    families: dict[str, list[str]] = defaultdict(list)
     for key, members in settings.items():
-        method = members[0].method
-        if method not in chosen or _mean_val(members) > _mean_val(settings[chosen[method]]):
-            chosen[method] = key
+        families[members[0].method].append(key)
+    chosen = {method: _best_setting(keys, settings) for method, keys in families.items()}
     return Selection(dict(settings), chosen, duplicates)
+
+
+def seed_of(run: RunSummary) -> tuple[int, int]:
+    """(training subset, seed) of a run: what pairs it with the runs of other settings."""
+    return run.config.shuf_seed, run.config.seed
+
+
+def _best_setting(keys: list[str], settings: dict[str, list[RunSummary]]) -> str:
+    """The setting of best mean validation accuracy over the seeds that every setting of the family ran on
+    (when a study selects on one training subset, then runs the selected setting on more, those are not
+    compared with the others' single subset); over each setting's own seeds when they share none. Ties:
+    the first key."""
+    common = set.intersection(*({seed_of(r) for r in settings[key]} for key in keys))
+
+    def score(key: str) -> float:
+        return _mean_val([r for r in settings[key] if seed_of(r) in common] or settings[key])
+
+    return max(keys, key=score)
 
 
 def _mean_val(runs: list[RunSummary]) -> float:
