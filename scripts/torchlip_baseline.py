@@ -26,6 +26,7 @@ from torch import nn
 from kernel_reg import models
 from kernel_reg.builders import load_splits, resolve_device
 from kernel_reg.config import preset_config
+from kernel_reg.data import NUM_CLASSES, batches
 from kernel_reg.rundir import FORMAT, WEIGHTS, atomic_torch_save, atomic_write_text, run_path, write_config
 from kernel_reg.training import build_optimizer
 
@@ -73,7 +74,7 @@ def main() -> None:
     device = resolve_device(args.device)
     splits = load_splits(config, device)
     torch.manual_seed(config.seed)
-    model = torchlip_lipnet(config.width).to(device)
+    model = torchlip_lipnet(config.width, NUM_CLASSES).to(device)
     optimizer = build_optimizer(config, model)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, config.sched_step, config.sched_gamma)
     generator = torch.Generator().manual_seed(config.seed)
@@ -82,22 +83,19 @@ def main() -> None:
     n = splits.train_x.shape[0]
     for epoch in range(config.num_epochs):
         model.train()
-        order = torch.randperm(n, generator=generator).to(device)
         total = 0.0
-        for start in range(0, n, config.batch_size):
-            index = order[start : start + config.batch_size]
-            x, y = splits.train_x[index], splits.train_y[index]
-            logits = model(x) + shift * (1 - F.one_hot(y, 10).to(x.dtype))
+        for x, y in batches(splits.train_x, splits.train_y, config.batch_size, generator):
+            logits = model(x) + shift * (1 - F.one_hot(y, NUM_CLASSES).to(x.dtype))
             loss = F.cross_entropy(config.ce_scale * logits, y) / config.ce_scale
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            total += float(loss.detach()) * len(index)
+            total += float(loss.detach()) * len(y)
         scheduler.step()
         print(f"epoch {epoch}, train_loss {total / n:.4f}, {time.perf_counter() - began:.0f}s", flush=True)
     model.eval()
     plain = torchlip.vanilla_model(model)
-    lipnet = models.lipnet(10, config.width).to(device)
+    lipnet = models.lipnet(NUM_CLASSES, config.width).to(device)
     lipnet.load_state_dict(plain.state_dict())  # the same layout: the keys match
     with torch.no_grad():
         agree = torch.allclose(lipnet(splits.test_x[:512]), model(splits.test_x[:512]), atol=1e-5)

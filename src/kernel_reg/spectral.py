@@ -190,9 +190,7 @@ class OperatorNorms(nn.Module):
             weight = layer.weight
             if v is None or tuple(v.shape) != (1, *shape) or v.device != weight.device or v.dtype != weight.dtype:
                 v = _unit(torch.randn(1, *shape, device=weight.device, dtype=weight.dtype))
-            with torch.no_grad():
-                for _ in range(steps):
-                    v = _unit(torch.func.vjp(apply, v)[1](apply(v))[0])  # A^T A v, normalised
+            v = _power_steps(apply, v, steps)
             self.register_buffer(key, v)
             sigmas[name] = apply(v).flatten().norm()
         return sigmas
@@ -206,6 +204,14 @@ class OperatorNorms(nn.Module):
 
 def _unit(v: torch.Tensor) -> torch.Tensor:
     return v / v.flatten().norm().clamp_min(torch.finfo(v.dtype).tiny)
+
+
+@torch.no_grad()
+def _power_steps(apply: Callable[[torch.Tensor], torch.Tensor], v: torch.Tensor, steps: int) -> torch.Tensor:
+    """``steps`` steps of power iteration on A^T A from v, A = ``apply`` (linear): v <- A^T A v / ||A^T A v||."""
+    for _ in range(steps):
+        v = _unit(torch.func.vjp(apply, v)[1](apply(v))[0])
+    return v
 
 
 @dataclass(frozen=True)
@@ -279,17 +285,10 @@ class OperatorNormalization(nn.Module):
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         return weight / self.operator(weight, self.v).flatten().norm()
 
-    @torch.no_grad()
     def power_step_(self, weight: torch.Tensor, steps: int | None = None) -> None:
         """v <- A^T A v / ||A^T A v|| (``steps`` times, default the parametrization's), A = A_weight."""
-        v = self.v
-
-        def apply(u: torch.Tensor) -> torch.Tensor:
-            return self.operator(weight, u)
-
-        for _ in range(self.steps if steps is None else check_int("steps", steps)):
-            v = _unit(torch.func.vjp(apply, v)[1](apply(v))[0])  # A^T A v, normalised
-        self.v.copy_(v)
+        count = self.steps if steps is None else check_int("steps", steps)
+        self.v.copy_(_power_steps(lambda u: self.operator(weight, u), self.v, count))
 
 
 def _normalizations(model: nn.Module) -> list[tuple[OperatorNormalization, torch.Tensor]]:
