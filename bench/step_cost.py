@@ -2,6 +2,8 @@
 
     python bench/step_cost.py                       # VGG-11 (3x32x32) and VGG-5 (1x28x28), every regularizer
     python bench/step_cost.py --models vgg5 --configs plain grad-penalty --steps 7
+    python bench/step_cost.py --models lipnet --configs plain lipschitz-margin normalization-operator \
+        normalization-orthogonal                    # the certified-robustness network (width 32)
     python bench/step_cost.py --agreement           # candidate pre-selection vs exact search, real data
 
 Each configuration runs in its own process (2 warm-up steps, then the median of ``--steps`` timed steps
@@ -67,7 +69,13 @@ REPLICATED = "adv-perturbation-replicated"
 MARGIN = "lipschitz-margin"
 # a plain step on a model whose every Conv2d / Linear weight is divided by its operator norm (spectral.normalize_)
 NORMALIZED = "normalization-operator"
-MODELS = {"vgg11": (models.vgg11, (3, 32, 32)), "vgg5": (models.vgg5_stable, (1, 28, 28))}
+# the same with orthogonal (Cayley) convolutions (spectral.orthogonalize_): circular convolutions, lipnet only
+ORTHOGONAL = "normalization-orthogonal"
+MODELS = {
+    "vgg11": (models.vgg11, (3, 32, 32)),
+    "vgg5": (models.vgg5_stable, (1, 28, 28)),
+    "lipnet": (models.lipnet, (1, 28, 28)),
+}
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -78,7 +86,9 @@ def peak_memory_mb(device: torch.device) -> float:
 
 def _row_of(config_name: str) -> str:
     """The CONFIGS row whose regularizer and floor a variant row shares."""
-    return {REPLICATED: "adv-perturbation", MARGIN: "plain", NORMALIZED: "plain"}.get(config_name, config_name)
+    return {REPLICATED: "adv-perturbation", MARGIN: "plain", NORMALIZED: "plain", ORTHOGONAL: "plain"}.get(
+        config_name, config_name
+    )
 
 
 def run_child(model_name: str, config_name: str, steps: int, warmup: int, device: torch.device) -> dict:
@@ -88,6 +98,8 @@ def run_child(model_name: str, config_name: str, steps: int, warmup: int, device
     model = build().to(device)
     if config_name == NORMALIZED:
         spectral.normalize_(model, shape)
+    if config_name == ORTHOGONAL:
+        spectral.orthogonalize_(model, shape)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     x = torch.rand(128, *shape, device=device)
     y = torch.randint(0, K, (128,), device=device)
@@ -196,7 +208,7 @@ def finite_difference_table(device: torch.device, batches: int = 5) -> list[dict
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
-    rows = [*CONFIGS, REPLICATED, MARGIN, NORMALIZED]
+    rows = [*CONFIGS, REPLICATED, MARGIN, NORMALIZED, ORTHOGONAL]
     parser.add_argument("--configs", nargs="+", default=rows, choices=rows)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
@@ -239,6 +251,8 @@ def main() -> None:
     for model_name in args.models:
         plain = None
         for config_name in args.configs:
+            if config_name == ORTHOGONAL and model_name != "lipnet":
+                continue  # orthogonalize_ needs circular convolutions
             command = [sys.executable, __file__, "--child", model_name, config_name, "--steps", str(args.steps)]
             command += ["--warmup", str(args.warmup), "--threads", str(args.threads), "--device", args.device]
             out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
@@ -251,6 +265,7 @@ def main() -> None:
                 REPLICATED: "as above, k copies in one batch",
                 MARGIN: "3F + 2 conv passes per layer",
                 NORMALIZED: "3F + 1 conv pass per layer and read + 2 per power step",
+                ORTHOGONAL: "3F in FFTs + 2 c x c solves per frequency and layer",
             }.get(config_name, floor)
             print(
                 f"| {model_name} | {config_name} | {figures['seconds']:.4g} | {ratio} | {figures['peak_mb']:.0f} | "

@@ -277,11 +277,15 @@ def test_a_certified_training_run_keeps_its_certificates_below_its_attacks(tmp_p
     assert "certified accuracy exceeds robust accuracy (a bug)" not in result.suspicious
 
 
-def test_a_normalized_run_keeps_every_layer_at_norm_one_resumes_and_certifies_below_its_attacks(tmp_path, tiny):
+@pytest.mark.parametrize("normalization", ["operator", "orthogonal"])
+def test_a_normalized_run_keeps_every_layer_at_norm_one_resumes_and_certifies_below_its_attacks(
+    tmp_path, tiny, normalization
+):
     from kernel_reg.evaluation import EvalSettings, evaluate_run
+    from kernel_reg.orthogonal import CayleyConv2d
 
-    config = tiny(tmp_path, model="lipnet", width=4, num_epochs=2, lipschitz_margin=0.3, normalization="operator",
-                  ce_scale=10.0)  # fmt: skip
+    config = tiny(tmp_path, model="lipnet", width=4, num_epochs=2, lipschitz_margin=0.3,
+                  normalization=normalization, ce_scale=10.0)  # fmt: skip
     assert not build_regularizers(config, input_shape=(1, 28, 28)).margin.through_bound  # the normalization holds L
     with pytest.raises(ValueError, match="choose one of them"):
         config.replace(regs=("project-sn",))
@@ -293,8 +297,10 @@ def test_a_normalized_run_keeps_every_layer_at_norm_one_resumes_and_certifies_be
     run = load_run(run_path(config), "cpu", which="last")
     assert run.epoch == 2
     shapes = lipschitz.input_shapes(run.model, (1, 28, 28))
-    for _, layer in spectral.spectral_layers(run.model):  # the vectors converge at the end of every epoch
+    for _, layer in spectral.operator_layers(run.model):  # the vectors converge at the end of every epoch
         assert 1.0 - 1e-6 <= lipschitz.layer_upper_bound(layer, shapes[layer]) <= 1.0 + 1e-3
+    cayley = [m for m in run.model.modules() if isinstance(m, CayleyConv2d)]
+    assert len(cayley) == (5 if normalization == "orthogonal" else 0)
     settings = EvalSettings(l2_eps=(0.1, 0.3), linf_eps=(), attacks=("strong",), steps=3, n_test=32, queries=20)
     result = evaluate_run(run_path(config), settings, "cpu", "last")
     assert result.lipschitz_bound <= 1.0 + 6e-3 and 0 < result.lipschitz_lower <= result.lipschitz_bound

@@ -40,14 +40,18 @@ def load_splits(config: Config, device: torch.device, n_test: int | None = None)
 
 
 def build_model(config: Config, device: torch.device, input_shape: Sequence[int] | None = None) -> nn.Module:
-    """The run's model, initialised from ``config.seed``, its weights normalized by their operator norms on
-    inputs of ``input_shape`` (the shape of one input) when ``config.normalization`` asks for it."""
+    """The run's model, initialised from ``config.seed``, its weights normalized by their operator norms (or
+    its convolutions orthogonal) on inputs of ``input_shape`` (the shape of one input) when
+    ``config.normalization`` asks for it."""
     torch.manual_seed(config.seed)
     model = models.build(config.model, NUM_CLASSES, config.width, config.activation).to(device)
     if config.normalization is not None:
         if input_shape is None:
-            raise ValueError("normalization='operator' needs input_shape, the shape of one input of the model")
-        spectral.normalize_(model, input_shape)
+            raise ValueError(f"normalization={config.normalization!r} needs input_shape, the shape of one model input")
+        if config.normalization == "orthogonal":
+            spectral.orthogonalize_(model, input_shape)
+        else:
+            spectral.normalize_(model, input_shape)
     return model
 
 

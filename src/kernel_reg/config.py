@@ -32,7 +32,7 @@ EXECUTION_FIELDS = ("name", "root", "device")
 # fields that only draw another sample of the same setting
 SEED_FIELDS = ("seed", "shuf_seed")
 OPTIMIZERS = ("sgd", "adam")
-NORMALIZATIONS = ("operator",)
+NORMALIZATIONS = ("operator", "orthogonal")
 
 
 @dataclass(frozen=True)
@@ -141,7 +141,8 @@ class Config:
     model: str = "vgg5_stable"
     width: int = 64
     activation: str | None = None  # vgg5_stable and lipnet: "relu" or "maxmin" (None: the model's own)
-    # "operator": every Conv2d / Linear weight divided by its operator norm in the forward pass (None: off)
+    # "operator": every Conv2d / Linear weight divided by its operator norm in the forward pass; "orthogonal":
+    # circular convolutions made orthogonal (Cayley), Linear layers divided by their norms (None: off)
     normalization: str | None = None
     # optimisation
     batch_size: int = 128
@@ -198,7 +199,7 @@ class Config:
             check_choice("normalization", self.normalization, NORMALIZATIONS)
             if "project-sn" in names:
                 raise ValueError(
-                    "normalization='operator' holds every layer's norm at 1 by dividing it in the forward pass; "
+                    f"normalization={self.normalization!r} holds every layer's norm at 1 in the forward pass; "
                     "project-sn would rescale the raw weights to no effect: choose one of them"
                 )
         positive = ("batch_size", "test_batch_size", "num_epochs", "eval_delta", "sched_step")
@@ -360,7 +361,8 @@ FIELD_HELP: dict[str, str] = {
     "width": f"channels of the first layers ({' and '.join(WIDTH_MODELS)} only)",
     "activation": f"{' and '.join(WIDTH_MODELS)}: one of {', '.join(ACTIVATIONS)} (none: the model's own)",
     "normalization": "operator: each Conv2d / Linear weight divided by its operator norm, by persistent power "
-    "iteration (none: off)",
+    "iteration; orthogonal: each (circular) convolution orthogonal by the Cayley transform, Linear layers as "
+    "operator (none: off)",
     "batch_size": "training batch size",
     "test_batch_size": "batch size of the accuracy passes",
     "optimizer": f"one of: {', '.join(OPTIMIZERS)} (Adam: set --lr too, e.g. 0.001)",

@@ -402,6 +402,7 @@ def evaluate_run(
     read_config(run_dir)  # a run folder at all, before taking its lock
     with locked(run_dir, "kernel-reg evaluate"):
         run = load_run(run_dir, device, n_test=settings.n_test, which=which)
+        run.model.requires_grad_(False)  # attacks differentiate inputs only (orthogonal layers then cache Q)
         result = evaluate_model(run.model, run.splits.test_x, run.splits.test_y, settings, run.splits.input_shape)
         result = dataclasses.replace(result, epoch=run.epoch, weights=run.weights, trained_to=run.trained_to)
         for line in summary(result):

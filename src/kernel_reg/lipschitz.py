@@ -22,7 +22,11 @@ from torch import nn
 from .arguments import check_int, check_logits, check_nonnegative
 from .guard import preserved_state
 from .models import MaxMin
+from .orthogonal import CayleyConv2d
 from .tensors import margin
+
+# the linear layers whose operator norms the bounds compose (power iteration estimates them all)
+LINEAR_LAYERS = (nn.Linear, nn.Conv2d, CayleyConv2d)
 
 
 def _linear_part(layer: nn.Module, input_shape: Sequence[int]) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -198,6 +202,8 @@ def layer_upper_bound(layer: nn.Module, input_shape: Sequence[int], iters: int =
 
 def _layer_bound(module: nn.Module, input_shape: Sequence[int], iters: int) -> float:
     """Upper bound on the l2 Lipschitz constant of one standard layer, in eval mode."""
+    if isinstance(module, CayleyConv2d):  # block-diagonal in the Fourier basis: its blocks bound it exactly
+        return float(gram_iteration_bound(module.spectrum().detach(), iters).max())
     if isinstance(module, nn.Linear):
         return float(gram_iteration_bound(module.weight.detach(), iters))
     if isinstance(module, nn.Conv2d):
@@ -224,7 +230,7 @@ def _layer_bound(module: nn.Module, input_shape: Sequence[int], iters: int) -> f
         return float(scale.max())
     raise TypeError(
         f"lipschitz_upper_bound has no rule for {type(module).__name__}; supported: nn.Sequential, "
-        "Linear, Conv2d, ReLU/LeakyReLU/Tanh/Sigmoid/MaxMin, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d(1), "
+        "Linear, Conv2d, CayleyConv2d, ReLU/LeakyReLU/Tanh/Sigmoid/MaxMin, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d(1), "
         "PixelUnshuffle/PixelShuffle, "
         "BatchNorm (eval), Flatten, Identity, Dropout, or any module implementing lipschitz.LipschitzBounded "
         "(a `lipschitz_upper_bound(child_bound)` method)"
@@ -280,7 +286,8 @@ def lipschitz_upper_bound(model: nn.Module, input_shape: Sequence[int], iters: i
     The product over a ``nn.Sequential`` of per-layer bounds:
 
     - Conv2d and Linear: Gram iteration (``conv_operator_norm_upper_bound``, ``gram_iteration_bound``;
-      Delattre, Barthelemy, Araujo and Allauzen, ICML 2023);
+      Delattre, Barthelemy, Araujo and Allauzen, ICML 2023); ``orthogonal.CayleyConv2d``: Gram iteration on
+      its Fourier blocks (1 up to rounding and the iteration's slack);
     - ReLU, Tanh, Identity, Flatten, Dropout: 1; LeakyReLU: max(1, |slope|); Sigmoid: 1/4;
     - MaxPool2d (dilation 1): sqrt(c), c = ceil(k_h / s_h) ceil(k_w / s_w) the most windows an input lies
       in (1 when non-overlapping); AvgPool2d (``count_include_pad`` or no padding): sqrt(c / (k_h k_w))
@@ -318,8 +325,8 @@ def compose_bound(
     model: nn.Module, shapes: dict[nn.Module, tuple[int, ...]], linear: Callable[[nn.Module, tuple[int, ...]], Bound]
 ) -> Bound:
     """The Lipschitz bound of ``model`` by the rules of ``lipschitz_upper_bound``, with the norms of its
-    Linear and Conv2d layers from ``linear(layer, input_shape)``: Gram-iteration bounds give the guaranteed
-    bound, power-iteration estimates with their graph a differentiable estimate (Lipschitz-margin training).
+    ``LINEAR_LAYERS`` from ``linear(layer, input_shape)``: Gram-iteration bounds give the guaranteed bound,
+    power-iteration estimates with their graph a differentiable estimate (Lipschitz-margin training).
     ``shapes``: each submodule's input shape (``input_shapes``)."""
 
     def bound(module: nn.Module) -> Bound:
@@ -330,7 +337,7 @@ def compose_bound(
             for child in module:
                 result = result * bound(child)
             return result
-        if isinstance(module, (nn.Linear, nn.Conv2d)):
+        if isinstance(module, LINEAR_LAYERS):
             return linear(module, shapes.get(module, ()))
         return _layer_bound(module, shapes.get(module, ()), 0)
 

@@ -12,9 +12,9 @@ the network: a ``lipnet`` with the operator projection at tau = 1 and eps_train 
 constant. Training therefore holds L constant (``through_bound=False``) when it projects on operator norms or
 normalizes by them (``spectral.normalize_``).
 
-L is the product bound of ``lipschitz.compose_bound`` with every Conv2d / Linear norm from persistent power
-iteration (``spectral.OperatorNorms``): cheap, differentiable, and close to the guaranteed bound once the
-power iteration has converged.
+L is the product bound of ``lipschitz.compose_bound`` with every Conv2d / Linear / CayleyConv2d norm from
+persistent power iteration (``spectral.OperatorNorms``): cheap, differentiable, and close to the guaranteed
+bound once the power iteration has converged.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from torch import nn
 
 from . import lipschitz
 from .arguments import check_int, check_positive, describe
-from .spectral import OperatorNorms, spectral_layers
+from .spectral import OperatorNorms, operator_layers
 
 
 class LipschitzMargin(nn.Module):
@@ -56,7 +56,7 @@ class LipschitzMargin(nn.Module):
     def lipschitz(self, model: nn.Module) -> torch.Tensor:
         """The differentiable estimate of L (a 0-dim tensor)."""
         shapes = lipschitz.input_shapes(model, self.input_shape)
-        layers = dict(spectral_layers(model))
+        layers = dict(operator_layers(model))
         norms: dict[nn.Module, torch.Tensor] = {
             layers[name]: sigma for name, sigma in self.operators.estimates(model, shapes, self.steps).items()
         }

@@ -25,6 +25,7 @@ from torch.nn.utils import parametrize
 
 from . import lipschitz
 from .arguments import check_choice, check_int, check_nonnegative, check_positive, describe
+from .orthogonal import CayleyConv2d
 from .penalties import Penalty
 
 # the layers whose W_mat the spectral constraint and penalty act on
@@ -168,26 +169,36 @@ def tau_schedule(tau: float, kappa: float, epoch: float) -> float:
     return tau * (1.0 + 4.0 * math.exp(-epoch / kappa))
 
 
+def operator_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The (name, module) pairs of ``model``'s layers in ``lipschitz.LINEAR_LAYERS`` (Linear, Conv2d,
+    CayleyConv2d), whose operator norms compose the Lipschitz bound, in ``named_modules`` order."""
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, lipschitz.LINEAR_LAYERS)]
+
+
 class OperatorNorms(nn.Module):
-    """Persistent power iteration on the operator of every Conv2d / Linear layer (its linear part on inputs
-    of the layer's input shape), one unit vector per layer kept between calls as a buffer, so that one or
+    """Persistent power iteration on the operator of every layer of ``operator_layers`` (its linear part on
+    inputs of the layer's input shape), one unit vector per layer kept between calls as a buffer, so that one or
     two steps per training step track the top singular value as the weights move.
 
     ``estimates(model, shapes, steps)`` returns sigma_l = ||A_l v_l||_2 per layer, v_l the unit vector after
     ``steps`` steps: a lower bound on the operator norm that converges to it, differentiable with respect to
-    the weights (v_l held constant). The vectors are buffers (``state_dict`` carries them).
+    the weights (v_l held constant); 1 for an orthogonal ``CayleyConv2d``. The vectors are buffers
+    (``state_dict`` carries them).
     """
 
     def estimates(
         self, model: nn.Module, shapes: dict[nn.Module, tuple[int, ...]], steps: int
     ) -> dict[str, torch.Tensor]:
         sigmas = {}
-        for name, layer in spectral_layers(model):
+        for name, layer in operator_layers(model):
+            if isinstance(layer, CayleyConv2d):  # orthogonal by construction: nothing to estimate
+                sigmas[name] = torch.ones((), device=layer.weight.device, dtype=layer.weight.dtype)
+                continue
             shape = shapes.get(layer, ())
             apply = _linear_map(layer)
             key = "v:" + name.replace(".", "/")
             v = self._buffers.get(key)
-            weight = layer.weight
+            weight = cast(torch.Tensor, layer.weight)
             if v is None or tuple(v.shape) != (1, *shape) or v.device != weight.device or v.dtype != weight.dtype:
                 v = _unit(torch.randn(1, *shape, device=weight.device, dtype=weight.dtype))
             v = _power_steps(apply, v, steps)
@@ -386,7 +397,7 @@ class Projection(nn.Module):
         shapes = _shapes_for(model, self.input_shape)
         layers = dict(spectral_layers(model))
         for name, sigma in self.operators.estimates(model, shapes, self.steps).items():
-            if sigma > radius:
+            if name in layers and sigma > radius:  # an orthogonal layer has no scale to project
                 layers[name].weight.mul_(radius / sigma)
         return radius
 
@@ -510,3 +521,39 @@ class SpectralNormPenalty(Penalty, nn.Module):
 
     def __repr__(self) -> str:
         return describe(self)
+
+
+def orthogonalize_(model: nn.Module, input_shape: Sequence[int], warmup: int = 100) -> nn.Module:
+    """Make every layer of ``model`` orthogonal or normalized, in place, for inputs of ``input_shape``:
+    each Conv2d becomes an ``orthogonal.CayleyConv2d`` (Trockman and Kolter, ICLR 2021) with the same
+    channels, kernel size and bias on the spatial size it receives (a freshly drawn kernel: call before
+    training), and the remaining Linear layers are held at operator norm 1 by ``normalize_`` (``warmup``
+    power-iteration steps). Returns the model.
+
+    Every singular value of an orthogonal convolution is 1, where ``normalize_`` holds only the largest at 1:
+    with MaxMin activations the convolutions keep the norm of every input and every gradient.
+
+    Raises:
+        ValueError: for a Conv2d that is not a circular convolution (stride 1, dilation 1, groups 1, an odd
+            square kernel k, padding k // 2 with ``padding_mode="circular"``), as ``models.lipnet``'s are.
+    """
+    if isinstance(model, nn.Conv2d):
+        raise ValueError("orthogonalize_ replaces layers inside a model: wrap the Conv2d in nn.Sequential")
+    shapes = lipschitz.input_shapes(model, input_shape)
+    convolutions = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    for name, conv in convolutions:
+        k = conv.kernel_size[0]
+        circular = (
+            conv.padding_mode == "circular" and conv.kernel_size == (k, k) and k % 2 == 1
+            and conv.padding == (k // 2, k // 2) and conv.stride == (1, 1) and conv.dilation == (1, 1)
+            and conv.groups == 1
+        )  # fmt: skip
+        if not circular:
+            raise ValueError(
+                f"orthogonalize_ replaces circular convolutions only (stride 1, dilation 1, groups 1, odd square "
+                f"kernel k, padding k // 2, padding_mode 'circular'); layer {name!r} is {conv}"
+            )
+        cayley = CayleyConv2d(conv.in_channels, conv.out_channels, k, shapes[conv][-2:], bias=conv.bias is not None)
+        parent, _, attribute = name.rpartition(".")
+        setattr(model.get_submodule(parent), attribute, cayley.to(conv.weight.device, conv.weight.dtype))
+    return normalize_(model, input_shape, warmup=warmup)

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from . import distributed, penalties, regularizers, spectral
+from . import distributed, lipschitz, penalties, regularizers, spectral
 from .attacks import Attack
 from .builders import build_model, load_splits, load_weights, resolve_device
 from .config import Config, differences
@@ -29,6 +29,7 @@ from .distributed import SINGLE, Group
 from .evaluation import accuracy
 from .guard import preserved_state
 from .margin import LipschitzMargin
+from .orthogonal import CayleyConv2d
 from .progress import progress
 from .rundir import (
     CHECKPOINT,
@@ -116,7 +117,7 @@ def build_regularizers(config: Config, group: Group = SINGLE, input_shape: Seque
         if input_shape is None:
             raise ValueError("the Lipschitz margin needs input_shape, the shape of one input of the model")
         # L held by the operator projection or the normalization
-        held = config.normalization == "operator" or (
+        held = config.normalization is not None or (
             built.projection is not None and built.projection.norm == "operator"
         )
         built.margin = LipschitzMargin(eps=config.lipschitz_margin, input_shape=input_shape, through_bound=not held)
@@ -217,13 +218,15 @@ def spectral_upper_bound(model: nn.Module) -> float:
     """prod_l sigma_max(W_l_mat), the product of the layers' reshaped-kernel spectral norms (in float64):
     the paper's upper bound of the RKHS norm, which holds for its kernel up to architecture constants (patch
     sizes, pooling). It is not a bound on the lower bounds of an arbitrary network (a ``lipnet`` under the
-    operator projection: 0.006 against lower bounds of 0.94); ``lipschitz.lipschitz_upper_bound`` is."""
+    operator projection: 0.006 against lower bounds of 0.94); ``lipschitz.lipschitz_upper_bound`` is. An
+    orthogonal ``CayleyConv2d``, which has no reshaped kernel, counts its operator norm (1)."""
     with torch.no_grad():
-        log_upper = math.fsum(
-            math.log(float(torch.linalg.matrix_norm(spectral.weight_matrix(layer).double(), ord=2)))
+        norms = [
+            float(torch.linalg.matrix_norm(spectral.weight_matrix(layer).double(), ord=2))
             for _, layer in spectral.spectral_layers(model)
-        )
-    return math.exp(log_upper)
+        ]
+        norms += [lipschitz.layer_upper_bound(m, ()) for m in model.modules() if isinstance(m, CayleyConv2d)]
+    return math.exp(math.fsum(math.log(norm) for norm in norms))
 
 
 @dataclass
