@@ -1,9 +1,10 @@
 """Issue 14's side-by-side table: per run folder, on the run's whole test set, the clean accuracy, the
 guaranteed Lipschitz bound L (``lipschitz.lipschitz_upper_bound``) and the certified l2 accuracy at each
 radius (margin > sqrt(2) L eps); beside them, from the folder's robustness.json (``kernel-reg evaluate``
-on its first n test images), the attacked accuracy at the same radii and the tightness L_lower / L.
+on its first n test images), the attacked accuracy at the same radii and the tightness L_lower / L; and
+the certified accuracy at every radius in [0, 1] (steps of 0.01) as a figure.
 
-    python scripts/certified_table.py runs/fmnist_vgg5/* --eps 0.1 0.25 0.5 [--json out.json]
+    python scripts/certified_table.py runs/fmnist_vgg5/* --eps 0.1 0.25 0.5 [--json out.json] [--plot out.png]
 """
 
 from __future__ import annotations
@@ -17,7 +18,10 @@ import torch
 from kernel_reg import lipschitz
 from kernel_reg.builders import load_run
 from kernel_reg.evaluation import accuracy, eps_key
+from kernel_reg.plots import plot_certified_curves
 from kernel_reg.rundir import ROBUSTNESS, read_robustness
+
+CURVE = [i / 100 for i in range(101)]  # the radii of the certified-accuracy curve
 
 
 def row(run_dir: Path, radii: list[float], device: str) -> dict:
@@ -26,8 +30,11 @@ def row(run_dir: Path, radii: list[float], device: str) -> dict:
     with torch.no_grad():
         _, clean = accuracy(run.model, x, y, 1000, "clean accuracy")
         bound = lipschitz.lipschitz_upper_bound(run.model, run.splits.input_shape)
-    certified = {eps_key(e): lipschitz.certified_accuracy(run.model, x, y, e, bound) for e in radii}
-    values = dict(run=run_dir.name, n=len(y), clean=clean, lipschitz=bound, certified=certified)
+        logits = torch.cat([run.model(batch) for batch in x.split(1000)])
+    radius = lipschitz.certified_radius(logits, y, bound)  # per test example
+    certified = {eps_key(e): float((radius > e).float().mean()) for e in radii}
+    curve = [float((radius > e).float().mean()) for e in CURVE]
+    values = dict(run=run_dir.name, n=len(y), clean=clean, lipschitz=bound, certified=certified, curve=curve)
     if (run_dir / ROBUSTNESS).is_file():
         record = read_robustness(run_dir)
         values.update(attacked_n=record.n, attacked={k: record.l2.get(k) for k in certified},
@@ -46,6 +53,7 @@ def main() -> None:
     parser.add_argument("--eps", nargs="+", type=float, default=[0.1, 0.25, 0.5])
     parser.add_argument("--device", default="auto")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows as JSON")
+    parser.add_argument("--plot", type=Path, default=None, help="also draw certified accuracy against the radius")
     args = parser.parse_args()
     rows = [row(run, args.eps, args.device) for run in args.runs]
     keys = [eps_key(e) for e in args.eps]
@@ -60,6 +68,12 @@ def main() -> None:
               + " | ".join(percent(attacked.get(k)) for k in keys) + f" | {tight} |")  # fmt: skip
     if args.json is not None:
         args.json.write_text(json.dumps(rows, indent=2))
+    if args.plot is not None:
+        plot_certified_curves(
+            {r["run"]: (CURVE, r["curve"]) for r in rows},
+            {r["run"]: {float(k): v for k, v in r.get("attacked", {}).items() if v is not None} for r in rows},
+            args.plot,
+        )
 
 
 if __name__ == "__main__":

@@ -45,6 +45,7 @@ def test_the_original_commands_are_accepted():
     assert certified.reg("project-sn")["norm"] == "operator"
     assert parse("--model", "lipnet", "--normalization", "operator").normalization == "operator"
     assert parse("--model", "lipnet", "--normalization", "none").normalization is None
+    assert parse("--model", "lipnet", "--normalization", "orthogonal").normalization == "orthogonal"
     assert parse("--no-aug").aug is False
 
 

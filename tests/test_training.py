@@ -291,6 +291,8 @@ def test_a_normalized_run_keeps_every_layer_at_norm_one_resumes_and_certifies_be
         config.replace(regs=("project-sn",))
     with pytest.raises(ValueError, match="normalization must be one of"):
         config.replace(normalization="reshaped")
+    with pytest.raises(ValueError, match="use model='lipnet'"):  # zero-padded convolutions cannot be Cayley ones
+        config.replace(model="vgg5_stable", normalization="orthogonal")
     first = train(config, log=lambda _: None)
     resumed = train(config.replace(num_epochs=3), log=lambda _: None)  # the vectors travel in the checkpoint
     assert [r.test_acc for r in resumed[:2]] == [r.test_acc for r in first]
@@ -309,9 +311,12 @@ def test_a_normalized_run_keeps_every_layer_at_norm_one_resumes_and_certifies_be
     # the side-by-side table: certified on the whole test set, attacked from robustness.json
     table = tmp_path / "table.json"
     script = Path(__file__).parents[1] / "scripts" / "certified_table.py"
+    figure = tmp_path / "curves.png"
     subprocess.run([sys.executable, script, run_path(config), "--eps", "0.1", "0.3", "--device", "cpu",
-                    "--json", table], check=True, capture_output=True)  # fmt: skip
+                    "--json", table, "--plot", figure], check=True, capture_output=True)  # fmt: skip
     (row,) = json.loads(table.read_text())
+    assert figure.stat().st_size > 0 and row["curve"][10] == row["certified"]["0.1"]  # the curve at 0.1
+    assert all(a >= b for a, b in zip(row["curve"], row["curve"][1:])) and row["curve"][0] <= row["clean"]
     x, y = run.splits.test_x, run.splits.test_y
     assert row["n"] == len(y) and row["lipschitz"] == pytest.approx(result.lipschitz_bound)
     assert row["certified"]["0.1"] == pytest.approx(lipschitz.certified_accuracy(run.model, x, y, 0.1))

@@ -202,6 +202,11 @@ class Config:
                     f"normalization={self.normalization!r} holds every layer's norm at 1 in the forward pass; "
                     "project-sn would rescale the raw weights to no effect: choose one of them"
                 )
+            if self.normalization == "orthogonal" and self.model != "lipnet":
+                raise ValueError(
+                    f"normalization='orthogonal' makes circular convolutions orthogonal; {self.model} pads with "
+                    "zeros (and pools): use model='lipnet', or normalization='operator'"
+                )
         positive = ("batch_size", "test_batch_size", "num_epochs", "eval_delta", "sched_step")
         for name in positive + ("width", "probe_size", "probe_delta"):
             value = getattr(self, name)

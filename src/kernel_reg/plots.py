@@ -1,5 +1,6 @@
 """The report's figures: small multiples of learning curves and of the RKHS-norm bracket per method, and
-the trade-off between standard and adversarial accuracy; a method has one colour in every figure."""
+the trade-off between standard and adversarial accuracy (a method has one colour in every figure); the
+certified-accuracy curves of Lipschitz networks."""
 
 from __future__ import annotations
 
@@ -177,6 +178,30 @@ def plot_tradeoff(runs: list[RunSummary], path: Path, norm: str = "l2") -> bool:
     fig.tight_layout()
     _save(fig, path)
     return True
+
+
+def plot_certified_curves(
+    curves: dict[str, tuple[list[float], list[float]]], attacked: dict[str, dict[float, float]], path: Path
+) -> None:
+    """Certified l2 accuracy against the radius, one line per model (``curves``: name -> (radii, accuracies
+    in [0, 1])), with the attacked accuracy of the same model at a few radii as dots (``attacked``: name ->
+    {radius: accuracy}, possibly empty): the gap between a dot and its line is what the certificate leaves."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    for index, (name, (radii, accuracy)) in enumerate(curves.items()):
+        colour = plt.get_cmap("tab10")(index % 10)
+        ax.plot(radii, [100 * a for a in accuracy], color=colour, label=name)
+        points = sorted(attacked.get(name, {}).items())
+        if points:
+            ax.plot([r for r, _ in points], [100 * a for _, a in points], "o", color=colour, markersize=5)
+    ax.set_xlabel("l2 radius eps")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title("certified (lines) and attacked (dots) accuracy", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
+    fig.tight_layout()
+    _save(fig, path)
 
 
 def _save(fig: Any, path: Path) -> None:
