@@ -281,7 +281,7 @@ def test_a_certified_training_run_keeps_its_certificates_below_its_attacks(tmp_p
 def test_a_normalized_run_keeps_every_layer_at_norm_one_resumes_and_certifies_below_its_attacks(
     tmp_path, tiny, normalization
 ):
-    from kernel_reg.evaluation import EvalSettings, evaluate_run
+    from kernel_reg.evaluation import EvalSettings, accuracy, evaluate_run
     from kernel_reg.orthogonal import CayleyConv2d
 
     config = tiny(tmp_path, model="lipnet", width=4, num_epochs=2, lipschitz_margin=0.3,
@@ -320,6 +320,7 @@ def test_a_normalized_run_keeps_every_layer_at_norm_one_resumes_and_certifies_be
     x, y = run.splits.test_x, run.splits.test_y
     assert row["n"] == len(y) and row["lipschitz"] == pytest.approx(result.lipschitz_bound)
     assert row["certified"]["0.1"] == pytest.approx(lipschitz.certified_accuracy(run.model, x, y, 0.1))
+    assert row["clean"] == pytest.approx(accuracy(run.model, x, y)[1])
     assert row["attacked"] == result.l2 and row["attacked_n"] == 32
 
 
