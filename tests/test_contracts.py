@@ -4,6 +4,7 @@ inputs or a constant model, penalties work under torch.no_grad(), bad models and
 constructors are keyword-only and repr shows the hyperparameters, and seeded attacks repeat exactly.
 The penalties and adversarial trainings come from the registry, so a new regularizer is checked too."""
 
+import copy
 import math
 
 import pytest
@@ -144,6 +145,31 @@ def test_penalties_work_under_no_grad(name):
         value = call(PENALTIES[name], model, x, y)
     assert value.requires_grad and torch.allclose(value.detach(), expected)
     value.backward()
+
+
+@pytest.mark.parametrize("name", list(PENALTIES))
+def test_the_callers_logits_change_the_cost_only(name):
+    """penalty(model, x, y, logits=model(x)) is penalty(model, x, y), its gradients included, and leaves the
+    statistics of the caller's training-mode forward pass as they were."""
+    model, (x, y) = bn_model(torch.float64).eval(), batch(torch.float64)
+    fresh = copy.deepcopy(PENALTIES[name])  # the same power-iteration vectors for both calls
+    model[3].p = 0.0  # no dropout noise between the two calls
+    torch.manual_seed(3)
+    alone = call(copy.deepcopy(fresh), model, x, y)
+    want = torch.autograd.grad(alone, list(model.parameters()), allow_unused=True, materialize_grads=True)
+    x_in = x.clone().requires_grad_(True)
+    torch.manual_seed(3)
+    shared = fresh(model, x_in, y, logits=model(x_in))
+    got = torch.autograd.grad(shared, list(model.parameters()), allow_unused=True, materialize_grads=True)
+    torch.testing.assert_close(shared, alone, rtol=1e-10, atol=1e-12)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-8, atol=1e-12)
+    logits = model.train()(x_in)  # the training pass updates the statistics; the penalty must not
+    modes, state = snapshot(model)
+    PENALTIES[name](model, x_in, y, logits=logits).backward()
+    new_modes, new_state = snapshot(model)
+    assert new_modes == modes and all(torch.equal(new_state[k], v) for k, v in state.items())
+    assert torch.equal(x_in.detach(), x)
 
 
 class TupleModel(nn.Module):

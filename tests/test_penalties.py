@@ -68,10 +68,16 @@ def test_adversarial_perturbation_penalty_matches_brute_force(model, batch, chun
     assert_same_grads(model, value, reference)
 
 
+@pytest.mark.parametrize("shared", [False, True], ids=["own forward", "caller's logits"])
 @pytest.mark.parametrize("norm", ["l2", "l1"])
-def test_loss_gradient_penalty_matches_brute_force(model, batch, norm):
+def test_loss_gradient_penalty_matches_brute_force(model, batch, norm, shared):
     x, y = batch
-    value = penalties.LossGradientPenalty(lmbda=0.5, norm=norm)(model, x, y)
+    penalty = penalties.LossGradientPenalty(lmbda=0.5, norm=norm)
+    if shared:
+        x_in = x.clone().requires_grad_(True)
+        value = penalty(model, x_in, y, logits=model(x_in))
+    else:
+        value = penalty(model, x, y)
     terms = []
     for x_i, y_i in zip(x, y):
         g = jacobian(lambda z: F.cross_entropy(model(z[None]), y_i[None]), x_i, create_graph=True)
@@ -212,6 +218,30 @@ def test_finite_differences_give_the_exact_value_and_nearly_the_exact_gradient(m
     assert torch.allclose(fd_value, exact_value, rtol=1e-10)  # the value itself is exact
     cosine = torch.nn.functional.cosine_similarity(exact_grad, fd_grad, dim=0)
     assert cosine > 0.9999 and torch.allclose(fd_grad.norm(), exact_grad.norm(), rtol=1e-3)
+
+
+def test_the_finite_difference_from_the_callers_logits_is_the_one_of_its_own_forward_pass(model, batch):
+    x, y = batch
+    penalty = penalties.LossGradientPenalty(lmbda=0.7, method="finite-difference", h=0.3)
+    own = penalty(model, x, y)
+    x_in = x.clone().requires_grad_(True)
+    logits = model(x_in)
+    shared = penalty(model, x_in, y, logits=logits)
+    torch.testing.assert_close(shared, own, rtol=1e-12, atol=0)
+    assert_same_grads(model, shared, own)
+    assert x_in.grad is None  # the input gradient was taken, not accumulated
+
+
+def test_logits_without_a_graph_to_the_inputs_are_refused(model, batch):
+    x, y = batch
+    penalty = penalties.LossGradientPenalty()
+    with pytest.raises(ValueError, match=r"loss-gradl2: the logits must come from model\(x\) with x.requires_grad"):
+        penalty(model, x, y, logits=model(x))
+    x_in = x.clone().requires_grad_(True)
+    with pytest.raises(ValueError, match=r"2-D logits of shape \(batch=6, classes\), got shape \(3, 5\)"):
+        penalty(model, x_in, y, logits=model(x_in)[:3])
+    with pytest.raises(ValueError, match="the logits given do not depend on x"):
+        penalty(model, x_in, y, logits=model(x.clone().requires_grad_(True)))
 
 
 def test_the_finite_difference_step_trades_bias_for_nothing_below_a_point(model, batch):

@@ -405,3 +405,32 @@ def test_the_cross_entropy_scale_is_ce_of_scaled_logits_over_the_scale(tiny, tmp
 def test_bad_optimizer_settings_are_named(tmp_path, tiny, changes, message):
     with pytest.raises(ValueError, match=message):
         tiny(tmp_path, **changes)
+
+
+@pytest.mark.parametrize("margin", [False, True], ids=["", "margin"])
+@pytest.mark.parametrize("method", ["exact", "finite-difference"])
+def test_a_step_that_shares_its_forward_pass_with_grad_l2_takes_the_step_of_the_sum(model, batch, method, margin):
+    """The step gives grad-l2 its training logits (before the Lipschitz margin raises them); the update is
+    that of CE(margin(model(x)), y) + penalty(model, x, y) computed apart, the penalty by its own forward pass."""
+    import copy
+
+    import torch.nn.functional as F
+
+    from kernel_reg.margin import LipschitzMargin
+    from kernel_reg.penalties import LossGradientPenalty
+    from kernel_reg.training import Regularizers, step
+
+    x, y = batch
+    penalty = LossGradientPenalty(lmbda=0.8, method=method, h=0.5)
+    raise_logits = LipschitzMargin(eps=0.3, input_shape=x.shape[1:]) if margin else None
+    regs = Regularizers(penalties={"loss-gradl2": penalty}, margin=copy.deepcopy(raise_logits))
+    apart = copy.deepcopy(model)
+    torch.manual_seed(5)  # the same first power-iteration vectors for both margins
+    logits = apart(x) if raise_logits is None else raise_logits(apart, apart(x), y)
+    (F.cross_entropy(logits, y) + penalty(apart, x, y)).backward()
+    torch.optim.SGD(apart.parameters(), lr=0.3).step()
+    torch.manual_seed(5)
+    terms = step(model, x, y, regs, torch.optim.SGD(model.parameters(), lr=0.3))
+    assert set(terms) == {"cross-entropy", "loss-gradl2"} and not x.requires_grad
+    for got, want in zip(model.parameters(), apart.parameters()):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-13)

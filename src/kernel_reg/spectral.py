@@ -514,8 +514,16 @@ class SpectralNormPenalty(Penalty, nn.Module):
         """sum_layers sigma_max(W_mat)^2."""
         return torch.stack(self.squared_sigmas(model, x)).sum()
 
-    def __call__(self, model: nn.Module, x: torch.Tensor | None = None, y: torch.Tensor | None = None) -> torch.Tensor:
-        """lmbda * sum_layers sigma_max(W_mat)^2, with its graph also under ``torch.no_grad()``."""
+    def __call__(
+        self,
+        model: nn.Module,
+        x: torch.Tensor | None = None,
+        y: torch.Tensor | None = None,
+        *,
+        logits: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """lmbda * sum_layers sigma_max(W_mat)^2, with its graph also under ``torch.no_grad()`` (``logits``
+        ignored)."""
         with torch.enable_grad():
             return self.lmbda * self.unweighted(model, x, y)
 

@@ -137,21 +137,23 @@ def step(
 ) -> dict[str, torch.Tensor]:
     """One training step on the batch (x, y), the one that training, the distributed test and the benchmark
     all take: [attack: x <- attack(model, x, y)] -> cross-entropy of ``trained`` (the model, or its DDP
-    wrapper) on logits [raised by the Lipschitz margin] [scaled: CE(s z, y) / s] + the penalties ->
-    backward -> optimizer step -> [power iteration of the normalized weights] -> [projection at ``epoch``].
+    wrapper) on logits [raised by the Lipschitz margin] [scaled: CE(s z, y) / s] + the penalties (given
+    the raw logits: those that ``reuses_logits`` share this forward pass) -> backward -> optimizer step ->
+    [power iteration of the normalized weights] -> [projection at ``epoch``].
 
     Returns the loss terms by name. TrainingDiverged, before the parameters change, when a term is not
     finite on any process of ``group`` (a collective decision) or a penalty's eigendecomposition fails.
     """
     if regs.attack is not None:
         x = regs.attack(model, x, y)
-    logits = (trained or model)(x)
-    if regs.margin is not None:
-        logits = regs.margin(model, logits, y)
+    if any(penalty.reuses_logits for penalty in regs.penalties.values()):
+        x = x.detach().requires_grad_(True)  # they differentiate the training pass's logits in x
+    raw = (trained or model)(x)
+    logits = raw if regs.margin is None else regs.margin(model, raw, y)
     terms = {"cross-entropy": F.cross_entropy(logits * regs.ce_scale, y) / regs.ce_scale}
     for name, penalty in regs.penalties.items():
         try:
-            terms[name] = penalty(model, x, y)
+            terms[name] = penalty(model, x, y, logits=raw)
         except torch.linalg.LinAlgError as error:  # an eigendecomposition of non-finite weights
             raise TrainingDiverged(f"{name} failed ({error})") from None
     total = torch.stack(list(terms.values())).sum()

@@ -38,15 +38,34 @@ class Penalty:
     """
 
     name = "penalty"
+    reuses_logits = False  # whether ``from_logits`` replaces the penalty's own forward pass at x
 
     def __init__(self, *, lmbda: float) -> None:
         self.lmbda = check_nonnegative("lmbda", lmbda)
 
-    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        """lmbda * unweighted(model, x, y), after ``check_inputs``, with gradients enabled, model guarded."""
+    def __call__(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None, *, logits: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """lmbda * unweighted(model, x, y), after ``check_inputs``, with gradients enabled, model guarded.
+
+        ``logits``: model(x) from the caller's own forward pass, with its graph to x (which then requires
+        grad) and to the parameters, or None. A penalty that ``reuses_logits`` differentiates them
+        (``from_logits``) instead of running its own forward pass at x, so the training step saves that
+        pass and backpropagates once through the shared graph; the others ignore them.
+        """
         self.check_inputs(x, y)
+        y = None if y is None else y.detach()
         with torch.enable_grad(), preserved_state(model):
-            return self.lmbda * self.unweighted(model, x.detach(), None if y is None else y.detach())
+            if logits is None or not self.reuses_logits:
+                return self.lmbda * self.unweighted(model, x.detach(), y)
+            logits = check_logits(logits, x.shape[0])
+            if not (x.requires_grad and logits.requires_grad):
+                raise ValueError(
+                    f"{self.name}: the logits must come from model(x) with x.requires_grad set before that pass "
+                    f"(x.requires_grad={x.requires_grad}, logits.requires_grad={logits.requires_grad}); "
+                    "or leave logits out"
+                )
+            return self.lmbda * self.from_logits(model, x, y, logits)
 
     def check_inputs(self, x: torch.Tensor, y: torch.Tensor | None) -> None:
         """Raise ValueError for inputs x (n, *shape) and labels y (n,) or None the penalty is not defined on
@@ -54,6 +73,13 @@ class Penalty:
 
     def unweighted(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         """The penalty without its weight, a scalar tensor (model and tensors already guarded, x detached)."""
+        raise NotImplementedError
+
+    def from_logits(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor | None, logits: torch.Tensor
+    ) -> torch.Tensor:
+        """``unweighted`` from the caller's logits = model(x) (n, k), x requiring grad (penalties that
+        ``reuses_logits`` only)."""
         raise NotImplementedError
 
     def __repr__(self) -> str:
@@ -232,6 +258,8 @@ class FirstExamples(Penalty):
         self.lmbda = penalty.lmbda
         self.name = penalty.name
 
-    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        """``penalty(model, x[:count], y[:count])``."""
+    def __call__(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None, *, logits: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``penalty(model, x[:count], y[:count])`` (``logits`` ignored: x[:count] is not in their graph)."""
         return self.penalty(model, x[: self.count], None if y is None else y[: self.count])

@@ -83,7 +83,8 @@ class LossGradientPenalty(Penalty):
         lmbda / n * sum_i ||grad_x l(f(x_i), y_i)||_1     (norm "l1"),
 
     l the per-example cross-entropy. Needs the labels y. One forward and one backward pass with a graph
-    for double backpropagation. Named "loss-gradl2" or "loss-gradl1".
+    for double backpropagation. Named "loss-gradl2" or "loss-gradl1". Given the caller's ``logits`` =
+    model(x) (x requiring grad), it skips its own forward pass and shares the caller's graph.
 
     Args (keyword-only):
         lmbda: the weight, >= 0 (default 0.1).
@@ -106,7 +107,12 @@ class LossGradientPenalty(Penalty):
     Example:
         >>> penalty = LossGradientPenalty(lmbda=0.1, norm="l2")
         >>> loss = F.cross_entropy(model(x), y) + penalty(model, x, y)
+        >>> x.requires_grad_(True)  # or, one forward pass for both terms:
+        >>> logits = model(x)
+        >>> loss = F.cross_entropy(logits, y) + penalty(model, x, y, logits=logits)
     """
+
+    reuses_logits = True
 
     def __init__(self, *, lmbda: float = 0.1, norm: str = "l2", method: str = "exact", h: float = 1.0) -> None:
         super().__init__(lmbda=lmbda)
@@ -123,18 +129,29 @@ class LossGradientPenalty(Penalty):
             raise ValueError(f"{self.name} needs the labels y of shape ({x.shape[0]},), got {got}")
 
     def unweighted(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
-        """mean_i ||grad_x l(f(x_i), y_i)||_2^2 (or ||.||_1)."""
-        assert y is not None  # check_inputs
+        """mean_i ||grad_x l(f(x_i), y_i)||_2^2 (or ||.||_1), after a forward pass of its own."""
         x_in = x.requires_grad_(True)
-        logits = check_logits(model(x_in), x.shape[0])
-        loss = F.cross_entropy(logits, y, reduction="sum")
+        return self.from_logits(model, x_in, y, check_logits(model(x_in), x.shape[0]))
+
+    def from_logits(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor | None, logits: torch.Tensor
+    ) -> torch.Tensor:
+        """mean_i ||grad_x l(f(x_i), y_i)||_2^2 (or ||.||_1) from logits = model(x), x requiring grad: their
+        graph is kept for the caller's backward pass, which it shares ("exact": the double backward; or the
+        finite difference's base term l(x_i), so that only x + h d needs a forward pass of its own)."""
+        assert y is not None  # check_inputs
         exact = self.method == "exact"
-        grads = torch.autograd.grad(loss, x_in, create_graph=exact)[0]
-        if not exact:  # the input gradient alone, then the finite difference along it (two forward passes)
+        grads = torch.autograd.grad(
+            F.cross_entropy(logits, y, reduction="sum"), x, create_graph=exact, retain_graph=True, allow_unused=True
+        )[0]
+        if grads is None:
+            raise ValueError(f"{self.name}: the logits given do not depend on x; pass model(x) or leave them out")
+        if not exact:  # the finite difference along the unit input gradient d
             norm = grads.flatten(1).norm(dim=1)
             direction = grads / norm.clamp_min(torch.finfo(grads.dtype).tiny).view(-1, *[1] * (grads.dim() - 1))
-            both = F.cross_entropy(model(torch.cat([x + self.h * direction, x])), torch.cat([y, y]), reduction="none")
-            return finite_difference(norm.pow(2), 2 * norm, both[: len(y)], both[len(y) :], self.h).mean()
+            plus = F.cross_entropy(model(x.detach() + self.h * direction), y, reduction="none")
+            base = F.cross_entropy(logits, y, reduction="none")
+            return finite_difference(norm.pow(2), 2 * norm, plus, base, self.h).mean()
         grads = grads.flatten(1)
         per_example = grads.pow(2).sum(1) if self.norm == "l2" else grads.abs().sum(1)
         return per_example.mean()
