@@ -78,7 +78,7 @@ def test_every_configuration_flag_says_what_it_sets():
         (["train", "--device", "bogus"], "device must be auto, cpu, cuda, cuda:N or mps, got 'bogus'"),
         (["train", "--device", "xla"], "device must be auto, cpu, cuda, cuda:N or mps, got 'xla'"),
         (["train", "--reg", "project-sn", "--sn-norm", "frobenius"], "project-sn.norm must be one of 'reshaped'"),
-        (["train", "--activation", "gelu"], "activation must be one of 'relu', 'maxmin'"),
+        (["train", "--activation", "gelu"], "activation must be one of 'relu', 'maxmin', 'elu'"),
         (["train", "--experiment", "cifar10_vgg", "--activation", "maxmin"], "apply to vgg5_stable and lipnet only"),
         (["train", "--reg", "pgd-l2", "--reg", "pgd-linf"], "at most one adversarial training"),
         (

@@ -89,12 +89,18 @@ def tiny_vgg5():
     return models.vgg5_stable(num_classes=5, widths=(3, 4, 4, 6)).double()
 
 
+def tiny_vgg5_elu():
+    torch.manual_seed(5)
+    return models.vgg5_stable(num_classes=5, widths=(3, 4, 4, 6), activation="elu").double()
+
+
 def jacobian_norm(model, x):
     return np.linalg.svd(jacobian(lambda z: model(z[None])[0], x).reshape(5, -1).numpy(), compute_uv=False).max()
 
 
 @pytest.mark.parametrize(
-    ("build", "shape"), [(tiny_vgg, (3, 8, 8)), (tiny_resnet, (3, 8, 8)), (tiny_vgg5, (1, 28, 28))]
+    ("build", "shape"),
+    [(tiny_vgg, (3, 8, 8)), (tiny_resnet, (3, 8, 8)), (tiny_vgg5, (1, 28, 28)), (tiny_vgg5_elu, (1, 28, 28))],
 )
 def test_lipschitz_bound_exceeds_random_and_adversarial_ratios(build, shape):
     model = build()
@@ -123,6 +129,17 @@ def test_lipschitz_bound_is_tight_for_a_linear_map():
     layer = nn.Sequential(nn.Flatten(), nn.Linear(12, 4)).double()
     exact = np.linalg.svd(layer[1].weight.detach().numpy(), compute_uv=False).max()
     assert lipschitz.lipschitz_upper_bound(layer, (3, 2, 2), iters=20) == pytest.approx(exact, rel=1e-6)
+
+
+@pytest.mark.parametrize("alpha", [0.5, 1.0, 2.5, -1.5])
+def test_the_elu_bound_is_its_largest_slope(alpha):
+    """max(1, |alpha|): the supremum of |ELU'(x)| (1 above zero, alpha e^x below), approached near 0-."""
+    act = nn.ELU(alpha=alpha)
+    bound = lipschitz.lipschitz_upper_bound(nn.Sequential(act), (1000,))
+    x = torch.linspace(-8, 8, 1000, dtype=torch.float64, requires_grad=True)
+    (slopes,) = torch.autograd.grad(act(x).sum(), x)
+    assert bound == max(1.0, abs(alpha))
+    assert float(slopes.abs().max()) <= bound and float(slopes.abs().max()) > 0.95 * bound
 
 
 def test_lipschitz_bound_rejects_unknown_layers():

@@ -210,6 +210,8 @@ def _layer_bound(module: nn.Module, input_shape: Sequence[int], iters: int) -> f
         return conv_operator_norm_upper_bound(module, input_shape, iters)
     if isinstance(module, (nn.ReLU, nn.LeakyReLU, nn.Tanh, nn.Identity, nn.Flatten, nn.Dropout, MaxMin)):
         return max(1.0, abs(getattr(module, "negative_slope", 1.0)))
+    if isinstance(module, nn.ELU):  # slope 1 above 0, alpha e^x below
+        return max(1.0, abs(float(module.alpha)))
     if isinstance(module, (nn.PixelUnshuffle, nn.PixelShuffle)):  # permutations of the entries
         return 1.0
     if isinstance(module, nn.Sigmoid):
@@ -230,8 +232,8 @@ def _layer_bound(module: nn.Module, input_shape: Sequence[int], iters: int) -> f
         return float(scale.max())
     raise TypeError(
         f"lipschitz_upper_bound has no rule for {type(module).__name__}; supported: nn.Sequential, "
-        "Linear, Conv2d, CayleyConv2d, ReLU/LeakyReLU/Tanh/Sigmoid/MaxMin, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d(1), "
-        "PixelUnshuffle/PixelShuffle, "
+        "Linear, Conv2d, CayleyConv2d, ReLU/LeakyReLU/ELU/Tanh/Sigmoid/MaxMin, MaxPool2d, AvgPool2d, "
+        "AdaptiveAvgPool2d(1), PixelUnshuffle/PixelShuffle, "
         "BatchNorm (eval), Flatten, Identity, Dropout, or any module implementing lipschitz.LipschitzBounded "
         "(a `lipschitz_upper_bound(child_bound)` method)"
     )
@@ -288,7 +290,7 @@ def lipschitz_upper_bound(model: nn.Module, input_shape: Sequence[int], iters: i
     - Conv2d and Linear: Gram iteration (``conv_operator_norm_upper_bound``, ``gram_iteration_bound``;
       Delattre, Barthelemy, Araujo and Allauzen, ICML 2023); ``orthogonal.CayleyConv2d``: Gram iteration on
       its Fourier blocks (1 up to rounding and the iteration's slack);
-    - ReLU, Tanh, Identity, Flatten, Dropout: 1; LeakyReLU: max(1, |slope|); Sigmoid: 1/4;
+    - ReLU, Tanh, Identity, Flatten, Dropout: 1; LeakyReLU: max(1, |slope|); ELU: max(1, |alpha|); Sigmoid: 1/4;
     - MaxPool2d (dilation 1): sqrt(c), c = ceil(k_h / s_h) ceil(k_w / s_w) the most windows an input lies
       in (1 when non-overlapping); AvgPool2d (``count_include_pad`` or no padding): sqrt(c / (k_h k_w))
       (1/k for k x k with stride k); AdaptiveAvgPool2d(1): 1 / sqrt(H W);

@@ -100,7 +100,9 @@ class MaxMin(nn.Module):
         return torch.cat([torch.maximum(a, b), torch.minimum(a, b)], dim=1)
 
 
-ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {"relu": nn.ReLU, "maxmin": MaxMin}
+# ELU: smooth (continuous derivative), so input-gradient penalties see its curvature, which ReLU's zero second
+# derivative hides from double backpropagation (bench/README.md, "How close the finite difference is")
+ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {"relu": nn.ReLU, "maxmin": MaxMin, "elu": nn.ELU}
 
 
 def _kaiming_init(model: nn.Sequential) -> nn.Sequential:
@@ -179,7 +181,7 @@ def vgg5_stable(
     Args:
         num_classes: k (default 10).
         widths: the four convolutions' output channels (default (64, 128, 256, 512)).
-        activation: "relu" (default) or "maxmin" (``MaxMin``; even widths).
+        activation: "relu" (default), "maxmin" (``MaxMin``; even widths) or "elu" (smooth).
 
     Shape:
         x: (n, 1, 28, 28); output: logits (n, k).
@@ -239,7 +241,7 @@ def lipnet(num_classes: int = 10, width: int = 32, activation: str = "maxmin") -
     Args:
         num_classes: k (default 10).
         width: w, the first convolutions' channels (even; default 32, about 0.5M parameters).
-        activation: "maxmin" (default) or "relu".
+        activation: "maxmin" (default), "relu" or "elu".
 
     Shape:
         x: (n, 1, 28, 28); output: logits (n, k).
@@ -282,8 +284,8 @@ def build(name: str, num_classes: int = 10, width: int = 64, activation: str | N
         name: the model's name (KeyError for another).
         num_classes: k (default 10).
         width: vgg5_stable: the first convolution's width, doubled per stage (default 64); lipnet: its w.
-        activation: vgg5_stable and lipnet: "relu" or "maxmin"; None (default): the model's own (vgg5_stable:
-            ReLU, lipnet: MaxMin).
+        activation: vgg5_stable and lipnet: a name of ``ACTIVATIONS`` ("relu", "maxmin", "elu"); None
+            (default): the model's own (vgg5_stable: ReLU, lipnet: MaxMin).
 
     Returns:
         The model, a ``nn.Sequential`` mapping inputs in [0, 1] to logits (n, k).
