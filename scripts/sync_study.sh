@@ -9,6 +9,6 @@ find . -name config.json -not -path '*/.*' | while read -r config; do
   run=$(dirname "$config")
   mkdir -p "$OLDPWD/$to/$run"
   for record in config.json metrics.jsonl robustness.json weights.pt; do
-    [ -f "$run/$record" ] && cp "$run/$record" "$OLDPWD/$to/$run/$record"
+    if [ -f "$run/$record" ]; then cp "$run/$record" "$OLDPWD/$to/$run/$record"; fi
   done
 done

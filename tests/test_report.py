@@ -149,6 +149,22 @@ def test_the_paired_table_calls_a_gain_only_beyond_two_standard_errors(tmp_path)
     assert "(needs 3 paired seeds)" in two
 
 
+def test_the_projection_is_paired_with_the_method_alone_on_the_same_subsets(tmp_path):
+    alone, with_projection = [0.80, 0.70, 0.75], [0.81, 0.712, 0.759]  # + 1.0, 1.2, 0.9 points
+    for seed in range(3):
+        make_run(tmp_path, f"none_s{seed}", 0.6, shuf_seed=seed)
+        make_run(tmp_path, f"gp_s{seed}", alone[seed], regs=("gradient-penalty",), shuf_seed=seed)
+        make_run(tmp_path, f"gpsn_s{seed}", with_projection[seed], regs=("gradient-penalty", "project-sn"),
+                 shuf_seed=seed)  # fmt: skip
+    make_run(tmp_path, "pgdsn_s0", 0.9, regs=("pgd-l2", "project-sn"))  # no PGD-l2 alone: not paired
+    table = paired_table(collect_runs(tmp_path))
+    differences = [100 * (b - a) for a, b in zip(alone, with_projection)]
+    mean, error = statistics.mean(differences), statistics.stdev(differences) / 3**0.5
+    section = table.split("Adding the projection")[1]
+    assert f"| gradient-penalty+project-sn | lmbda=0.1, tau=0.5 | 3 | {mean:+.2f} +- {error:.2f} | gain |" in section
+    assert "pgd-l2+project-sn" not in section
+
+
 def test_settings_are_compared_on_the_training_subsets_they_share(tmp_path):
     """Selected on subset 0, the chosen strength then runs on subsets 1 and 2: its lower validation
     accuracy there must not hand the selection to a strength that ran on subset 0 only."""

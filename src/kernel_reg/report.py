@@ -120,32 +120,51 @@ def selection_table(runs: list[RunSummary]) -> str:
 MIN_PAIRED = 3  # paired seeds below which no gain or loss is called
 
 
+def _paired_row(label: str, params: str, differences: list[float]) -> str:
+    """A table row: the paired differences' mean +- standard error and a verdict that calls a gain or a
+    loss only when the mean exceeds two standard errors, on at least ``MIN_PAIRED`` differences."""
+    if len(differences) < 2:
+        return f"| {label} | {params} | {len(differences)} | - | needs paired seeds |"
+    mean = statistics.mean(differences)
+    error = statistics.stdev(differences) / math.sqrt(len(differences))
+    verdict = "gain" if mean > 2 * error else "loss" if mean < -2 * error else "no difference shown"
+    if len(differences) < MIN_PAIRED:  # two differences estimate their spread too poorly to judge
+        verdict = f"(needs {MIN_PAIRED} paired seeds)"
+    return f"| {label} | {params} | {len(differences)} | {mean:+.2f} +- {error:.2f} | {verdict} |"
+
+
+def _differences(members: list[RunSummary], reference: list[RunSummary]) -> list[float]:
+    """100 (test accuracy of each member - that of the reference run on the same training subset)."""
+    by_seed = {seed_of(r): r.best.test_acc for r in reference}
+    return [100 * (r.best.test_acc - by_seed[seed_of(r)]) for r in members if seed_of(r) in by_seed]
+
+
+PROJECTED = "+project-sn"
+
+
 def paired_table(runs: list[RunSummary]) -> str:
     """Per method at its selected setting, the paired difference of test accuracy to the unregularized
-    baseline on the same training subsets: mean +- standard error over the seeds, and a verdict that calls
-    a gain or a loss only when the mean difference exceeds two standard errors, on at least ``MIN_PAIRED``
-    seeds. '' without a baseline."""
+    baseline on the same training subsets (``_paired_row``); then, for each method combined with the
+    projection ("X+project-sn"), its paired difference to X alone, each at its own selected setting.
+    '' without a baseline."""
     selection = select(runs)
     if "none" not in selection.chosen:
         return ""
-    baseline = {seed_of(r): r.best.test_acc for r in selection.of("none")}
-    lines = [
-        "| method | selected hyperparameters | paired seeds | test acc - baseline (points, mean +- s.e.) | verdict |",
-        "|---|---|---|---|---|",
-    ]
+    header = "| {} | selected hyperparameters | paired seeds | test acc - {} (points, mean +- s.e.) | verdict |"
+    lines = [header.format("method", "baseline"), "|---|---|---|---|---|"]
     for method in sorted(m for m in selection.chosen if m != "none"):
         members = selection.of(method)
-        differences = [100 * (r.best.test_acc - baseline[seed_of(r)]) for r in members if seed_of(r) in baseline]
         params = hyperparameter_text(members[0].config) or "-"
-        if len(differences) < 2:
-            lines.append(f"| {method} | {params} | {len(differences)} | - | needs paired seeds |")
-            continue
-        mean = statistics.mean(differences)
-        error = statistics.stdev(differences) / math.sqrt(len(differences))
-        verdict = "gain" if mean > 2 * error else "loss" if mean < -2 * error else "no difference shown"
-        if len(differences) < MIN_PAIRED:  # two differences estimate their spread too poorly to judge
-            verdict = f"(needs {MIN_PAIRED} paired seeds)"
-        lines.append(f"| {method} | {params} | {len(differences)} | {mean:+.2f} +- {error:.2f} | {verdict} |")
+        lines.append(_paired_row(method, params, _differences(members, selection.of("none"))))
+    combined = sorted(m for m in selection.chosen if m.endswith(PROJECTED) and m[: -len(PROJECTED)] in selection.chosen)
+    if combined:
+        lines += ["", "Adding the projection, each method at its own selected setting:", ""]
+        lines += [header.format("method", "the method alone"), "|---|---|---|---|---|"]
+        for method in combined:
+            members = selection.of(method)
+            params = hyperparameter_text(members[0].config) or "-"
+            alone = selection.of(method[: -len(PROJECTED)])
+            lines.append(_paired_row(method, params, _differences(members, alone)))
     return "\n".join(lines) + "\n"
 
 
