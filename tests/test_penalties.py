@@ -240,6 +240,10 @@ def test_logits_without_a_graph_to_the_inputs_are_refused(model, batch):
     x_in = x.clone().requires_grad_(True)
     with pytest.raises(ValueError, match=r"2-D logits of shape \(batch=6, classes\), got shape \(3, 5\)"):
         penalty(model, x_in, y, logits=model(x_in)[:3])
+    with torch.no_grad():
+        detached = model(x_in)
+    with pytest.raises(ValueError, match=r"logits.requires_grad=False"):
+        penalty(model, x_in, y, logits=detached)
     with pytest.raises(ValueError, match="the logits given do not depend on x"):
         penalty(model, x_in, y, logits=model(x.clone().requires_grad_(True)))
 
