@@ -233,3 +233,26 @@ def test_a_sweep_evaluates_again_when_asked_for_other_settings_or_after_more_tra
     train(longer, log=lambda _: None)  # trained on: the evaluation is of older weights
     assert not finished(longer, quick)
     assert read_robustness(run_path(config)).trained_to == 1
+
+
+def test_a_diverged_run_is_recorded_reported_and_skipped_by_sweeps(tmp_path, tiny):
+    from kernel_reg.report import markdown_table
+    from kernel_reg.rundir import read_divergence
+    from kernel_reg.training import TrainingDiverged, train
+
+    # lr x 1e6 after the first epoch: the second one blows up (as in test_training)
+    config = expand(tiny(tmp_path, sched_step=1, sched_gamma=1e6, num_epochs=4), [parse_grid("reg=none")], 1)[0]
+    with pytest.raises(TrainingDiverged) as raised:
+        train(config, log=lambda _: None)
+    reason = read_divergence(run_path(config))
+    assert reason == str(raised.value) and "at epoch" in reason
+    lines = []
+    assert run_sweep([config], Cluster("local", jobs=1), log=lines.append) == []
+    assert lines == ["sweep: 1 runs, 0 finished, 1 diverged (skipped; delete their diverged.json to retry), 0 to run"]
+    assert f"| none (diverged: {reason.split(';')[0]}) |" in markdown_table(collect_runs(tmp_path))
+    (run_path(config) / "diverged.json").write_text("{not json")  # damaged: the sweep runs it, which rewrites it
+    (outcome,) = run_sweep([config], Cluster("local", jobs=1), log=lambda _: None)
+    assert "became" in outcome["error"] and read_divergence(run_path(config)) is not None
+    with pytest.raises(TrainingDiverged):  # `kernel-reg train` retries: the record is cleared, then written again
+        train(config, log=lambda _: None)
+    assert read_divergence(run_path(config)) is not None

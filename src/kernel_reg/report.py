@@ -45,7 +45,11 @@ def markdown_table(runs: list[RunSummary]) -> str:
         best = run.best
         params = hyperparameter_text(run.config) or "-"
         rob = run.robustness
-        method = run.method if run.finished else f"{run.method} (unfinished: epoch {run.metrics[-1].epoch})"
+        method = run.method
+        if run.divergence is not None:
+            method += f" (diverged: {run.divergence.split(';')[0]})"
+        elif not run.finished:
+            method += f" (unfinished: epoch {run.metrics[-1].epoch})"
         row = [run.name, method, params, str(run.config.n_train or "all"), str(best.epoch)]
         row += [_percent(best.val_acc), _percent(best.test_acc)]
         row += [

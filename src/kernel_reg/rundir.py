@@ -34,8 +34,8 @@ import torch
 
 from .config import Config, upgrade_legacy
 
-CONFIG, METRICS, CHECKPOINT, ROBUSTNESS, LOCK, WEIGHTS = (
-    "config.json", "metrics.jsonl", "checkpoint.pt", "robustness.json", ".lock", "weights.pt",
+CONFIG, METRICS, CHECKPOINT, ROBUSTNESS, LOCK, WEIGHTS, DIVERGED = (
+    "config.json", "metrics.jsonl", "checkpoint.pt", "robustness.json", ".lock", "weights.pt", "diverged.json",
 )  # fmt: skip
 FORMAT = 2
 
@@ -296,6 +296,27 @@ def read_robustness(run_dir: str | Path) -> Robustness | None:
         return Robustness.from_dict(values)
     except (TypeError, ValueError) as error:
         raise RunFolderError(f"{path} is not a valid evaluation record: {error}") from None
+
+
+def write_divergence(run_dir: Path, reason: str) -> None:
+    """Record that the run diverged (``reason``: TrainingDiverged's message), so that sweeps skip it and
+    reports say so; training the run again removes the record first."""
+    atomic_write_text(run_dir / DIVERGED, json.dumps({"reason": reason}, indent=2))
+
+
+def clear_divergence(run_dir: Path) -> None:
+    (run_dir / DIVERGED).unlink(missing_ok=True)
+
+
+def read_divergence(run_dir: str | Path) -> str | None:
+    """Why the run diverged, or None when it has not."""
+    path = Path(run_dir) / DIVERGED
+    if not path.is_file():
+        return None
+    values = _read_json(path)
+    if not isinstance(values, dict) or not isinstance(values.get("reason"), str):
+        raise RunFolderError(f"{path} is not a valid divergence record (a JSON object with a 'reason' string)")
+    return values["reason"]
 
 
 def read_checkpoint(run_dir: str | Path, device: torch.device | str = "cpu", weights: bool = False) -> dict[str, Any]:

@@ -32,6 +32,7 @@ from .rundir import (
     Robustness,
     RunFolderError,
     read_config,
+    read_divergence,
     read_metrics,
     read_robustness,
     trained_to_end,
@@ -47,6 +48,7 @@ class RunSummary:
     metrics: list[MetricsRow]
     robustness: Robustness | None
     name: str = ""  # the folder relative to the report's root
+    divergence: str | None = None  # why its training diverged (``rundir.read_divergence``), if it did
 
     @property
     def method(self) -> str:
@@ -94,7 +96,7 @@ def collect_runs(root: str | Path, warn: Warn = lambda _: None) -> list[RunSumma
                      f"{robustness.trained_to}, it has been trained since (epoch {metrics[-1].epoch}): its "
                      "robustness is left out; evaluate it again")  # fmt: skip
                 robustness = None
-            runs.append(RunSummary(run_dir, config, metrics, robustness, name))
+            runs.append(RunSummary(run_dir, config, metrics, robustness, name, read_divergence(run_dir)))
         except RunFolderError as error:
             warn(f"kernel-reg report: skipping {run_dir}: {error}")
     return runs

@@ -42,7 +42,7 @@ from .config import (
     short_hash,
 )
 from .evaluation import EvalSettings, evaluate_run
-from .rundir import RunFolderError, read_metrics, read_robustness, run_path, trained_to_end
+from .rundir import DIVERGED, RunFolderError, read_divergence, read_metrics, read_robustness, run_path, trained_to_end
 
 Grid = dict[str, list[Any]]
 
@@ -196,6 +196,15 @@ def finished(config: Config, settings: EvalSettings | None) -> bool:
     return result is not None and result.settings == wanted and result.trained_to in (None, metrics[-1].epoch)
 
 
+def diverged(config: Config) -> bool:
+    """Its training diverged (``rundir.read_divergence``): running it again would diverge again. A damaged
+    record counts as none: the job runs and rewrites it."""
+    try:
+        return read_divergence(run_path(config)) is not None
+    except RunFolderError:
+        return False
+
+
 def run_job(config_values: dict, settings_values: dict | None, threads: int) -> dict:
     """One run of a sweep (what a submitit job executes): train, resuming, then evaluate if asked, on
     ``threads`` CPU threads (so that concurrent runs do not oversubscribe the cores). Returns the run's
@@ -264,8 +273,13 @@ def run_sweep(
     """Submit the unfinished runs; locally, wait for them (``cluster.jobs`` at a time) and return their
     outcomes (see ``run_job``; ``failures`` lists the failed ones); on Slurm return the submitted jobs
     (one job array)."""
-    todo = [c for c in configs if not finished(c, settings)]
-    log(f"sweep: {len(configs)} runs, {len(configs) - len(todo)} finished, {len(todo)} to run")
+    unfinished = [c for c in configs if not finished(c, settings)]
+    todo = [c for c in unfinished if not diverged(c)]
+    skipped = f", {len(unfinished) - len(todo)} diverged (skipped; delete their {DIVERGED} to retry)"
+    log(
+        f"sweep: {len(configs)} runs, {len(configs) - len(unfinished)} finished"
+        f"{skipped if len(todo) < len(unfinished) else ''}, {len(todo)} to run"
+    )
     if not todo:
         return []
     folder = Path(todo[0].root) / todo[0].experiment / ".submitit"

@@ -40,6 +40,7 @@ from .rundir import (
     RunFolderError,
     atomic_torch_save,
     check_not_nested,
+    clear_divergence,
     finite_or_none,
     locked,
     read_checkpoint,
@@ -47,6 +48,7 @@ from .rundir import (
     read_metrics,
     run_path,
     write_config,
+    write_divergence,
     write_metrics,
 )
 
@@ -301,8 +303,13 @@ def train(config: Config, log: Log = print) -> list[MetricsRow]:
         if rank_device is None:
             resolve_device(config.device)  # a device this machine lacks fails before the run folder is made
         check_not_nested(run_path(config), Path(config.root) / config.experiment)
-        with locked(run_path(config), "kernel-reg train", create=True):
-            return _train(config, log, group, rank_device)
+        with locked(run_path(config), "kernel-reg train", create=True) as run_dir:
+            clear_divergence(run_dir)
+            try:
+                return _train(config, log, group, rank_device)
+            except TrainingDiverged as error:
+                write_divergence(run_dir, str(error))
+                raise
     finally:
         distributed.teardown(group)
 
