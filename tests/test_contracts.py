@@ -147,11 +147,14 @@ def test_penalties_work_under_no_grad(name):
     value.backward()
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("name", list(PENALTIES))
-def test_the_callers_logits_change_the_cost_only(name):
+def test_the_callers_logits_change_the_cost_only(name, device):
     """penalty(model, x, y, logits=model(x)) is penalty(model, x, y), its gradients included, and leaves the
     statistics of the caller's training-mode forward pass as they were."""
-    model, (x, y) = bn_model(torch.float64).eval(), batch(torch.float64)
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    model, (x, y) = bn_model(torch.float64).to(device).eval(), batch(torch.float64, device)
     fresh = copy.deepcopy(PENALTIES[name])  # the same power-iteration vectors for both calls
     model[3].p = 0.0  # no dropout noise between the two calls
     torch.manual_seed(3)
