@@ -176,35 +176,37 @@ def agreement(device: torch.device, batches: int = 10) -> list[dict]:
     return rows
 
 
+def _gradient_agreement(model: torch.nn.Module, splits: Any, name: str, h: float, batches: int) -> dict:
+    """Over ``batches`` test batches of 128: the cosine (in float64) between the finite-difference and the
+    exact parameter gradients of penalty ``name`` at step h (mean and worst), and their norm ratio."""
+    params = {**regularizers.lookup(name).defaults(), "h": h}
+    if name == "gradtangent":
+        params["deformations"] = 4
+    cosines, ratios = [], []
+    for b in range(batches):
+        x, y = splits.test_x[b * 128 : (b + 1) * 128], splits.test_y[b * 128 : (b + 1) * 128]
+        grads = []
+        for method in ("exact", "finite-difference"):
+            penalty = regularizers.build(name, {**params, "method": method})
+            torch.manual_seed(b)  # the same tangents for both
+            model.zero_grad()
+            penalty(model, x, y).backward()  # type: ignore[operator]
+            grads.append(torch.cat([p.grad.double().flatten() for p in model.parameters() if p.grad is not None]))
+        cosines.append(float(F.cosine_similarity(grads[0], grads[1], dim=0)))
+        ratios.append(float(grads[1].norm() / grads[0].norm()))
+    return dict(cosine=statistics.mean(cosines), worst=min(cosines), norm_ratio=statistics.mean(ratios))
+
+
 def finite_difference_table(device: torch.device, batches: int = 5) -> list[dict]:
-    """The cosine similarity (in float64) between the finite-difference and the exact parameter gradients
-    of the input-gradient penalties, per step h, on a trained VGG-5 (``trained_vgg5``) with ReLU and with the
-    smooth ELU, test batches of 128, float32 as in training; and the ratio of their norms."""
+    """``_gradient_agreement`` of the input-gradient penalties per step h, on a trained VGG-5
+    (``trained_vgg5``, float32 as in training) with ReLU and with the smooth ELU."""
     rows = []
     for activation in ("relu", "elu"):
         model, splits = trained_vgg5(device, activation)
         for name in ("loss-gradl2", "gradient-penalty", "gradtangent"):
-            defaults = regularizers.lookup(name).defaults()
             for h in (1e-3, 1e-2, 1e-1, 1.0, 3.0):
-                cosines, ratios = [], []
-                for b in range(batches):
-                    x, y = splits.test_x[b * 128 : (b + 1) * 128], splits.test_y[b * 128 : (b + 1) * 128]
-                    grads = []
-                    for method in ("exact", "finite-difference"):
-                        params = {**defaults, "method": method, "h": h}
-                        if name == "gradtangent":
-                            params["deformations"] = 4
-                        penalty = regularizers.build(name, params)
-                        torch.manual_seed(b)  # the same tangents for both
-                        model.zero_grad()
-                        penalty(model, x, y).backward()  # type: ignore[operator]
-                        grads.append(
-                            torch.cat([p.grad.double().flatten() for p in model.parameters() if p.grad is not None])
-                        )
-                    cosines.append(float(F.cosine_similarity(grads[0], grads[1], dim=0)))
-                    ratios.append(float(grads[1].norm() / grads[0].norm()))
-                rows.append(dict(activation=activation, penalty=name, h=h, cosine=statistics.mean(cosines),
-                                 worst=min(cosines), norm_ratio=statistics.mean(ratios)))  # fmt: skip
+                agreement = _gradient_agreement(model, splits, name, h, batches)
+                rows.append(dict(activation=activation, penalty=name, h=h, **agreement))
     return rows
 
 

@@ -275,11 +275,9 @@ def run_sweep(
     (one job array)."""
     unfinished = [c for c in configs if not finished(c, settings)]
     todo = [c for c in unfinished if not diverged(c)]
-    skipped = f", {len(unfinished) - len(todo)} diverged (skipped; delete their {DIVERGED} to retry)"
-    log(
-        f"sweep: {len(configs)} runs, {len(configs) - len(unfinished)} finished"
-        f"{skipped if len(todo) < len(unfinished) else ''}, {len(todo)} to run"
-    )
+    skipped = len(unfinished) - len(todo)
+    note = f", {skipped} diverged (skipped; delete their {DIVERGED} to retry)" if skipped else ""
+    log(f"sweep: {len(configs)} runs, {len(configs) - len(unfinished)} finished{note}, {len(todo)} to run")
     if not todo:
         return []
     folder = Path(todo[0].root) / todo[0].experiment / ".submitit"

@@ -141,17 +141,15 @@ class LossGradientPenalty(Penalty):
         finite difference's base term l(x_i), so that only x + h d needs a forward pass of its own)."""
         assert y is not None  # check_inputs
         exact = self.method == "exact"
-        grads = torch.autograd.grad(
-            F.cross_entropy(logits, y, reduction="sum"), x, create_graph=exact, retain_graph=True, allow_unused=True
-        )[0]
+        losses = F.cross_entropy(logits, y, reduction="none")  # l(x_i), (n,)
+        grads = torch.autograd.grad(losses.sum(), x, create_graph=exact, retain_graph=True, allow_unused=True)[0]
         if grads is None:
             raise ValueError(f"{self.name}: the logits given do not depend on x; pass model(x) or leave them out")
-        if not exact:  # the finite difference along the unit input gradient d
+        if not exact:  # the finite difference along the unit input gradient d, from the base term l(x_i)
             norm = grads.flatten(1).norm(dim=1)
             direction = grads / norm.clamp_min(torch.finfo(grads.dtype).tiny).view(-1, *[1] * (grads.dim() - 1))
             plus = F.cross_entropy(model(x.detach() + self.h * direction), y, reduction="none")
-            base = F.cross_entropy(logits, y, reduction="none")
-            return finite_difference(norm.pow(2), 2 * norm, plus, base, self.h).mean()
+            return finite_difference(norm.pow(2), 2 * norm, plus, losses, self.h).mean()
         grads = grads.flatten(1)
         per_example = grads.pow(2).sum(1) if self.norm == "l2" else grads.abs().sum(1)
         return per_example.mean()
