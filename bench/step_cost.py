@@ -3,7 +3,7 @@
     python bench/step_cost.py                       # VGG-11 (3x32x32) and VGG-5 (1x28x28), every regularizer
     python bench/step_cost.py --models vgg5 --configs plain grad-penalty --steps 7
     python bench/step_cost.py --models lipnet --configs plain lipschitz-margin normalization-operator \
-        normalization-orthogonal                    # the certified-robustness network (width 32)
+        normalization-orthogonal orthogonal-margin  # the certified-robustness network (width 32)
     python bench/step_cost.py --agreement           # candidate pre-selection vs exact search, real data
 
 Each configuration runs in its own process (2 warm-up steps, then the median of ``--steps`` timed steps
@@ -71,6 +71,8 @@ MARGIN = "lipschitz-margin"
 NORMALIZED = "normalization-operator"
 # the same with orthogonal (Cayley) convolutions (spectral.orthogonalize_): circular convolutions, lipnet only
 ORTHOGONAL = "normalization-orthogonal"
+# the certified recipe's step: orthogonal convolutions and the Lipschitz margin (eps_train 0.7, L held constant)
+CERTIFIED = "orthogonal-margin"
 MODELS = {
     "vgg11": (models.vgg11, (3, 32, 32)),
     "vgg5": (models.vgg5_stable, (1, 28, 28)),
@@ -86,9 +88,8 @@ def peak_memory_mb(device: torch.device) -> float:
 
 def _row_of(config_name: str) -> str:
     """The CONFIGS row whose regularizer and floor a variant row shares."""
-    return {REPLICATED: "adv-perturbation", MARGIN: "plain", NORMALIZED: "plain", ORTHOGONAL: "plain"}.get(
-        config_name, config_name
-    )
+    variants = (MARGIN, NORMALIZED, ORTHOGONAL, CERTIFIED)
+    return {REPLICATED: "adv-perturbation", **dict.fromkeys(variants, "plain")}.get(config_name, config_name)
 
 
 def run_child(model_name: str, config_name: str, steps: int, warmup: int, device: torch.device) -> dict:
@@ -98,7 +99,7 @@ def run_child(model_name: str, config_name: str, steps: int, warmup: int, device
     model = build().to(device)
     if config_name == NORMALIZED:
         spectral.normalize_(model, shape)
-    if config_name == ORTHOGONAL:
+    if config_name in (ORTHOGONAL, CERTIFIED):
         spectral.orthogonalize_(model, shape)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     x = torch.rand(128, *shape, device=device)
@@ -112,6 +113,8 @@ def run_child(model_name: str, config_name: str, steps: int, warmup: int, device
     regs = Regularizers.of(built)
     if config_name == MARGIN:
         regs.margin = LipschitzMargin(eps=0.05, input_shape=shape)
+    if config_name == CERTIFIED:
+        regs.margin = LipschitzMargin(eps=0.7, input_shape=shape, through_bound=False)
 
     times = []
     for i in range(warmup + steps):
@@ -213,7 +216,7 @@ def finite_difference_table(device: torch.device, batches: int = 5) -> list[dict
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
-    rows = [*CONFIGS, REPLICATED, MARGIN, NORMALIZED, ORTHOGONAL]
+    rows = [*CONFIGS, REPLICATED, MARGIN, NORMALIZED, ORTHOGONAL, CERTIFIED]
     parser.add_argument("--configs", nargs="+", default=rows, choices=rows)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
@@ -256,7 +259,7 @@ def main() -> None:
     for model_name in args.models:
         plain = None
         for config_name in args.configs:
-            if config_name == ORTHOGONAL and model_name != "lipnet":
+            if config_name in (ORTHOGONAL, CERTIFIED) and model_name != "lipnet":
                 continue  # orthogonalize_ needs circular convolutions
             command = [sys.executable, __file__, "--child", model_name, config_name, "--steps", str(args.steps)]
             command += ["--warmup", str(args.warmup), "--threads", str(args.threads), "--device", args.device]
@@ -271,6 +274,7 @@ def main() -> None:
                 MARGIN: "3F + 2 conv passes per layer",
                 NORMALIZED: "3F + 1 conv pass per layer and read + 2 per power step",
                 ORTHOGONAL: "3F in FFTs + 2 c x c solves per frequency and layer",
+                CERTIFIED: "as above + 2 matvecs for the Linear layer",
             }.get(config_name, floor)
             print(
                 f"| {model_name} | {config_name} | {figures['seconds']:.4g} | {ratio} | {figures['peak_mb']:.0f} | "

@@ -197,3 +197,22 @@ def test_the_lipschitz_margin_raises_the_other_logits_by_the_certified_amount():
     assert all(p.grad is not None for p in model.parameters())  # the margin pushes L down too
     held = LipschitzMargin(eps=0.5, input_shape=(1, 28, 28), through_bound=False)(model, logits, y)
     assert not held.requires_grad  # L held constant: no gradient reaches the weights through it
+
+
+def test_the_lipschitz_margin_records_the_input_shapes_once_per_model():
+    """The layers' input shapes cost a forward pass: one for the first call on a model, none after, and a
+    model with other layers (here other shapes) is recorded anew, giving its own L."""
+    from kernel_reg.margin import LipschitzMargin
+
+    torch.manual_seed(6)
+    margin = LipschitzMargin(eps=0.5, input_shape=(1, 28, 28), steps=200, through_bound=False)
+    logits, y = torch.zeros(2, 10, dtype=torch.float64), torch.tensor([1, 2])
+    forwards = []
+    for width in (4, 8):
+        model = models.lipnet(width=width).double()
+        model.register_forward_pre_hook(lambda module, args: forwards.append(width))
+        for _ in range(3):
+            shifted = margin(model, logits, y)
+        bound = lipschitz.lipschitz_upper_bound(model, (1, 28, 28))
+        assert float(shifted[0, 0]) / (math.sqrt(2) * 0.5) == pytest.approx(bound, rel=1e-3)
+    assert forwards == [4, 4, 8, 8]  # per model: the margin's first call, then lipschitz_upper_bound's own

@@ -52,10 +52,18 @@ class LipschitzMargin(nn.Module):
         self.steps = check_int("steps", steps)
         self.through_bound = bool(through_bound)
         self.operators = OperatorNorms()
+        self._shapes: dict[nn.Module, tuple[int, ...]] = {}
+
+    def _input_shapes(self, model: nn.Module) -> dict[nn.Module, tuple[int, ...]]:
+        """``lipschitz.input_shapes``, recorded again only when ``model`` has a layer not seen before (it
+        costs a forward pass, as much as the rest of the margin)."""
+        if any(layer not in self._shapes for _, layer in operator_layers(model)):
+            self._shapes = lipschitz.input_shapes(model, self.input_shape)
+        return self._shapes
 
     def lipschitz(self, model: nn.Module) -> torch.Tensor:
         """The differentiable estimate of L (a 0-dim tensor)."""
-        shapes = lipschitz.input_shapes(model, self.input_shape)
+        shapes = self._input_shapes(model)
         layers = dict(operator_layers(model))
         norms: dict[nn.Module, torch.Tensor] = {
             layers[name]: sigma for name, sigma in self.operators.estimates(model, shapes, self.steps).items()
@@ -63,8 +71,9 @@ class LipschitzMargin(nn.Module):
         return torch.as_tensor(lipschitz.compose_bound(model, shapes, lambda layer, shape: norms[layer]))
 
     def forward(self, model: nn.Module, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        bound = self.lipschitz(model)
-        shift = math.sqrt(2.0) * self.eps * (bound if self.through_bound else bound.detach())
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.through_bound):
+            bound = self.lipschitz(model)
+        shift = math.sqrt(2.0) * self.eps * bound
         return logits + shift * (1 - F.one_hot(y, logits.shape[1]).to(logits.dtype))
 
     def __repr__(self) -> str:
