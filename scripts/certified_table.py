@@ -1,8 +1,10 @@
 """Issue 14's side-by-side table: per run folder, on the run's whole test set, the clean accuracy, the
 guaranteed Lipschitz bound L (``lipschitz.lipschitz_upper_bound``) and the certified l2 accuracy at each
-radius (margin > sqrt(2) L eps); beside them, from the folder's robustness.json (``kernel-reg evaluate``
-on its first n test images), the attacked accuracy at the same radii and the tightness L_lower / L; and
-the certified accuracy at every radius in [0, 1] (steps of 0.01) as a figure.
+radius, by the pairwise rule (f_y - f_j > K[y, j] eps for every j, ``lipschitz.pairwise_lipschitz``: what
+``kernel-reg evaluate`` reports) and by the global one (margin > sqrt(2) L eps); beside them, from the
+folder's robustness.json (``kernel-reg evaluate`` on its first n test images), the attacked accuracy at
+the same radii and the tightness L_lower / L; and the pairwise certified accuracy at every radius in
+[0, 1] (steps of 0.01) as a figure.
 
     python scripts/certified_table.py runs/fmnist_vgg5/* --eps 0.1 0.25 0.5 [--json out.json] [--plot out.png]
 """
@@ -29,12 +31,16 @@ def row(run_dir: Path, radii: list[float], device: str) -> dict:
     x, y = run.splits.test_x, run.splits.test_y
     with torch.no_grad():
         bound = lipschitz.lipschitz_upper_bound(run.model, run.splits.input_shape)
+        pairwise = lipschitz.pairwise_lipschitz(run.model, run.splits.input_shape)
         logits = torch.cat([run.model(batch) for batch in x.split(1000)])  # one pass for every column
     clean = float((logits.argmax(1) == y).float().mean())
-    radius = lipschitz.certified_radius(logits, y, bound)  # per test example
+    radius = lipschitz.certified_radius(logits, y, pairwise)  # per test example
+    radius_global = lipschitz.certified_radius(logits, y, bound)
     certified = {eps_key(e): float((radius > e).float().mean()) for e in radii}
+    certified_global = {eps_key(e): float((radius_global > e).float().mean()) for e in radii}
     curve = [float((radius > e).float().mean()) for e in CURVE]
-    values = dict(run=run_dir.name, n=len(y), clean=clean, lipschitz=bound, certified=certified, curve=curve)
+    values = dict(run=run_dir.name, n=len(y), clean=clean, lipschitz=bound, certified=certified,
+                  certified_global=certified_global, curve=curve)  # fmt: skip
     if (run_dir / ROBUSTNESS).is_file():
         record = read_robustness(run_dir)
         values.update(attacked_n=record.n, attacked={k: record.l2.get(k) for k in certified},
@@ -58,13 +64,15 @@ def main() -> None:
     rows = [row(run, args.eps, args.device) for run in args.runs]
     keys = [eps_key(e) for e in args.eps]
     print("| run | clean | L | " + " | ".join(f"certified {k}" for k in keys) + " | "
+          + " | ".join(f"sqrt(2) L rule {k}" for k in keys) + " | "
           + " | ".join(f"attacked {k}" for k in keys) + " | L_lower / L |")  # fmt: skip
-    print("|---" * (3 + 2 * len(keys) + 1) + "|")
+    print("|---" * (3 + 3 * len(keys) + 1) + "|")
     for r in rows:
         attacked = r.get("attacked", {})
         tight = "-" if r.get("tightness") is None else f"{r['tightness']:.2f}"
         print(f"| {r['run']} | {percent(r['clean'])} | {r['lipschitz']:.3f} | "
               + " | ".join(percent(r["certified"][k]) for k in keys) + " | "
+              + " | ".join(percent(r["certified_global"][k]) for k in keys) + " | "
               + " | ".join(percent(attacked.get(k)) for k in keys) + f" | {tight} |")  # fmt: skip
     if args.json is not None:
         args.json.write_text(json.dumps(rows, indent=2))

@@ -166,6 +166,50 @@ def test_certified_accuracy_of_a_linear_model_matches_the_margin_rule():
     assert lipschitz.certified_accuracy(model, x, y, 0.1) <= lipschitz.certified_accuracy(model, x, y, 0.0)
 
 
+def test_pairwise_bounds_hold_for_every_difference_of_two_logits():
+    """K[i, j] >= ||grad (f_i - f_j)(x)|| at every x tried (a lower bound on Lip(f_i - f_j)), K <= sqrt(2) L,
+    symmetric with a zero diagonal, and tighter than sqrt(2) L where the last layer's rows are not
+    orthonormal (a random Linear layer)."""
+    torch.manual_seed(8)
+    model = nn.Sequential(
+        nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(48, 6), nn.ReLU(), nn.Linear(6, 4)
+    ).double()
+    pairwise = lipschitz.pairwise_lipschitz(model, (1, 4, 4))
+    bound = lipschitz.lipschitz_upper_bound(model, (1, 4, 4))
+    assert pairwise.dtype == torch.float64 and torch.equal(pairwise, pairwise.T)
+    assert torch.all(pairwise.diagonal() == 0) and torch.all(pairwise <= math.sqrt(2) * bound)
+    assert float(pairwise.max()) < math.sqrt(2) * bound  # every pair gains here
+    x = torch.randn(200, 1, 4, 4, dtype=torch.float64)
+    jacobians = torch.stack([jacobian(model, x[i : i + 1]).reshape(4, 16) for i in range(200)])  # (200, 4, 16)
+    for i in range(4):
+        for j in range(4):
+            slopes = (jacobians[:, i] - jacobians[:, j]).norm(dim=1)
+            assert float(slopes.max()) <= float(pairwise[i, j]) + 1e-12
+
+
+def test_pairwise_bounds_without_a_linear_head_are_the_global_rule():
+    torch.manual_seed(9)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(5, 3), nn.ReLU()).double()
+    pairwise = lipschitz.pairwise_lipschitz(model, (5,))
+    expected = math.sqrt(2) * lipschitz.lipschitz_upper_bound(model, (5,)) * (1 - torch.eye(3, dtype=torch.float64))
+    assert torch.allclose(pairwise, expected, rtol=1e-12)
+
+
+def test_a_pair_of_logits_that_never_changes_is_certified_by_its_sign():
+    """Two equal rows of the last layer: f_0 - f_1 = b_0 - b_1 everywhere, so K[0, 1] = 0 and class 0 is
+    certified at every radius (radius +inf), class 1 at none (-inf), whatever the input."""
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3, 2)).double()
+    with torch.no_grad():
+        model[1].weight.copy_(torch.tensor([[1.0, -2.0, 0.5], [1.0, -2.0, 0.5]]))
+        model[1].bias.copy_(torch.tensor([1.0, 0.0]))
+    pairwise = lipschitz.pairwise_lipschitz(model, (3,))
+    assert torch.equal(pairwise, torch.zeros(2, 2, dtype=torch.float64))
+    x = torch.randn(6, 3, dtype=torch.float64)
+    radii = lipschitz.certified_radius(model(x), torch.tensor([0, 1, 0, 1, 0, 1]), pairwise)
+    assert radii.tolist() == [math.inf, -math.inf] * 3
+    assert lipschitz.certified_accuracy(model, x, torch.zeros(6, dtype=torch.long), 1e9) == 1.0
+
+
 def test_the_jacobian_lower_bound_is_exact_for_a_linear_map_and_below_the_bound_elsewhere():
     torch.manual_seed(4)
     linear = nn.Sequential(nn.Flatten(), nn.Linear(12, 5)).double()

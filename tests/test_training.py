@@ -320,6 +320,9 @@ def test_a_normalized_run_keeps_every_layer_at_norm_one_resumes_and_certifies_be
     x, y = run.splits.test_x, run.splits.test_y
     assert row["n"] == len(y) and row["lipschitz"] == pytest.approx(result.lipschitz_bound)
     assert row["certified"]["0.1"] == pytest.approx(lipschitz.certified_accuracy(run.model, x, y, 0.1))
+    bound = lipschitz.lipschitz_upper_bound(run.model, x.shape[1:])
+    assert row["certified_global"]["0.1"] == pytest.approx(lipschitz.certified_accuracy(run.model, x, y, 0.1, bound))
+    assert row["certified_global"]["0.1"] <= row["certified"]["0.1"]
     assert row["clean"] == pytest.approx(accuracy(run.model, x, y)[1])
     assert row["attacked"] == result.l2 and row["attacked_n"] == 32
 

@@ -291,8 +291,9 @@ def evaluate_model(
     produced them, and the gradient-masking checks (``epoch``, ``weights`` and ``trained_to`` left unset).
 
     Robust accuracy at each radius: under the per-example worst case of the settings' attacks. Certified
-    l2 accuracy: margin > sqrt(2) L eps at each l2 radius, L = ``lipschitz.lipschitz_upper_bound`` (None,
-    with ``certified_note``, for a model with a layer without a Lipschitz rule). The model is left as it
+    l2 accuracy: f_y - f_j > K[y, j] eps for every j at each l2 radius, K = ``lipschitz.pairwise_lipschitz``
+    (at most sqrt(2) L, L = ``lipschitz.lipschitz_upper_bound``; None, with ``certified_note``, for a model
+    with a layer without a Lipschitz rule). The model is left as it
     was found; the global RNG is not used.
 
     Args:
@@ -326,13 +327,17 @@ def evaluate_model(
     note = None
     try:
         bound: float | None = lipschitz.lipschitz_upper_bound(model, input_shape)
+        pairwise = lipschitz.pairwise_lipschitz(model, input_shape)
     except TypeError as error:  # a layer without a Lipschitz rule: no certificate
         bound, note = None, str(error)
     else:
-        certified = {eps_key(e): lipschitz.certified_accuracy(model, x, y, e, bound) for e in settings.l2_eps}
+        certified = {eps_key(e): lipschitz.certified_accuracy(model, x, y, e, pairwise) for e in settings.l2_eps}
     lower = lipschitz.lipschitz_lower_bound(model, x[: settings.lipschitz_probe]) if settings.lipschitz_probe else None
     attacks = {norm: describe_attacks(norm, settings) for norm in ("l2", "linf") if accuracies[norm]}
-    attacks["certified_l2"] = "margin > sqrt(2) * L * eps, L the Gram-iteration Lipschitz upper bound"
+    attacks["certified_l2"] = (
+        "f_y - f_j > K[y, j] * eps for every j != y, K[y, j] = min(sqrt(2) L, ||w_y - w_j|| L_body): Gram-iteration"
+        " Lipschitz upper bounds of the model (L) and of the layers before its last Linear one (L_body)"
+    )
     found: list[MaskingCheck] | None = None
     doubled: dict[str, dict[str, float]] = {}
     if settings.checks:
