@@ -4,9 +4,10 @@ radius, by the pairwise rule (f_y - f_j > K[y, j] eps for every j, ``lipschitz.p
 ``kernel-reg evaluate`` reports) and by the global one (margin > sqrt(2) L eps); beside them, from the
 folder's robustness.json (``kernel-reg evaluate`` on its first n test images), the attacked accuracy at
 the same radii and the tightness L_lower / L; and the pairwise certified accuracy at every radius in
-[0, 1] (steps of 0.01) as a figure.
+[0, 1] (steps of 0.01) as a figure, and clean against certified accuracy (a point per run) as another.
 
     python scripts/certified_table.py runs/fmnist_vgg5/* --eps 0.1 0.25 0.5 [--json out.json] [--plot out.png]
+        [--tradeoff tradeoff.png]
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ import torch
 from kernel_reg import lipschitz
 from kernel_reg.builders import load_run
 from kernel_reg.evaluation import eps_key
-from kernel_reg.plots import plot_certified_curves
-from kernel_reg.rundir import ROBUSTNESS, read_robustness
+from kernel_reg.plots import plot_certified_curves, plot_certified_tradeoff
+from kernel_reg.rundir import ROBUSTNESS, atomic_write_text, read_robustness
 
 CURVE = [i / 100 for i in range(101)]  # the radii of the certified-accuracy curve
 
@@ -60,8 +61,18 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows as JSON")
     parser.add_argument("--plot", type=Path, default=None, help="also draw certified accuracy against the radius")
+    parser.add_argument(
+        "--tradeoff",
+        type=Path,
+        default=None,
+        help="also draw clean against certified accuracy at the largest --eps, a point per run",
+    )
     args = parser.parse_args()
     rows = [row(run, args.eps, args.device) for run in args.runs]
+    names = [r["run"] for r in rows]
+    for r, run in zip(rows, args.runs):
+        if names.count(r["run"]) > 1:  # the same folder name in two studies: the figures' keys must differ
+            r["run"] = f"{run.resolve().parent.name}/{run.resolve().name}"
     keys = [eps_key(e) for e in args.eps]
     print("| run | clean | L | " + " | ".join(f"certified {k}" for k in keys) + " | "
           + " | ".join(f"sqrt(2) L rule {k}" for k in keys) + " | "
@@ -75,12 +86,17 @@ def main() -> None:
               + " | ".join(percent(r["certified_global"][k]) for k in keys) + " | "
               + " | ".join(percent(attacked.get(k)) for k in keys) + f" | {tight} |")  # fmt: skip
     if args.json is not None:
-        args.json.write_text(json.dumps(rows, indent=2))
+        atomic_write_text(args.json, json.dumps(rows, indent=2))
     if args.plot is not None:
         plot_certified_curves(
             {r["run"]: (CURVE, r["curve"]) for r in rows},
             {r["run"]: {float(k): v for k, v in r.get("attacked", {}).items() if v is not None} for r in rows},
             args.plot,
+        )
+    if args.tradeoff is not None:
+        largest = eps_key(max(args.eps))
+        plot_certified_tradeoff(
+            {r["run"]: (r["clean"], r["certified"][largest]) for r in rows}, max(args.eps), args.tradeoff
         )
 
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -325,6 +326,15 @@ def test_a_normalized_run_keeps_every_layer_at_norm_one_resumes_and_certifies_be
     assert row["certified_global"]["0.1"] <= row["certified"]["0.1"]
     assert row["clean"] == pytest.approx(accuracy(run.model, x, y)[1])
     assert row["attacked"] == result.l2 and row["attacked_n"] == 32
+    # the same run name in two studies: two rows, two labels, and the trade-off figure
+    twin = tmp_path / "study2" / run_path(config).name
+    shutil.copytree(run_path(config), twin)
+    tradeoff = tmp_path / "tradeoff.png"
+    subprocess.run([sys.executable, script, run_path(config), twin, "--eps", "0.1", "--device", "cpu", "--json",
+                    table, "--tradeoff", tradeoff], check=True, capture_output=True)  # fmt: skip
+    rows = json.loads(table.read_text())
+    assert [r["run"] for r in rows] == [f"{run_path(config).parent.name}/{twin.name}", f"study2/{twin.name}"]
+    assert rows[0]["certified"] == rows[1]["certified"] and tradeoff.stat().st_size > 0
 
 
 def test_rkhs_bounds_are_the_penalties_values_from_one_set_of_gradients():

@@ -204,6 +204,24 @@ def plot_certified_curves(
     _save(fig, path)
 
 
+def plot_certified_tradeoff(points: dict[str, tuple[float, float]], radius: float, path: Path) -> None:
+    """Clean against certified accuracy at ``radius``, one labelled point per model (``points``: name ->
+    (clean, certified), both in [0, 1]): the trade-off a margin or a width moves a model along."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    for name, (clean, certified) in points.items():
+        ax.plot(100 * clean, 100 * certified, "o", color="tab:blue", markersize=5)
+        ax.annotate(name, (100 * clean, 100 * certified), xytext=(4, 3), textcoords="offset points", fontsize=7)
+    ax.set_xlabel("clean accuracy (%)")
+    ax.set_ylabel(f"certified accuracy at l2 radius {radius:g} (%)")
+    ax.set_title("certified against clean accuracy", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.margins(x=0.25, y=0.1)  # room for the labels on the right
+    fig.tight_layout()
+    _save(fig, path)
+
+
 def _save(fig: Any, path: Path) -> None:
     import matplotlib.pyplot as plt
 
