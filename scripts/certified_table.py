@@ -7,7 +7,7 @@ the same radii and the tightness L_lower / L; and the pairwise certified accurac
 [0, 1] (steps of 0.01) as a figure, and clean against certified accuracy (a point per run) as another.
 
     python scripts/certified_table.py runs/fmnist_vgg5/* --eps 0.1 0.25 0.5 [--json out.json] [--plot out.png]
-        [--tradeoff tradeoff.png]
+        [--tradeoff tradeoff.png [--target 88 75]]
 """
 
 from __future__ import annotations
@@ -67,6 +67,8 @@ def main() -> None:
         default=None,
         help="also draw clean against certified accuracy at the largest --eps, a point per run",
     )
+    parser.add_argument("--target", nargs=2, type=float, default=None, metavar=("CLEAN", "CERTIFIED"),
+                        help="a star on the trade-off figure at these accuracies in %%")  # fmt: skip
     args = parser.parse_args()
     rows = [row(run, args.eps, args.device) for run in args.runs]
     names = [r["run"] for r in rows]
@@ -95,9 +97,9 @@ def main() -> None:
         )
     if args.tradeoff is not None:
         largest = eps_key(max(args.eps))
-        plot_certified_tradeoff(
-            {r["run"]: (r["clean"], r["certified"][largest]) for r in rows}, max(args.eps), args.tradeoff
-        )
+        target = None if args.target is None else (args.target[0] / 100, args.target[1] / 100)
+        points = {r["run"]: (r["clean"], r["certified"][largest]) for r in rows}
+        plot_certified_tradeoff(points, max(args.eps), args.tradeoff, target)
 
 
 if __name__ == "__main__":

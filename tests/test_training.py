@@ -331,7 +331,8 @@ def test_a_normalized_run_keeps_every_layer_at_norm_one_resumes_and_certifies_be
     shutil.copytree(run_path(config), twin)
     tradeoff = tmp_path / "tradeoff.png"
     subprocess.run([sys.executable, script, run_path(config), twin, "--eps", "0.1", "--device", "cpu", "--json",
-                    table, "--tradeoff", tradeoff], check=True, capture_output=True)  # fmt: skip
+                    table, "--tradeoff", tradeoff, "--target", "88", "75"],
+                   check=True, capture_output=True)  # fmt: skip
     rows = json.loads(table.read_text())
     assert [r["run"] for r in rows] == [f"{run_path(config).parent.name}/{twin.name}", f"study2/{twin.name}"]
     assert rows[0]["certified"] == rows[1]["certified"] and tradeoff.stat().st_size > 0

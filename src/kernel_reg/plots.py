@@ -204,20 +204,26 @@ def plot_certified_curves(
     _save(fig, path)
 
 
-def plot_certified_tradeoff(points: dict[str, tuple[float, float]], radius: float, path: Path) -> None:
-    """Clean against certified accuracy at ``radius``, one labelled point per model (``points``: name ->
-    (clean, certified), both in [0, 1]): the trade-off a margin or a width moves a model along."""
+def plot_certified_tradeoff(
+    points: dict[str, tuple[float, float]], radius: float, path: Path, target: tuple[float, float] | None = None
+) -> None:
+    """Clean against certified accuracy at ``radius``, one numbered point per model (``points``: name ->
+    (clean, certified), both in [0, 1]; the legend names the numbers, which overlap less than names), and
+    ``target`` (clean, certified) as a star: the trade-off a margin or a width moves a model along."""
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    for name, (clean, certified) in points.items():
-        ax.plot(100 * clean, 100 * certified, "o", color="tab:blue", markersize=5)
-        ax.annotate(name, (100 * clean, 100 * certified), xytext=(4, 3), textcoords="offset points", fontsize=7)
+    fig, ax = plt.subplots(figsize=(7.4, 4.4))
+    for number, (name, (clean, certified)) in enumerate(points.items(), start=1):
+        colour = plt.get_cmap("tab10")((number - 1) % 10)
+        ax.plot(100 * clean, 100 * certified, "o", color=colour, markersize=6, label=f"{number}: {name}")
+        ax.annotate(str(number), (100 * clean, 100 * certified), xytext=(4, 3), textcoords="offset points", fontsize=8)
+    if target is not None:
+        ax.plot(100 * target[0], 100 * target[1], "*", color="black", markersize=12, label="target")
     ax.set_xlabel("clean accuracy (%)")
     ax.set_ylabel(f"certified accuracy at l2 radius {radius:g} (%)")
     ax.set_title("certified against clean accuracy", fontsize=10)
     ax.grid(alpha=0.3)
-    ax.margins(x=0.25, y=0.1)  # room for the labels on the right
+    ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
     fig.tight_layout()
     _save(fig, path)
 
