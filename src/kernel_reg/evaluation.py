@@ -293,8 +293,7 @@ def evaluate_model(
     Robust accuracy at each radius: under the per-example worst case of the settings' attacks. Certified
     l2 accuracy: f_y - f_j > K[y, j] eps for every j at each l2 radius, K = ``lipschitz.pairwise_lipschitz``
     (at most sqrt(2) L, L = ``lipschitz.lipschitz_upper_bound``; None, with ``certified_note``, for a model
-    with a layer without a Lipschitz rule). The model is left as it
-    was found; the global RNG is not used.
+    with a layer without a Lipschitz rule). The model is left as it was found; the global RNG is not used.
 
     Args:
         model: maps x to logits (n, k).
