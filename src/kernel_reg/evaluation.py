@@ -362,7 +362,7 @@ def summary(result: Robustness) -> list[str]:
             lines.append(f"  {norm} robust accuracy (%) at eps {cells(norm, values)}")
     if result.certified_l2 is not None:
         lines.append(f"  certified l2 accuracy (%) at eps {cells('l2', result.certified_l2)} "
-                     f"(Lipschitz bound {result.lipschitz_bound:.4g})")  # fmt: skip
+                     f"(per pair of classes; Lipschitz bound {result.lipschitz_bound:.4g})")  # fmt: skip
         if result.lipschitz_lower is not None and result.lipschitz_bound:
             ratio = result.lipschitz_bound / max(result.lipschitz_lower, 1e-30)
             lines.append(f"  Lipschitz constant between {result.lipschitz_lower:.4g} (largest Jacobian norm "
