@@ -243,6 +243,39 @@ def test_the_lipschitz_margin_raises_the_other_logits_by_the_certified_amount():
     assert not held.requires_grad  # L held constant: no gradient reaches the weights through it
 
 
+def test_the_pairwise_margin_raises_each_logit_by_its_pair_constant():
+    """Converged power iteration: logit j of an example of class y rises by eps K[y, j], K the guaranteed
+    pairwise bounds of lipschitz.pairwise_lipschitz (to 1e-3), the label's logit not at all; the row
+    differences carry a gradient (finite, also with L held), L only when it is not held."""
+    from kernel_reg.margin import LipschitzMargin
+
+    torch.manual_seed(10)
+    model = models.lipnet(width=4).double()
+    logits, y = torch.zeros(4, 10, dtype=torch.float64), torch.tensor([0, 3, 3, 9])
+    margin = LipschitzMargin(eps=0.5, input_shape=(1, 28, 28), steps=1000, pairwise=True)
+    shifted = margin(model, logits, y)
+    pairwise = lipschitz.pairwise_lipschitz(model, (1, 28, 28))
+    assert torch.allclose(shifted, 0.5 * pairwise[y], rtol=1e-3, atol=1e-12)
+    assert torch.all(shifted.gather(1, y[:, None]) == 0)
+    assert bool((pairwise < math.sqrt(2) * lipschitz.lipschitz_upper_bound(model, (1, 28, 28)) - 1e-6).any())
+    for through_bound in (True, False):
+        model.zero_grad()
+        held = LipschitzMargin(eps=0.5, input_shape=(1, 28, 28), through_bound=through_bound, pairwise=True)
+        held(model, logits, y).sum().backward()
+        head, first = model[-1].weight.grad, model[1].weight.grad  # model[0] normalizes the input
+        assert head is not None and torch.isfinite(head).all() and head.abs().sum() > 0
+        assert (first is not None and first.abs().sum() > 0) == through_bound
+
+
+def test_the_pairwise_margin_refuses_a_model_without_a_linear_head():
+    from kernel_reg.margin import LipschitzMargin
+
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3), nn.ReLU())
+    margin = LipschitzMargin(eps=0.5, input_shape=(4,), pairwise=True)
+    with pytest.raises(ValueError, match="ending with a Linear layer.*ends with ReLU"):
+        margin(model, torch.zeros(2, 3), torch.tensor([0, 1]))
+
+
 def test_the_lipschitz_margin_records_the_input_shapes_once_per_model():
     """The layers' input shapes cost a forward pass: one for the first call on a model, none after, and a
     model with other layers (here other shapes) is recorded anew, giving its own L."""

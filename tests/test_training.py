@@ -1,6 +1,7 @@
 """Training end to end on tiny budgets: every regularizer, checkpoints, resume, divergence."""
 
 import json
+import math
 import os
 import shutil
 import signal
@@ -254,6 +255,17 @@ def test_an_exact_spectral_penalty_on_diverged_weights_is_a_divergence(tmp_path,
 def test_more_test_images_than_the_data_set_has_is_refused(tmp_path, tiny):
     with pytest.raises(ValueError, match="n_test=5000 exceeds the 2000 images of the test set"):
         train(tiny(tmp_path, n_test=5000), log=lambda _: None)
+
+
+def test_a_pairwise_margin_run_trains_and_names_a_wrong_rule(tmp_path, tiny):
+    config = tiny(tmp_path, model="lipnet", width=4, num_epochs=1, lipschitz_margin=0.3, margin_rule="pairwise",
+                  normalization="orthogonal")  # fmt: skip
+    margin = build_regularizers(config, input_shape=(1, 28, 28)).margin
+    assert margin.pairwise and not margin.through_bound  # the normalization holds L
+    (row,) = train(config, log=lambda _: None)
+    assert math.isfinite(row.train_loss) and row.test_acc > 0.1
+    with pytest.raises(ValueError, match="margin_rule.*'global', 'pairwise'"):
+        config.replace(margin_rule="per-pair")
 
 
 def test_a_certified_training_run_keeps_its_certificates_below_its_attacks(tmp_path, tiny):

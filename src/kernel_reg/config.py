@@ -33,6 +33,7 @@ EXECUTION_FIELDS = ("name", "root", "device")
 SEED_FIELDS = ("seed", "shuf_seed")
 OPTIMIZERS = ("sgd", "adam")
 NORMALIZATIONS = ("operator", "orthogonal")
+MARGIN_RULES = ("global", "pairwise")
 
 
 @dataclass(frozen=True)
@@ -159,6 +160,8 @@ class Config:
     regs: tuple[RegSetting, ...] = ()
     # Lipschitz-margin training: the radius eps_train to keep a certified margin for (0: off)
     lipschitz_margin: float = 0.0
+    # "global": logits + sqrt(2) L eps off the label; "pairwise": + eps K[y, j] from the last layer's rows
+    margin_rule: str = "global"
     # the cross-entropy on s * logits, divided by s (s > 1: for networks whose logits move little, L <= 1)
     ce_scale: float = 1.0
     # monitoring: the RKHS-norm bracket on a fixed probe batch; its lower bounds (an exhaustive search, the
@@ -195,6 +198,7 @@ class Config:
             )
         if self.activation is not None:
             check_choice("activation", self.activation, tuple(ACTIVATIONS))
+        check_choice("margin_rule", self.margin_rule, MARGIN_RULES)
         if self.normalization is not None:
             check_choice("normalization", self.normalization, NORMALIZATIONS)
             if "project-sn" in names:
@@ -379,6 +383,8 @@ FIELD_HELP: dict[str, str] = {
     "num_epochs": "epochs to train (a resume may raise it)",
     "eval_delta": "epochs between two evaluations (accuracies, upper bound, checkpoint)",
     "lipschitz_margin": "eps_train of Lipschitz-margin training: logits + sqrt(2) L eps off the label (0: off)",
+    "margin_rule": "the margin's constant: global (sqrt(2) L) or pairwise (min(sqrt(2) L, ||w_y - w_j|| L_body), "
+    "the certificate kernel-reg evaluate uses; needs a model ending with a Linear layer)",
     "ce_scale": "s: the loss is CE(s logits, y) / s (s > 1 helps networks of small Lipschitz constant)",
     "probe_size": "training images of the probe batch of the RKHS-norm lower bounds",
     "probe_epsilon": "radius of the ||f||_delta lower bound on the probe",

@@ -15,6 +15,15 @@ normalizes by them (``spectral.normalize_``).
 L is the product bound of ``lipschitz.compose_bound`` with every Conv2d / Linear / CayleyConv2d norm from
 persistent power iteration (``spectral.OperatorNorms``): cheap, differentiable, and close to the guaranteed
 bound once the power iteration has converged.
+
+``pairwise=True`` trains for the certificate per pair of classes (``lipschitz.pairwise_lipschitz``; GloRo,
+Leino, Wang and Fredrikson, ICML 2021): logit j is raised by eps K[y, j] instead of sqrt(2) L eps,
+
+    K[y, j] = min(sqrt(2) L, ||w_y - w_j||_2 L_body),
+
+w the rows of the last Linear layer and L_body the estimate for the layers before it. The row differences
+always carry their gradient (they are the head's geometry, not a norm the normalization holds); L and
+L_body only with ``through_bound``.
 """
 
 from __future__ import annotations
@@ -39,18 +48,29 @@ class LipschitzMargin(nn.Module):
         input_shape: the shape of one input of the model, e.g. (1, 28, 28).
         steps: power-iteration steps per call (default 1).
         through_bound: whether the adjusted logits carry a gradient through L (default True, as LMT).
+        pairwise: raise logit j by eps K[y, j] (see the module docstring; default False: sqrt(2) L eps); the
+            model must be a ``nn.Sequential`` ending with a Linear layer.
 
     Shape:
         logits (n, k), y (n,); returns the adjusted logits (n, k), with a graph through L if
         ``through_bound``.
     """
 
-    def __init__(self, *, eps: float, input_shape: Sequence[int], steps: int = 1, through_bound: bool = True) -> None:
+    def __init__(
+        self,
+        *,
+        eps: float,
+        input_shape: Sequence[int],
+        steps: int = 1,
+        through_bound: bool = True,
+        pairwise: bool = False,
+    ) -> None:
         super().__init__()
         self.eps = check_positive("eps", eps)
         self.input_shape = tuple(input_shape)
         self.steps = check_int("steps", steps)
         self.through_bound = bool(through_bound)
+        self.pairwise = bool(pairwise)
         self.operators = OperatorNorms()
         self._shapes: dict[nn.Module, tuple[int, ...]] = {}
 
@@ -61,16 +81,38 @@ class LipschitzMargin(nn.Module):
             self._shapes = lipschitz.input_shapes(model, self.input_shape)
         return self._shapes
 
+    def _norms(self, model: nn.Module, shapes: dict[nn.Module, tuple[int, ...]]) -> dict[nn.Module, torch.Tensor]:
+        layers = dict(operator_layers(model))
+        return {layers[name]: sigma for name, sigma in self.operators.estimates(model, shapes, self.steps).items()}
+
     def lipschitz(self, model: nn.Module) -> torch.Tensor:
         """The differentiable estimate of L (a 0-dim tensor)."""
         shapes = self._input_shapes(model)
-        layers = dict(operator_layers(model))
-        norms: dict[nn.Module, torch.Tensor] = {
-            layers[name]: sigma for name, sigma in self.operators.estimates(model, shapes, self.steps).items()
-        }
+        norms = self._norms(model, shapes)
         return torch.as_tensor(lipschitz.compose_bound(model, shapes, lambda layer, shape: norms[layer]))
 
+    def pairwise_lipschitz(self, model: nn.Module) -> torch.Tensor:
+        """The differentiable estimate of K (k, k): min(sqrt(2) L, ||w_i - w_j|| L_body), zero diagonal."""
+        if not (isinstance(model, nn.Sequential) and len(model) and isinstance(model[-1], nn.Linear)):
+            last = type(model[-1] if isinstance(model, nn.Sequential) and len(model) else model).__name__
+            raise ValueError(
+                f"the pairwise Lipschitz margin needs a nn.Sequential ending with a Linear layer (the rows of the "
+                f"last layer give each pair's constant); this model ends with {last}: use pairwise=False"
+            )
+        shapes = self._input_shapes(model)
+        norms = self._norms(model, shapes)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.through_bound):
+            whole = torch.as_tensor(lipschitz.compose_bound(model, shapes, lambda layer, shape: norms[layer]))
+            body = torch.as_tensor(lipschitz.compose_bound(model[:-1], shapes, lambda layer, shape: norms[layer]))
+        w = model[-1].weight  # (k, d)
+        squared = torch.stack([((w - w_i) ** 2).sum(1) for w_i in w])  # ||w_i - w_j||^2
+        tiny = torch.finfo(w.dtype).tiny
+        rows = torch.where(squared > 0, squared.clamp_min(tiny).sqrt(), torch.zeros_like(squared))  # no NaN at 0
+        return torch.minimum(rows * body, math.sqrt(2.0) * whole)
+
     def forward(self, model: nn.Module, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.pairwise:
+            return logits + self.eps * self.pairwise_lipschitz(model)[y].to(logits.dtype)
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.through_bound):
             bound = self.lipschitz(model)
         shift = math.sqrt(2.0) * self.eps * bound

@@ -122,7 +122,12 @@ def build_regularizers(config: Config, group: Group = SINGLE, input_shape: Seque
         held = config.normalization is not None or (
             built.projection is not None and built.projection.norm == "operator"
         )
-        built.margin = LipschitzMargin(eps=config.lipschitz_margin, input_shape=input_shape, through_bound=not held)
+        built.margin = LipschitzMargin(
+            eps=config.lipschitz_margin,
+            input_shape=input_shape,
+            through_bound=not held,
+            pairwise=config.margin_rule == "pairwise",
+        )
     return built
 
 
