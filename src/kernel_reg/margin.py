@@ -21,9 +21,10 @@ Leino, Wang and Fredrikson, ICML 2021): logit j is raised by eps K[y, j] instead
 
     K[y, j] = min(sqrt(2) L, ||w_y - w_j||_2 L_body),
 
-w the rows of the last Linear layer and L_body the estimate for the layers before it. The row differences
-always carry their gradient (they are the head's geometry, not a norm the normalization holds); L and
-L_body only with ``through_bound``.
+w the rows of the last Linear layer and L_body the estimate for the layers before it, all with their
+gradient only with ``through_bound``. With the rows' gradient under the normalization, the shift pulls the
+rows together: an orthogonal lipnet (6000 images, 10 epochs, eps 0.7) ended at 78.0% clean and 65.3%
+certified at l2 0.5 per pair (12.8% by the sqrt(2) L rule) against 84.0% and 63.3% for the global margin.
 """
 
 from __future__ import annotations
@@ -104,11 +105,11 @@ class LipschitzMargin(nn.Module):
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.through_bound):
             whole = torch.as_tensor(lipschitz.compose_bound(model, shapes, lambda layer, shape: norms[layer]))
             body = torch.as_tensor(lipschitz.compose_bound(model[:-1], shapes, lambda layer, shape: norms[layer]))
-        w = model[-1].weight  # (k, d)
-        squared = torch.stack([((w - w_i) ** 2).sum(1) for w_i in w])  # ||w_i - w_j||^2
-        tiny = torch.finfo(w.dtype).tiny
-        rows = torch.where(squared > 0, squared.clamp_min(tiny).sqrt(), torch.zeros_like(squared))  # no NaN at 0
-        return torch.minimum(rows * body, math.sqrt(2.0) * whole)
+            w = model[-1].weight  # (k, d)
+            squared = torch.stack([((w - w_i) ** 2).sum(1) for w_i in w])  # ||w_i - w_j||^2
+            tiny = torch.finfo(w.dtype).tiny
+            rows = torch.where(squared > 0, squared.clamp_min(tiny).sqrt(), torch.zeros_like(squared))  # no NaN at 0
+            return torch.minimum(rows * body, math.sqrt(2.0) * whole)
 
     def forward(self, model: nn.Module, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if self.pairwise:
