@@ -31,8 +31,7 @@ def row(run_dir: Path, radii: list[float], device: str) -> dict:
     run = load_run(run_dir, device, which="last")
     x, y = run.splits.test_x, run.splits.test_y
     with torch.no_grad():
-        bound = lipschitz.lipschitz_upper_bound(run.model, run.splits.input_shape)
-        pairwise = lipschitz.pairwise_lipschitz(run.model, run.splits.input_shape)
+        bound, pairwise = lipschitz.lipschitz_bounds(run.model, run.splits.input_shape)
         logits = torch.cat([run.model(batch) for batch in x.split(1000)])  # one pass for every column
     clean = float((logits.argmax(1) == y).float().mean())
     radius = lipschitz.certified_radius(logits, y, pairwise)  # per test example

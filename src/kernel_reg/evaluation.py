@@ -325,8 +325,7 @@ def evaluate_model(
     certified: dict[str, float] | None = None
     note = None
     try:
-        bound: float | None = lipschitz.lipschitz_upper_bound(model, input_shape)
-        pairwise = lipschitz.pairwise_lipschitz(model, input_shape)
+        bound, pairwise = lipschitz.lipschitz_bounds(model, input_shape)
     except TypeError as error:  # a layer without a Lipschitz rule: no certificate
         bound, note = None, str(error)
     else:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol, Union, runtime_checkable
+from typing import Any, Protocol, Union, cast, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -375,6 +375,44 @@ def lipschitz_lower_bound(model: nn.Module, x: torch.Tensor, steps: int = 10) ->
     return float(sigma.detach().max())
 
 
+def linear_head(model: nn.Module) -> nn.Linear | None:
+    """The last layer of ``model`` when it is a ``nn.Sequential`` ending with a Linear one, else None."""
+    if isinstance(model, nn.Sequential) and len(model) and isinstance(model[-1], nn.Linear):
+        return model[-1]
+    return None
+
+
+def pair_constants(weight: torch.Tensor, body: Bound, whole: Bound) -> torch.Tensor:
+    """min(sqrt(2) L, ||w_i - w_j||_2 L_body) for every pair of rows of ``weight`` (k, d), with L = ``whole``
+    and L_body = ``body``: (k, k), zero on the diagonal; differentiable (no NaN at equal rows)."""
+    squared = torch.stack([((weight - w_i) ** 2).sum(1) for w_i in weight])  # ||w_i - w_j||^2, a row at a time
+    tiny = torch.finfo(weight.dtype).tiny
+    rows = torch.where(squared > 0, squared.clamp_min(tiny).sqrt(), torch.zeros_like(squared))
+    return torch.minimum(rows * body, math.sqrt(2.0) * torch.as_tensor(whole, dtype=weight.dtype))
+
+
+def lipschitz_bounds(model: nn.Module, input_shape: Sequence[int], iters: int = 12) -> tuple[float, torch.Tensor]:
+    """``lipschitz_upper_bound`` and ``pairwise_lipschitz`` from one bound per layer: (L, K)."""
+    shapes = input_shapes(model, input_shape)
+    norms: dict[nn.Module, Bound] = {}
+
+    def linear(layer: nn.Module, shape: tuple[int, ...]) -> Bound:  # each layer bounded once for both products
+        if layer not in norms:
+            norms[layer] = _layer_bound(layer, shape, iters)
+        return norms[layer]
+
+    whole = float(compose_bound(model, shapes, linear))
+    head = linear_head(model)
+    if head is not None:
+        body = float(compose_bound(cast(nn.Sequential, model)[:-1], shapes, linear))
+        return whole, pair_constants(head.weight.detach().double(), body, whole)  # a parametrization's own weight
+    reference = _reference(model)
+    with preserved_state(model, mode=False), torch.no_grad():
+        k = model(torch.zeros(1, *input_shape, device=reference.device, dtype=reference.dtype)).shape[1]
+    pairwise = torch.full((k, k), math.sqrt(2.0) * whole, dtype=torch.float64, device=reference.device)
+    return whole, pairwise.fill_diagonal_(0.0)
+
+
 def pairwise_lipschitz(model: nn.Module, input_shape: Sequence[int], iters: int = 12) -> torch.Tensor:
     """Guaranteed bounds on the l2 Lipschitz constants of the logit differences, K[i, j] >= Lip(f_i - f_j),
     from the rows of the last layer (Leino, Wang and Fredrikson, "Globally-Robust Neural Networks", ICML
@@ -385,7 +423,8 @@ def pairwise_lipschitz(model: nn.Module, input_shape: Sequence[int], iters: int 
 
     and K[i, j] = sqrt(2) L for any other model, L = ``lipschitz_upper_bound(model)``. As
     ||w_i - w_j|| <= sqrt(2) ||W||_2, the certificate it gives (``certified_radius``) is never looser than
-    margin > sqrt(2) L eps, and tighter wherever the rows of W are not orthonormal.
+    margin > sqrt(2) L eps, and tighter wherever the rows of W are not orthonormal. ``lipschitz_bounds``
+    gives L with it for the price of one.
 
     Args:
         model: as for ``lipschitz_upper_bound``.
@@ -395,26 +434,7 @@ def pairwise_lipschitz(model: nn.Module, input_shape: Sequence[int], iters: int 
     Returns:
         K, (k, k) float64 on the model's device, k the number of logits.
     """
-    shapes = input_shapes(model, input_shape)
-    norms: dict[nn.Module, Bound] = {}
-
-    def linear(layer: nn.Module, shape: tuple[int, ...]) -> Bound:  # each layer bounded once for both products
-        if layer not in norms:
-            norms[layer] = _layer_bound(layer, shape, iters)
-        return norms[layer]
-
-    global_rule = math.sqrt(2.0) * float(compose_bound(model, shapes, linear))
-    if isinstance(model, nn.Sequential) and len(model) and isinstance(model[-1], nn.Linear):
-        body = float(compose_bound(model[:-1], shapes, linear))
-        w = model[-1].weight.detach().double()  # (k, d), a parametrization's effective weight
-        rows = torch.stack([(w - w_i).norm(dim=1) for w_i in w])  # ||w_i - w_j||, one row at a time
-        pairwise = torch.clamp(rows * body, max=global_rule)
-    else:
-        reference = _reference(model)
-        with preserved_state(model, mode=False), torch.no_grad():
-            k = model(torch.zeros(1, *input_shape, device=reference.device, dtype=reference.dtype)).shape[1]
-        pairwise = torch.full((k, k), global_rule, dtype=torch.float64, device=reference.device)
-    return pairwise.fill_diagonal_(0.0)
+    return lipschitz_bounds(model, input_shape, iters)[1]
 
 
 def certified_radius(logits: torch.Tensor, y: torch.Tensor, lipschitz: float | torch.Tensor) -> torch.Tensor:

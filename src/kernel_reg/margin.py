@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -94,7 +95,8 @@ class LipschitzMargin(nn.Module):
 
     def pairwise_lipschitz(self, model: nn.Module) -> torch.Tensor:
         """The differentiable estimate of K (k, k): min(sqrt(2) L, ||w_i - w_j|| L_body), zero diagonal."""
-        if not (isinstance(model, nn.Sequential) and len(model) and isinstance(model[-1], nn.Linear)):
+        head = lipschitz.linear_head(model)
+        if head is None:
             last = type(model[-1] if isinstance(model, nn.Sequential) and len(model) else model).__name__
             raise ValueError(
                 f"the pairwise Lipschitz margin needs a nn.Sequential ending with a Linear layer (the rows of the "
@@ -103,13 +105,9 @@ class LipschitzMargin(nn.Module):
         shapes = self._input_shapes(model)
         norms = self._norms(model, shapes)
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.through_bound):
-            whole = torch.as_tensor(lipschitz.compose_bound(model, shapes, lambda layer, shape: norms[layer]))
-            body = torch.as_tensor(lipschitz.compose_bound(model[:-1], shapes, lambda layer, shape: norms[layer]))
-            w = model[-1].weight  # (k, d)
-            squared = torch.stack([((w - w_i) ** 2).sum(1) for w_i in w])  # ||w_i - w_j||^2
-            tiny = torch.finfo(w.dtype).tiny
-            rows = torch.where(squared > 0, squared.clamp_min(tiny).sqrt(), torch.zeros_like(squared))  # no NaN at 0
-            return torch.minimum(rows * body, math.sqrt(2.0) * whole)
+            whole = lipschitz.compose_bound(model, shapes, lambda layer, shape: norms[layer])
+            body = lipschitz.compose_bound(cast(nn.Sequential, model)[:-1], shapes, lambda layer, shape: norms[layer])
+            return lipschitz.pair_constants(head.weight, body, whole)
 
     def forward(self, model: nn.Module, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if self.pairwise:
