@@ -1,13 +1,22 @@
 """Reports: runs are seeds of one setting only when their whole configurations differ in seed fields;
 set-aside, hidden and damaged run folders never reach a table."""
 
+import dataclasses
 import statistics
 
 import pytest
 
 from kernel_reg.config import preset_config
 from kernel_reg.report import collect_runs, markdown_table, paired_table, selection_table, studies, write_report
-from kernel_reg.rundir import MetricsRow, Robustness, run_path, write_config, write_metrics, write_robustness
+from kernel_reg.rundir import (
+    MetricsRow,
+    Robustness,
+    read_metrics,
+    run_path,
+    write_config,
+    write_metrics,
+    write_robustness,
+)
 
 
 def make_run(root, name, test_acc, val_acc=0.5, experiment="fmnist1000_vgg5", **changes):
@@ -176,3 +185,83 @@ def test_settings_are_compared_on_the_training_subsets_they_share(tmp_path):
     make_run(tmp_path, "gp_c_s5", 0.90, val_acc=0.95, regs=("gradient-penalty",), lmbda=1.0, shuf_seed=5)
     table = selection_table(collect_runs(tmp_path))  # no subset shared by all three: each on its own
     assert "| gradient-penalty | lmbda=1 | 3 | 1 |" in table
+
+
+def test_settings_are_labelled_by_what_sets_them_apart_and_ordered_by_value(tmp_path):
+    """A figure's labels name only the hyperparameters in which a method's settings differ (what they share
+    goes to the legend or title once), a single setting its strengths; settings in numeric order."""
+    from kernel_reg.plots import setting_labels
+    from kernel_reg.studies import select
+
+    taus = [1.0, 1.5, 10.0, 2.0]
+    configs = [make_run(tmp_path, f"pp{tau}", 0.8, regs=("pgd-l2", "project-sn"), epsilon=1.0, tau=tau) for tau in taus]
+    configs.append(make_run(tmp_path, "pp_const", 0.8, regs=("pgd-l2", "project-sn"), epsilon=1.0, tau=1.0, kappa=0.0))
+    shared, texts = setting_labels(configs)
+    assert shared == "epsilon=1"
+    assert texts == ["tau=1", "tau=1.5", "tau=10", "tau=2", "tau=1 kappa=0"]
+    assert setting_labels(configs[:1]) == ("", ["epsilon=1 tau=1"])
+    family = select(collect_runs(tmp_path)).family("pgd-l2+project-sn")
+    order = [(r[0].config.regs[1]["tau"], r[0].config.regs[1]["kappa"]) for r in family]
+    assert [tau for tau, _ in order] == [1.0, 1.0, 1.5, 2.0, 10.0]  # 10 after 2, not between 1.5 and 2
+
+
+def test_labels_are_placed_inside_the_frame_without_covering_each_other():
+    """Crowded points (eight on a line, 4 pixels apart, in a small frame): every label inside the frame
+    when it fits, none overlapping another, each within two lines of its point."""
+    from kernel_reg.plots import _overlap, label_boxes
+
+    frame = (0.0, 0.0, 200.0, 200.0)
+    anchors = [(100.0 + 4 * i, 100.0) for i in range(8)]
+    sizes = [(30.0, 8.0)] * len(anchors)
+    boxes = label_boxes(anchors, sizes, frame, gap=3.0)
+    for i, box in enumerate(boxes):
+        assert _overlap(box, frame) == pytest.approx(30.0 * 8.0)
+        assert box[2] - box[0] == 30.0 and box[3] - box[1] == 8.0
+        assert min(abs(box[1] - 100.0), abs(box[3] - 100.0)) <= 3.0 + 2 * 8.0
+        for other in boxes[:i]:
+            assert _overlap(box, other) == 0.0
+    (corner,) = label_boxes([(199.0, 199.0)], [(30.0, 8.0)], frame, gap=3.0)  # at the frame's corner: turned in
+    assert corner[2] <= 200.0 and corner[3] <= 200.0
+
+
+def test_a_method_with_the_projection_is_drawn_in_the_light_shade_of_the_method_alone():
+    import matplotlib
+
+    from kernel_reg.plots import method_colour
+
+    tab20 = [matplotlib.colors.to_rgb(c) for c in matplotlib.colormaps["tab20"].colors]
+
+    def place(method):
+        return tab20.index(matplotlib.colors.to_rgb(method_colour(method)))
+
+    for method in ("pgd-l2", "loss-gradl2", "adv-perturbation", "gradient-penalty"):
+        dark, light = place(method), place(f"{method}+project-sn")
+        assert dark % 2 == 0 and light == dark + 1
+    assert method_colour("none") != method_colour("wd")
+    assert method_colour("some-new+method") == method_colour("some-new+method")  # stable for unknown names
+
+
+def test_a_figure_the_runs_no_longer_give_is_removed_not_left_beside_the_report(tmp_path):
+    config = make_run(tmp_path, "gp", 0.8, regs=("gradient-penalty",))
+    _, files = write_report(tmp_path)
+    curves = tmp_path / "learning_curves.png"
+    assert curves in files and curves.is_file()
+    (row,) = read_metrics(run_path(config))
+    write_metrics(run_path(config), [dataclasses.replace(row, val_acc=None)])  # no validation set any more
+    text, files = write_report(tmp_path)
+    assert curves not in files and not curves.exists() and "learning_curves.png" not in text
+
+
+def test_the_table_gives_each_runs_training_time_from_its_own_timing(tmp_path):
+    """Evaluations at epochs 4 and 9 at 2 and 3 s an epoch, 1 s each: 5 * 2 + 1 + 5 * 3 + 1 = 27 s."""
+    config = make_run(tmp_path, "gp", 0.8, regs=("gradient-penalty",), num_epochs=10)
+    (row,) = read_metrics(run_path(config))
+    rows = [dataclasses.replace(row, epoch=4, seconds_per_epoch=2.0, eval_seconds=1.0),
+            dataclasses.replace(row, epoch=9, seconds_per_epoch=3.0, eval_seconds=1.0)]  # fmt: skip
+    write_metrics(run_path(config), rows)
+    make_run(tmp_path, "none", 0.8)  # 1 epoch at 0.1 s, evaluated in 0.1 s
+    (run, _) = sorted(collect_runs(tmp_path), key=lambda r: r.name)
+    assert run.training_seconds == pytest.approx(27.0)
+    table = markdown_table(collect_runs(tmp_path))
+    assert "| ok | 0.5 |" in table or "| - | 0.5 |" in table  # 27 s = 0.45 min
+    assert f"All 2 runs: {27.2 / 3600:.1f} hours of training." in table

@@ -12,6 +12,7 @@ from typing import Any
 
 from . import regularizers
 from .config import (
+    Config,
     format_value,
     hyperparameter_text,
     hyperparameters,
@@ -22,23 +23,35 @@ from .rundir import (
 )
 from .studies import RunSummary, select
 
-CANONICAL_METHODS = (
-    "none", "wd", "project-sn", "pgd-l2", "loss-gradl2", "adv-perturbation", "gradient-penalty", "vat", "stability",
-    "gradtangent", "pgd-l2+project-sn", "loss-gradl2+project-sn", "adv-perturbation+project-sn",
-    "gradient-penalty+project-sn", "loss-gradl1", "pgd-linf", "penalize-sn-pi", "penalize-sn-svd",
-)  # fmt: skip
+# A method's place in tab20: ten hues for the base methods, and each "+project-sn" combination in the
+# light shade of its base's hue, so that a method and its combination with the projection read as a pair.
+COLOUR_INDEX = {
+    "none": 0, "wd": 1, "project-sn": 2, "pgd-l2": 3, "loss-gradl2": 4, "adv-perturbation": 5,
+    "gradient-penalty": 6, "vat": 7, "stability": 8, "gradtangent": 9,
+    "pgd-linf": 10, "loss-gradl1": 11, "penalize-sn-pi": 12, "pgd-l2+project-sn": 13,
+    "loss-gradl2+project-sn": 14, "adv-perturbation+project-sn": 15, "gradient-penalty+project-sn": 16,
+    "penalize-sn-svd": 18,
+}  # fmt: skip
 
 
 def method_colour(method: str) -> Any:
-    """The colour of a method: its place in ``CANONICAL_METHODS`` (else a hash of its name) in tab20."""
+    """The colour of a method: its ``COLOUR_INDEX`` (else a hash of its name) in tab20."""
     import matplotlib
 
-    index = CANONICAL_METHODS.index(method) if method in CANONICAL_METHODS else int(short_hash(method), 16)
+    index = COLOUR_INDEX[method] if method in COLOUR_INDEX else int(short_hash(method), 16)
     index %= 20
     hue, shade = index % 10, index // 10
     if hue == 7:  # tab20's grey pair marks the baseline in the bracket figure: navy instead
         return ("#283593", "#7986cb")[shade]
     return matplotlib.colormaps["tab20"](2 * hue + shade)
+
+
+def text_colour(colour: Any) -> tuple[float, float, float]:
+    """``colour`` darkened enough to read as small text on white (tab20's light shades do not)."""
+    import matplotlib.colors
+
+    red, green, blue = matplotlib.colors.to_rgb(colour)
+    return 0.6 * red, 0.6 * green, 0.6 * blue
 
 
 def _strength(runs: list[RunSummary], short: bool = False) -> str:
@@ -58,10 +71,12 @@ def _mean_curve(runs: list[RunSummary], field: str) -> tuple[list[int], list[flo
     return epochs, values
 
 
-def _panels(count: int, width: float = 3.6, height: float = 2.8) -> tuple[Any, list[Any]]:
+def _panels(count: int, width: float = 3.3, height: float = 2.6) -> tuple[Any, list[Any]]:
+    """A grid of ``count`` small panels, three a row: a figure that reads at a page's width (about 1000
+    pixels), the width a report's or RESULTS.md's figure is shown at."""
     import matplotlib.pyplot as plt
 
-    columns = min(4, count)
+    columns = min(3, count)
     rows = math.ceil(count / columns)
     fig, axes = plt.subplots(rows, columns, figsize=(width * columns, height * rows), squeeze=False, sharey=True)
     flat = list(axes.flat)
@@ -72,32 +87,35 @@ def _panels(count: int, width: float = 3.6, height: float = 2.8) -> tuple[Any, l
 
 def plot_learning_curves(runs: list[RunSummary], path: Path) -> bool:
     """Small multiples, one panel per method: the test accuracy of each setting over epochs (mean over
-    seeds; faint, its strength written at its end), the selected setting bold with its training accuracy
-    dashed. False when no run has finished."""
+    seeds; faint, the legend names what sets it apart, the title what the settings share), the selected
+    setting bold with its training accuracy dashed. False when no run has finished."""
     selection = select(runs)
     if not selection.chosen:
         return False
     methods = sorted(selection.chosen, key=lambda m: (m != "none", m))
     fig, axes = _panels(len(methods))
-    for ax, method in zip(axes, methods):
+    for index, (ax, method) in enumerate(zip(axes, methods)):
         colour = method_colour(method)
-        for members in selection.family(method):
+        family = selection.family(method)
+        shared, texts = setting_labels([members[0].config for members in family])
+        for members, text in zip(family, texts):
             bold = members is selection.of(method)
             epochs, test = _mean_curve(members, "test_acc")
-            style = dict(lw=2.2, alpha=1.0) if bold else dict(lw=1.0, alpha=0.45)
-            ax.plot(epochs, [100 * v for v in test], color=colour, label=_strength(members) or "-", **style)
+            style = dict(lw=2.2, alpha=1.0) if bold else dict(lw=1.0, alpha=0.6)
+            ax.plot(epochs, [100 * v for v in test], color=colour, label=text or "-", **style)
             if bold:
                 epochs, train = _mean_curve(members, "train_acc")
                 ax.plot(epochs, [100 * v for v in train], color=colour, lw=1.4, linestyle="--")
-        if len(selection.family(method)) > 1:
-            ax.legend(fontsize=6.5, loc="lower right", frameon=False, handlelength=1.5)
-        ax.set_title(method, fontsize=9)
+        if len(family) > 1:
+            ax.legend(fontsize=7, loc="best", frameon=False, handlelength=1.5, labelcolor=text_colour(colour))
+        ax.set_title(f"{method} ({shared})" if shared else method, fontsize=9)
         ax.set_xlabel("epoch", fontsize=8)
-        ax.tick_params(labelsize=7)
+        if index % 3 == 0:
+            ax.set_ylabel("accuracy (%)", fontsize=8)
+        ax.tick_params(labelsize=7.5)
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("accuracy (%)", fontsize=8)
-    fig.suptitle("test accuracy per setting (mean over seeds; bold: selected by validation, its training "
-                 "accuracy dashed)", fontsize=9)  # fmt: skip
+    fig.suptitle("test accuracy per setting (mean over seeds)\nbold: selected by validation, its training "
+                 "accuracy dashed", fontsize=9)  # fmt: skip
     fig.tight_layout()
     _save(fig, path)
     return True
@@ -133,11 +151,72 @@ def plot_rkhs_bracket(runs: list[RunSummary], path: Path) -> bool:
     return True
 
 
+def setting_labels(configs: list[Config]) -> tuple[str, list[str]]:
+    """How to tell the settings of one method apart: (what they share, e.g. 'epsilon=1', or ''; for each
+    setting, the hyperparameters in which it differs from another, e.g. 'tau=1 kappa=0'). A single
+    setting is labelled with its strengths."""
+    values = [{k: format_value(v) for k, v in hyperparameters(c).items()} for c in configs]
+    keys = list(dict.fromkeys(k for v in values for k in v))
+    varying = [k for k in keys if len({v.get(k) for v in values}) > 1]
+    if not varying:
+        strengths = [_strength([RunSummary(Path(), c, [], None)], short=True) for c in configs]
+        return "", strengths
+    shared = " ".join(f"{k}={values[0][k]}" for k in keys if k not in varying)
+    return shared, [" ".join(f"{k}={v[k]}" for k in varying if k in v) for v in values]
+
+
+Box = tuple[float, float, float, float]  # (left, bottom, right, top), in pixels
+
+
+def _overlap(a: Box, b: Box) -> float:
+    width = min(a[2], b[2]) - max(a[0], b[0])
+    height = min(a[3], b[3]) - max(a[1], b[1])
+    return max(width, 0.0) * max(height, 0.0)
+
+
+def label_boxes(
+    anchors: list[tuple[float, float]], sizes: list[tuple[float, float]], frame: Box, gap: float
+) -> list[Box]:
+    """Where to write each point's label: of the boxes at ``gap`` from its anchor (right of it, left of it or
+    centred; above or below it, by up to one more line), the nearest that stays inside ``frame`` and
+    overlaps least the labels already placed and the points (greedy, in order; all in pixels)."""
+    points = [(x - gap, y - gap, x + gap, y + gap) for x, y in anchors]
+    placed: list[Box] = []
+    for (x, y), (width, height) in zip(anchors, sizes):
+        lefts = (x + gap, x - gap - width, x - width / 2)
+        bottoms = (y + gap, y - gap - height, y + gap + height, y - gap - 2 * height)
+        candidates = [(left, bottom, left + width, bottom + height) for bottom in bottoms for left in lefts]
+        cost = [
+            (width * height - _overlap(box, frame), sum(_overlap(box, other) for other in placed + points), rank)
+            for rank, box in enumerate(candidates)
+        ]
+        placed.append(candidates[min(cost)[2]])
+    return placed
+
+
+def _write_labels(ax: Any, labels: list[tuple[float, float, str, Any]], fontsize: float = 7.5) -> None:
+    """Write each (x, y, text, colour) label next to its point without covering another (``label_boxes``).
+    Call it once the figure's layout is final: it places the labels in pixels."""
+    scale = ax.figure.dpi / 72  # pixels per point
+    anchors = [tuple(ax.transData.transform((x, y))) for x, y, _, _ in labels]
+    sizes = [(0.62 * fontsize * scale * len(text), 1.2 * fontsize * scale) for _, _, text, _ in labels]
+    frame = tuple(ax.get_window_extent().extents)
+    gap = 3.0 * scale
+    boxes = label_boxes(anchors, sizes, frame, gap)
+    for (x, y, text, colour), (px, py), box in zip(labels, anchors, boxes):
+        offset = ((box[0] - px) / scale, (box[1] - py) / scale)
+        far = min(abs(py - box[1]), abs(py - box[3])) > 2 * gap  # pushed a line away: a leader line to its point
+        leader = dict(arrowstyle="-", lw=0.5, color=text_colour(colour), shrinkA=0, shrinkB=3) if far else None
+        ax.annotate(text, (x, y), xytext=offset, textcoords="offset points", ha="left", va="bottom",
+                    fontsize=fontsize, color=text_colour(colour), arrowprops=leader)  # fmt: skip
+
+
 def plot_tradeoff(runs: list[RunSummary], path: Path, norm: str = "l2") -> bool:
     """Standard vs adversarial test accuracy, one panel per eps_test, one curve per method across its
-    settings, each point labelled with its strength (as the paper's figure); for l2 the certified
-    accuracies too (dotted, hollow triangles) unless they are zero everywhere. False when no run has been
-    evaluated."""
+    settings (dashed for a combination with the projection), each point labelled with what sets it apart
+    (the hyperparameters the method's settings share are in the legend), as the paper's figure; for l2 the
+    certified accuracies too (dotted, hollow triangles) unless they are zero everywhere. False when no run
+    has been evaluated."""
     import matplotlib.pyplot as plt
 
     evaluated = [(r, r.robustness) for r in runs if r.robustness is not None and getattr(r.robustness, norm)]
@@ -148,34 +227,41 @@ def plot_tradeoff(runs: list[RunSummary], path: Path, norm: str = "l2") -> bool:
     for run, rob in evaluated:
         by_method[run.method].append((run, rob))
     certified_anywhere = norm == "l2" and any(any((rob.certified_l2 or {}).values()) for _, rob in evaluated)
-    fig, axes = plt.subplots(1, len(keys), figsize=(4.6 * len(keys), 4.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.6 * len(keys), 4.4), squeeze=False)
+    labels: dict[Any, list[tuple[float, float, str, Any]]] = defaultdict(list)
     for ax, key in zip(axes[0], keys):
         for method, members in sorted(by_method.items()):
             colour = method_colour(method)
-            curves = [(norm, "-o", colour)] + ([("certified_l2", ":^", "none")] if certified_anywhere else [])
+            shared, texts = setting_labels([run.config for run, _ in members])
+            name = f"{method} ({shared})" if shared else method
+            line = "--" if "+" in method else "-"
+            curves = [(norm, f"{line}o", colour)] + ([("certified_l2", ":^", "none")] if certified_anywhere else [])
             for field, style, fill in curves:
                 points = sorted(
-                    (100 * rob.clean, 100 * value, _strength([run], short=True))
-                    for run, rob in members
+                    (100 * rob.clean, 100 * value, text)
+                    for (_, rob), text in zip(members, texts)
                     if (value := (getattr(rob, field) or {}).get(key)) is not None
                 )
                 if not points:
                     continue
-                xs, ys, labels = zip(*points)
-                label = method if field == norm else f"{method}, certified"
-                ax.plot(xs, ys, style, color=colour, label=label, mfc=fill, ms=5)
+                xs, ys, _ = zip(*points)
+                legend = name if field == norm else f"{name}, certified"
+                ax.plot(xs, ys, style, color=colour, label=legend, mfc=fill, ms=5)
                 if field == norm:
-                    for x_point, y_point, text in points:
-                        ax.annotate(text, (x_point, y_point), fontsize=6, color=colour, xytext=(3, 3),
-                                    textcoords="offset points")  # fmt: skip
+                    labels[ax] += [(x, y, text, colour) for x, y, text in points if text]
         eps = float(key)
-        ax.set_title(f"{norm} eps_test = {eps * 255:.3g}/255" if norm == "linf" else f"{norm} eps_test = {eps:g}")
-        ax.set_xlabel("standard accuracy (%)")
-        ax.set_ylabel("adversarial accuracy (%)")
+        title = f"{norm} eps_test = {eps * 255:.3g}/255" if norm == "linf" else f"{norm} eps_test = {eps:g}"
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("standard accuracy (%)", fontsize=9)
+        ax.set_ylabel("adversarial accuracy (%)", fontsize=9)
+        ax.tick_params(labelsize=8)
         ax.grid(alpha=0.3)
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
+    handles, names = axes[0][0].get_legend_handles_labels()
     fig.tight_layout()
+    fig.legend(handles, names, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(3, len(names)), fontsize=8.5,
+               frameon=False)  # fmt: skip
+    for ax, requests in labels.items():
+        _write_labels(ax, requests)
     _save(fig, path)
     return True
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from .config import (
@@ -39,7 +41,7 @@ def markdown_table(runs: list[RunSummary]) -> str:
     evaluations = list(dict.fromkeys(_evaluation_text(r) for r in evaluated))
     header = ["run", "method", "hyperparameters", "n_train", "epoch", "val acc", "test acc", "eval", "clean"]
     header += [f"PGD-l2 {k}" for k in l2_keys] + [f"PGD-linf {float(k) * 255:.3g}/255" for k in linf_keys]
-    header += [f"certified l2 {k}" for k in cert_keys] + ["2x budget", "masking checks"]
+    header += [f"certified l2 {k}" for k in cert_keys] + ["2x budget", "masking checks", "train min"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for run in sorted(runs, key=lambda r: (r.method, sorted(map(str, hyperparameters(r.config).items())), r.name)):
         best = run.best
@@ -62,6 +64,7 @@ def markdown_table(runs: list[RunSummary]) -> str:
         row.append(_budget_change(rob) if rob else "-")
         checks = "-" if rob is None or rob.masking_checks is None else "ok"
         row.append(("FIRED: " + "; ".join(rob.suspicious)) if rob and rob.suspicious else checks)
+        row.append(f"{run.training_seconds / 60:.1f}")
         lines.append("| " + " | ".join(row) + " |")
     footer = [
         "",
@@ -69,7 +72,8 @@ def markdown_table(runs: list[RunSummary]) -> str:
         "PGD and certified: `kernel-reg evaluate` of the weights it names (robustness.json), on its test subset; "
         "eval: which evaluation, below. "
         "2x budget: the largest drop of robust accuracy (points) when the attack's steps and restarts are "
-        "doubled, over the radii checked.",
+        "doubled, over the radii checked. train min: the run's training time, its own timing (metrics.jsonl). "
+        f"All {len(runs)} runs: {sum(r.training_seconds for r in runs) / 3600:.1f} hours of training.",
     ]
     footer += [f"- [{i}] {text}" for i, text in enumerate(evaluations, start=1)]
     return "\n".join(lines + footer) + "\n"
@@ -189,15 +193,17 @@ def write_report(
     sections, written = [], [out / "report.md"]
     for study in groups:
         suffix = "" if len(groups) == 1 else f"_{study.slug}"
-        files = [
-            f
-            for f, plot in ((out / f"learning_curves{suffix}.png", plot_learning_curves),
-                            (out / f"rkhs_bracket{suffix}.png", plot_rkhs_bracket))
-            if plot(study.runs, f)
-        ]  # fmt: skip
-        for norm in ("l2", "linf"):
-            if plot_tradeoff(study.runs, out / f"tradeoff_{norm}{suffix}.png", norm):
-                files.append(out / f"tradeoff_{norm}{suffix}.png")
+        figures: list[tuple[Path, Callable[[list[RunSummary], Path], bool]]] = [
+            (out / f"learning_curves{suffix}.png", plot_learning_curves),
+            (out / f"rkhs_bracket{suffix}.png", plot_rkhs_bracket),
+            *((out / f"tradeoff_{n}{suffix}.png", partial(plot_tradeoff, norm=n)) for n in ("l2", "linf")),
+        ]
+        files = []
+        for path, plot in figures:
+            if plot(study.runs, path):
+                files.append(path)
+            else:  # an earlier report's figure of runs since changed would sit beside this report, unlinked
+                path.unlink(missing_ok=True)
         written += files
         text = f"## {study.title}\n\n"
         if study.differs:

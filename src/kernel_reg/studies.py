@@ -59,6 +59,16 @@ class RunSummary:
         return trained_to_end(self.config, self.metrics)
 
     @property
+    def training_seconds(self) -> float:
+        """The run's own timing of its training (``metrics.jsonl``): each evaluation's seconds per epoch
+        times the epochs since the one before, plus the evaluations."""
+        total, previous = 0.0, -1
+        for row in self.metrics:
+            total += row.seconds_per_epoch * (row.epoch - previous) + (row.eval_seconds or 0.0)
+            previous = row.epoch
+        return total
+
+    @property
     def best(self) -> MetricsRow:
         """The evaluation of best validation accuracy (ties: the earliest), or the last one."""
         with_val = [m for m in self.metrics if m.val_acc is not None]
@@ -158,9 +168,14 @@ class Selection:
         return self.settings[self.chosen[method]]
 
     def family(self, method: str) -> list[list[RunSummary]]:
-        """The settings tried for ``method``, each a list of seeds, by hyperparameters."""
+        """The settings tried for ``method``, each a list of seeds, by hyperparameters (numbers in order)."""
+
+        def order(runs: list[RunSummary]) -> list[tuple[str, tuple[int, float, str]]]:
+            values = sorted(hyperparameters(runs[0].config).items())
+            return [(k, (0, v, "") if isinstance(v, int | float) else (1, 0.0, str(v))) for k, v in values]
+
         members = [runs for runs in self.settings.values() if runs[0].method == method]
-        return sorted(members, key=lambda runs: sorted(map(str, hyperparameters(runs[0].config).items())))
+        return sorted(members, key=order)
 
 
 def select(runs: list[RunSummary]) -> Selection:
