@@ -253,15 +253,17 @@ def test_a_figure_the_runs_no_longer_give_is_removed_not_left_beside_the_report(
 
 
 def test_the_table_gives_each_runs_training_time_from_its_own_timing(tmp_path):
-    """Evaluations at epochs 4 and 9 at 2 and 3 s an epoch, 1 s each: 5 * 2 + 1 + 5 * 3 + 1 = 27 s."""
-    config = make_run(tmp_path, "gp", 0.8, regs=("gradient-penalty",), num_epochs=10)
+    """Evaluations at epochs 4, 9 and 14 at 2, 3 and 500 s an epoch (a process paused while it trained
+    the third stretch), 1 s each: the median, 3 s an epoch, times 15 epochs, plus 3 s, = 48 s."""
+    config = make_run(tmp_path, "gp", 0.8, regs=("gradient-penalty",), num_epochs=15)
     (row,) = read_metrics(run_path(config))
-    rows = [dataclasses.replace(row, epoch=4, seconds_per_epoch=2.0, eval_seconds=1.0),
-            dataclasses.replace(row, epoch=9, seconds_per_epoch=3.0, eval_seconds=1.0)]  # fmt: skip
+    rows = [
+        dataclasses.replace(row, epoch=e, seconds_per_epoch=s, eval_seconds=1.0) for e, s in [(4, 2), (9, 3), (14, 500)]
+    ]
     write_metrics(run_path(config), rows)
     make_run(tmp_path, "none", 0.8)  # 1 epoch at 0.1 s, evaluated in 0.1 s
     (run, _) = sorted(collect_runs(tmp_path), key=lambda r: r.name)
-    assert run.training_seconds == pytest.approx(27.0)
+    assert run.training_seconds == pytest.approx(48.0)
     table = markdown_table(collect_runs(tmp_path))
-    assert "| ok | 0.5 |" in table or "| - | 0.5 |" in table  # 27 s = 0.45 min
-    assert f"All 2 runs: {27.2 / 3600:.1f} hours of training." in table
+    assert "| ok | 0.8 |" in table or "| - | 0.8 |" in table  # 48 s = 0.8 min
+    assert f"All 2 runs: {48.2 / 3600:.1f} hours of training." in table

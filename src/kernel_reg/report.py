@@ -72,7 +72,8 @@ def markdown_table(runs: list[RunSummary]) -> str:
         "PGD and certified: `kernel-reg evaluate` of the weights it names (robustness.json), on its test subset; "
         "eval: which evaluation, below. "
         "2x budget: the largest drop of robust accuracy (points) when the attack's steps and restarts are "
-        "doubled, over the radii checked. train min: the run's training time, its own timing (metrics.jsonl). "
+        "doubled, over the radii checked. train min: what training the run costs, from its own timing "
+        "(metrics.jsonl; medians per epoch and per evaluation, so that a paused process does not count). "
         f"All {len(runs)} runs: {sum(r.training_seconds for r in runs) / 3600:.1f} hours of training.",
     ]
     footer += [f"- [{i}] {text}" for i, text in enumerate(evaluations, start=1)]

@@ -60,13 +60,15 @@ class RunSummary:
 
     @property
     def training_seconds(self) -> float:
-        """The run's own timing of its training (``metrics.jsonl``): each evaluation's seconds per epoch
-        times the epochs since the one before, plus the evaluations."""
-        total, previous = 0.0, -1
-        for row in self.metrics:
-            total += row.seconds_per_epoch * (row.epoch - previous) + (row.eval_seconds or 0.0)
-            previous = row.epoch
-        return total
+        """What training the run costs, from its own timing (``metrics.jsonl``): the median over its
+        evaluations of the seconds per epoch, times the epochs trained, plus the median evaluation times the
+        evaluations. Medians, because a process stopped for a while (``kill -STOP``, a suspended machine)
+        records the pause as one long epoch."""
+        if not self.metrics:
+            return 0.0
+        per_epoch = statistics.median(row.seconds_per_epoch for row in self.metrics)
+        per_evaluation = statistics.median(row.eval_seconds or 0.0 for row in self.metrics)
+        return per_epoch * (self.metrics[-1].epoch + 1) + per_evaluation * len(self.metrics)
 
     @property
     def best(self) -> MetricsRow:
