@@ -14,6 +14,7 @@ from kernel_reg.rundir import (
     read_metrics,
     run_path,
     write_config,
+    write_divergence,
     write_metrics,
     write_robustness,
 )
@@ -38,8 +39,8 @@ def test_the_issues_example_is_two_studies_not_two_seeds(tmp_path):
     assert [g.experiment for g in groups] == ["fmnist1000_vgg5", "fmnist300_vgg5"]
     assert all(len(g.runs) == 1 for g in groups)
     table, _ = write_report(tmp_path)
-    assert "| pgd-l2 | epsilon=1 | 1 | 1 | 50.0 | 90.0 +- 0.0 | fmnist1000_vgg5/pgd |" in table
-    assert "| pgd-l2 | epsilon=1 | 1 | 1 | 50.0 | 2.0 +- 0.0 | fmnist300_vgg5/pgd |" in table
+    assert "| pgd-l2 | epsilon=1 | 1 | - | 1 | 50.0 | 90.0 +- 0.0 | fmnist1000_vgg5/pgd |" in table
+    assert "| pgd-l2 | epsilon=1 | 1 | - | 1 | 50.0 | 2.0 +- 0.0 | fmnist300_vgg5/pgd |" in table
     assert "+- 43" not in table  # the issue's 45.0 +- 43.7 pooled the two
 
 
@@ -54,7 +55,7 @@ def test_runs_differing_in_anything_but_seeds_are_never_pooled(tmp_path, changes
     a, b = (g.differs for g in groups)
     assert {k for k in {*a, *b} if a.get(k) != b.get(k)} == set(changes)  # the study titles tell them apart
     for group in groups:
-        assert "| 1 | 1 |" in selection_table(group.runs)  # one setting tried, one seed
+        assert "| 1 | - | 1 |" in selection_table(group.runs)  # one setting tried, one seed
 
 
 def test_seeds_of_one_setting_are_pooled_and_named(tmp_path):
@@ -66,7 +67,10 @@ def test_seeds_of_one_setting_are_pooled_and_named(tmp_path):
     table = selection_table(group.runs)
     mean, std = 100 * statistics.mean(tests), 100 * statistics.stdev(tests)
     pooled = "fmnist1000_vgg5/gp_s0, fmnist1000_vgg5/gp_s1, fmnist1000_vgg5/gp_s2"
-    assert f"| gradient-penalty | lmbda=0.1 | 2 | 3 | 50.0 | {mean:.1f} +- {std:.1f} | {pooled} |" in table
+    assert (
+        f"| gradient-penalty | lmbda=0.1 | 2 | EDGE: lmbda lowest | 3 | 50.0 | {mean:.1f} +- {std:.1f} | {pooled} |"
+        in table
+    )
 
 
 def test_set_aside_hidden_and_damaged_runs_are_left_out(tmp_path):
@@ -97,7 +101,8 @@ def test_a_run_copied_into_two_folders_is_one_sample(tmp_path):
     (group,) = studies(collect_runs(tmp_path))
     table = selection_table(group.runs)
     assert (
-        "| gradient-penalty | lmbda=0.1 | 1 | 2 | 50.0 | 60.0 +- 14.1 | fmnist1000_vgg5/a, fmnist1000_vgg5/c |" in table
+        "| gradient-penalty | lmbda=0.1 | 1 | - | 2 | 50.0 | 60.0 +- 14.1 | fmnist1000_vgg5/a, fmnist1000_vgg5/c |"
+        in table
     )
     assert "Counted once: fmnist1000_vgg5/b repeats fmnist1000_vgg5/a" in table
 
@@ -181,10 +186,12 @@ def test_settings_are_compared_on_the_training_subsets_they_share(tmp_path):
     make_run(tmp_path, "gp_a_s1", 0.76, val_acc=0.79, regs=("gradient-penalty",), lmbda=0.01, shuf_seed=1)
     make_run(tmp_path, "gp_b_s0", 0.79, val_acc=0.83, regs=("gradient-penalty",), lmbda=0.1)
     table = selection_table(collect_runs(tmp_path))
-    assert "| gradient-penalty | lmbda=0.01 | 2 | 2 |" in table  # 0.84 > 0.83 on subset 0 (mean 0.815 < 0.83)
+    assert (
+        "| gradient-penalty | lmbda=0.01 | 2 | EDGE: lmbda lowest | 2 |" in table
+    )  # 0.84 > 0.83 on subset 0 (mean 0.815 < 0.83)
     make_run(tmp_path, "gp_c_s5", 0.90, val_acc=0.95, regs=("gradient-penalty",), lmbda=1.0, shuf_seed=5)
     table = selection_table(collect_runs(tmp_path))  # no subset shared by all three: each on its own
-    assert "| gradient-penalty | lmbda=1 | 3 | 1 |" in table
+    assert "| gradient-penalty | lmbda=1 | 3 | EDGE: lmbda highest | 1 |" in table
 
 
 def test_settings_are_labelled_by_what_sets_them_apart_and_ordered_by_value(tmp_path):
@@ -267,3 +274,28 @@ def test_the_table_gives_each_runs_training_time_from_its_own_timing(tmp_path):
     table = markdown_table(collect_runs(tmp_path))
     assert "| ok | 0.8 |" in table or "| - | 0.8 |" in table  # 48 s = 0.8 min
     assert f"All 2 runs: {48.2 / 3600:.1f} hours of training." in table
+
+
+def test_the_table_says_whether_each_selection_is_inside_its_grid(tmp_path):
+    """Interior, an edge, an edge closed by a diverged run beyond it, a single setting; and a second
+    hyperparameter of the method (vat's lmbda, fixed here) not taken for a grid line."""
+    for lmbda, val in [(0.01, 0.80), (0.1, 0.85), (1.0, 0.82)]:
+        make_run(tmp_path, f"gp{lmbda}", 0.8, val_acc=val, regs=("gradient-penalty",), lmbda=lmbda)
+    for lmbda, val in [(0.1, 0.80), (1.0, 0.85)]:
+        make_run(tmp_path, f"gl{lmbda}", 0.8, val_acc=val, regs=("loss-gradl2",), lmbda=lmbda)
+    for epsilon, val in [(1.0, 0.80), (3.0, 0.84), (10.0, 0.90)]:
+        make_run(tmp_path, f"vat{epsilon}", 0.8, val_acc=val, regs=("vat",), epsilon=epsilon, vat_alpha=1.0)
+    make_run(tmp_path, "pgd", 0.8, regs=("pgd-l2",), epsilon=1.0)
+    table = selection_table(collect_runs(tmp_path))
+    assert "| gradient-penalty | lmbda=0.1 | 3 | interior |" in table
+    assert "| loss-gradl2 | lmbda=1 | 2 | EDGE: lmbda highest |" in table
+    assert "| vat | lmbda=1, epsilon=10 | 3 | EDGE: epsilon highest |" in table
+    assert "| pgd-l2 | epsilon=1 | 1 | - |" in table
+    for lmbda in (3.0, 10.0):  # stopped after 2 of 5 epochs: the first diverged, the second was interrupted
+        config = make_run(tmp_path, f"gl{lmbda}", 0.1, val_acc=0.1, regs=("loss-gradl2",), lmbda=lmbda, num_epochs=5)
+        (row,) = read_metrics(run_path(config))
+        write_metrics(run_path(config), [dataclasses.replace(row, epoch=1)])
+        if lmbda == 3.0:
+            write_divergence(run_path(config), "cross-entropy inf at epoch 2")
+    table = selection_table(collect_runs(tmp_path))
+    assert "| loss-gradl2 | lmbda=1 | 2 | lmbda largest stable (3 diverged) |" in table

@@ -24,7 +24,7 @@ from .rundir import (
     atomic_write_text,
     check_writable,
 )
-from .studies import RunSummary, Warn, _mean_val, collect_runs, seed_of, select, studies
+from .studies import RunSummary, Warn, _mean_val, bracket, collect_runs, seed_of, select, studies
 
 
 def _percent(value: float | None) -> str:
@@ -101,15 +101,17 @@ def selection_table(runs: list[RunSummary]) -> str:
     """Per method, the hyperparameters of best mean validation accuracy over the seeds that all its
     settings ran on (as the paper selected them; ``studies.select``), and the test accuracy there: mean +-
     std over the seeds, with the runs pooled. Runs are pooled as seeds only when their whole configurations
-    differ in seed fields alone. Finished runs only."""
+    differ in seed fields alone; "in its grid" says whether the selection is an interior point of the grid
+    (``studies.bracket``: EDGE when it is not). Finished runs only."""
     selection = select(runs)
     if not selection.chosen:
         return ""
     lines = [
-        "| method | selected hyperparameters | settings tried | seeds | val acc | test acc (mean +- std) "
-        "| runs pooled |",
-        "|---|---|---|---|---|---|---|",
+        "| method | selected hyperparameters | settings tried | in its grid | seeds | val acc "
+        "| test acc (mean +- std) | runs pooled |",
+        "|---|---|---|---|---|---|---|---|",
     ]
+    diverged = [r for r in runs if r.divergence is not None]
     for method in sorted(selection.chosen):
         members = selection.of(method)
         params = hyperparameter_text(members[0].config) or "-"
@@ -118,9 +120,9 @@ def selection_table(runs: list[RunSummary]) -> str:
         test = f"{statistics.mean(tests):.1f} +- {spread:.1f}"
         pooled = ", ".join(sorted(r.name for r in members))
         tried = len(selection.family(method))
-        lines.append(
-            f"| {method} | {params} | {tried} | {len(members)} | {100 * _mean_val(members):.1f} | {test} | {pooled} |"
-        )
+        where = bracket(selection, method, diverged)
+        val = 100 * _mean_val(members)
+        lines.append(f"| {method} | {params} | {tried} | {where} | {len(members)} | {val:.1f} | {test} | {pooled} |")
     if selection.duplicates:
         lines += ["", "Counted once: " + "; ".join(selection.duplicates) + "."]
     return "\n".join(lines) + "\n"

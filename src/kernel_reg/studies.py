@@ -8,9 +8,10 @@ from __future__ import annotations
 import json
 import statistics
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .config import (
     SEED_FIELDS,
@@ -178,6 +179,39 @@ class Selection:
 
         members = [runs for runs in self.settings.values() if runs[0].method == method]
         return sorted(members, key=order)
+
+
+def bracket(selection: Selection, method: str, diverged: Sequence[RunSummary] = ()) -> str:
+    """Whether ``method``'s selected setting is an interior point of its grid: along each numeric
+    hyperparameter, among the settings equal to the selected one in everything else, is its value the
+    lowest or the highest tried? A run in ``diverged`` (same method and line) beyond the edge closes it:
+    the largest stable strength is as far as the grid can go. '-' for a single setting."""
+    chosen = hyperparameters(selection.of(method)[0].config)
+    tried = [hyperparameters(runs[0].config) for runs in selection.family(method)]
+    failed = [hyperparameters(r.config) for r in diverged if r.method == method]
+    notes, lines = [], 0
+    for name, value in chosen.items():
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            continue
+
+        def on_line(values: dict[str, Any], name: str = name) -> bool:
+            others = {k: v for k, v in values.items() if k != name}
+            return name in values and others == {k: v for k, v in chosen.items() if k != name}
+
+        line = sorted({values[name] for values in tried if on_line(values)})
+        if len(line) < 2:
+            continue
+        lines += 1
+        beyond = sorted({values[name] for values in failed if on_line(values)})
+        if value == line[-1]:
+            above = [format_value(v) for v in beyond if v > value]
+            notes.append(f"{name} largest stable ({', '.join(above)} diverged)" if above else f"EDGE: {name} highest")
+        elif value == line[0]:
+            below = [format_value(v) for v in beyond if v < value]
+            notes.append(f"{name} smallest stable ({', '.join(below)} diverged)" if below else f"EDGE: {name} lowest")
+    if not lines:
+        return "-"
+    return "; ".join(notes) or "interior"
 
 
 def select(runs: list[RunSummary]) -> Selection:
