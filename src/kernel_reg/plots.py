@@ -54,9 +54,8 @@ def text_colour(colour: Any) -> tuple[float, float, float]:
     return 0.6 * red, 0.6 * green, 0.6 * blue
 
 
-def _strength(runs: list[RunSummary], short: bool = False) -> str:
+def _strength(config: Config, short: bool = False) -> str:
     """The hyperparameters of a setting, as a label ('' without any); ``short``: its strengths alone."""
-    config = runs[0].config
     if not short:
         return hyperparameter_text(config).replace(", ", " ")
     strengths = {p.name for r in config.regs for p in regularizers.REGISTRY[r.name].params if p.strength} | {"wd"}
@@ -139,7 +138,7 @@ def plot_rkhs_bracket(runs: list[RunSummary], path: Path) -> bool:
         for field, style in series:
             ax.plot(*_mean_curve(selection.of(method), field), color=colour, linestyle=style, lw=1.8)
         ax.set_yscale("log")
-        strength = _strength(selection.of(method))
+        strength = _strength(selection.of(method)[0].config)
         ax.set_title(f"{method} ({strength})" if strength else method, fontsize=8)
         ax.set_xlabel("epoch", fontsize=8)
         ax.tick_params(labelsize=7)
@@ -159,8 +158,7 @@ def setting_labels(configs: list[Config]) -> tuple[str, list[str]]:
     keys = list(dict.fromkeys(k for v in values for k in v))
     varying = [k for k in keys if len({v.get(k) for v in values}) > 1]
     if not varying:
-        strengths = [_strength([RunSummary(Path(), c, [], None)], short=True) for c in configs]
-        return "", strengths
+        return "", [_strength(c, short=True) for c in configs]
     shared = " ".join(f"{k}={values[0][k]}" for k in keys if k not in varying)
     return shared, [" ".join(f"{k}={v[k]}" for k in varying if k in v) for v in values]
 
