@@ -299,3 +299,22 @@ def test_the_table_says_whether_each_selection_is_inside_its_grid(tmp_path):
             write_divergence(run_path(config), "cross-entropy inf at epoch 2")
     table = selection_table(collect_runs(tmp_path))
     assert "| loss-gradl2 | lmbda=1 | 2 | lmbda largest stable (3 diverged) |" in table
+
+
+@pytest.mark.parametrize("columns", [1, 2, 3])
+def test_a_legend_of_several_columns_reads_in_order_across_its_rows(columns):
+    """matplotlib fills legend columns one after the other, the first ones taking the extra entries: the
+    reordered entries must then read 0, 1, 2, ... row by row."""
+    from kernel_reg.plots import _row_major
+
+    for count in range(1, 9):
+        names = [str(i) for i in range(count)]
+        _, ordered = _row_major(names, names, columns)
+        rows = -(-count // columns)
+        lengths = [rows if c < count % columns or count % columns == 0 else rows - 1 for c in range(columns)]
+        cells, start = [], 0
+        for length in lengths:  # column-major fill, as matplotlib does
+            cells.append(ordered[start : start + length])
+            start += length
+        across = [column[r] for r in range(rows) for column in cells if r < len(column)]
+        assert across == names

@@ -84,6 +84,13 @@ def _panels(count: int, width: float = 3.3, height: float = 2.6) -> tuple[Any, l
     return fig, flat[:count]
 
 
+def _row_major(handles: list[Any], names: list[str], columns: int) -> tuple[list[Any], list[str]]:
+    """The legend entries reordered so that they read in order across its rows (matplotlib fills a
+    legend column by column, the first columns taking the extra entries)."""
+    order = [i for column in range(columns) for i in range(column, len(names), columns)]
+    return [handles[i] for i in order], [names[i] for i in order]
+
+
 def plot_learning_curves(runs: list[RunSummary], path: Path) -> bool:
     """Small multiples, one panel per method: the test accuracy of each setting over epochs (mean over
     seeds; faint, the legend names what sets it apart, the title what the settings share), the selected
@@ -92,7 +99,7 @@ def plot_learning_curves(runs: list[RunSummary], path: Path) -> bool:
     if not selection.chosen:
         return False
     methods = sorted(selection.chosen, key=lambda m: (m != "none", m))
-    fig, axes = _panels(len(methods))
+    fig, axes = _panels(len(methods), height=3.3)  # room for each legend below its panel
     for index, (ax, method) in enumerate(zip(axes, methods)):
         colour = method_colour(method)
         family = selection.family(method)
@@ -106,7 +113,11 @@ def plot_learning_curves(runs: list[RunSummary], path: Path) -> bool:
                 epochs, train = _mean_curve(members, "train_acc")
                 ax.plot(epochs, [100 * v for v in train], color=colour, lw=1.4, linestyle="--")
         if len(family) > 1:
-            ax.legend(fontsize=7, loc="best", frameon=False, handlelength=1.5, labelcolor=text_colour(colour))
+            columns = min(3, len(family))
+            handles, names = ax.get_legend_handles_labels()
+            handles, names = _row_major(handles, names, columns)
+            ax.legend(handles, names, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=columns,
+                      frameon=False, handlelength=1.5, columnspacing=1.0, labelcolor=text_colour(colour))  # fmt: skip
         ax.set_title(f"{method} ({shared})" if shared else method, fontsize=9)
         ax.set_xlabel("epoch", fontsize=8)
         if index % 3 == 0:
