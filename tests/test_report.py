@@ -207,6 +207,11 @@ def test_settings_are_labelled_by_what_sets_them_apart_and_ordered_by_value(tmp_
     assert shared == "epsilon=1"
     assert texts == ["tau=1", "tau=1.5", "tau=10", "tau=2", "tau=1 kappa=0"]
     assert setting_labels(configs[:1]) == ("", ["epsilon=1 tau=1"])
+    exact, difference = (
+        make_run(tmp_path, f"gl_{method}", 0.8, regs=("loss-gradl2",), lmbda=1.0, **{"loss-gradl2.method": method})
+        for method in ("exact", "finite-difference")
+    )
+    assert setting_labels([exact, difference]) == ("lmbda=1", ["method=exact", "method=finite-difference"])
     family = select(collect_runs(tmp_path)).family("pgd-l2+project-sn")
     order = [(r[0].config.regs[1]["tau"], r[0].config.regs[1]["kappa"]) for r in family]
     assert [tau for tau, _ in order] == [1.0, 1.0, 1.5, 2.0, 10.0]  # 10 after 2, not between 1.5 and 2

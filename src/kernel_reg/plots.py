@@ -84,6 +84,13 @@ def _panels(count: int, width: float = 3.3, height: float = 2.6) -> tuple[Any, l
     return fig, flat[:count]
 
 
+def _panel_title(method: str, detail: str) -> str:
+    """'method (detail)', on two lines when one would run into the next panel's title."""
+    if not detail:
+        return method
+    return f"{method}\n({detail})" if len(method) + len(detail) > 40 else f"{method} ({detail})"
+
+
 def _row_major(handles: list[Any], names: list[str], columns: int) -> tuple[list[Any], list[str]]:
     """The legend entries reordered so that they read in order across its rows (matplotlib fills a
     legend column by column, the first columns taking the extra entries)."""
@@ -118,7 +125,7 @@ def plot_learning_curves(runs: list[RunSummary], path: Path) -> bool:
             handles, names = _row_major(handles, names, columns)
             ax.legend(handles, names, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=columns,
                       frameon=False, handlelength=1.5, columnspacing=1.0, labelcolor=text_colour(colour))  # fmt: skip
-        ax.set_title(f"{method} ({shared})" if shared else method, fontsize=9)
+        ax.set_title(_panel_title(method, shared), fontsize=9)
         ax.set_xlabel("epoch", fontsize=8)
         if index % 3 == 0:
             ax.set_ylabel("accuracy (%)", fontsize=8)
@@ -149,8 +156,7 @@ def plot_rkhs_bracket(runs: list[RunSummary], path: Path) -> bool:
         for field, style in series:
             ax.plot(*_mean_curve(selection.of(method), field), color=colour, linestyle=style, lw=1.8)
         ax.set_yscale("log")
-        strength = _strength(selection.of(method)[0].config)
-        ax.set_title(f"{method} ({strength})" if strength else method, fontsize=8)
+        ax.set_title(_panel_title(method, _strength(selection.of(method)[0].config)), fontsize=8)
         ax.set_xlabel("epoch", fontsize=8)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
@@ -163,7 +169,8 @@ def plot_rkhs_bracket(runs: list[RunSummary], path: Path) -> bool:
 
 def setting_labels(configs: list[Config]) -> tuple[str, list[str]]:
     """How to tell the settings of one method apart: (what they share, e.g. 'epsilon=1', or ''; for each
-    setting, the hyperparameters in which it differs from another, e.g. 'tau=1 kappa=0'). A single
+    setting, the hyperparameters in which it differs from another, e.g. 'tau=1 kappa=0', naming a default
+    value only where the label would otherwise be empty or another's, e.g. 'method=exact'). A single
     setting is labelled with its strengths."""
     values = [{k: format_value(v) for k, v in hyperparameters(c).items()} for c in configs]
     keys = list(dict.fromkeys(k for v in values for k in v))
@@ -171,7 +178,14 @@ def setting_labels(configs: list[Config]) -> tuple[str, list[str]]:
     if not varying:
         return "", [_strength(c, short=True) for c in configs]
     shared = " ".join(f"{k}={values[0][k]}" for k in keys if k not in varying)
-    return shared, [" ".join(f"{k}={v[k]}" for k in varying if k in v) for v in values]
+    texts = [" ".join(f"{k}={v[k]}" for k in varying if k in v) for v in values]
+    include = {(r.name, p.name) for c in configs for r in c.regs for p in regularizers.REGISTRY[r.name].params
+               if p.name in varying or f"{r.name}.{p.name}" in varying}  # fmt: skip
+    for i, config in enumerate(configs):
+        if not texts[i] or texts.count(texts[i]) > 1:
+            full = {k: format_value(v) for k, v in hyperparameters(config, include).items()}
+            texts[i] = " ".join(f"{k}={full[k]}" for k in varying if k in full)
+    return shared, texts
 
 
 Box = tuple[float, float, float, float]  # (left, bottom, right, top), in pixels
