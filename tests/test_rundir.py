@@ -194,3 +194,11 @@ def test_published_weights_evaluate_without_the_checkpoint(tmp_path, tiny):
         assert all(
             torch.equal(a, b) for a, b in zip(again.model.state_dict().values(), run.model.state_dict().values())
         )
+    published = path.read_bytes()
+    path.write_bytes(published[: len(published) // 2])  # a truncated download: restore it, do not retrain
+    with pytest.raises(RunFolderError, match=r"weights.pt is unreadable .* copy the published file again"):
+        load_run(run_dir, "cpu")
+    assert path.read_bytes() == published[: len(published) // 2]  # nothing was changed
+    path.unlink()
+    with pytest.raises(RunFolderError, match=r"has no checkpoint.pt \(nor the published weights, weights.pt\)"):
+        load_run(run_dir, "cpu")

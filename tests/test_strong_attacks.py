@@ -204,3 +204,22 @@ def test_convergence_is_checked_at_every_radius_when_asked(trained):
     for check, (key, doubled) in zip(convergence, every.doubled["l2"].items()):
         assert doubled <= every.clean and check.values["doubled"] == doubled
         assert check.fired == (doubled < every.l2[key] - 0.01)
+
+
+def test_the_printed_summary_gives_the_doubled_budget_the_square_check_and_what_fired():
+    from kernel_reg import checks
+    from kernel_reg.evaluation import summary
+    from kernel_reg.rundir import Robustness
+
+    square = checks.square_beats_gradients("l2", 1.0, broken=3, survivors=120, queries=500, n=200)
+    converged = checks.not_converged("l2", 0.5, accuracy=0.8, doubled=0.79)
+    result = Robustness(
+        clean=0.9, n=200, l2={"0.5": 0.8, "1": 0.6}, linf={}, lipschitz_bound=10.0, certified_l2={"0.5": 0.1, "1": 0.0},
+        attacks={}, settings={}, doubled={"l2": {"1": 0.55, "0.5": 0.79}}, masking_checks=(square, converged),
+    )  # fmt: skip
+    lines = summary(result)
+    assert "  l2 with twice the steps and restarts (%) at eps 0.5: 79.0, 1: 55.0" in lines  # by radius
+    assert f"  {square.detail}" in lines and "broke 3 of the 120" in square.detail
+    fired = [c.check for c in (square, converged) if c.fired]
+    assert f"  gradient-masking checks: 2 run, {len(fired)} fired:" in lines
+    assert [line for line in lines if line.startswith("  WARNING")] == [f"  WARNING: {name}" for name in fired]

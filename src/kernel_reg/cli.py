@@ -112,20 +112,44 @@ def _add_eval_flags(parser: argparse.ArgumentParser) -> None:
         "--attacks", default=",".join(defaults.attacks),
         help=f"comma-separated, their per-example worst case: {', '.join(ATTACK_NAMES)} (strong: APGD-CE + APGD-T)",
     )  # fmt: skip
-    parser.add_argument("--queries", type=int, default=defaults.queries, help="queries of the Square attack")
-    parser.add_argument("--n-target-classes", "--n_target_classes", type=int, default=defaults.n_target_classes)
+    parser.add_argument("--queries", type=int, default=defaults.queries,
+                        help=f"queries of the Square attack (default {defaults.queries})")  # fmt: skip
+    parser.add_argument("--n-target-classes", "--n_target_classes", type=int, default=defaults.n_target_classes,
+                        help="APGD-T: the most likely wrong classes it targets, each in turn "
+                        f"(default {defaults.n_target_classes})")  # fmt: skip
     parser.add_argument("--no-checks", dest="checks", action="store_false", help="skip the gradient-masking checks")
     parser.add_argument(
         "--converge-every-radius", "--converge_every_radius", action="store_true",
         help="check convergence (twice the steps and restarts) at every radius, not only the middle one",
     )  # fmt: skip
-    parser.add_argument("--attack-steps", "--attack_steps", type=int, default=defaults.steps)
-    parser.add_argument("--l2-step", "--l2_step", type=float, default=defaults.l2_step_size)
-    parser.add_argument("--linf-step", "--linf_step", type=float, default=defaults.linf_step_size)
-    parser.add_argument("--restarts", type=int, default=defaults.restarts)
+    parser.add_argument(
+        "--attack-steps",
+        "--attack_steps",
+        type=int,
+        default=defaults.steps,
+        help=f"iterations of each gradient attack, per restart and target (default {defaults.steps})",
+    )
+    parser.add_argument(
+        "--l2-step",
+        "--l2_step",
+        type=float,
+        default=defaults.l2_step_size,
+        help=f"PGD's l2 step size (default {defaults.l2_step_size}; APGD adapts its own)",
+    )
+    parser.add_argument(
+        "--linf-step",
+        "--linf_step",
+        type=float,
+        default=defaults.linf_step_size,
+        help=f"PGD's linf step size (default {defaults.linf_step_size})",
+    )
+    parser.add_argument("--restarts", type=int, default=defaults.restarts,
+                        help="random restarts of each attack (APGD-T: per target class; "
+                        f"default {defaults.restarts})")  # fmt: skip
     parser.add_argument("--eval-n-test", "--eval_n_test", type=int, default=defaults.n_test,
                         help="evaluate on the first N test images (0: all)")  # fmt: skip
-    parser.add_argument("--eval-batch-size", "--eval_batch_size", type=int, default=defaults.batch_size)
+    parser.add_argument("--eval-batch-size", "--eval_batch_size", type=int, default=defaults.batch_size,
+                        help=f"test images per attack call (default {defaults.batch_size})")  # fmt: skip
     parser.add_argument("--lipschitz-probe", "--lipschitz_probe", type=int, default=defaults.lipschitz_probe,
                         help="test images whose Jacobian norms bound L from below (0: none)")  # fmt: skip
     parser.add_argument("--attack-seed", "--attack_seed", type=int, default=defaults.seed,

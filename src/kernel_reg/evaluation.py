@@ -369,6 +369,15 @@ def summary(result: Robustness) -> list[str]:
                          "one")  # fmt: skip
     else:
         lines.append(f"  no certificate: {result.certified_note}")
+    for norm, doubled in result.doubled.items():
+        if doubled:
+            by_radius = dict(sorted(doubled.items(), key=lambda item: float(item[0])))
+            lines.append(f"  {norm} with twice the steps and restarts (%) at eps {cells(norm, by_radius)}")
+    if result.masking_checks is not None:
+        lines += [f"  {c.detail}" for c in result.masking_checks if "broken" in c.values]  # the Square checks
+        fired = len(result.suspicious)
+        lines.append(f"  gradient-masking checks: {len(result.masking_checks)} run, "
+                     + (f"{fired} fired:" if fired else "none fired"))  # fmt: skip
     lines += [f"  WARNING: {name}" for name in result.suspicious]
     return lines
 

@@ -328,14 +328,19 @@ def read_checkpoint(run_dir: str | Path, device: torch.device | str = "cpu", wei
     if weights and not path.is_file() and (Path(run_dir) / WEIGHTS).is_file():
         path = Path(run_dir) / WEIGHTS
     if not path.is_file():
-        raise RunFolderError(f"{run_dir} has no {CHECKPOINT}: train it first")
+        published = f" (nor the published weights, {WEIGHTS})" if weights else ""
+        raise RunFolderError(f"{run_dir} has no {CHECKPOINT}{published}: train it first")
     try:
         state = torch.load(path, map_location=device, weights_only=True)
     except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        remedy = (
+            "copy the published file again (in a clone of the repository: `git checkout -- PATH`)"
+            if path.name == WEIGHTS
+            else "`kernel-reg train --fresh ...` sets the run folder aside and starts over"
+        )
         raise RunFolderError(
-            f"{path} is unreadable ({reason}): it is truncated or corrupt. Nothing was changed; "
-            "`kernel-reg train --fresh ...` sets the run folder aside and starts over"
+            f"{path} is unreadable ({reason}): it is truncated or corrupt. Nothing was changed; {remedy}"
         ) from None
     if not isinstance(state, dict) or not {"model", "epoch"} <= set(state):
         raise RunFolderError(f"{path} is not a kernel-reg checkpoint (no model weights and epoch)")
