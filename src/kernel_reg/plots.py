@@ -70,12 +70,15 @@ def _mean_curve(runs: list[RunSummary], field: str) -> tuple[list[int], list[flo
     return epochs, values
 
 
+PANEL_COLUMNS = 3  # small multiples a row: a figure that reads at a page's width
+
+
 def _panels(count: int, width: float = 3.3, height: float = 2.6) -> tuple[Any, list[Any]]:
-    """A grid of ``count`` small panels, three a row: a figure that reads at a page's width (about 1000
-    pixels), the width a report's or RESULTS.md's figure is shown at."""
+    """A grid of ``count`` small panels, ``PANEL_COLUMNS`` a row: a figure that reads at a page's width
+    (about 1000 pixels), the width a report's or RESULTS.md's figure is shown at."""
     import matplotlib.pyplot as plt
 
-    columns = min(3, count)
+    columns = min(PANEL_COLUMNS, count)
     rows = math.ceil(count / columns)
     fig, axes = plt.subplots(rows, columns, figsize=(width * columns, height * rows), squeeze=False, sharey=True)
     flat = list(axes.flat)
@@ -127,7 +130,7 @@ def plot_learning_curves(runs: list[RunSummary], path: Path) -> bool:
                       frameon=False, handlelength=1.5, columnspacing=1.0, labelcolor=text_colour(colour))  # fmt: skip
         ax.set_title(_panel_title(method, shared), fontsize=9)
         ax.set_xlabel("epoch", fontsize=8)
-        if index % 3 == 0:
+        if index % PANEL_COLUMNS == 0:  # the first panel of a row
             ax.set_ylabel("accuracy (%)", fontsize=8)
         ax.tick_params(labelsize=7.5)
         ax.grid(alpha=0.3)

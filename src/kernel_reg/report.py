@@ -16,7 +16,6 @@ from pathlib import Path
 from .config import (
     format_value,
     hyperparameter_text,
-    hyperparameters,
 )
 from .plots import plot_learning_curves, plot_rkhs_bracket, plot_tradeoff
 from .rundir import (
@@ -24,7 +23,7 @@ from .rundir import (
     atomic_write_text,
     check_writable,
 )
-from .studies import RunSummary, Warn, _mean_val, bracket, collect_runs, seed_of, select, studies
+from .studies import RunSummary, Warn, _mean_val, bracket, collect_runs, seed_of, select, setting_order, studies
 
 
 def _percent(value: float | None) -> str:
@@ -43,7 +42,7 @@ def markdown_table(runs: list[RunSummary]) -> str:
     header += [f"PGD-l2 {k}" for k in l2_keys] + [f"PGD-linf {float(k) * 255:.3g}/255" for k in linf_keys]
     header += [f"certified l2 {k}" for k in cert_keys] + ["2x budget", "masking checks", "train min"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for run in sorted(runs, key=lambda r: (r.method, sorted(map(str, hyperparameters(r.config).items())), r.name)):
+    for run in sorted(runs, key=lambda r: (r.method, setting_order(r.config), r.name)):
         best = run.best
         params = hyperparameter_text(run.config) or "-"
         rob = run.robustness

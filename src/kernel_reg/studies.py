@@ -171,14 +171,16 @@ class Selection:
         return self.settings[self.chosen[method]]
 
     def family(self, method: str) -> list[list[RunSummary]]:
-        """The settings tried for ``method``, each a list of seeds, by hyperparameters (numbers in order)."""
-
-        def order(runs: list[RunSummary]) -> list[tuple[str, tuple[int, float, str]]]:
-            values = sorted(hyperparameters(runs[0].config).items())
-            return [(k, (0, v, "") if isinstance(v, int | float) else (1, 0.0, str(v))) for k, v in values]
-
+        """The settings tried for ``method``, each a list of seeds, in ``setting_order``."""
         members = [runs for runs in self.settings.values() if runs[0].method == method]
-        return sorted(members, key=order)
+        return sorted(members, key=lambda runs: setting_order(runs[0].config))
+
+
+def setting_order(config: Config) -> list[tuple[str, tuple[int, float, str]]]:
+    """A sort key that lists the settings of a method by their hyperparameters, numbers in numeric order
+    (1e-05 before 0.1, which a text order would put after it)."""
+    values = sorted(hyperparameters(config).items())
+    return [(k, (0, v, "") if isinstance(v, int | float) else (1, 0.0, str(v))) for k, v in values]
 
 
 def bracket(selection: Selection, method: str, diverged: Sequence[RunSummary] = ()) -> str:
