@@ -238,7 +238,7 @@ def _write_labels(ax: Any, labels: list[tuple[float, float, str, Any]], fontsize
 
 
 def plot_tradeoff(runs: list[RunSummary], path: Path, norm: str = "l2") -> bool:
-    """Standard vs adversarial test accuracy, one panel per eps_test, one curve per method across its
+    """Standard vs adversarial test accuracy, one wide panel a row per eps_test, one curve per method across its
     settings (dashed for a combination with the projection), each point labelled with what sets it apart
     (the hyperparameters the method's settings share are in the legend), as the paper's figure; for l2 the
     certified accuracies too (dotted, hollow triangles) unless they are zero everywhere. False when no run
@@ -253,9 +253,10 @@ def plot_tradeoff(runs: list[RunSummary], path: Path, norm: str = "l2") -> bool:
     for run, rob in evaluated:
         by_method[run.method].append((run, rob))
     certified_anywhere = norm == "l2" and any(any((rob.certified_l2 or {}).values()) for _, rob in evaluated)
-    fig, axes = plt.subplots(1, len(keys), figsize=(3.6 * len(keys), 4.4), squeeze=False)
+    # one wide panel a row: the labels of a crowded front need the width
+    fig, axes = plt.subplots(len(keys), 1, figsize=(8.4, 3.5 * len(keys)), squeeze=False)
     labels: dict[Any, list[tuple[float, float, str, Any]]] = defaultdict(list)
-    for ax, key in zip(axes[0], keys):
+    for ax, key in zip(axes[:, 0], keys):
         for method, members in sorted(by_method.items()):
             colour = method_colour(method)
             shared, texts = setting_labels([run.config for run, _ in members])
