@@ -3,12 +3,13 @@
 # folder a sweep writes into the repository's results/, e.g.
 #   scripts/sync_study.sh /work/study/results/small_data_fit results/small_data_fit
 set -euo pipefail
-from=$1 to=$2
-cd "$from"
+if [ $# -ne 2 ]; then echo "usage: $0 FROM TO (a sweep's results folder, the repository's)" >&2; exit 2; fi
+to=$(mkdir -p "$2" && cd "$2" && pwd)  # absolute: relative to where the script was called, either way
+cd "$1"
 find . -name config.json -not -path '*/.*' | while read -r config; do
   run=$(dirname "$config")
-  mkdir -p "$OLDPWD/$to/$run"
+  mkdir -p "$to/$run"
   for record in config.json metrics.jsonl robustness.json weights.pt diverged.json; do
-    if [ -f "$run/$record" ]; then cp "$run/$record" "$OLDPWD/$to/$run/$record"; fi
+    if [ -f "$run/$record" ]; then cp "$run/$record" "$to/$run/$record"; fi
   done
 done

@@ -220,6 +220,7 @@ def test_the_printed_summary_gives_the_doubled_budget_the_square_check_and_what_
     lines = summary(result)
     assert "  l2 with twice the steps and restarts (%) at eps 0.5: 79.0, 1: 55.0" in lines  # by radius
     assert f"  {square.detail}" in lines and "broke 3 of the 120" in square.detail
+    assert f"  {converged.detail}" not in lines  # only the Square checks' details are printed
     fired = [c.check for c in (square, converged) if c.fired]
     assert f"  gradient-masking checks: 2 run, {len(fired)} fired:" in lines
     assert [line for line in lines if line.startswith("  WARNING")] == [f"  WARNING: {name}" for name in fired]

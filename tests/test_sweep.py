@@ -4,7 +4,9 @@ and the report's selection by validation accuracy."""
 import json
 import os
 import stat
+import subprocess
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -257,3 +259,28 @@ def test_a_diverged_run_is_recorded_reported_and_skipped_by_sweeps(tmp_path, tin
     with pytest.raises(TrainingDiverged):  # `kernel-reg train` retries: the record is cleared, then written again
         train(config, log=lambda _: None)
     assert read_divergence(run_path(config)) is not None
+
+
+@pytest.mark.parametrize("relative", [True, False])
+def test_sync_study_copies_records_only_where_it_is_told(tmp_path, relative):
+    """scripts/sync_study.sh copies each run's records, never a checkpoint nor a hidden folder, into the
+    destination as the caller names it (a relative one once landed inside the source folder)."""
+    source = tmp_path / "sweep" / "results"
+    run = source / "fmnist300_vgg5" / "none_s0"
+    hidden = source / ".before" / "old_s0"
+    for folder in (run, hidden):
+        folder.mkdir(parents=True)
+        for record in ("config.json", "metrics.jsonl", "checkpoint.pt"):
+            (folder / record).write_text(f"{folder.name} {record}")
+    caller = tmp_path / "repo"
+    caller.mkdir()
+    target = "results/study" if relative else str(tmp_path / "elsewhere")
+    script = Path(__file__).parents[1] / "scripts" / "sync_study.sh"
+    subprocess.run(["bash", script, source, target], cwd=caller, check=True, capture_output=True)
+    copied = (caller / target if relative else Path(target)) / "fmnist300_vgg5" / "none_s0"
+    assert sorted(p.name for p in copied.iterdir()) == ["config.json", "metrics.jsonl"]
+    assert (copied / "metrics.jsonl").read_text() == "none_s0 metrics.jsonl"
+    assert sorted(p.name for p in source.iterdir()) == [".before", "fmnist300_vgg5"]  # nothing written back
+    assert not list(caller.rglob("old_s0"))
+    usage = subprocess.run(["bash", script, source], cwd=caller, capture_output=True, text=True)
+    assert usage.returncode == 2 and "usage" in usage.stderr

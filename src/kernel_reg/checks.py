@@ -17,6 +17,7 @@ from .rundir import MaskingCheck
 CONVERGENCE_DROP = 0.01  # twice the steps and restarts lowering the accuracy by more: the attack had not converged
 SQUARE_SHARE = 0.01  # Square breaking more than this share (and over one example) of the survivors
 ZERO_GRADIENT_SHARE = 0.1  # more examples than this with an exactly zero input gradient
+SQUARE_CHECK = "score-based attack beats the gradient attacks"  # after the norm: "l2 score-based ..."
 
 
 def radius_text(norm: str, eps: float) -> str:
@@ -63,7 +64,7 @@ def square_beats_gradients(norm: str, eps: float, broken: int, survivors: int, q
     gradient attacks left (and more than one): the gradients mislead the attacks, the classic sign of
     gradient masking."""
     return MaskingCheck(
-        f"{norm} score-based attack beats the gradient attacks",
+        f"{norm} {SQUARE_CHECK}",
         broken > max(1, math.ceil(SQUARE_SHARE * n)),
         f"eps {radius_text(norm, eps)}: Square ({queries} queries) broke {broken} of the {survivors} examples "
         "the gradient attacks left",

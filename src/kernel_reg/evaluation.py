@@ -374,7 +374,7 @@ def summary(result: Robustness) -> list[str]:
             by_radius = dict(sorted(doubled.items(), key=lambda item: float(item[0])))
             lines.append(f"  {norm} with twice the steps and restarts (%) at eps {cells(norm, by_radius)}")
     if result.masking_checks is not None:
-        lines += [f"  {c.detail}" for c in result.masking_checks if "broken" in c.values]  # the Square checks
+        lines += [f"  {c.detail}" for c in result.masking_checks if c.check.endswith(checks.SQUARE_CHECK)]
         fired = len(result.suspicious)
         lines.append(f"  gradient-masking checks: {len(result.masking_checks)} run, "
                      + (f"{fired} fired:" if fired else "none fired"))  # fmt: skip
