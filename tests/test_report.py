@@ -323,3 +323,24 @@ def test_a_legend_of_several_columns_reads_in_order_across_its_rows(columns):
             start += length
         across = [column[r] for r in range(rows) for column in cells if r < len(column)]
         assert across == names
+
+
+def test_a_panel_with_one_setting_names_it_in_its_title(tmp_path, monkeypatch):
+    """A method run at one strength has no legend: its panel's title carries the strength; the figure
+    says 'selected by validation' only when some method had several settings to select from."""
+    from kernel_reg import plots
+
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig))
+    make_run(tmp_path, "none", 0.7)
+    make_run(tmp_path, "gp", 0.8, regs=("gradient-penalty",), lmbda=0.01)
+    assert plots.plot_learning_curves(collect_runs(tmp_path), tmp_path / "curves.png")
+    make_run(tmp_path, "vat1", 0.8, regs=("vat",), epsilon=1.0)
+    make_run(tmp_path, "vat3", 0.8, regs=("vat",), epsilon=3.0)
+    assert plots.plot_learning_curves(collect_runs(tmp_path), tmp_path / "curves.png")
+    one, several = figures
+    assert [ax.get_title() for ax in one.axes if ax.get_visible()] == ["none", "gradient-penalty (lmbda=0.01)"]
+    assert "one setting per method" in one._suptitle.get_text()
+    titles = [ax.get_title() for ax in several.axes if ax.get_visible()]
+    assert titles == ["none", "gradient-penalty (lmbda=0.01)", "vat (lmbda=1)"]  # vat's epsilons: in its legend
+    assert "bold: selected by validation" in several._suptitle.get_text()

@@ -103,8 +103,9 @@ def _row_major(handles: list[Any], names: list[str], columns: int) -> tuple[list
 
 def plot_learning_curves(runs: list[RunSummary], path: Path) -> bool:
     """Small multiples, one panel per method: the test accuracy of each setting over epochs (mean over
-    seeds; faint, the legend names what sets it apart, the title what the settings share), the selected
-    setting bold with its training accuracy dashed. False when no run has finished."""
+    seeds; faint, the legend names what sets it apart, the title what the settings share, or the setting
+    when it is the method's only one), the selected setting bold with its training accuracy dashed. False
+    when no run has finished."""
     selection = select(runs)
     if not selection.chosen:
         return False
@@ -128,14 +129,15 @@ def plot_learning_curves(runs: list[RunSummary], path: Path) -> bool:
             handles, names = _row_major(handles, names, columns)
             ax.legend(handles, names, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=columns,
                       frameon=False, handlelength=1.5, columnspacing=1.0, labelcolor=text_colour(colour))  # fmt: skip
-        ax.set_title(_panel_title(method, shared), fontsize=9)
+        ax.set_title(_panel_title(method, shared if len(family) > 1 else texts[0]), fontsize=9)
         ax.set_xlabel("epoch", fontsize=8)
         if index % PANEL_COLUMNS == 0:  # the first panel of a row
             ax.set_ylabel("accuracy (%)", fontsize=8)
         ax.tick_params(labelsize=7.5)
         ax.grid(alpha=0.3)
-    fig.suptitle("test accuracy per setting (mean over seeds)\nbold: selected by validation, its training "
-                 "accuracy dashed", fontsize=9)  # fmt: skip
+    several = any(len(selection.family(m)) > 1 for m in methods)
+    chosen = "bold: selected by validation" if several else "one setting per method"
+    fig.suptitle(f"test accuracy per setting (mean over seeds)\n{chosen}, its training accuracy dashed", fontsize=9)
     fig.tight_layout()
     _save(fig, path)
     return True
