@@ -122,27 +122,13 @@ def _add_eval_flags(parser: argparse.ArgumentParser) -> None:
         "--converge-every-radius", "--converge_every_radius", action="store_true",
         help="check convergence (twice the steps and restarts) at every radius, not only the middle one",
     )  # fmt: skip
-    parser.add_argument(
-        "--attack-steps",
-        "--attack_steps",
-        type=int,
-        default=defaults.steps,
-        help=f"iterations of each gradient attack, per restart and target (default {defaults.steps})",
-    )
-    parser.add_argument(
-        "--l2-step",
-        "--l2_step",
-        type=float,
-        default=defaults.l2_step_size,
-        help=f"PGD's l2 step size (default {defaults.l2_step_size}; APGD adapts its own)",
-    )
-    parser.add_argument(
-        "--linf-step",
-        "--linf_step",
-        type=float,
-        default=defaults.linf_step_size,
-        help=f"PGD's linf step size (default {defaults.linf_step_size})",
-    )
+    parser.add_argument("--attack-steps", "--attack_steps", type=int, default=defaults.steps,
+                        help="iterations of each gradient attack, per restart and target "
+                        f"(default {defaults.steps})")  # fmt: skip
+    parser.add_argument("--l2-step", "--l2_step", type=float, default=defaults.l2_step_size,
+                        help=f"PGD's l2 step size (default {defaults.l2_step_size}; APGD adapts its own)")  # fmt: skip
+    parser.add_argument("--linf-step", "--linf_step", type=float, default=defaults.linf_step_size,
+                        help=f"PGD's linf step size (default {defaults.linf_step_size})")  # fmt: skip
     parser.add_argument("--restarts", type=int, default=defaults.restarts,
                         help="random restarts of each attack (APGD-T: per target class; "
                         f"default {defaults.restarts})")  # fmt: skip

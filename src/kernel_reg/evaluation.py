@@ -351,8 +351,9 @@ def evaluate_model(
 def summary(result: Robustness) -> list[str]:
     """The lines ``kernel-reg evaluate`` prints: accuracies in %, linf radii in units of 1/255."""
 
-    def cells(norm: str, values: dict[str, float]) -> str:
-        return ", ".join(f"{radius_text(norm, float(k))}: {100 * v:.1f}" for k, v in values.items())
+    def cells(norm: str, values: dict[str, float]) -> str:  # by radius, whatever order they were measured in
+        ordered = sorted(values.items(), key=lambda item: float(item[0]))
+        return ", ".join(f"{radius_text(norm, float(k))}: {100 * v:.1f}" for k, v in ordered)
 
     weights = f"{result.weights} weights, epoch {result.epoch}"
     lines = [f"clean accuracy {100 * result.clean:.1f}% on {result.n} test images ({weights})"]
@@ -371,8 +372,7 @@ def summary(result: Robustness) -> list[str]:
         lines.append(f"  no certificate: {result.certified_note}")
     for norm, doubled in result.doubled.items():
         if doubled:
-            by_radius = dict(sorted(doubled.items(), key=lambda item: float(item[0])))
-            lines.append(f"  {norm} with twice the steps and restarts (%) at eps {cells(norm, by_radius)}")
+            lines.append(f"  {norm} with twice the steps and restarts (%) at eps {cells(norm, doubled)}")
     if result.masking_checks is not None:
         lines += [f"  {c.detail}" for c in result.masking_checks if c.check.endswith(checks.SQUARE_CHECK)]
         fired = len(result.suspicious)

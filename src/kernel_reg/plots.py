@@ -110,10 +110,10 @@ def plot_learning_curves(runs: list[RunSummary], path: Path) -> bool:
     if not selection.chosen:
         return False
     methods = sorted(selection.chosen, key=lambda m: (m != "none", m))
+    families = [selection.family(method) for method in methods]
     fig, axes = _panels(len(methods), height=3.3)  # room for each legend below its panel
-    for index, (ax, method) in enumerate(zip(axes, methods)):
+    for index, (ax, method, family) in enumerate(zip(axes, methods, families)):
         colour = method_colour(method)
-        family = selection.family(method)
         shared, texts = setting_labels([members[0].config for members in family])
         for members, text in zip(family, texts):
             bold = members is selection.of(method)
@@ -135,8 +135,7 @@ def plot_learning_curves(runs: list[RunSummary], path: Path) -> bool:
             ax.set_ylabel("accuracy (%)", fontsize=8)
         ax.tick_params(labelsize=7.5)
         ax.grid(alpha=0.3)
-    several = any(len(selection.family(m)) > 1 for m in methods)
-    chosen = "bold: selected by validation" if several else "one setting per method"
+    chosen = "bold: selected by validation" if any(len(f) > 1 for f in families) else "one setting per method"
     fig.suptitle(f"test accuracy per setting (mean over seeds)\n{chosen}, its training accuracy dashed", fontsize=9)
     fig.tight_layout()
     _save(fig, path)
