@@ -89,7 +89,10 @@ def test_a_run_name_is_a_function_of_the_configuration_alone(tmp_path):
         "vat_lmbda1_epsilon1_width16_num_epochs60_s0",
         "vat_lmbda1_epsilon1_width16_num_epochs60_s1",
     ]
-    hashed = expand(plain, [parse_grid("reg=none data_dir=/data/fmnist")], 1)[0]  # not a plain token: a hash
+    elsewhere = expand(plain, [parse_grid("reg=none data_dir=/data/fmnist")], 1)[0]
+    assert elsewhere.name == "none_s0"  # where this machine keeps the data is not what the run computes
+    many = "reg=none width=16 num_epochs=60 sched_step=10 probe_size=64 n_train=250 test_batch_size=256 lr=0.01"
+    hashed = expand(plain, [parse_grid(many)], 1)[0]  # too long for a name: a hash
     assert hashed.name == "none_s0_h" + short_hash(json.dumps(identity_changes(hashed), sort_keys=True))
     for config in wide + [hashed]:
         assert config == config.replace(name=run_name(config))

@@ -12,8 +12,8 @@ from torch import nn
 
 from . import models, spectral
 from .config import Config, check_device
-from .data import NUM_CLASSES, Splits, load_arrays, make_splits, resolve_data_dir
-from .rundir import CHECKPOINT, CONFIG, RunFolderError, read_checkpoint, read_config
+from .data import NUM_CLASSES, DataMismatchError, DataRecord, Splits, data_mismatch, load_dataset, make_splits
+from .rundir import CHECKPOINT, CONFIG, RunFolderError, read_checkpoint, read_config, read_provenance
 
 
 def resolve_device(name: str) -> torch.device:
@@ -34,9 +34,31 @@ def resolve_device(name: str) -> torch.device:
 
 def load_splits(config: Config, device: torch.device, n_test: int | None = None) -> Splits:
     """The run's training / validation / test tensors on ``device``."""
-    arrays = load_arrays(config.dataset, resolve_data_dir(config.dataset, config.data_dir))
+    return load_data(config, device, n_test)[0]
+
+
+def load_data(
+    config: Config,
+    device: torch.device,
+    n_test: int | None = None,
+    recorded: DataRecord | None = None,
+    parts: tuple[str, ...] = ("train", "test"),
+    allow_other: bool = False,
+) -> tuple[Splits, DataRecord, str | None]:
+    """(splits on ``device``, the record of the data read, the override note): the data of ``config``
+    (``config.n_test``, or the first ``n_test`` test images), checked against the run's ``recorded`` data
+    on ``parts``. Different data raise DataMismatchError naming both hashes, unless ``allow_other``: then
+    the note says what differed (None when nothing did)."""
+    dataset = load_dataset(config.dataset, config.data_dir)
+    note = None if recorded is None else data_mismatch(recorded, dataset.record, parts)
+    if note is not None and not allow_other:
+        raise DataMismatchError(
+            f"{note}; pass --data-dir with the folder of the run's files, or --allow-other-data to go on "
+            "anyway (the difference is recorded beside the result)"
+        )
     n_test = config.n_test if n_test is None else n_test
-    return make_splits(arrays, config.n_train, config.n_val, config.shuf_seed, device, n_test)
+    splits = make_splits(dataset.arrays, config.n_train, config.n_val, config.shuf_seed, device, n_test)
+    return splits, dataset.record, note
 
 
 def build_model(config: Config, device: torch.device, input_shape: Sequence[int] | None = None) -> nn.Module:
@@ -66,23 +88,41 @@ class LoadedRun:
     epoch: int
     weights: str
     trained_to: int
+    data: DataRecord | None = None
+    data_override: str | None = None
 
 
-def load_run(run_dir: str | Path, device: str = "auto", n_test: int | None = None, which: str = "best") -> LoadedRun:
+def load_run(
+    run_dir: str | Path,
+    device: str = "auto",
+    n_test: int | None = None,
+    which: str = "best",
+    data_dir: str | None = None,
+    allow_other_data: bool = False,
+) -> LoadedRun:
     """A run folder's model and data. ``which="best"``: the weights of best validation accuracy, or the last
-    ones when the run has no validation set; "last": the last."""
+    ones when the run has no validation set; "last": the last. ``data_dir``: where the data are on this
+    machine (None: the run's own setting); test data other than the run recorded raise DataMismatchError
+    unless ``allow_other_data``."""
     run_dir = Path(run_dir)
     config = read_config(run_dir)
+    if data_dir is not None:
+        config = config.replace(data_dir=data_dir)
     target = resolve_device(device)
     state = read_checkpoint(run_dir, target, weights=True)
-    splits = load_splits(config, target, n_test)
+    provenance = read_provenance(run_dir)
+    recorded = None if provenance is None else provenance.data
+    try:
+        splits, data, note = load_data(config, target, n_test, recorded, ("test",), allow_other_data)
+    except DataMismatchError as error:
+        raise DataMismatchError(f"{run_dir}: {error}") from None
     model = build_model(config, target, splits.input_shape)
     best = which == "best" and state.get("best") is not None
     chosen = state["best"] if best else state
     load_weights(model, chosen["model"], run_dir)
     model.eval()
     weights = "best-validation" if best else "last"
-    return LoadedRun(config, model, splits, int(chosen["epoch"]), weights, int(state["epoch"]))
+    return LoadedRun(config, model, splits, int(chosen["epoch"]), weights, int(state["epoch"]), data, note)
 
 
 def load_weights(model: nn.Module, weights: dict[str, torch.Tensor], run_dir: str | Path) -> None:

@@ -1,4 +1,4 @@
-"""Command line: ``kernel-reg train | evaluate | report | demo``.
+"""Command line: ``kernel-reg train | sweep | evaluate | certify | export | report | models | verify | demo``.
 
 Every field of ``Config`` is a flag, in kebab case (``--data-dir``) and, as in the original scripts, in
 snake case (``--data_dir``); regularizers are chosen with ``--reg NAME`` or the original's ``--reg_NAME``
@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -18,8 +19,9 @@ from pathlib import Path
 
 from . import regularizers
 from .builders import resolve_device
-from .config import FIELD_HELP, PRESETS, Config, field_types, parse_bool, preset_config
-from .evaluation import ATTACK_NAMES, EvalSettings, evaluate_run
+from .config import FIELD_HELP, PRESETS, Config, field_types, format_value, parse_bool, preset_config
+from .data import EMBEDDED
+from .evaluation import ATTACK_NAMES, EvalSettings, certify_run, evaluate_run
 from .progress import say
 from .report import write_report
 from .rundir import check_not_nested, check_writable, export_weights, locked, run_path
@@ -27,6 +29,7 @@ from .rundir import check_not_nested, check_writable, export_weights, locked, ru
 # fields with their own flags below
 _SPECIAL = {"experiment", "regs"}
 _PARAM = "param:"  # argparse dest prefix of the regularizer hyperparameter flags
+_THREADS_SET = "KERNEL_REG_THREADS_SET"  # marks a process that `reproduce` started on its thread count
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
@@ -98,6 +101,42 @@ def config_from_args(args: argparse.Namespace) -> Config:
     # the original's shared flags first, so that a --REG.NAME flag overrides them
     params = sorted(reg_param_values(args).items(), key=lambda item: "." in item[0])
     return config.updated(dict(params))
+
+
+def train_command(config: Config) -> str:
+    """The ``kernel-reg train`` command that trains ``config`` (into ``runs/``, on the default device): its
+    preset, name, regularizers and every value that differs from the preset's or the registry's; the data
+    folder only when it is the embedded subset (where this machine keeps the full data set is its own)."""
+    preset = preset_config(config.experiment)
+    words = ["kernel-reg", "train", "--experiment", config.experiment, "--name", config.name]
+    for reg in config.regs:
+        words += ["--reg", reg.name]
+    for f in dataclasses.fields(Config):
+        value = getattr(config, f.name)
+        if f.name in (*_SPECIAL, "name", "root", "device", "data_dir") or value == getattr(preset, f.name):
+            continue
+        flag = f"--{f.name.replace('_', '-')}"
+        words += [flag if value else f"--no-{flag[2:]}"] if isinstance(value, bool) else [flag, format_value(value)]
+    if config.data_dir == EMBEDDED:
+        words += ["--data-dir", EMBEDDED]
+    for reg in config.regs:
+        defaults = {p.name: p.default for p in regularizers.REGISTRY[reg.name].params}
+        words += [w for k, v in reg.params if v != defaults[k] for w in (f"--{reg.name}.{k}", format_value(v))]
+    return shlex.join(words)
+
+
+def _add_data_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", "--data_dir", default=None,
+                        help="where this machine keeps the run's data set (default: its own setting)")  # fmt: skip
+    parser.add_argument("--allow-other-data", "--allow_other_data", action="store_true",
+                        help="go on when the data differ from the run record (recorded with the result)")  # fmt: skip
+
+
+def _add_output_flags(parser: argparse.ArgumentParser, record: str) -> None:
+    parser.add_argument("--out", type=Path, default=None,
+                        help=f"write {record} into OUT/<run folder name> (default: into the run folder)")  # fmt: skip
+    parser.add_argument("--in-place", "--in_place", action="store_true",
+                        help=f"overwrite the {record} of a published run folder (one with weights.pt)")  # fmt: skip
 
 
 def _add_eval_flags(parser: argparse.ArgumentParser) -> None:
@@ -177,6 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flags(train)
     train.add_argument("--fresh", action="store_true", help="set an existing run folder aside and start over")
     train.add_argument("--nproc", type=int, default=1, help="processes (GPUs) to train on, launched with torchrun")
+    train.add_argument("--allow-other-data", "--allow_other_data", action="store_true",
+                       help="resume although the data differ from the run's record (recorded)")  # fmt: skip
 
     sweep = commands.add_parser("sweep", help="a grid of runs with submitit (local processes or Slurm)")
     _add_config_flags(sweep)
@@ -202,7 +243,19 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--device", default="auto")
     evaluate.add_argument("--weights", choices=("best", "last"), default="best",
                           help="the weights of best validation accuracy (default) or the last ones")  # fmt: skip
+    _add_data_flags(evaluate)
+    _add_output_flags(evaluate, "robustness.json")
     _add_eval_flags(evaluate)
+
+    certify = commands.add_parser("certify", help="clean and certified l2 accuracy, no attacks -> certified.json")
+    certify.add_argument("runs", nargs="+", type=Path, help="run folders")
+    certify.add_argument("--eps", type=float, nargs="+", default=[0.1, 0.25, 0.5], help="l2 radii")
+    certify.add_argument("--n-test", "--n_test", type=int, default=0, help="the first N test images (0: all)")
+    certify.add_argument("--device", default="auto")
+    certify.add_argument("--weights", choices=("best", "last"), default="best",
+                         help="the weights of best validation accuracy (default) or the last ones")  # fmt: skip
+    _add_data_flags(certify)
+    _add_output_flags(certify, "certified.json")
 
     export = commands.add_parser("export", help="weights.pt: a run's weights without optimizer state, to publish")
     export.add_argument("runs", nargs="+", type=Path, help="run folders")
@@ -210,6 +263,25 @@ def build_parser() -> argparse.ArgumentParser:
     report = commands.add_parser("report", help="Markdown table and plots over a folder of runs")
     report.add_argument("root", nargs="?", type=Path, default=Path("runs"))
     report.add_argument("--out", type=Path, default=None, help="folder for report.md and the plots (default: root)")
+
+    models = commands.add_parser("models", help="the published models of the model index (results/models.json)")
+    models.add_argument("--index", type=Path, default=None, help="the index (default: results/models.json)")
+    models.add_argument("--update", action="store_true",
+                        help="regenerate the index from the run folders beside it (after publishing)")  # fmt: skip
+
+    verify = commands.add_parser("verify", help="measure a published model's recorded numbers again")
+    verify.add_argument("model", help="its name in `kernel-reg models`, or its folder")
+    verify.add_argument("--n-test", "--n_test", type=int, default=0,
+                        help="the first N test images of each record (0: all of its images)")  # fmt: skip
+    verify.add_argument("--index", type=Path, default=None, help="the index (default: results/models.json)")
+    verify.add_argument("--device", default="cpu")
+    _add_data_flags(verify)
+
+    reproduce = commands.add_parser("reproduce", help="retrain a published run and compare with its metrics")
+    reproduce.add_argument("run", type=Path, help="the published run folder")
+    reproduce.add_argument("--root", type=Path, default=Path("runs/reproduce"), help="where to retrain it")
+    reproduce.add_argument("--threads", type=int, default=1,
+                           help="CPU threads (published runs: 1; sums differ across counts)")  # fmt: skip
 
     demo = commands.add_parser("demo", help="the main job: four methods on 1000 embedded Fashion-MNIST images")
     demo.add_argument("--root", type=Path, default=Path("runs/demo"))
@@ -317,6 +389,53 @@ def _launch_with_torchrun(argv: Sequence[str], nproc: int) -> int:
     return subprocess.call([sys.executable, "-m", *launcher, "-m", "kernel_reg", *rest])
 
 
+def _zoo_command(args: argparse.Namespace) -> int:
+    from . import zoo
+
+    if args.command == "models":
+        if args.update:
+            results = (args.index or zoo.default_index()).parent
+            say(f"wrote {zoo.write_index(results, train_command)}")
+        for line in zoo.table(zoo.read_index(args.index)):
+            say(line)
+        return 0
+    comparisons = zoo.verify(args.model, args.n_test or None, args.index, args.device, args.data_dir,
+                             args.allow_other_data, log=say)  # fmt: skip
+    differ = [c for c in comparisons if not c.agrees]
+    if differ:
+        print(f"kernel-reg verify: {len(differ)} of {len(comparisons)} numbers differ from the record: "
+              + "; ".join(c.what for c in differ), file=sys.stderr)  # fmt: skip
+        return 1
+    say(f"all {len(comparisons)} recorded numbers of {args.model} agree")
+    return 0
+
+
+def _reproduce_command(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    import torch
+
+    from .reproduction import COMPARED, reproduce
+
+    if args.threads < 1:
+        raise ValueError(f"threads must be an integer >= 1, got {args.threads}")
+    if torch.get_num_threads() != args.threads:
+        if os.environ.get(_THREADS_SET) is not None:
+            raise ValueError(f"torch runs {torch.get_num_threads()} threads although OMP_NUM_THREADS={args.threads}")
+        # a fresh process started on that many threads: torch.set_num_threads breaks some builds' solves
+        count = str(args.threads)
+        env = {**os.environ, "OMP_NUM_THREADS": count, "MKL_NUM_THREADS": count, _THREADS_SET: count}
+        return subprocess.call([sys.executable, "-m", "kernel_reg", *argv], env=env)
+    result = reproduce(args.run, args.root, log=say)
+    recorded, now = result.test_acc
+    say(f"{result.identical} of {result.evaluations} evaluations bit-identical; last test accuracy recorded "
+        f"{100 * recorded:.2f}%, retrained {100 * now:.2f}%")  # fmt: skip
+    if result.exact:
+        return 0
+    largest = ", ".join(f"{name} {result.largest[name]:.3g}" for name in COMPARED)
+    print(f"kernel-reg reproduce: the retrained run differs from the record (largest differences: {largest})",
+          file=sys.stderr)  # fmt: skip
+    return 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -331,7 +450,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.fresh:
                 _set_aside(config)
             try:
-                train(config, log=say)
+                train(config, log=say, allow_other_data=args.allow_other_data)
             except TrainingDiverged as error:
                 print(f"kernel-reg: training diverged: {error}", file=sys.stderr)
                 return 1
@@ -342,7 +461,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             runs = args.runs or [Path(args.root) / (args.experiment or "fmnist1000_vgg5") / args.name]
             for run_dir in runs:
                 say(f"{run_dir}:")
-                evaluate_run(run_dir, settings, args.device, args.weights, log=say)
+                out = None if args.out is None else args.out / run_dir.resolve().name
+                evaluate_run(run_dir, settings, args.device, args.weights, say, args.data_dir, out, args.in_place,
+                             args.allow_other_data)  # fmt: skip
+        elif args.command == "certify":
+            for run_dir in args.runs:
+                say(f"{run_dir}:")
+                out = None if args.out is None else args.out / run_dir.resolve().name
+                certify_run(run_dir, args.eps, args.n_test or None, args.device, args.weights, say, args.data_dir, out,
+                            args.in_place, args.allow_other_data)  # fmt: skip
+        elif args.command in ("models", "verify"):
+            return _zoo_command(args)
+        elif args.command == "reproduce":
+            return _reproduce_command(args, argv)
         elif args.command == "export":
             for run_dir in args.runs:
                 with locked(run_dir, "kernel-reg export"):

@@ -23,7 +23,7 @@ from typing import Any
 
 from . import regularizers
 from .arguments import check_choice
-from .data import DATASETS
+from .data import DATASETS, EMBEDDED
 from .models import ACTIVATIONS, MODELS, WIDTH_MODELS
 from .regularizers import Value
 
@@ -294,8 +294,13 @@ class Config:
 
 
 def identity(config: Config, ignore: tuple[str, ...] = ()) -> dict[str, Any]:
-    """What a run computes: its flat values without the execution fields (and the ``ignore`` ones)."""
-    return {k: v for k, v in config.flat().items() if k not in EXECUTION_FIELDS + ignore}
+    """What a run computes: its flat values without the execution fields (and the ``ignore`` ones);
+    ``data_dir`` only as whether it names the embedded subset (a data set of its own): the folder that holds
+    the full data set is where this machine keeps it, and the run's data hashes say what it read."""
+    values = {k: v for k, v in config.flat().items() if k not in EXECUTION_FIELDS + ignore}
+    if "data_dir" in values:
+        values["data_dir"] = EMBEDDED if config.data_dir == EMBEDDED else None
+    return values
 
 
 def differences(saved: Config, now: Config, ignore: tuple[str, ...] = ()) -> list[str]:
@@ -359,7 +364,8 @@ FIELD_HELP: dict[str, str] = {
     "device": "auto (CUDA when available), cpu, cuda or cuda:N",
     "seed": "seed of initialisation, batch order and augmentation",
     "dataset": f"one of: {', '.join(DATASETS)}",
-    "data_dir": "folder of the data set's files, or 'embedded' (none: the installed or embedded Fashion-MNIST)",
+    "data_dir": "folder of the data set's files, or 'embedded': the Fashion-MNIST subset shipped with kernel-reg "
+    "(none: the standard place, Debian's dataset-fashion-mnist for Fashion-MNIST, ./data for CIFAR-10)",
     "n_train": "training examples drawn from the pool (none: all)",
     "n_val": "validation examples, the last of the shuffled pool (0: none)",
     "n_test": "test examples (none: all)",

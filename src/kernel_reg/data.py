@@ -7,7 +7,9 @@ batches then cost no host-to-device copies.
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
+import hashlib
 import math
 import os
 import pickle
@@ -44,6 +46,7 @@ WHERE_TO_GET = {
 }
 DATASETS = ("fashion-mnist", "mnist", "cifar10")
 NUM_CLASSES = 10  # of each of them
+INPUT_SHAPES = {"fashion-mnist": (1, 28, 28), "mnist": (1, 28, 28), "cifar10": (3, 32, 32)}  # of one image
 
 
 class DataNotFoundError(FileNotFoundError):
@@ -255,16 +258,112 @@ def load_cifar10(root: str | os.PathLike) -> tuple[np.ndarray, ...]:
     return train_x, train_y, test_x, test_y
 
 
-def resolve_data_dir(dataset: str, data_dir: str | None) -> str:
-    """The folder a run reads: ``data_dir`` as given; for Fashion-MNIST without one, Debian's folder when
-    installed, else the embedded subset (``"embedded"``)."""
+DATA_SOURCES = ("debian", "folder", "embedded")
+
+
+@dataclass(frozen=True)
+class DataRecord:
+    """Which data a run read: the data set, where its files came from (``source``: Debian's package, a
+    folder the user named, or the subset embedded in kernel_reg; never the folder's path) and the sha256 of
+    the decoded training and test arrays (``content_sha256``), whatever their compression or layout."""
+
+    dataset: str
+    source: str
+    train_sha256: str
+    test_sha256: str
+    train_size: int
+    test_size: int
+
+    def describe(self) -> str:
+        origin = {
+            "debian": "Debian's files",
+            "folder": "a folder given with --data-dir",
+            "embedded": "the embedded subset",
+        }
+        return (
+            f"{self.dataset} from {origin.get(self.source, self.source)} ({self.train_size} training / "
+            f"{self.test_size} test images; train sha256 {self.train_sha256[:16]}..., test sha256 "
+            f"{self.test_sha256[:16]}...)"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> DataRecord:
+        return cls(**values)
+
+
+def content_sha256(images: np.ndarray, labels: np.ndarray) -> str:
+    """sha256 over (dtype, shape, bytes) of the images, then of the labels: equal exactly when the decoded
+    examples are, in the same order."""
+    digest = hashlib.sha256()
+    for array in (images, labels):
+        array = np.ascontiguousarray(array)
+        digest.update(f"{array.dtype.str}{array.shape}".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """The arrays of a data set (train_x, train_y, test_x, test_y) and the record of what they are."""
+
+    arrays: tuple[np.ndarray, ...]
+    record: DataRecord
+
+
+class DataMismatchError(ValueError):
+    """The data found differ from the data a run recorded; the message names both hashes and the remedy."""
+
+
+def data_mismatch(recorded: DataRecord, found: DataRecord, parts: tuple[str, ...] = ("train", "test")) -> str | None:
+    """None when ``found`` holds the same ``parts`` ("train", "test") as ``recorded``; else a sentence that
+    names both sha256 of each part that differs."""
+    differ = [
+        f"{part} sha256 recorded {getattr(recorded, part + '_sha256')}, found {getattr(found, part + '_sha256')}"
+        for part in parts
+        if getattr(recorded, part + "_sha256") != getattr(found, part + "_sha256")
+    ]
+    if recorded.dataset != found.dataset:
+        differ.insert(0, f"data set recorded {recorded.dataset}, found {found.dataset}")
+    if not differ:
+        return None
+    return f"{found.describe()} are not the data the run recorded ({'; '.join(differ)})"
+
+
+def resolve_data_dir(dataset: str, data_dir: str | None) -> tuple[str, str]:
+    """(folder, source) of the files a run reads: ``data_dir`` as given (``"embedded"``: the shipped subset);
+    without one, the data set's standard place: Debian's package for Fashion-MNIST, ``data`` for CIFAR-10.
+    The embedded subset is used only when named: a missing full data set raises DataNotFoundError."""
+    if data_dir == EMBEDDED:
+        if dataset != "fashion-mnist":
+            raise ValueError(f"the embedded subset is Fashion-MNIST, not {dataset}")
+        return str(EMBEDDED_FASHION_MNIST), "embedded"
     if data_dir is not None:
-        return data_dir
+        return data_dir, "folder"
     if dataset == "fashion-mnist":
-        return str(DEBIAN_FASHION_MNIST) if DEBIAN_FASHION_MNIST.is_dir() else EMBEDDED
+        if not any(_find_idx_file([DEBIAN_FASHION_MNIST], stem) for stem in IDX_FILES.values()):
+            raise DataNotFoundError(
+                f"fashion-mnist: the full data set is not installed (looked in {DEBIAN_FASHION_MNIST}); install "
+                "Debian's package dataset-fashion-mnist, pass --data-dir FOLDER with its four IDX files, or "
+                "--data-dir embedded for the 4,000 + 1,000-image subset shipped with kernel-reg"
+            )
+        return str(DEBIAN_FASHION_MNIST), "debian"
     if dataset == "cifar10":
-        return "data"
+        return "data", "folder"
     raise DataNotFoundError(f"{dataset}: no default folder; pass --data-dir (files from {WHERE_TO_GET[dataset]})")
+
+
+def load_dataset(dataset: str, data_dir: str | None) -> Dataset:
+    """The arrays of ``dataset`` (from ``resolve_data_dir``) and their ``DataRecord``."""
+    folder, source = resolve_data_dir(dataset, data_dir)
+    arrays = load_arrays(dataset, folder)
+    train_x, train_y, test_x, test_y = arrays
+    record = DataRecord(
+        dataset, source, content_sha256(train_x, train_y), content_sha256(test_x, test_y), len(train_x), len(test_x)
+    )
+    return Dataset(arrays, record)
 
 
 def load_arrays(dataset: str, data_dir: str) -> tuple[np.ndarray, ...]:

@@ -4,11 +4,13 @@ run folder: ``robustness.json``."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -17,12 +19,25 @@ from torch import nn
 from . import checks, lipschitz
 from .arguments import check_choice, check_int, check_positive
 from .attacks import APGD, PGD, Attack, AttackFn, Square, WorstCase
-from .builders import load_run
+from .builders import LoadedRun, load_run
 from .checks import radius_text
 from .data import batches
 from .guard import preserved_state
 from .progress import progress
-from .rundir import MaskingCheck, Robustness, locked, read_config, write_robustness
+from .rundir import (
+    CERTIFIED,
+    CHECKPOINT,
+    ROBUSTNESS,
+    WEIGHTS,
+    Certification,
+    MaskingCheck,
+    Robustness,
+    locked,
+    pack_bits,
+    read_config,
+    write_certification,
+    write_robustness,
+)
 
 
 def _in_batches(
@@ -224,6 +239,21 @@ def describe_attacks(norm: str, settings: EvalSettings) -> str:
     return "worst case of " + " + ".join(parts) if len(parts) > 1 else parts[0]
 
 
+def unchanged(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The identity attack: ``robust_correct`` with it says which examples are classified correctly."""
+    return x
+
+
+def certified_radii(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, lipschitz_bound: float | torch.Tensor, batch_size: int
+) -> torch.Tensor:
+    """Per example, ``lipschitz.certified_radius`` of the model's logits with L or the pairwise K, the
+    model run in eval mode without gradients, ``batch_size`` examples at a time."""
+    with preserved_state(model, mode=False), torch.no_grad():
+        logits = torch.cat([model(xb) for xb, _ in _in_batches(x, y, batch_size, "certificates")])
+    return lipschitz.certified_radius(logits, y, lipschitz_bound)
+
+
 def eps_key(eps: float) -> str:
     """The JSON key of a radius: its shortest exact-enough decimal."""
     return f"{eps:.6g}"
@@ -306,7 +336,8 @@ def evaluate_model(
         A ``rundir.Robustness``; its accuracy dicts are keyed by ``eps_key(eps)``.
     """
     generator = torch.Generator().manual_seed(settings.seed)
-    _, clean = accuracy(model, x, y, settings.batch_size, "clean accuracy")
+    clean_ok = robust_correct(model, unchanged, x, y, settings.batch_size, "clean accuracy")
+    per_example = {"clean": pack_bits(clean_ok)}
     accuracies: dict[str, dict[str, float]] = {}
     survivors: dict[str, dict[float, torch.Tensor]] = {}
     for norm in ("l2", "linf"):
@@ -318,6 +349,7 @@ def evaluate_model(
             where = f"{norm} eps {radius_text(norm, eps)}"
             alive_at[eps] = robust_correct(model, attack, x, y, settings.batch_size, where)
             accuracies[norm][eps_key(eps)] = int(alive_at[eps].sum()) / len(y)
+            per_example[f"{norm}/{eps_key(eps)}"] = pack_bits(alive_at[eps])
         if radii:
             middle = sorted(radii)[len(radii) // 2]
             checked = radii if settings.converge_every_radius else (middle,)
@@ -329,7 +361,11 @@ def evaluate_model(
     except TypeError as error:  # a layer without a Lipschitz rule: no certificate
         bound, note = None, str(error)
     else:
-        certified = {eps_key(e): lipschitz.certified_accuracy(model, x, y, e, pairwise) for e in settings.l2_eps}
+        radius = certified_radii(model, x, y, pairwise, settings.batch_size)
+        certified = {}
+        for e in settings.l2_eps:
+            certified[eps_key(e)] = int((radius > e).sum()) / len(y)
+            per_example[f"certified_l2/{eps_key(e)}"] = pack_bits(radius > e)
     lower = lipschitz.lipschitz_lower_bound(model, x[: settings.lipschitz_probe]) if settings.lipschitz_probe else None
     attacks = {norm: describe_attacks(norm, settings) for norm in ("l2", "linf") if accuracies[norm]}
     attacks["certified_l2"] = (
@@ -341,10 +377,10 @@ def evaluate_model(
     if settings.checks:
         found, doubled = masking_checks(model, x, y, settings, accuracies, certified, survivors, generator)
     return Robustness(
-        clean=clean, n=len(y), l2=accuracies["l2"], linf=accuracies["linf"], lipschitz_bound=bound,
-        lipschitz_lower=lower,
+        clean=int(clean_ok.sum()) / len(y), n=len(y), l2=accuracies["l2"], linf=accuracies["linf"],
+        lipschitz_bound=bound, lipschitz_lower=lower,
         certified_l2=certified, attacks=attacks, settings=asdict(settings), doubled=doubled,
-        masking_checks=None if found is None else tuple(found), certified_note=note,
+        masking_checks=None if found is None else tuple(found), certified_note=note, per_example=per_example,
     )  # fmt: skip
 
 
@@ -382,17 +418,54 @@ def summary(result: Robustness) -> list[str]:
     return lines
 
 
+def published(run_dir: Path) -> bool:
+    """A published run folder: it holds ``weights.pt`` and no checkpoint (what ``kernel-reg export`` leaves
+    to commit); its records are what others check, so evaluation does not overwrite them unasked."""
+    return (run_dir / WEIGHTS).is_file() and not (run_dir / CHECKPOINT).is_file()
+
+
+def output_folder(run_dir: Path, out: Path | None, in_place: bool, record: str) -> Path:
+    """Where an evaluation of ``run_dir`` writes ``record``: ``out`` when given, else the run folder itself,
+    which a published folder allows only with ``in_place``. ValueError naming the remedy otherwise."""
+    if out is not None:
+        return out
+    if published(run_dir) and not in_place:
+        raise ValueError(
+            f"{run_dir} holds published weights ({WEIGHTS}, no {CHECKPOINT}): its {record} is a published record; "
+            "write the new one elsewhere with --out DIR, or over the published one with --in-place"
+        )
+    return run_dir
+
+
+@contextlib.contextmanager
+def measuring(
+    run_dir: Path, record: str, purpose: str, which: str, out: str | Path | None, in_place: bool, **loading: Any
+) -> Iterator[tuple[LoadedRun, Path]]:
+    """(the run loaded by ``load_run(run_dir, which=which, **loading)``, the folder to write ``record``
+    into: see ``output_folder``), holding the lock of that folder: the run folder itself, or one elsewhere
+    (created), the run folder then only read (it may be read-only)."""
+    check_choice("weights", which, ("best", "last"))
+    folder = output_folder(run_dir, None if out is None else Path(out), in_place, record)
+    read_config(run_dir)  # a run folder at all, before taking any lock
+    with locked(folder, purpose, create=folder != run_dir):
+        yield load_run(run_dir, which=which, **loading), folder
+
+
 def evaluate_run(
     run_dir: str | Path,
     settings: EvalSettings,
     device: str = "auto",
     which: str = "best",
     log: Callable[[str], None] = lambda _: None,
+    data_dir: str | None = None,
+    out: str | Path | None = None,
+    in_place: bool = False,
+    allow_other_data: bool = False,
 ) -> Robustness:
     """Evaluate a run folder's weights of best validation accuracy (``which="last"``, or a run without a
-    validation set: its last weights) on its test set, holding the folder's lock; ``log`` gets the
-    summary lines before ``robustness.json`` is written there. A folder that is locked or not writable
-    fails at once, before any work.
+    validation set: its last weights) on its test set; ``log`` gets the summary lines before
+    ``robustness.json`` is written, holding the lock of the folder written. A folder that is locked or not
+    writable fails at once, before any work.
 
     Args:
         run_dir: the run folder.
@@ -400,24 +473,87 @@ def evaluate_run(
         device: where to evaluate: "auto" (default: CUDA when available, else the CPU) or a device name.
         which: "best" (default) or "last", the weights.
         log: receives each summary line (default: discards them).
+        data_dir: where the data are on this machine (default: the run's own setting).
+        out: the folder to write ``robustness.json`` into (default: the run folder, which a published one,
+            see ``published``, allows only with ``in_place``).
+        in_place: overwrite a published run folder's record.
+        allow_other_data: go on when the test data differ from the run's record (the difference is
+            recorded in the result).
 
     Returns:
-        The ``rundir.Robustness`` written, with ``epoch``, ``weights`` and ``trained_to`` set.
+        The ``rundir.Robustness`` written, with ``epoch``, ``weights``, ``trained_to`` and ``data`` set.
 
     Raises:
-        ValueError: for another ``which``, or a device this machine does not have.
+        ValueError: for another ``which``, a device this machine does not have, a published folder without
+            ``out`` or ``in_place``; DataMismatchError for other data.
         RunFolderError: for a folder that is not a run folder, is locked by another process or is not
             writable.
     """
-    run_dir = Path(run_dir)
-    check_choice("weights", which, ("best", "last"))
-    read_config(run_dir)  # a run folder at all, before taking its lock
-    with locked(run_dir, "kernel-reg evaluate"):
-        run = load_run(run_dir, device, n_test=settings.n_test, which=which)
+    loading = dict(device=device, n_test=settings.n_test, data_dir=data_dir, allow_other_data=allow_other_data)
+    with measuring(Path(run_dir), ROBUSTNESS, "kernel-reg evaluate", which, out, in_place, **loading) as (run, folder):
         run.model.requires_grad_(False)  # attacks differentiate inputs only (orthogonal layers then cache Q)
         result = evaluate_model(run.model, run.splits.test_x, run.splits.test_y, settings, run.splits.input_shape)
-        result = dataclasses.replace(result, epoch=run.epoch, weights=run.weights, trained_to=run.trained_to)
+        result = dataclasses.replace(
+            result, epoch=run.epoch, weights=run.weights, trained_to=run.trained_to, data=run.data,
+            data_override=run.data_override,
+        )  # fmt: skip
         for line in summary(result):
             log(line)
-        write_robustness(run_dir, result)
+        write_robustness(folder, result)
+    return result
+
+
+def certify_model(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, radii: Sequence[float], input_shape: Sequence[int],
+    batch_size: int = 500,
+) -> Certification:  # fmt: skip
+    """Clean and certified l2 accuracy of ``model`` on (x, y) at each radius, by the per-pair rule
+    (f_y - f_j > K[y, j] eps for every j, K = ``lipschitz.pairwise_lipschitz``) and by the global one
+    (f_y - max_j f_j > sqrt(2) L eps, L = ``lipschitz.lipschitz_upper_bound``), with per-example flags
+    (``epoch`` and ``weights`` left unset). TypeError for a model with a layer without a Lipschitz rule."""
+    for eps in radii:
+        check_positive("eps", eps)
+    bound, pairwise = lipschitz.lipschitz_bounds(model, input_shape)
+    clean_ok = robust_correct(model, unchanged, x, y, batch_size, "clean accuracy")
+    n = len(y)
+    per_example = {"clean": pack_bits(clean_ok)}
+    rules: dict[str, dict[str, float]] = {}
+    for rule, constant in (("pairwise", pairwise), ("global", bound)):
+        radius = certified_radii(model, x, y, constant, batch_size)
+        rules[rule] = {eps_key(e): int((radius > e).sum()) / n for e in radii}
+        per_example.update({f"{rule}/{eps_key(e)}": pack_bits(radius > e) for e in radii})
+    return Certification(
+        n=n, clean=int(clean_ok.sum()) / n, lipschitz_bound=bound, pairwise=rules["pairwise"],
+        global_rule=rules["global"], weights="", epoch=-1, per_example=per_example,
+    )  # fmt: skip
+
+
+def certify_run(
+    run_dir: str | Path,
+    radii: Sequence[float],
+    n_test: int | None = None,
+    device: str = "auto",
+    which: str = "best",
+    log: Callable[[str], None] = lambda _: None,
+    data_dir: str | None = None,
+    out: str | Path | None = None,
+    in_place: bool = False,
+    allow_other_data: bool = False,
+) -> Certification:
+    """``certify_model`` of a run folder's weights (``which``: "best", the default, as ``evaluate_run``, or
+    "last") on its first
+    ``n_test`` test images (None: all), written to ``certified.json`` as ``evaluate_run`` writes its
+    record (same ``out``, ``in_place``, ``data_dir`` and ``allow_other_data``)."""
+    loading = dict(device=device, n_test=n_test, data_dir=data_dir, allow_other_data=allow_other_data)
+    with measuring(Path(run_dir), CERTIFIED, "kernel-reg certify", which, out, in_place, **loading) as (run, folder):
+        result = certify_model(run.model, run.splits.test_x, run.splits.test_y, radii, run.splits.input_shape)
+        result = dataclasses.replace(
+            result, epoch=run.epoch, weights=run.weights, data=run.data, data_override=run.data_override
+        )
+        log(f"clean accuracy {100 * result.clean:.2f}% on {result.n} test images ({run.weights} weights, "
+            f"epoch {run.epoch}); Lipschitz bound {result.lipschitz_bound:.6g}")  # fmt: skip
+        for rule, values in (("per pair", result.pairwise), ("global", result.global_rule)):
+            cells = ", ".join(f"{k}: {100 * v:.2f}" for k, v in values.items())
+            log(f"  certified l2 accuracy (%), {rule} rule, at eps {cells}")
+        write_certification(folder, result)
     return result

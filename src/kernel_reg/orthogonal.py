@@ -15,12 +15,26 @@ preserving). Q(-f) is the conjugate of Q(f) because W is real, so the output is 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import torch
 from torch import nn
 
 from .arguments import check_int
+
+
+def _solved(a: torch.Tensor, x: torch.Tensor, b: torch.Tensor, tolerance: float = 1e-3) -> bool:
+    """Whether A X = B to ``tolerance`` (relative) on a fixed probe vector v, per system of the batch:
+    ||A (X v) - B v|| <= tolerance (||B v|| + ||A|| ||X v||), a matrix-vector product's cost."""
+    with torch.no_grad():
+        probe = torch.arange(x.shape[-1], device=x.device, dtype=torch.float64).cos().to(x.dtype)[:, None]
+        xv, bv = x @ probe, b @ probe
+        residual = torch.linalg.vector_norm(a @ xv - bv, dim=(-2, -1))
+        scale = torch.linalg.vector_norm(bv, dim=(-2, -1)) + torch.linalg.matrix_norm(a) * torch.linalg.vector_norm(
+            xv, dim=(-2, -1)
+        )
+        return bool((residual <= tolerance * scale).all())
 
 
 class CayleyConv2d(nn.Module):
@@ -71,7 +85,25 @@ class CayleyConv2d(nn.Module):
         w_hat = torch.fft.rfft2(kernel).permute(2, 3, 0, 1)  # (H, W // 2 + 1, c, c)
         skew = w_hat - w_hat.mH
         eye = torch.eye(skew.shape[-1], dtype=skew.dtype, device=skew.device)
-        q = torch.linalg.solve(eye + skew, eye - skew)
+        try:
+            q = torch.linalg.solve(eye + skew, eye - skew)
+            batched = _solved(eye + skew, q, eye - skew)
+        except RuntimeError:  # the same fault, when it breaks the LU pivots: "Pivots given to lu_solve ..."
+            batched = False
+        if not batched:
+            # some PyTorch CPU builds (MKL) return wrong batched solutions of large systems, or fail, once
+            # torch.set_num_threads was called; each system alone is solved right
+            warnings.warn(
+                f"{self}: torch.linalg.solve returned a wrong batched solution (a fault of this PyTorch build "
+                "after torch.set_num_threads); solving each frequency alone. Set the thread count before the "
+                "process starts (OMP_NUM_THREADS=N) to avoid the slower path",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            pairs = zip((eye + skew).flatten(0, 1), (eye - skew).flatten(0, 1))
+            q = torch.stack([torch.linalg.solve(a, b) for a, b in pairs]).view_as(skew)
+            if not _solved(eye + skew, q, eye - skew):
+                raise RuntimeError(f"{self}: torch.linalg.solve gives wrong solutions on this machine")
         return q[..., : self.out_channels, : self.in_channels]
 
     def _frozen_spectrum(self) -> torch.Tensor:

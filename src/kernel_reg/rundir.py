@@ -1,8 +1,9 @@
 """The run folder, the whole interface between training, evaluation and reports, and its typed records.
 
 ``<root>/<experiment>/<name>/`` holds ``config.json`` (a ``Config``), ``metrics.jsonl`` (one ``MetricsRow``
-per evaluation), ``checkpoint.pt`` and, after evaluation, ``robustness.json`` (a ``Robustness``). This
-module alone reads and writes them:
+per evaluation), ``checkpoint.pt``, ``provenance.json`` (a ``Provenance``: the data read, with content hashes,
+and the environment of each training session) and, after evaluation, ``robustness.json`` (a ``Robustness``)
+and ``certified.json`` (a ``Certification``). This module alone reads and writes them:
 
 - every file is written to a temporary file in the same folder and renamed over the old one, so a crash
   never leaves a half-written file; files get the permissions the umask gives (0644 by default);
@@ -15,6 +16,7 @@ module alone reads and writes them:
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import dataclasses
 import fcntl
@@ -30,13 +32,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+import numpy as np
 import torch
 
 from .config import Config, upgrade_legacy
+from .data import EMBEDDED, DataRecord
+from .environment import Environment
 
 CONFIG, METRICS, CHECKPOINT, ROBUSTNESS, LOCK, WEIGHTS, DIVERGED = (
     "config.json", "metrics.jsonl", "checkpoint.pt", "robustness.json", ".lock", "weights.pt", "diverged.json",
 )  # fmt: skip
+PROVENANCE, CERTIFIED = "provenance.json", "certified.json"
 FORMAT = 2
 
 
@@ -175,6 +181,22 @@ class MaskingCheck:
     values: dict[str, float] = field(default_factory=dict)
 
 
+def pack_bits(flags: torch.Tensor | np.ndarray) -> str:
+    """A bool vector (one flag per test image, in order) as base64 of its bits, 8 images a byte."""
+    array = flags.detach().cpu().numpy() if isinstance(flags, torch.Tensor) else np.asarray(flags)
+    return base64.b64encode(np.packbits(array.astype(bool)).tobytes()).decode()
+
+
+def unpack_bits(text: str, n: int) -> np.ndarray:
+    """The first ``n`` flags of ``pack_bits``' text, a bool array."""
+    return np.unpackbits(np.frombuffer(base64.b64decode(text), dtype=np.uint8), count=n).astype(bool)
+
+
+def _data_from(values: dict[str, Any]) -> None:
+    if values.get("data") is not None:
+        values["data"] = DataRecord.from_dict(values["data"])
+
+
 @dataclass(frozen=True)
 class Robustness:
     """What ``kernel-reg evaluate`` measured on the first ``n`` test images: clean accuracy, robust accuracy
@@ -199,6 +221,17 @@ class Robustness:
     weights: str | None = None
     trained_to: int | None = None  # the run's last trained epoch when it was evaluated
     lipschitz_lower: float | None = None  # the largest Jacobian norm found: L is at least this
+    data: DataRecord | None = None  # the data evaluated on (None: evaluated before data records)
+    data_override: str | None = None  # why it was evaluated on data other than the run's record
+    # per test image, in order (``pack_bits``): "clean" correct, "l2/<eps_key>" / "linf/<eps_key>" unbroken by
+    # the attack, "certified_l2/<eps_key>" certified; what ``kernel-reg verify`` compares on the first N images
+    per_example: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def certified_rule(self) -> str:
+        """ "pairwise" (f_y - f_j > K[y, j] eps for every j, today's) or "global" (margin > sqrt(2) L eps,
+        the rule of records written before per-pair certificates), as ``attacks["certified_l2"]`` says."""
+        return "global" if self.attacks.get("certified_l2", "").startswith("margin > sqrt(2)") else "pairwise"
 
     @property
     def suspicious(self) -> list[str]:
@@ -222,6 +255,63 @@ class Robustness:
         checks = values.get("masking_checks")
         if checks is not None:
             values["masking_checks"] = tuple(MaskingCheck(**c) for c in checks)
+        _data_from(values)
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class Certification:
+    """What ``kernel-reg certify`` measured on the first ``n`` test images, without attacks: clean accuracy,
+    the Lipschitz bound L of the model, and the certified l2 accuracy per radius by the per-pair rule
+    (f_y - f_j > K[y, j] eps for every j) and by the global one (f_y - max_j f_j > sqrt(2) L eps), with
+    per-image flags (``pack_bits``: "clean", "pairwise/<eps_key>", "global/<eps_key>")."""
+
+    n: int
+    clean: float
+    lipschitz_bound: float
+    pairwise: dict[str, float]
+    global_rule: dict[str, float]
+    weights: str
+    epoch: int
+    data: DataRecord | None = None
+    data_override: str | None = None
+    per_example: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": FORMAT, **dataclasses.asdict(self)}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> Certification:
+        values = dict(values)
+        values.pop("format", None)
+        _data_from(values)
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Where a run's numbers come from: the data it was trained on (``DataRecord``) and the environment of
+    each training session, the first and every resume; ``note``: how a record made after the fact was
+    made (the published runs trained before provenance records)."""
+
+    data: DataRecord | None
+    trainings: tuple[Environment, ...] = ()
+    note: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "data": None if self.data is None else self.data.to_dict(),
+            "trainings": [e.to_dict() for e in self.trainings],
+            "note": self.note,
+        }
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> Provenance:
+        values = dict(values)
+        values.pop("format", None)
+        _data_from(values)
+        values["trainings"] = tuple(Environment.from_dict(e) for e in values.get("trainings", ()))
         return cls(**values)
 
 
@@ -239,10 +329,19 @@ def run_path(config: Config) -> Path:
 
 
 def write_config(run_dir: Path, config: Config) -> None:
-    atomic_write_text(run_dir / CONFIG, json.dumps({"format": FORMAT, **config.to_dict()}, indent=2, sort_keys=True))
+    """``config.json``, without paths of this machine: ``data_dir`` kept only as "embedded" (a data set of
+    its own; where this machine keeps the full set is not what the run computes, which ``provenance.json``'s
+    hashes record), an absolute ``root`` left out (the run folder is where it is; read back as the default)."""
+    values = {"format": FORMAT, **config.to_dict()}
+    values["data_dir"] = EMBEDDED if config.data_dir == EMBEDDED else None
+    if Path(config.root).is_absolute():
+        del values["root"]
+    atomic_write_text(run_dir / CONFIG, json.dumps(values, indent=2, sort_keys=True))
 
 
 def read_config(run_dir: str | Path) -> Config:
+    """The run's ``Config``; a root that ``write_config`` left out (an absolute one) is the folder that holds
+    ``<experiment>/<name>`` of this run folder."""
     path = Path(run_dir) / CONFIG
     if not path.is_file():
         raise RunFolderError(f"{run_dir} is not a run folder: it has no {CONFIG}")
@@ -252,6 +351,9 @@ def read_config(run_dir: str | Path) -> Config:
     try:
         if values.pop("format", 1) == 1:
             values = upgrade_legacy(values)
+        if "root" not in values and isinstance(values.get("name"), str):
+            depth = 1 + len(Path(values["name"]).parts)  # <root> / <experiment> / <name, maybe a/b>
+            values["root"] = str(Path(run_dir).absolute().parents[depth - 1])
         return Config.from_dict(values)
     except (TypeError, ValueError) as error:
         raise RunFolderError(f"{path} is not a valid configuration: {error}") from None
@@ -284,18 +386,49 @@ def write_robustness(run_dir: Path, result: Robustness) -> None:
 
 def read_robustness(run_dir: str | Path) -> Robustness | None:
     """The evaluation of a run folder, or None when it has not been evaluated."""
-    path = Path(run_dir) / ROBUSTNESS
+
+    def upgrade(values: dict[str, Any]) -> None:
+        if values.get("format", 1) == 1 and values.get("weights") == "best":  # said 'best' even without validation
+            values["weights"] = "best-validation" if read_config(run_dir).n_val > 0 else "last"
+
+    return _read_record(run_dir, ROBUSTNESS, Robustness, "evaluation", upgrade)
+
+
+def _read_record(
+    run_dir: str | Path, name: str, kind: Any, what: str, upgrade: Callable[[dict[str, Any]], None] | None = None
+) -> Any:
+    """``kind.from_dict`` of the JSON file ``name`` of the run folder (``upgrade`` first changes older
+    records in place), None when the file is missing; RunFolderError naming it when it is not one."""
+    path = Path(run_dir) / name
     if not path.is_file():
         return None
     values = _read_json(path)
     try:
         if not isinstance(values, dict):
             raise TypeError("not a JSON object")
-        if values.get("format", 1) == 1 and values.get("weights") == "best":  # said 'best' even without validation
-            values["weights"] = "best-validation" if read_config(run_dir).n_val > 0 else "last"
-        return Robustness.from_dict(values)
+        if upgrade is not None:
+            upgrade(values)
+        return kind.from_dict(values)
     except (TypeError, ValueError) as error:
-        raise RunFolderError(f"{path} is not a valid evaluation record: {error}") from None
+        raise RunFolderError(f"{path} is not a valid {what} record: {error}") from None
+
+
+def write_certification(run_dir: Path, result: Certification) -> None:
+    atomic_write_text(run_dir / CERTIFIED, json.dumps(result.to_dict(), indent=2))
+
+
+def read_certification(run_dir: str | Path) -> Certification | None:
+    """The certification of a run folder, or None when it has none."""
+    return _read_record(run_dir, CERTIFIED, Certification, "certification")
+
+
+def write_provenance(run_dir: Path, record: Provenance) -> None:
+    atomic_write_text(run_dir / PROVENANCE, json.dumps(record.to_dict(), indent=2))
+
+
+def read_provenance(run_dir: str | Path) -> Provenance | None:
+    """The provenance of a run folder, or None for a run trained before provenance records."""
+    return _read_record(run_dir, PROVENANCE, Provenance, "provenance")
 
 
 def write_divergence(run_dir: Path, reason: str) -> None:

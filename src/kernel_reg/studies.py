@@ -24,6 +24,7 @@ from .config import (
     setting_key,
     short_hash,
 )
+from .data import DataRecord
 from .rundir import (
     CHECKPOINT,
     CONFIG,
@@ -35,6 +36,7 @@ from .rundir import (
     read_config,
     read_divergence,
     read_metrics,
+    read_provenance,
     read_robustness,
     trained_to_end,
 )
@@ -50,6 +52,12 @@ class RunSummary:
     robustness: Robustness | None
     name: str = ""  # the folder relative to the report's root
     divergence: str | None = None  # why its training diverged (``rundir.read_divergence``), if it did
+    data: DataRecord | None = None  # the data it was trained on (None: trained before data records)
+
+    @property
+    def data_key(self) -> str | None:
+        """What tells the run's data apart from other data: the content hashes, not where the files were."""
+        return None if self.data is None else f"{self.data.train_sha256[:12]}/{self.data.test_sha256[:12]}"
 
     @property
     def method(self) -> str:
@@ -109,7 +117,9 @@ def collect_runs(root: str | Path, warn: Warn = lambda _: None) -> list[RunSumma
                      f"{robustness.trained_to}, it has been trained since (epoch {metrics[-1].epoch}): its "
                      "robustness is left out; evaluate it again")  # fmt: skip
                 robustness = None
-            runs.append(RunSummary(run_dir, config, metrics, robustness, name, read_divergence(run_dir)))
+            provenance = read_provenance(run_dir)
+            data = None if provenance is None else provenance.data
+            runs.append(RunSummary(run_dir, config, metrics, robustness, name, read_divergence(run_dir), data))
         except RunFolderError as error:
             warn(f"kernel-reg report: skipping {run_dir}: {error}")
     return runs
@@ -145,16 +155,24 @@ class Study:
 
 
 def studies(runs: list[RunSummary]) -> list[Study]:
-    """The runs grouped by experiment and context: runs of different experiments, training-set sizes,
-    schedules, widths, ... are never in one table."""
-    grouped: dict[tuple[str, str], list[RunSummary]] = defaultdict(list)
+    """The runs grouped by experiment, context and data: runs of different experiments, training-set sizes,
+    schedules, widths, ... or trained on different data (content hashes) are never in one table. The
+    data enter a study's title only where two studies differ in them alone."""
+    grouped: dict[tuple[str, str, str], list[RunSummary]] = defaultdict(list)
     for run in runs:
-        grouped[(run.config.experiment, json.dumps(_context(run.config), sort_keys=True, default=str))].append(run)
+        text = json.dumps(_context(run.config), sort_keys=True, default=str)
+        grouped[(run.config.experiment, text, run.data_key or "")].append(run)
+    shared: dict[tuple[str, str], int] = defaultdict(int)
+    for experiment, text, _ in grouped:
+        shared[(experiment, text)] += 1
     result = []
-    for (experiment, _), members in sorted(grouped.items()):
+    for (experiment, context_key, data_key), members in sorted(grouped.items()):
         preset = _context(preset_config(experiment))
         context = _context(members[0].config)
-        result.append(Study(experiment, {k: v for k, v in context.items() if preset.get(k) != v}, members))
+        differs = {k: v for k, v in context.items() if preset.get(k) != v}
+        if shared[(experiment, context_key)] > 1:
+            differs["data"] = data_key or "unrecorded"
+        result.append(Study(experiment, differs, members))
     return result
 
 

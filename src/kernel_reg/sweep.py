@@ -123,11 +123,8 @@ def _token(key: str, value: Any) -> str | None:
 MAX_OTHERS = 60  # characters of the other fields' tokens before they become a hash
 
 
-def run_name(config: Config) -> str:
-    """A run folder's name, a function of the run's configuration alone: method, hyperparameters, every
-    other field that differs from the preset, ``s<shuf_seed>``; when that is too long or a value is not a
-    plain token, the other fields become ``h<hash>`` of their values (alike for the runs of one sweep,
-    whose other fields are its own flags)."""
+def _name_parts(config: Config) -> tuple[list[str], dict[str, Any], list[str]]:
+    """(method and hyperparameter tokens, the other fields that differ from the preset, seed tokens)."""
     preset = preset_config(config.experiment).replace(regs=config.regs)
     now, base = identity(config), identity(preset)
     shown = hyperparameters(config)
@@ -136,11 +133,29 @@ def run_name(config: Config) -> str:
     others = {
         k: v for k, v in now.items() if v != base.get(k) and k not in ("regs", *SEED_FIELDS, *shown) and "." not in k
     }
+    return head, others, seeds
+
+
+def run_name(config: Config) -> str:
+    """A run folder's name, a function of the run's configuration alone: method, hyperparameters, every
+    other field that differs from the preset, ``s<shuf_seed>``; when that is too long or a value is not a
+    plain token, the other fields become ``h<hash>`` of their values (alike for the runs of one sweep,
+    whose other fields are its own flags)."""
+    head, others, seeds = _name_parts(config)
     tokens = [_token(k, v) for k, v in others.items()]
     plain = [t for t in tokens if t is not None]
     if len(plain) < len(tokens) or len("_".join(plain)) > MAX_OTHERS:
         return "_".join(head + seeds + ["h" + short_hash(json.dumps(others, sort_keys=True, default=str))])
     return "_".join(head + plain + seeds)
+
+
+def short_run_name(config: Config) -> str | None:
+    """For a run named by a sweep (``run_name``), the name without the fields its sweep shares (method,
+    hyperparameters and seeds alone); None for a run named otherwise."""
+    if config.name != run_name(config):
+        return None
+    head, _, seeds = _name_parts(config)
+    return "_".join(head + seeds)
 
 
 def expand(base: Config, grids: Sequence[Grid], seeds: int, defaults: Mapping[str, Any] | None = None) -> list[Config]:

@@ -19,11 +19,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from . import distributed, lipschitz, penalties, regularizers, spectral
+from . import distributed, environment, lipschitz, penalties, regularizers, spectral
 from .attacks import Attack
-from .builders import build_model, load_splits, load_weights, resolve_device
+from .builders import build_model, load_data, load_weights, resolve_device
 from .config import Config, differences
-from .data import Splits, batches, random_crop_flip
+from .data import DataMismatchError, Splits, batches, random_crop_flip
 from .deformations import RandomDeformation
 from .distributed import SINGLE, Group
 from .evaluation import accuracy
@@ -35,8 +35,10 @@ from .rundir import (
     CHECKPOINT,
     CONFIG,
     METRICS,
+    PROVENANCE,
     ROBUSTNESS,
     MetricsRow,
+    Provenance,
     RunFolderError,
     atomic_torch_save,
     check_not_nested,
@@ -46,10 +48,12 @@ from .rundir import (
     read_checkpoint,
     read_config,
     read_metrics,
+    read_provenance,
     run_path,
     write_config,
     write_divergence,
     write_metrics,
+    write_provenance,
 )
 
 Log = Callable[[str], None]
@@ -295,23 +299,25 @@ def _repair_metrics(run_dir: Path, rows: list[MetricsRow], log: Log) -> None:
         log(f"{run_dir / METRICS} did not match the checkpoint: rewritten from it")
 
 
-def train(config: Config, log: Log = print) -> list[MetricsRow]:
+def train(config: Config, log: Log = print, allow_other_data: bool = False) -> list[MetricsRow]:
     """Train as ``config`` says, resuming from the run folder's checkpoint if there is one; returns the
-    metrics rows. The run folder is locked while training (a second process on it fails at once).
+    metrics rows. The run folder is locked while training (a second process on it fails at once). The data
+    read and this session's environment go to ``provenance.json``; a resume on data other than the run's
+    record raises DataMismatchError, unless ``allow_other_data`` (the difference is then recorded).
 
     Under torchrun (WORLD_SIZE > 1) every process trains its shard of each global batch with
     DistributedDataParallel; rank 0 alone logs, locks and writes."""
     group, rank_device = distributed.setup()
     try:
         if not group.is_main:
-            return _train(config, lambda _: None, group, rank_device)
+            return _train(config, lambda _: None, group, rank_device, allow_other_data)
         if rank_device is None:
             resolve_device(config.device)  # a device this machine lacks fails before the run folder is made
         check_not_nested(run_path(config), Path(config.root) / config.experiment)
         with locked(run_path(config), "kernel-reg train", create=True) as run_dir:
             clear_divergence(run_dir)
             try:
-                return _train(config, log, group, rank_device)
+                return _train(config, log, group, rank_device, allow_other_data)
             except TrainingDiverged as error:
                 write_divergence(run_dir, str(error))
                 raise
@@ -319,14 +325,29 @@ def train(config: Config, log: Log = print) -> list[MetricsRow]:
         distributed.teardown(group)
 
 
-def _train(config: Config, log: Log, group: Group, rank_device: torch.device | None) -> list[MetricsRow]:
+def _train(
+    config: Config, log: Log, group: Group, rank_device: torch.device | None, allow_other_data: bool
+) -> list[MetricsRow]:
     device = rank_device or resolve_device(config.device)
     run_dir = run_path(config)
     resume = _resume_point(config, run_dir, log if group.is_main else lambda _: None)
     metrics = [MetricsRow(**row) for row in resume.state["metrics"]] if resume.state is not None else []
     if resume.done:
         return metrics
-    splits: Splits = load_splits(config, device)
+    provenance = read_provenance(run_dir) if resume.state is not None else None
+    recorded = None if provenance is None else provenance.data
+    try:
+        splits, data, note = load_data(config, device, recorded=recorded, allow_other=allow_other_data)
+    except DataMismatchError as error:
+        raise DataMismatchError(f"cannot resume {run_dir}: {error}") from None
+    if group.is_main:
+        start = 0 if resume.state is None else resume.state["epoch"] + 1
+        session = environment.capture(device, start, note)
+        earlier = () if provenance is None else provenance.trainings
+        note_before = None if provenance is None else provenance.note
+        write_provenance(run_dir, Provenance(recorded or data, (*earlier, session), note_before))
+        if note is not None:
+            log(f"WARNING: {note}; going on as --allow-other-data asks (recorded in {run_dir / PROVENANCE})")
     model = build_model(config, device, splits.input_shape)
     trained: nn.Module = model
     if group.world > 1:
