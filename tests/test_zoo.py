@@ -145,8 +145,10 @@ def test_bad_models_weights_and_data_are_one_line_exit_2(published, tmp_path):
     one_error_line(kernel_reg("verify", entry.name, "--index", str(index)), "has no weights.pt")
     shutil.rmtree(copy / entry.folder)
     one_error_line(kernel_reg("verify", entry.name, "--index", str(index)), "gone")
-    index.write_text("{not json")
-    one_error_line(kernel_reg("models", "--index", str(index)), str(index), "not a valid model index")
+    for text in ("{not json", "[1, 2]", '{"format": 1, "models": [{"name": "x"}]}', '{"format": 99, "models": []}'):
+        index.write_text(text)
+        one_error_line(kernel_reg("models", "--index", str(index)), str(index), "not a valid model index")
+    one_error_line(kernel_reg("verify", entry.name, "--n-test", "-5"), "--n-test must be an integer >= 1")
 
 
 def test_verify_refuses_other_test_data_naming_both_hashes(published, tmp_path):
@@ -177,7 +179,11 @@ def test_models_lists_the_index(published):
     done = kernel_reg("models", "--index", str(published / zoo.INDEX))
     assert done.returncode == 0, done.stderr
     header, row = done.stdout.splitlines()
-    assert header.split()[:2] == ["name", "clean"] and row.startswith(zoo.read_index(published / zoo.INDEX)[0].name)
+    assert (
+        header.split()[:2] == ["name", "clean"]
+        and "g: sqrt(2) L rule" in header
+        and row.startswith(zoo.read_index(published / zoo.INDEX)[0].name)
+    )
 
 
 # ---- the committed index and the published run folders

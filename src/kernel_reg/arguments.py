@@ -107,6 +107,38 @@ def check_inside_clip(x: torch.Tensor, clip: tuple[float, float] | None, who: st
         )
 
 
+def check_batch(who: str, x: torch.Tensor, y: torch.Tensor | None = None) -> None:
+    """ValueError naming ``who`` unless ``x`` is a batch (n, *shape) of n >= 1 examples and ``y`` (when
+    given) its n integer labels, one per example (see ``check_labels``)."""
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"{who}: x must be a tensor, a batch (n, *shape) of examples, got a {type(x).__name__}")
+    if x.dim() < 2:
+        raise ValueError(
+            f"{who}: x must be a batch (n, *shape) of examples, got shape {tuple(x.shape)}: one unbatched "
+            "example? pass x.unsqueeze(0) (and y.view(1))"
+        )
+    if x.shape[0] == 0:
+        raise ValueError(f"{who}: x holds no examples (shape {tuple(x.shape)}); give at least one")
+    if y is not None:
+        check_labels(who, y, x.shape[0])
+
+
+def check_labels(who: str, y: torch.Tensor, n: int, classes: int | None = None) -> None:
+    """ValueError naming ``who`` unless ``y`` holds ``n`` integer class indices, shape (n,), in
+    [0, ``classes``) when that is given."""
+    if not isinstance(y, torch.Tensor) or y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool:
+        kind = y.dtype if isinstance(y, torch.Tensor) else type(y).__name__
+        raise ValueError(f"{who}: y must hold integer class indices (torch.long), got {kind}")
+    if tuple(y.shape) != (n,):
+        raise ValueError(f"{who}: y must have shape ({n},), one label per example of x, got shape {tuple(y.shape)}")
+    if classes is not None and n:
+        low, high = int(y.min()), int(y.max())
+        if low < 0 or high >= classes:
+            raise ValueError(
+                f"{who}: y must lie in [0, {classes}), the model's {classes} classes, got values in [{low}, {high}]"
+            )
+
+
 def check_logits(logits: torch.Tensor, batch_size: int) -> torch.Tensor:
     """The model output, or ValueError unless it is a 2-D (batch, classes) tensor of logits.
 
@@ -114,9 +146,14 @@ def check_logits(logits: torch.Tensor, batch_size: int) -> torch.Tensor:
         logits: (batch_size, k); returned as is.
     """
     if not isinstance(logits, torch.Tensor):
+        if isinstance(logits, dict):
+            keys = ", ".join(repr(k) for k in list(logits)[:5])
+            advice = f'lambda x: model(x)["logits"] (its keys: {keys})'
+        else:
+            advice = "lambda x: model(x)[0] (the logits' position in what it returns)"
         raise ValueError(
             f"the model must return a tensor of logits of shape (batch={batch_size}, classes), it returned a "
-            f"{type(logits).__name__}; wrap it so that it returns the logits alone, e.g. lambda x: model(x)[0]"
+            f"{type(logits).__name__}; pass a function that returns the logits alone, e.g. {advice}"
         )
     if logits.dim() != 2 or logits.shape[0] != batch_size:
         raise ValueError(

@@ -19,12 +19,22 @@ from pathlib import Path
 
 from . import regularizers
 from .builders import resolve_device
-from .config import FIELD_HELP, PRESETS, Config, field_types, format_value, parse_bool, preset_config
+from .config import FIELD_HELP, PRESETS, Config, conflicts, field_types, format_value, parse_bool, preset_config
 from .data import EMBEDDED
 from .evaluation import ATTACK_NAMES, EvalSettings, certify_run, evaluate_run
 from .progress import say
 from .report import write_report
-from .rundir import check_not_nested, check_writable, export_weights, locked, run_path
+from .rundir import (
+    DiskFullError,
+    check_not_nested,
+    check_writable,
+    export_weights,
+    locked,
+    read_config,
+    read_metrics,
+    run_path,
+    unfinished_epochs,
+)
 
 # fields with their own flags below
 _SPECIAL = {"experiment", "regs"}
@@ -38,8 +48,8 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
         help=f"preset whose defaults the other flags override; one of: {', '.join(sorted(PRESETS))}",
     )  # fmt: skip
     parser.add_argument(
-        "--reg", dest="regs", action="append", choices=regularizers.NAMES, default=None, metavar="NAME",
-        help=f"add a regularizer (repeatable): {', '.join(regularizers.NAMES)}",
+        "--reg", dest="regs", action="append", choices=(*regularizers.NAMES, "none"), default=None, metavar="NAME",
+        help=f"add a regularizer (repeatable): {', '.join(regularizers.NAMES)}; none: no regularizer",
     )  # fmt: skip
     for reg in regularizers.REGISTRY.values():
         parser.add_argument(reg.original_flag, dest="regs", action="append_const", const=reg.name,
@@ -96,11 +106,17 @@ def config_from_args(args: argparse.Namespace) -> Config:
         f.name: getattr(args, f.name, None) for f in dataclasses.fields(Config) if f.name not in _SPECIAL
     }
     if args.regs:
-        overrides["regs"] = tuple(dict.fromkeys(args.regs))
+        regs = tuple(dict.fromkeys(args.regs))
+        if "none" in regs and len(regs) > 1:
+            others = ", ".join(r for r in regs if r != "none")
+            raise ValueError(f"--reg none means no regularizer: give it alone, not with {others}")
+        overrides["regs"] = tuple(r for r in regs if r != "none")
     config = preset_config(args.experiment, **overrides)
-    # the original's shared flags first, so that a --REG.NAME flag overrides them
-    params = sorted(reg_param_values(args).items(), key=lambda item: "." in item[0])
-    return config.updated(dict(params))
+    values = dict(sorted(reg_param_values(args).items(), key=lambda item: "." in item[0]))  # shared flags first
+    clashes = conflicts([(f"--{k} {format_value(v)}", k, v) for k, v in values.items()], config.reg_names)
+    if clashes:
+        raise ValueError("; ".join(clashes) + "; give one value")
+    return config.updated(values)
 
 
 def train_command(config: Config) -> str:
@@ -399,6 +415,8 @@ def _zoo_command(args: argparse.Namespace) -> int:
         for line in zoo.table(zoo.read_index(args.index)):
             say(line)
         return 0
+    if args.n_test < 0:
+        raise ValueError(f"--n-test must be an integer >= 1 (the first N test images), or 0 for all, got {args.n_test}")
     comparisons = zoo.verify(args.model, args.n_test or None, args.index, args.device, args.data_dir,
                              args.allow_other_data, log=say)  # fmt: skip
     differ = [c for c in comparisons if not c.agrees]
@@ -442,7 +460,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "train":
-            from .training import TrainingDiverged, train
+            from .training import TrainingDiverged, TrainingInterrupted, train
 
             config = config_from_args(args)
             if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
@@ -454,6 +472,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             except TrainingDiverged as error:
                 print(f"kernel-reg: training diverged: {error}", file=sys.stderr)
                 return 1
+            except TrainingInterrupted as error:
+                print(f"kernel-reg train: {error}", file=sys.stderr)
+                return 130
         elif args.command == "sweep":
             return run_sweep_command(args)
         elif args.command == "evaluate":
@@ -465,6 +486,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 evaluate_run(run_dir, settings, args.device, args.weights, say, args.data_dir, out, args.in_place,
                              args.allow_other_data)  # fmt: skip
         elif args.command == "certify":
+            if args.n_test < 0:
+                raise ValueError(f"--n-test must be an integer >= 1, or 0 for all test images, got {args.n_test}")
             for run_dir in args.runs:
                 say(f"{run_dir}:")
                 out = None if args.out is None else args.out / run_dir.resolve().name
@@ -476,14 +499,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _reproduce_command(args, argv)
         elif args.command == "export":
             for run_dir in args.runs:
-                with locked(run_dir, "kernel-reg export"):
-                    say(f"wrote {export_weights(run_dir)}")
+                path = export_weights(run_dir)
+                unfinished = unfinished_epochs(read_config(run_dir), read_metrics(run_dir)[-1].epoch)
+                say(f"wrote {path}" + (f" (unfinished: {unfinished}, as the file records)" if unfinished else ""))
         elif args.command == "report":
             table, files = write_report(args.root, args.out, warn=lambda line: print(line, file=sys.stderr))
             say(table)
             say("wrote " + ", ".join(str(f) for f in files))
         elif args.command == "demo":
             run_demo(args)
+    except DiskFullError as error:
+        print(f"kernel-reg {args.command}: error: {error.strerror}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"kernel-reg {args.command}: interrupted; every record is written whole or not at all, so what was on "
+              "disk before is intact; rerun the same command to go on", file=sys.stderr)  # fmt: skip
+        return 130
     except (ValueError, OSError) as error:  # RunFolderError, DataNotFoundError and DataFileError among them
         parser.exit(2, f"kernel-reg {args.command}: error: {error}\n")
     return 0

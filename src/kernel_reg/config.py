@@ -16,7 +16,7 @@ import hashlib
 import json
 import math
 import re
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
@@ -293,6 +293,21 @@ class Config:
         return values
 
 
+def conflicts(given: Sequence[tuple[str, str, Any]], selected: tuple[str, ...]) -> list[str]:
+    """For each hyperparameter of the ``selected`` regularizers that two of the ``given`` (label, key,
+    value) entries set to different values, a sentence naming both, e.g. "gradient-penalty.lmbda is given
+    two values: --lmbda 0.1 and --gradient-penalty.lmbda 0.2"; [] when there is none."""
+    setters: dict[tuple[str, str], list[tuple[str, Any]]] = {}
+    for label, key, value in given:
+        for target in regularizers.targets(key, selected):
+            setters.setdefault(target, []).append((label, value))
+    return [
+        f"{reg}.{param} is given two values: {' and '.join(label for label, _ in pairs)}"
+        for (reg, param), pairs in setters.items()
+        if len({json.dumps(value, default=str) for _, value in pairs}) > 1
+    ]
+
+
 def identity(config: Config, ignore: tuple[str, ...] = ()) -> dict[str, Any]:
     """What a run computes: its flat values without the execution fields (and the ``ignore`` ones);
     ``data_dir`` only as whether it names the embedded subset (a data set of its own): the folder that holds
@@ -380,7 +395,7 @@ FIELD_HELP: dict[str, str] = {
     "operator (none: off)",
     "batch_size": "training batch size",
     "test_batch_size": "batch size of the accuracy passes",
-    "optimizer": f"one of: {', '.join(OPTIMIZERS)} (Adam: set --lr too, e.g. 0.001)",
+    "optimizer": f"one of: {', '.join(OPTIMIZERS)} (Adam: --lr defaults to 0.001)",
     "lr": "learning rate",
     "momentum": "SGD momentum (Adam: not used)",
     "wd": "weight decay",
@@ -486,11 +501,20 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+ADAM_LR = 1e-3  # the learning rate Adam gets when none is given (the presets' 0.05 is SGD's)
+
+
 def preset_config(experiment: str, **overrides: Any) -> Config:
     """The preset's defaults, then ``overrides``: fields and regularizer keys (``lmbda``,
-    ``gradient-penalty.lmbda``), None values ignored as unset flags."""
+    ``gradient-penalty.lmbda``), None values ignored as unset flags. ``optimizer="adam"`` without ``lr``
+    takes ``ADAM_LR``, not the preset's SGD rate; ``momentum`` with Adam is refused (Adam has none)."""
     check_choice("experiment", experiment, tuple(PRESETS))
     given = {k: v for k, v in overrides.items() if v is not None}
+    if given.get("optimizer") == "adam":
+        if "momentum" in given:
+            raise ValueError("momentum applies to optimizer 'sgd' only (Adam keeps its own moment estimates); "
+                             "drop it, or choose optimizer sgd")  # fmt: skip
+        given.setdefault("lr", ADAM_LR)
     fields = {f.name for f in dataclasses.fields(Config)}
     base = Config(experiment=experiment, **{**PRESETS[experiment], **{k: v for k, v in given.items() if k in fields}})
     return base.updated({k: v for k, v in given.items() if k not in fields})

@@ -347,7 +347,7 @@ def resolve_data_dir(dataset: str, data_dir: str | None) -> tuple[str, str]:
             raise DataNotFoundError(
                 f"fashion-mnist: the full data set is not installed (looked in {DEBIAN_FASHION_MNIST}); install "
                 "Debian's package dataset-fashion-mnist, pass --data-dir FOLDER with its four IDX files, or "
-                "--data-dir embedded for the 4,000 + 1,000-image subset shipped with kernel-reg"
+                "--data-dir embedded for the subset of 4,000 training and 2,000 test images shipped with kernel-reg"
             )
         return str(DEBIAN_FASHION_MNIST), "debian"
     if dataset == "cifar10":

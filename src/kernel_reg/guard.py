@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
 
 
 @contextlib.contextmanager
-def preserved_state(model: nn.Module, mode: bool | None = None) -> Iterator[None]:
+def preserved_state(model: nn.Module | Callable[..., Any], mode: bool | None = None) -> Iterator[None]:
     """Run a block on ``model`` and leave it exactly as it was found (a context manager).
 
     Saves the train/eval flag of every submodule, optionally switches the whole model to ``mode``
@@ -20,7 +21,8 @@ def preserved_state(model: nn.Module, mode: bool | None = None) -> Iterator[None
     so graphs built in the block stay valid for backward. Parameters are not guarded.
 
     Args:
-        model: the module to guard.
+        model: the module to guard; any other callable (a function wrapping a module, e.g.
+            ``lambda x: net(x)["logits"]``) has no state of its own to guard, so the block just runs.
         mode: the train/eval flag for the block: True (train), False (eval), or None (default: the
             caller's flags, unchanged).
 
@@ -28,6 +30,9 @@ def preserved_state(model: nn.Module, mode: bool | None = None) -> Iterator[None
         >>> with preserved_state(model, mode=False), torch.no_grad():
         ...     logits = model(x)  # eval mode here; model.training as before afterwards
     """
+    if not isinstance(model, nn.Module):
+        yield
+        return
     flags = [(module, module.training) for module in model.modules()]
     swapped = []
     for module in model.modules():

@@ -20,10 +20,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .arguments import check_int, check_logits, check_nonnegative
+from .arguments import check_batch, check_int, check_labels, check_logits, check_nonnegative, check_positive
 from .guard import preserved_state
 from .models import MaxMin
 from .orthogonal import CayleyConv2d
+from .progress import progress
 from .tensors import margin
 
 # the linear layers whose operator norms the bounds compose (power iteration estimates them all)
@@ -264,7 +265,12 @@ def _reference(model: nn.Module) -> torch.Tensor:
 
 
 def input_shapes(model: nn.Module, input_shape: Sequence[int]) -> dict[nn.Module, tuple[int, ...]]:
-    """The shape (without batch) of the input each submodule receives on one example."""
+    """The shape (without batch) of the input each submodule receives on one example of ``input_shape``;
+    ValueError naming ``input_shape`` when it is not a shape the model takes."""
+    shape = tuple(input_shape) if isinstance(input_shape, Sequence) else input_shape
+    hint = "give the shape of one input, without the batch dimension, e.g. (1, 28, 28)"
+    if not isinstance(shape, tuple) or not shape or not all(isinstance(d, int) and d >= 1 for d in shape):
+        raise ValueError(f"input_shape {shape} is not a shape of positive integers; {hint}")
     shapes: dict[nn.Module, tuple[int, ...]] = {}
 
     def record(module: nn.Module, args: tuple) -> None:
@@ -275,7 +281,11 @@ def input_shapes(model: nn.Module, input_shape: Sequence[int]) -> dict[nn.Module
     param = _reference(model)
     try:
         with preserved_state(model, mode=False), torch.no_grad():
-            model(torch.zeros(1, *input_shape, device=param.device, dtype=param.dtype))
+            model(torch.zeros(1, *shape, device=param.device, dtype=param.dtype))
+    except (RuntimeError, ValueError, IndexError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(f"input_shape {shape} does not fit the model, whose forward pass on it fails ({first}); "
+                         f"{hint}") from None  # fmt: skip
     finally:
         for handle in handles:
             handle.remove()
@@ -317,11 +327,16 @@ def lipschitz_upper_bound(model: nn.Module, input_shape: Sequence[int], iters: i
         >>> L = lipschitz_upper_bound(model, (1, 28, 28))  # >= the true constant, not an estimate
     """
     shapes = input_shapes(model, input_shape)
+    norms = _linear_norms(model, shapes, iters)
+    return float(compose_bound(model, shapes, lambda layer, _: norms[layer]))
 
-    def linear(layer: nn.Module, shape: tuple[int, ...]) -> float:
-        return _layer_bound(layer, shape, iters)
 
-    return float(compose_bound(model, shapes, linear))
+def _linear_norms(model: nn.Module, shapes: dict[nn.Module, tuple[int, ...]], iters: int) -> dict[nn.Module, float]:
+    """The Gram-iteration bound of every ``LINEAR_LAYERS`` layer of ``model``, each once, with a progress bar on
+    a terminal (a VGG-11 takes over a minute on a CPU)."""
+    layers = [m for m in model.modules() if isinstance(m, LINEAR_LAYERS)]
+    bars = progress(layers, len(layers), "Lipschitz bound (Gram iteration per layer)")
+    return {layer: _layer_bound(layer, shapes.get(layer, ()), iters) for layer in bars}
 
 
 def compose_bound(
@@ -394,11 +409,9 @@ def pair_constants(weight: torch.Tensor, body: Bound, whole: Bound) -> torch.Ten
 def lipschitz_bounds(model: nn.Module, input_shape: Sequence[int], iters: int = 12) -> tuple[float, torch.Tensor]:
     """``lipschitz_upper_bound`` and ``pairwise_lipschitz`` from one bound per layer: (L, K)."""
     shapes = input_shapes(model, input_shape)
-    norms: dict[nn.Module, Bound] = {}
+    norms = _linear_norms(model, shapes, iters)  # each layer bounded once for both products
 
-    def linear(layer: nn.Module, shape: tuple[int, ...]) -> Bound:  # each layer bounded once for both products
-        if layer not in norms:
-            norms[layer] = _layer_bound(layer, shape, iters)
+    def linear(layer: nn.Module, _: tuple[int, ...]) -> Bound:
         return norms[layer]
 
     whole = float(compose_bound(model, shapes, linear))
@@ -494,8 +507,22 @@ def certified_accuracy(
         >>> K = pairwise_lipschitz(model, (1, 28, 28))
         >>> certified_accuracy(model, x, y, eps=0.1, lipschitz=K)  # a float in [0, 1]
     """
+    who = "certified_accuracy"
     check_nonnegative("eps", eps)
+    check_batch(who, x, y)
+    if lipschitz is not None and not isinstance(lipschitz, torch.Tensor):
+        check_positive("lipschitz", lipschitz)
     bound = pairwise_lipschitz(model, x.shape[1:]) if lipschitz is None else lipschitz
     with preserved_state(model, mode=False), torch.no_grad():
         logits = check_logits(model(x), x.shape[0])
+    k = logits.shape[1]
+    check_labels(who, y, x.shape[0], k)
+    if isinstance(bound, torch.Tensor):
+        if tuple(bound.shape) != (k, k):
+            raise ValueError(
+                f"{who}: lipschitz K must be the (k, k) = ({k}, {k}) pairwise bounds of the model's {k} classes, "
+                f"got shape {tuple(bound.shape)}"
+            )
+        if not bool(torch.isfinite(bound).all() and (bound >= 0).all()):
+            raise ValueError(f"{who}: lipschitz K must be finite and >= 0 everywhere (pairwise_lipschitz gives it)")
     return float((certified_radius(logits, y, bound) > eps).float().mean())

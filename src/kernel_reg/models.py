@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .arguments import check_choice, check_int
+
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2023, 0.1994, 0.2010)
 MNIST_MEAN = (0.1307,)
@@ -246,6 +248,10 @@ def lipnet(num_classes: int = 10, width: int = 32, activation: str = "maxmin") -
     Shape:
         x: (n, 1, 28, 28); output: logits (n, k).
     """
+    check_int("num_classes", num_classes)
+    check_choice("activation", activation, tuple(ACTIVATIONS))
+    if not isinstance(width, int) or isinstance(width, bool) or width < 2 or width % 2:
+        raise ValueError(f"width must be an even integer >= 2 (MaxMin pairs channels), got {width!r}")
     act = ACTIVATIONS[activation]
 
     def conv(c_in: int, c_out: int) -> nn.Conv2d:

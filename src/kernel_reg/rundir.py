@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import dataclasses
+import errno
 import fcntl
 import json
 import math
@@ -51,6 +52,21 @@ class RunFolderError(ValueError):
     names it and says what to do. Nothing was changed."""
 
 
+class DiskFullError(OSError):
+    """A record could not be written for want of space; the message names the folder and says that the
+    previous version of the file is intact."""
+
+
+def _no_space(error: BaseException) -> bool:
+    """Whether ``error``, or an error it was raised from or during, is "no space left on device"."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno == errno.ENOSPC:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 # ---------------------------------------------------------------------------------------------
 # Writing
 
@@ -67,8 +83,15 @@ def _atomic(path: Path, write: Callable[[IO[bytes]], None]) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         tmp.unlink(missing_ok=True)
+        if _no_space(error):
+            kept = f"the previous {path.name} is intact" if path.exists() else f"no {path.name} was written"
+            raise DiskFullError(
+                errno.ENOSPC,
+                f"{path.parent}: no space left on device while writing {path.name}; {kept}; free "
+                "some space and rerun the same command",
+            ) from None
         raise
 
 
@@ -482,12 +505,22 @@ def read_checkpoint(run_dir: str | Path, device: torch.device | str = "cpu", wei
 
 def export_weights(run_dir: str | Path) -> Path:
     """Write ``weights.pt``, the weights of a trained run without its optimizer state (the last ones and
-    those of best validation accuracy, with their epochs): what to publish, a few hundred KB for a width-16
-    VGG-5; ``kernel-reg evaluate`` reads it when the folder has no checkpoint."""
-    state = read_checkpoint(run_dir)
-    weights = {"format": FORMAT, "model": state["model"], "epoch": state["epoch"], "best": state.get("best")}
-    atomic_torch_save(weights, Path(run_dir) / WEIGHTS)
+    those of best validation accuracy, with their epochs, and ``unfinished``: "epoch k of n" for a run not
+    trained to its last epoch, else None): what to publish, a few hundred KB for a width-16 VGG-5;
+    ``kernel-reg evaluate`` reads it when the folder has no checkpoint. Holds the run folder's lock (a
+    folder that ``train`` holds is refused, RunFolderError naming the holder)."""
+    with locked(run_dir, "kernel-reg export"):
+        state = read_checkpoint(run_dir)
+        unfinished = unfinished_epochs(read_config(run_dir), state["epoch"])
+        weights = {"format": FORMAT, "model": state["model"], "epoch": state["epoch"], "best": state.get("best"),
+                   "unfinished": unfinished}  # fmt: skip
+        atomic_torch_save(weights, Path(run_dir) / WEIGHTS)
     return Path(run_dir) / WEIGHTS
+
+
+def unfinished_epochs(config: Config, epoch: int) -> str | None:
+    """ "epoch k of n" when the run's last trained epoch ``epoch`` is not its last one, else None."""
+    return None if epoch >= config.num_epochs - 1 else f"epoch {epoch} of {config.num_epochs}"
 
 
 def check_not_nested(run_dir: Path, top: Path) -> None:

@@ -312,6 +312,16 @@ def _normalizations(model: nn.Module) -> list[tuple[OperatorNormalization, torch
     return found
 
 
+def _check_fresh(model: nn.Module, caller: str) -> None:
+    """ValueError, in one line, when ``orthogonalize_`` or ``normalize_`` has already been applied to ``model``."""
+    if any(isinstance(m, CayleyConv2d) for m in model.modules()):
+        raise ValueError(f"{caller}: the model is already orthogonalized by orthogonalize_ (its convolutions are "
+                         "CayleyConv2d); apply orthogonalize_ once, to a fresh model")  # fmt: skip
+    if _normalizations(model):
+        raise ValueError(f"{caller}: the model is already normalized by normalize_ (its weights are already "
+                         "parametrized); apply one of them once, to a fresh model")  # fmt: skip
+
+
 def normalize_(model: nn.Module, input_shape: Sequence[int], steps: int = 1, warmup: int = 100) -> nn.Module:
     """Parametrize every Linear / Conv2d weight of ``model`` in place by ``OperatorNormalization``, so that
     each layer's operator norm on its inputs (those of a model input of ``input_shape``) is held near 1 for
@@ -324,11 +334,18 @@ def normalize_(model: nn.Module, input_shape: Sequence[int], steps: int = 1, war
         >>> model = normalize_(models.lipnet(), (1, 28, 28))
         >>> lipschitz.lipschitz_upper_bound(model, (1, 28, 28))  # about 1 with MaxMin activations
     """
+    _check_fresh(model, "normalize_")
+    return _normalize(model, input_shape, steps, warmup)
+
+
+def _normalize(model: nn.Module, input_shape: Sequence[int], steps: int, warmup: int) -> nn.Module:
+    """``normalize_`` without its check that the model is fresh (``orthogonalize_`` normalizes what it leaves)."""
     check_int("warmup", warmup, minimum=0)
     shapes = lipschitz.input_shapes(model, input_shape)
-    for _, layer in spectral_layers(model):
+    for name, layer in spectral_layers(model):
         if parametrize.is_parametrized(layer, "weight"):
-            raise ValueError(f"{layer} is already parametrized: normalize_ a model once")
+            raise ValueError(f"normalize_: layer {name!r} ({type(layer).__name__}) is already parametrized; "
+                             "normalize_ a model once")  # fmt: skip
         normalization = OperatorNormalization(layer, shapes[layer], steps)
         if warmup:
             normalization.power_step_(layer.weight.detach(), warmup)
@@ -547,6 +564,7 @@ def orthogonalize_(model: nn.Module, input_shape: Sequence[int], warmup: int = 1
     """
     if isinstance(model, nn.Conv2d):
         raise ValueError("orthogonalize_ replaces layers inside a model: wrap the Conv2d in nn.Sequential")
+    _check_fresh(model, "orthogonalize_")
     shapes = lipschitz.input_shapes(model, input_shape)
     convolutions = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
     for name, conv in convolutions:
@@ -564,4 +582,4 @@ def orthogonalize_(model: nn.Module, input_shape: Sequence[int], warmup: int = 1
         cayley = CayleyConv2d(conv.in_channels, conv.out_channels, k, shapes[conv][-2:], bias=conv.bias is not None)
         parent, _, attribute = name.rpartition(".")
         setattr(model.get_submodule(parent), attribute, cayley.to(conv.weight.device, conv.weight.dtype))
-    return normalize_(model, input_shape, warmup=warmup)
+    return _normalize(model, input_shape, 1, warmup)

@@ -32,6 +32,7 @@ from .config import (
     EXECUTION_FIELDS,
     SEED_FIELDS,
     Config,
+    conflicts,
     field_types,
     format_value,
     hyperparameters,
@@ -163,8 +164,9 @@ def expand(base: Config, grids: Sequence[Grid], seeds: int, defaults: Mapping[st
     seed, so that a sweep cut short has covered every method once before it repeats any.
 
     ``defaults``: regularizer hyperparameters (the sweep's flags) applied to every point whose regularizers
-    take them, before the point's own values. ValueError when a default applies to no point, or when two
-    different points would share a run folder."""
+    take them. ValueError when a default applies to no point, when a point sets a hyperparameter that a
+    default also sets to another value (naming both), or when two different points would share a run
+    folder."""
     if seeds < 1:
         raise ValueError(f"seeds must be an integer >= 1, got {seeds}")
     defaults = dict(defaults or {})
@@ -177,6 +179,11 @@ def expand(base: Config, grids: Sequence[Grid], seeds: int, defaults: Mapping[st
             for values in itertools.product(*(grid[k] for k in keys)):
                 point = dict(zip(keys, values))
                 config = base.updated({k: v for k, v in point.items() if k in fields})
+                given = [(f"--{k} {format_value(v)}", k, v) for k, v in defaults.items()]
+                given += [(f"{k}={format_value(v)} in the grid", k, v) for k, v in point.items() if k not in fields]
+                clashes = conflicts(given, config.reg_names)
+                if clashes:
+                    raise ValueError("; ".join(clashes) + "; give one value")
                 for key, value in defaults.items():
                     if regularizers.targets(key, config.reg_names):
                         used.add(key)

@@ -37,6 +37,7 @@ from .rundir import (
     METRICS,
     PROVENANCE,
     ROBUSTNESS,
+    WEIGHTS,
     MetricsRow,
     Provenance,
     RunFolderError,
@@ -63,6 +64,10 @@ RESUMABLE_CHANGES = ("num_epochs",)
 
 class TrainingDiverged(RuntimeError):
     """A loss term or a parameter became non-finite; the message says which, and what was kept."""
+
+
+class TrainingInterrupted(RuntimeError):
+    """Ctrl-C (SIGINT) stopped training; the message says at which epoch and which checkpoint is kept."""
 
 
 # power-iteration steps that bring the normalized weights' vectors to convergence at the end of each epoch (one
@@ -285,6 +290,9 @@ def _resume_point(config: Config, run_dir: Path, log: Log) -> Resume:
         _repair_metrics(run_dir, [MetricsRow(**row) for row in state["metrics"]], log)
         return Resume(state, write_config=False, done=True)
     log(f"resuming {run_dir} after epoch {state['epoch']}")
+    if (run_dir / WEIGHTS).is_file():  # an export of weights that training now moves on from
+        (run_dir / WEIGHTS).unlink()
+        log(f"removed {run_dir / WEIGHTS}, exported at an earlier epoch: export the run again when it is trained")
     return Resume(state, write_config=config.num_epochs != saved.num_epochs)
 
 
@@ -384,69 +392,74 @@ def _train(
         return f"the checkpoint of epoch {metrics[-1].epoch} is kept in {run_dir}"
 
     epoch_seconds: list[float] = []
-    for epoch in range(start_epoch, config.num_epochs):
-        began = time.perf_counter()
-        tau = regs.projection.radius(epoch) if regs.projection is not None else None
-        model.train()
-        steps = math.ceil(splits.train_x.shape[0] / config.batch_size)
-        for x, y in progress(
-            batches(splits.train_x, splits.train_y, config.batch_size, data_rng), steps, f"epoch {epoch}"
-        ):
-            if augment is not None:
-                x = augment(x)  # on the global batch, so that each example's draw is that of one process
-            shard = group.shard(len(x))
-            try:
-                step(model, x[shard], y[shard], regs, optimizer, epoch=epoch, trained=trained, group=group)
-            except TrainingDiverged as error:
-                raise TrainingDiverged(f"{error} at epoch {epoch}; {kept()}") from None
-        spectral.renormalize_(model, steps=EPOCH_POWER_STEPS)  # the weights evaluated and saved: norms at 1
-        if regs.projection is not None:
-            regs.projection.finish_epoch(model, epoch)
-        scheduler.step()
-        epoch_seconds.append(time.perf_counter() - began)
-        broken = [name for name, p in model.named_parameters() if not torch.isfinite(p).all()]
-        if broken:
-            raise TrainingDiverged(
-                f"parameters {', '.join(broken)} became non-finite at epoch {epoch} (lower the learning rate); {kept()}"
-            )
-
-        last = epoch == config.num_epochs - 1
-        if epoch % config.eval_delta == 0 or last:
-            eval_began = time.perf_counter()
-            # the first evaluation of each probe_delta epochs: evaluations fall on multiples of eval_delta
-            lower_bounds = epoch % config.probe_delta < config.eval_delta or last
-            record = _evaluate(model, splits, config, probe_x if lower_bounds else None)
-            row = MetricsRow(
-                epoch=epoch,
-                lr=optimizer.param_groups[0]["lr"],
-                seconds_per_epoch=sum(epoch_seconds) / len(epoch_seconds),
-                eval_seconds=time.perf_counter() - eval_began,
-                tau=tau,
-                **record,
-            )
-            epoch_seconds = []
-            if row.val_acc is not None and (best is None or row.val_acc > best["val_acc"]):
-                best = dict(epoch=epoch, val_acc=row.val_acc, model=_cpu_copy(model.state_dict()))
-            metrics.append(row)
-            if group.is_main:
-                rng = {
-                    "torch": torch.get_rng_state(),
-                    "data": data_rng.get_state(),
-                    "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-                }
-                checkpoint = dict(
-                    model=model.state_dict(),
-                    optimizer=optimizer.state_dict(),
-                    scheduler=scheduler.state_dict(),
-                    epoch=epoch,
-                    metrics=[m.to_dict() for m in metrics],
-                    best=best,
-                    rng=rng,
-                    penalties=regs.state_dict(),
+    epoch = start_epoch
+    try:
+        for epoch in range(start_epoch, config.num_epochs):
+            began = time.perf_counter()
+            tau = regs.projection.radius(epoch) if regs.projection is not None else None
+            model.train()
+            steps = math.ceil(splits.train_x.shape[0] / config.batch_size)
+            for x, y in progress(
+                batches(splits.train_x, splits.train_y, config.batch_size, data_rng), steps, f"epoch {epoch}"
+            ):
+                if augment is not None:
+                    x = augment(x)  # on the global batch, so that each example's draw is that of one process
+                shard = group.shard(len(x))
+                try:
+                    step(model, x[shard], y[shard], regs, optimizer, epoch=epoch, trained=trained, group=group)
+                except TrainingDiverged as error:
+                    raise TrainingDiverged(f"{error} at epoch {epoch}; {kept()}") from None
+            spectral.renormalize_(model, steps=EPOCH_POWER_STEPS)  # the weights evaluated and saved: norms at 1
+            if regs.projection is not None:
+                regs.projection.finish_epoch(model, epoch)
+            scheduler.step()
+            epoch_seconds.append(time.perf_counter() - began)
+            broken = [name for name, p in model.named_parameters() if not torch.isfinite(p).all()]
+            if broken:
+                raise TrainingDiverged(
+                    f"parameters {', '.join(broken)} became non-finite at epoch {epoch} (lower the learning rate); "
+                    f"{kept()}"
                 )
-                atomic_torch_save(checkpoint, run_dir / CHECKPOINT)
-                write_metrics(run_dir, metrics)
-            log(_format(row))  # after the save: a reader of this line finds the epoch on disk
+
+            last = epoch == config.num_epochs - 1
+            if epoch % config.eval_delta == 0 or last:
+                eval_began = time.perf_counter()
+                # the first evaluation of each probe_delta epochs: evaluations fall on multiples of eval_delta
+                lower_bounds = epoch % config.probe_delta < config.eval_delta or last
+                record = _evaluate(model, splits, config, probe_x if lower_bounds else None)
+                row = MetricsRow(
+                    epoch=epoch,
+                    lr=optimizer.param_groups[0]["lr"],
+                    seconds_per_epoch=sum(epoch_seconds) / len(epoch_seconds),
+                    eval_seconds=time.perf_counter() - eval_began,
+                    tau=tau,
+                    **record,
+                )
+                epoch_seconds = []
+                if row.val_acc is not None and (best is None or row.val_acc > best["val_acc"]):
+                    best = dict(epoch=epoch, val_acc=row.val_acc, model=_cpu_copy(model.state_dict()))
+                metrics.append(row)
+                if group.is_main:
+                    rng = {
+                        "torch": torch.get_rng_state(),
+                        "data": data_rng.get_state(),
+                        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+                    }
+                    checkpoint = dict(
+                        model=model.state_dict(),
+                        optimizer=optimizer.state_dict(),
+                        scheduler=scheduler.state_dict(),
+                        epoch=epoch,
+                        metrics=[m.to_dict() for m in metrics],
+                        best=best,
+                        rng=rng,
+                        penalties=regs.state_dict(),
+                    )
+                    atomic_torch_save(checkpoint, run_dir / CHECKPOINT)
+                    write_metrics(run_dir, metrics)
+                log(_format(row))  # after the save: a reader of this line finds the epoch on disk
+    except KeyboardInterrupt:
+        raise TrainingInterrupted(f"stopped during epoch {epoch}; {kept()}; rerun the same command to resume") from None
     return metrics
 
 

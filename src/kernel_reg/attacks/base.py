@@ -7,7 +7,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from ..arguments import check_choice, check_clip, check_inside_clip, check_positive, describe
+from ..arguments import check_batch, check_choice, check_clip, check_inside_clip, check_positive, describe
 from ..guard import preserved_state
 from ..tensors import normalize_l2, per_example, project_l2, rand, randn
 
@@ -129,6 +129,7 @@ class Attack:
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """x_adv = perturb(model, x, y), detached, after ``check_inputs``, under ``preserved_state`` (eval mode)."""
+        check_batch(self.name, x, y)
         x, y = x.detach(), y.detach()
         self.check_inputs(x)
         with preserved_state(model, mode=False), torch.enable_grad():

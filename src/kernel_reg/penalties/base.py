@@ -7,7 +7,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..arguments import check_choice, check_int, check_logits, check_nonnegative, check_positive, describe
+from ..arguments import (
+    check_batch,
+    check_choice,
+    check_int,
+    check_logits,
+    check_nonnegative,
+    check_positive,
+    describe,
+)
 from ..deformations import RandomDeformation
 from ..distributed import SINGLE, Group
 from ..guard import preserved_state
@@ -53,6 +61,7 @@ class Penalty:
         (``from_logits``) instead of running its own forward pass at x, so the training step saves that
         pass and backpropagates once through the shared graph; the others ignore them.
         """
+        check_batch(self.name, x, y)
         self.check_inputs(x, y)
         y = None if y is None else y.detach()
         with torch.enable_grad(), preserved_state(model):
