@@ -291,3 +291,47 @@ def test_orthogonalize_or_normalize_twice_is_one_line_naming_what_was_done():
     with pytest.raises(ValueError, match="already normalized by normalize_") as error:
         spectral.orthogonalize_(normalized, (1, 28, 28))
     assert "\n" not in str(error.value)
+
+
+# ---- a signal to the parent of torchrun workers or of local sweep jobs (item 2)
+
+
+def _own_processes(marker: str) -> list[str]:
+    """Command lines of this machine's processes that mention ``marker`` (a test's temporary folder)."""
+    import subprocess
+
+    listing = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout.splitlines()
+    return [line for line in listing if marker in line and "ps -eo" not in line]
+
+
+@pytest.mark.parametrize("how", ["nproc", "sweep"])
+def test_sigterm_to_the_parent_stops_and_waits_for_its_children(tmp_path, tiny_flags, how):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    root = tmp_path / "runs"
+    if how == "nproc":
+        command = ["train", *tiny_flags, "--root", str(root), "--num-epochs", "400", "--nproc", "2"]
+        started = root / "fmnist1000_vgg5" / "tmp" / "metrics.jsonl"
+    else:
+        command = ["sweep", *tiny_flags, "--root", str(root), "--num-epochs", "400", "--grid", "reg=none lr=0.01,0.02",
+                   "--jobs", "2"]  # fmt: skip
+        started = root / "fmnist1000_vgg5"
+    process = subprocess.Popen([sys.executable, "-m", "kernel_reg", *command], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)  # fmt: skip
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and process.poll() is None:
+        if (how == "nproc" and started.is_file()) or (how == "sweep" and list(started.glob("*/metrics.jsonl"))):
+            break
+        time.sleep(0.3)
+    assert process.poll() is None, process.stderr.read()
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGTERM, stderr
+    # the children (torchrun, submitit) may report the signal in their own words before; the parent's line ends it
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith(f"kernel-reg {command[0]}: stopped") and "rerun the same command" in last, stderr
+    time.sleep(1)
+    assert _own_processes(str(tmp_path)) == []  # no worker or job left running

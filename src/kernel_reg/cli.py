@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -35,6 +36,7 @@ from .rundir import (
     run_path,
     unfinished_epochs,
 )
+from .signals import Interrupted, forwarded
 
 # fields with their own flags below
 _SPECIAL = {"experiment", "regs"}
@@ -402,7 +404,17 @@ def _launch_with_torchrun(argv: Sequence[str], nproc: int) -> int:
         elif not item.startswith("--nproc="):
             rest.append(item)
     launcher = ["torch.distributed.run", "--standalone", "--local_addr=127.0.0.1", f"--nproc_per_node={nproc}"]
-    return subprocess.call([sys.executable, "-m", *launcher, "-m", "kernel_reg", *rest])
+    child = subprocess.Popen([sys.executable, "-m", *launcher, "-m", "kernel_reg", *rest])
+    with forwarded(child.send_signal) as received:
+        code = child.wait()
+    if received:
+        name = signal.Signals(received[0]).name
+        raise Interrupted(
+            f"stopped: {name} was passed to torchrun and its {nproc} training processes, which have ended; the last "
+            "checkpoint is kept; rerun the same command to resume",
+            received[0],
+        )
+    return code
 
 
 def _zoo_command(args: argparse.Namespace) -> int:
@@ -460,7 +472,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "train":
-            from .training import TrainingDiverged, TrainingInterrupted, train
+            from .training import TrainingDiverged, train
 
             config = config_from_args(args)
             if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
@@ -472,9 +484,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             except TrainingDiverged as error:
                 print(f"kernel-reg: training diverged: {error}", file=sys.stderr)
                 return 1
-            except TrainingInterrupted as error:
-                print(f"kernel-reg train: {error}", file=sys.stderr)
-                return 130
         elif args.command == "sweep":
             return run_sweep_command(args)
         elif args.command == "evaluate":
@@ -508,6 +517,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             say("wrote " + ", ".join(str(f) for f in files))
         elif args.command == "demo":
             run_demo(args)
+    except Interrupted as error:
+        print(f"kernel-reg {args.command}: {error}", file=sys.stderr)
+        return error.exit_code
     except DiskFullError as error:
         print(f"kernel-reg {args.command}: error: {error.strerror}", file=sys.stderr)
         return 1

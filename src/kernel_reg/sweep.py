@@ -44,6 +44,7 @@ from .config import (
 )
 from .evaluation import EvalSettings, evaluate_run
 from .rundir import DIVERGED, RunFolderError, read_divergence, read_metrics, read_robustness, run_path, trained_to_end
+from .signals import Interrupted, forwarded
 
 Grid = dict[str, list[Any]]
 
@@ -315,8 +316,32 @@ def run_sweep(
 
 
 def _run_locally(executor: Any, arguments: list[tuple], jobs: int, log: Callable[[str], None]) -> list[dict]:
-    pending, outcomes = list(arguments), []
+    """Run the jobs ``jobs`` at a time and collect their outcomes. On SIGINT or SIGTERM the running jobs are
+    interrupted (each keeps its last checkpoint), no other starts, and all are waited for: Interrupted."""
+    pending = list(arguments)
     running: list[tuple[Any, str]] = []
+    outcomes: list[dict] = []
+
+    def stop(_signum: int) -> None:
+        pending.clear()
+        for job, _ in running:
+            job.cancel(check=False)
+
+    with forwarded(stop) as received:
+        _collect(executor, pending, running, outcomes, jobs, log)
+    if received:
+        raise Interrupted(
+            f"stopped: the {len([o for o in outcomes if o.get('error')])} interrupted or failed run(s) keep their "
+            "last checkpoints and no other run was started; rerun the same command to resume the sweep",
+            received[0],
+        )
+    return outcomes
+
+
+def _collect(
+    executor: Any, pending: list[tuple], running: list[tuple[Any, str]], outcomes: list[dict], jobs: int,
+    log: Callable[[str], None],
+) -> None:  # fmt: skip
     while pending or running:
         while pending and len(running) < jobs:
             args = pending.pop(0)
@@ -333,7 +358,6 @@ def _run_locally(executor: Any, arguments: list[tuple], jobs: int, log: Callable
             else:
                 log(f"done: {name}")
             outcomes.append(outcome)
-    return outcomes
 
 
 def _first_line(error: BaseException) -> str:

@@ -56,6 +56,7 @@ from .rundir import (
     write_metrics,
     write_provenance,
 )
+from .signals import Interrupted
 
 Log = Callable[[str], None]
 # fields that may change when a run is resumed (num_epochs only upwards)
@@ -66,7 +67,7 @@ class TrainingDiverged(RuntimeError):
     """A loss term or a parameter became non-finite; the message says which, and what was kept."""
 
 
-class TrainingInterrupted(RuntimeError):
+class TrainingInterrupted(Interrupted):
     """Ctrl-C (SIGINT) stopped training; the message says at which epoch and which checkpoint is kept."""
 
 
