@@ -335,3 +335,25 @@ def test_sigterm_to_the_parent_stops_and_waits_for_its_children(tmp_path, tiny_f
     assert last.startswith(f"kernel-reg {command[0]}: stopped") and "rerun the same command" in last, stderr
     time.sleep(1)
     assert _own_processes(str(tmp_path)) == []  # no worker or job left running
+
+
+# ---- torch.compile'd models (item 9)
+
+
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+def test_a_compiled_model_gets_the_same_penalties_bounds_and_certificates(backend):
+    """Penalties differentiate the input gradient again (a compiled backward refuses create_graph) and the
+    bounds read the layers: both run on the module torch.compile wrapped, which shares its parameters."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 36, 3))
+    compiled = torch.compile(net, backend=backend)
+    x, y = torch.rand(5, 1, 6, 6), torch.tensor([0, 1, 2, 1, 0])
+    for penalty in (penalties.GradientPenalty(lmbda=0.1), penalties.LossGradientPenalty(lmbda=0.1),
+                    penalties.LossGradientPenalty(lmbda=0.1, method="finite-difference")):  # fmt: skip
+        plain = penalty(net, x, y)
+        (grad,) = torch.autograd.grad(plain, net[3].weight)
+        on_compiled = penalty(compiled, x, y)
+        (grad_compiled,) = torch.autograd.grad(on_compiled, compiled._orig_mod[3].weight)
+        assert torch.equal(on_compiled, plain) and torch.equal(grad_compiled, grad)
+    assert lipschitz.lipschitz_upper_bound(compiled, (1, 6, 6)) == lipschitz.lipschitz_upper_bound(net, (1, 6, 6))
+    assert lipschitz.certified_accuracy(compiled, x, y, 0.01) == lipschitz.certified_accuracy(net, x, y, 0.01)

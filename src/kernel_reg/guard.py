@@ -51,3 +51,11 @@ def preserved_state(model: nn.Module | Callable[..., Any], mode: bool | None = N
             module.training = flag
         for module, originals in swapped:
             module._buffers.update(originals)
+
+
+def uncompiled(model: Any) -> Any:
+    """The module that ``torch.compile`` wrapped (``_orig_mod``), else ``model`` itself: code that reads a
+    model's layers, or differentiates its input gradient again (a compiled backward refuses
+    ``create_graph``), runs on the original module, which shares the compiled one's parameters."""
+    inner = getattr(model, "_orig_mod", None)
+    return inner if isinstance(inner, nn.Module) and isinstance(model, nn.Module) else model

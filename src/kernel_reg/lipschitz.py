@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .arguments import check_batch, check_int, check_labels, check_logits, check_nonnegative, check_positive
-from .guard import preserved_state
+from .guard import preserved_state, uncompiled
 from .models import MaxMin
 from .orthogonal import CayleyConv2d
 from .progress import progress
@@ -267,6 +267,7 @@ def _reference(model: nn.Module) -> torch.Tensor:
 def input_shapes(model: nn.Module, input_shape: Sequence[int]) -> dict[nn.Module, tuple[int, ...]]:
     """The shape (without batch) of the input each submodule receives on one example of ``input_shape``;
     ValueError naming ``input_shape`` when it is not a shape the model takes."""
+    model = uncompiled(model)
     shape = tuple(input_shape) if isinstance(input_shape, Sequence) else input_shape
     hint = "give the shape of one input, without the batch dimension, e.g. (1, 28, 28)"
     if not isinstance(shape, tuple) or not shape or not all(isinstance(d, int) and d >= 1 for d in shape):
@@ -326,6 +327,7 @@ def lipschitz_upper_bound(model: nn.Module, input_shape: Sequence[int], iters: i
         >>> model = models.vgg5_stable()
         >>> L = lipschitz_upper_bound(model, (1, 28, 28))  # >= the true constant, not an estimate
     """
+    model = uncompiled(model)
     shapes = input_shapes(model, input_shape)
     norms = _linear_norms(model, shapes, iters)
     return float(compose_bound(model, shapes, lambda layer, _: norms[layer]))
@@ -346,6 +348,7 @@ def compose_bound(
     ``LINEAR_LAYERS`` from ``linear(layer, input_shape)``: Gram-iteration bounds give the guaranteed bound,
     power-iteration estimates with their graph a differentiable estimate (Lipschitz-margin training).
     ``shapes``: each submodule's input shape (``input_shapes``)."""
+    model = uncompiled(model)
 
     def bound(module: nn.Module) -> Bound:
         if isinstance(module, LipschitzBounded):
@@ -408,6 +411,7 @@ def pair_constants(weight: torch.Tensor, body: Bound, whole: Bound) -> torch.Ten
 
 def lipschitz_bounds(model: nn.Module, input_shape: Sequence[int], iters: int = 12) -> tuple[float, torch.Tensor]:
     """``lipschitz_upper_bound`` and ``pairwise_lipschitz`` from one bound per layer: (L, K)."""
+    model = uncompiled(model)
     shapes = input_shapes(model, input_shape)
     norms = _linear_norms(model, shapes, iters)  # each layer bounded once for both products
 
@@ -508,6 +512,7 @@ def certified_accuracy(
         >>> certified_accuracy(model, x, y, eps=0.1, lipschitz=K)  # a float in [0, 1]
     """
     who = "certified_accuracy"
+    model = uncompiled(model)
     check_nonnegative("eps", eps)
     check_batch(who, x, y)
     if lipschitz is not None and not isinstance(lipschitz, torch.Tensor):

@@ -18,7 +18,7 @@ from ..arguments import (
 )
 from ..deformations import RandomDeformation
 from ..distributed import SINGLE, Group
-from ..guard import preserved_state
+from ..guard import preserved_state, uncompiled
 
 
 class Penalty:
@@ -62,6 +62,7 @@ class Penalty:
         pass and backpropagates once through the shared graph; the others ignore them.
         """
         check_batch(self.name, x, y)
+        model = uncompiled(model)  # the penalties differentiate input gradients: create_graph
         self.check_inputs(x, y)
         y = None if y is None else y.detach()
         with torch.enable_grad(), preserved_state(model):
