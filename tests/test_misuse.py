@@ -114,6 +114,17 @@ def test_adam_gets_its_own_learning_rate_unless_one_is_given():
     assert parse().lr == 0.05
 
 
+def test_an_adam_point_of_a_sweep_grid_gets_adams_learning_rate(tmp_path):
+    from kernel_reg.config import preset_config
+    from kernel_reg.sweep import expand, parse_grid
+
+    base = preset_config("fmnist300_vgg5", root=str(tmp_path))
+    rates = {c.optimizer: c.lr for c in expand(base, [parse_grid("reg=none optimizer=sgd,adam")], 1)}
+    assert rates == {"sgd": 0.05, "adam": 1e-3}
+    (given,) = expand(base, [parse_grid("reg=none optimizer=adam lr=0.01")], 1)
+    assert given.lr == 0.01
+
+
 def test_momentum_with_adam_is_refused():
     with pytest.raises(ValueError, match="momentum.*sgd"):
         parse("--optimizer", "adam", "--momentum", "0.5")

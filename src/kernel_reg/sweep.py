@@ -29,6 +29,7 @@ from typing import Any
 
 from . import regularizers
 from .config import (
+    ADAM_LR,
     EXECUTION_FIELDS,
     SEED_FIELDS,
     Config,
@@ -180,6 +181,11 @@ def expand(base: Config, grids: Sequence[Grid], seeds: int, defaults: Mapping[st
             for values in itertools.product(*(grid[k] for k in keys)):
                 point = dict(zip(keys, values))
                 config = base.updated({k: v for k, v in point.items() if k in fields})
+                if point.get("optimizer") == "adam" and base.optimizer != "adam":
+                    if "momentum" in point:
+                        raise ValueError("momentum applies to optimizer 'sgd' only; drop it from the adam points")
+                    if "lr" not in point:  # Adam's own default, not the SGD rate of the preset
+                        config = config.replace(lr=ADAM_LR)
                 given = [(f"--{k} {format_value(v)}", k, v) for k, v in defaults.items()]
                 given += [(f"{k}={format_value(v)} in the grid", k, v) for k, v in point.items() if k not in fields]
                 clashes = conflicts(given, config.reg_names)
