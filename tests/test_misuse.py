@@ -368,3 +368,20 @@ def test_a_compiled_model_gets_the_same_penalties_bounds_and_certificates(backen
         assert torch.equal(on_compiled, plain) and torch.equal(grad_compiled, grad)
     assert lipschitz.lipschitz_upper_bound(compiled, (1, 6, 6)) == lipschitz.lipschitz_upper_bound(net, (1, 6, 6))
     assert lipschitz.certified_accuracy(compiled, x, y, 0.01) == lipschitz.certified_accuracy(net, x, y, 0.01)
+
+
+def test_ctrl_c_during_evaluate_is_one_line_exit_130_and_writes_nothing(tmp_path, tiny_flags, monkeypatch, capsys):
+    from kernel_reg import cli, evaluation
+
+    assert cli.main(["train", *tiny_flags, "--root", str(tmp_path), "--num-epochs", "1"]) == 0
+    run_dir = tmp_path / "fmnist1000_vgg5" / "tmp"
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(evaluation, "evaluate_model", interrupted)
+    capsys.readouterr()
+    assert cli.main(["evaluate", str(run_dir), "--eps-l2", "0.5", "--eps-linf", "--device", "cpu"]) == 130
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "interrupted" in err and "intact" in err
+    assert not (run_dir / "robustness.json").exists()
