@@ -299,7 +299,7 @@ class Comparison:
     def line(self) -> str:
         verdict = "agrees" if self.agrees else "DIFFERS"
         percent = self.what.startswith(("clean", "attacked", "certified"))
-        show = (lambda v: f"{100 * v:.2f}%") if percent else (lambda v: f"{v:.6g}")
+        show = (lambda v: f"{100 * v:.2f}%") if percent else (lambda v: f"{v:.8g}")
         return f"{verdict:8} {self.what} on {self.n} images: recorded {show(self.recorded)}, now {show(self.now)} " \
                f"({self.rule})"  # fmt: skip
 
