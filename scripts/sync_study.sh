@@ -1,5 +1,6 @@
 #!/bin/bash
-# Copy a study's run records (config, metrics, robustness, published weights, divergence; never checkpoints) from the
+# Copy a study's run records (config, metrics, provenance, robustness, certificates, published weights, divergence;
+# never checkpoints) from the
 # folder a sweep writes into the repository's results/, e.g.
 #   scripts/sync_study.sh /work/study/results/small_data_fit results/small_data_fit
 set -euo pipefail
@@ -9,7 +10,7 @@ cd "$1"
 find . -name config.json -not -path '*/.*' | while read -r config; do
   run=$(dirname "$config")
   mkdir -p "$to/$run"
-  for record in config.json metrics.jsonl robustness.json weights.pt diverged.json; do
+  for record in config.json metrics.jsonl provenance.json robustness.json certified.json weights.pt diverged.json; do
     if [ -f "$run/$record" ]; then cp "$run/$record" "$to/$run/$record"; fi
   done
 done

@@ -15,7 +15,17 @@ from kernel_reg.config import check_run_name, identity, preset_config, setting_k
 from kernel_reg.evaluation import EvalSettings, evaluate_run
 from kernel_reg.report import collect_runs, selection_table
 from kernel_reg.rundir import read_metrics, read_robustness, run_path
-from kernel_reg.sweep import Cluster, expand, finished, load_grid_file, normalize_grid, parse_grid, run_name, run_sweep
+from kernel_reg.sweep import (
+    Cluster,
+    expand,
+    finished,
+    load_grid_file,
+    normalize_grid,
+    parse_grid,
+    parse_seeds,
+    run_name,
+    run_sweep,
+)
 from kernel_reg.training import train
 
 
@@ -287,3 +297,41 @@ def test_sync_study_copies_records_only_where_it_is_told(tmp_path, relative):
     assert not list(caller.rglob("old_s0"))
     usage = subprocess.run(["bash", script, source], cwd=caller, capture_output=True, text=True)
     assert usage.returncode == 2 and "usage" in usage.stderr
+
+
+def test_seeds_parse_as_a_count_or_an_inclusive_range():
+    assert list(parse_seeds("3")) == [0, 1, 2]
+    assert list(parse_seeds("3-7")) == [3, 4, 5, 6, 7]
+    assert list(parse_seeds("5-5")) == [5]
+    for bad in ("0", "-1", "7-3", "a", "3-", "1.5"):
+        with pytest.raises(ValueError, match="--seeds takes N >= 1"):
+            parse_seeds(bad)
+
+
+def test_init_seed_per_subset_gives_each_subset_its_own_initialisation():
+    base = preset_config("fmnist1000_vgg5")
+    grids = [parse_grid("reg=none"), parse_grid("reg=pgd-l2 epsilon=0.3")]
+    shared = expand(base, grids, range(3, 5))
+    own = expand(base, grids, range(0, 5), init_per_subset=True)
+    assert {(c.shuf_seed, c.seed) for c in shared} == {(3, 42), (4, 42)}
+    assert {(c.shuf_seed, c.seed) for c in own} == {(s, 42 + s) for s in range(5)}
+    # the subset-0 run keeps the base seed, so its folder is the one a plain sweep writes
+    assert {c.name for c in own if c.shuf_seed == 0} == {c.name for c in expand(base, grids, 1)}
+    names = {c.name for c in own if c.shuf_seed == 3}
+    assert names == {"none_s3_seed45", "pgd-l2_epsilon0.3_s3_seed45"}
+    # the methods of one subset share it: a paired comparison pairs data and initialisation
+    assert len({c.seed for c in own if c.shuf_seed == 4}) == 1
+
+
+def test_run_names_show_an_augmentation_that_differs_from_the_presets():
+    base = preset_config("fmnist1000_vgg5")  # no augmentation
+    (crop,) = expand(base, [parse_grid("reg=none aug=true aug_transforms=crop+deform")], 1)
+    (auto,) = expand(base, [parse_grid("reg=stability lmbdast=0.01 aug=true")], 1)
+    (plain,) = expand(base, [parse_grid("reg=none aug=false")], 1)
+    assert (crop.name, auto.name, plain.name) == ("none_aug-crop+deform_s0", "stability_lmbda0.01_aug_s0", "none_s0")
+    with pytest.raises(ValueError, match="aug_transforms='crop' chooses the transforms of an augmentation that is off"):
+        expand(base, [parse_grid("reg=none aug=false aug_transforms=crop")], 1)
+    cifar = preset_config("cifar10small1000_vgg")  # augments by default
+    (off,) = expand(cifar, [parse_grid("reg=none aug=false")], 1)
+    (same,) = expand(cifar, [parse_grid("reg=none")], 1)
+    assert (off.name, same.name) == ("none_noaug_s0", "none_s0")

@@ -460,3 +460,59 @@ def test_a_step_that_shares_its_forward_pass_with_grad_l2_takes_the_step_of_the_
     assert set(terms) == {"cross-entropy", "loss-gradl2"} and not x.requires_grad
     for got, want in zip(model.parameters(), apart.parameters()):
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.parametrize("bad", ["crop+crop", "rotate", "crop+", "", "auto+crop"])
+def test_aug_transforms_outside_the_choice_are_refused(bad):
+    from kernel_reg.config import preset_config
+
+    with pytest.raises(ValueError, match="aug_transforms must be 'auto' or a '\\+'-joined choice of crop, flip"):
+        preset_config("fmnist1000_vgg5").replace(aug=True, aug_transforms=bad)
+
+
+def test_crop_augmentation_of_grayscale_images_gives_crops_of_the_image_padded_by_an_eighth():
+    from kernel_reg.config import preset_config
+    from kernel_reg.training import build_augmentation
+
+    config = preset_config("fmnist1000_vgg5").replace(aug=True, aug_transforms="crop")
+    x = torch.rand(12, 1, 28, 28)
+    out = build_augmentation(config, (1, 28, 28), torch.Generator().manual_seed(0))(x)
+    padded = torch.nn.functional.pad(x, (3, 3, 3, 3))
+    offsets = []
+    for i in range(12):
+        found = [
+            (r, c) for r in range(7) for c in range(7) if torch.equal(out[i], padded[i, :, r : r + 28, c : c + 28])
+        ]
+        assert found, f"image {i} is not an unflipped crop of the image padded by 3"
+        offsets.append(found[0])
+    assert len(set(offsets)) > 1
+
+
+def test_augmentations_compose_and_auto_keeps_each_data_sets_own():
+    from kernel_reg.config import preset_config
+    from kernel_reg.training import build_augmentation
+
+    config = preset_config("fmnist1000_vgg5").replace(aug=True)
+    x = torch.rand(8, 1, 28, 28)
+
+    def run(transforms: str, shape=(1, 28, 28), images=x) -> torch.Tensor:
+        torch.manual_seed(1)
+        augment = build_augmentation(config.replace(aug_transforms=transforms), shape, torch.Generator().manual_seed(0))
+        return augment(images)
+
+    # grayscale 'auto' is the random deformation alone: the same draw as 'deform'
+    assert torch.equal(run("auto"), run("deform"))
+    # crop then deform: the deformation of the crop (same generator and global seed)
+    from kernel_reg.deformations import RandomDeformation
+
+    crops, combined = run("crop"), run("crop+deform")
+    torch.manual_seed(1)
+    assert torch.allclose(combined, RandomDeformation(amplitude=config.deform_amplitude)(crops))
+    assert not torch.allclose(combined, crops)
+    # colour 'auto' is crop and flip; each image is its crop or its mirrored crop
+    colour = torch.rand(8, 3, 32, 32)
+    assert torch.equal(run("auto", (3, 32, 32), colour), run("crop+flip", (3, 32, 32), colour))
+    flipped = run("flip", (3, 32, 32), colour)
+    assert all(torch.equal(f, c) or torch.equal(f, c.flip(-1)) for f, c in zip(flipped, colour))
+    assert any(not torch.equal(f, c) for f, c in zip(flipped, colour))
+    assert build_augmentation(config.replace(aug=False), (1, 28, 28), torch.Generator()) is None

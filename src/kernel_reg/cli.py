@@ -241,7 +241,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flags(sweep)
     sweep.add_argument("--grid", action="append", default=[], help="'key=v1,v2 key2=w' (repeatable: a union)")
     sweep.add_argument("--grid-file", "--grid_file", type=Path, help="JSON or YAML: a list of grids")
-    sweep.add_argument("--seeds", type=int, default=1, help="training-subset seeds 0..N-1 (shuf_seed)")
+    sweep.add_argument("--seeds", default="1", help="training-subset seeds (shuf_seed): N for 0..N-1, A-B for A..B")
+    sweep.add_argument("--init-seed-per-subset", "--init_seed_per_subset", action="store_true",
+                       help="subset s initialises with seed --seed + s (seeds vary initialisation too)")  # fmt: skip
     sweep.add_argument("--jobs", type=int, default=2, help="runs at once (Slurm: the array's parallelism)")
     sweep.add_argument("--cluster", choices=("local", "slurm", "debug"), default="local")
     sweep.add_argument("--partition", default=None)
@@ -358,7 +360,7 @@ def run_demo(args: argparse.Namespace) -> None:
 
 
 def run_sweep_command(args: argparse.Namespace) -> int:
-    from .sweep import Cluster, expand, failures, load_grid_file, parse_grid, run_sweep
+    from .sweep import Cluster, expand, failures, load_grid_file, parse_grid, parse_seeds, run_sweep
 
     if args.shuf_seed is not None:
         raise ValueError("a sweep sets shuf_seed from --seeds N (0..N-1); drop --shuf-seed")
@@ -368,7 +370,8 @@ def run_sweep_command(args: argparse.Namespace) -> int:
     if not grids:
         raise ValueError("give the runs with --grid 'key=v1,v2 ...' or --grid-file FILE")
     base = config_from_args(argparse.Namespace(**{k: v for k, v in vars(args).items() if not k.startswith(_PARAM)}))
-    configs = expand(base, grids, args.seeds, defaults=reg_param_values(args))
+    seeds = parse_seeds(args.seeds)
+    configs = expand(base, grids, seeds, defaults=reg_param_values(args), init_per_subset=args.init_seed_per_subset)
     if args.dry_run:
         for config in configs:
             say(str(run_path(config)))

@@ -34,6 +34,8 @@ SEED_FIELDS = ("seed", "shuf_seed")
 OPTIMIZERS = ("sgd", "adam")
 NORMALIZATIONS = ("operator", "orthogonal")
 MARGIN_RULES = ("global", "pairwise")
+# the augmentation's transforms: "auto" (the data set's own) or a '+'-joined choice of these
+AUG_TRANSFORMS = ("crop", "flip", "deform")
 
 
 @dataclass(frozen=True)
@@ -138,6 +140,7 @@ class Config:
     shuf_seed: int = 0
     aug: bool = True
     deform_amplitude: float = 1.0  # of the augmentation's random deformations (grayscale data sets)
+    aug_transforms: str = "auto"
     # model
     model: str = "vgg5_stable"
     width: int = 64
@@ -199,6 +202,16 @@ class Config:
         if self.activation is not None:
             check_choice("activation", self.activation, tuple(ACTIVATIONS))
         check_choice("margin_rule", self.margin_rule, MARGIN_RULES)
+        if self.aug_transforms != "auto" and not self.aug:
+            raise ValueError(f"aug_transforms={self.aug_transforms!r} chooses the transforms of an augmentation that "
+                             "is off: add aug=true (--aug), or drop aug_transforms")  # fmt: skip
+        if self.aug_transforms != "auto":
+            parts = self.aug_transforms.split("+")
+            if len(set(parts)) != len(parts) or not set(parts) <= set(AUG_TRANSFORMS):
+                raise ValueError(
+                    f"aug_transforms must be 'auto' or a '+'-joined choice of {', '.join(AUG_TRANSFORMS)} "
+                    f"(each once, e.g. 'crop+deform'), got {self.aug_transforms!r}"
+                )
         if self.normalization is not None:
             check_choice("normalization", self.normalization, NORMALIZATIONS)
             if "project-sn" in names:
@@ -387,6 +400,9 @@ FIELD_HELP: dict[str, str] = {
     "shuf_seed": "which training subset: the pool is shuffled by RandomState(42 + shuf_seed)",
     "aug": "augmentation: crops and flips (CIFAR), random deformations (grayscale)",
     "deform_amplitude": "amplitude of the augmentation's random deformations",
+    "aug_transforms": "the augmentation's transforms: auto (the data set's own, as --aug says) or a '+'-joined "
+    "choice of crop (random crop of the image zero-padded by 1/8 of its height), flip (horizontal), deform "
+    "(the random deformations of the stability penalties)",
     "model": f"one of: {', '.join(MODELS)}",
     "width": f"channels of the first layers ({' and '.join(WIDTH_MODELS)} only)",
     "activation": f"{' and '.join(WIDTH_MODELS)}: one of {', '.join(ACTIVATIONS)} (none: the model's own)",

@@ -461,13 +461,15 @@ def batches(
             yield x[idx], y[idx]
 
 
-def random_crop_flip(x: torch.Tensor, padding: int = 4, generator: torch.Generator | None = None) -> torch.Tensor:
+def random_crop_flip(
+    x: torch.Tensor, padding: int = 4, generator: torch.Generator | None = None, flip: bool = True
+) -> torch.Tensor:
     """CIFAR augmentation on a whole batch, on its device: a random crop of the zero-padded image
-    (offsets uniform in [0, 2 padding]) and a horizontal flip with probability 1/2, per image."""
+    (offsets uniform in [0, 2 padding]) and, when ``flip``, a horizontal flip with probability 1/2, per image."""
     n, _, height, width = x.shape
     padded = F.pad(x, (padding, padding, padding, padding))
     offsets = torch.randint(0, 2 * padding + 1, (2, n), generator=generator).to(x.device)
-    flips = torch.rand(n, generator=generator).to(x.device) < 0.5
+    flips = (torch.rand(n, generator=generator).to(x.device) < 0.5) & flip
     rows = (offsets[0, :, None] + torch.arange(height, device=x.device)).view(n, 1, height, 1)
     cols = offsets[1, :, None] + torch.arange(width, device=x.device)
     cols = torch.where(flips[:, None], cols.flip(1), cols).view(n, 1, 1, width)

@@ -55,7 +55,7 @@ Grid = dict[str, list[Any]]
 NOT_SWEPT = {
     **{key: "it is where or under which name runs execute: give it to the sweep itself" for key in EXECUTION_FIELDS},
     "experiment": "a preset sets the defaults of every other field: run one sweep per --experiment",
-    "shuf_seed": "--seeds N sets the training-subset seeds 0..N-1",
+    "shuf_seed": "--seeds N sets the training-subset seeds 0..N-1 (--seeds A-B: A..B)",
 }
 
 
@@ -126,15 +126,32 @@ def _token(key: str, value: Any) -> str | None:
 MAX_OTHERS = 60  # characters of the other fields' tokens before they become a hash
 
 
+AUG_FIELDS = ("aug", "aug_transforms")
+
+
+def _augmentation(config: Config, preset: Config) -> list[str]:
+    """The augmentation, shown where it differs from the preset's: 'aug-crop+deform', 'aug' (the data set's
+    own), 'noaug'."""
+    if (config.aug, config.aug_transforms) == (preset.aug, preset.aug_transforms) or (
+        not config.aug and not preset.aug
+    ):
+        return []
+    if not config.aug:
+        return ["noaug"]
+    return ["aug" if config.aug_transforms == "auto" else f"aug-{config.aug_transforms}"]
+
+
 def _name_parts(config: Config) -> tuple[list[str], dict[str, Any], list[str]]:
     """(method and hyperparameter tokens, the other fields that differ from the preset, seed tokens)."""
     preset = preset_config(config.experiment).replace(regs=config.regs)
     now, base = identity(config), identity(preset)
     shown = hyperparameters(config)
-    head = [method_label(config)] + [f"{k}{format_value(v)}" for k, v in shown.items()]
+    head = [method_label(config)] + [f"{k}{format_value(v)}" for k, v in shown.items()] + _augmentation(config, preset)
     seeds = [f"s{config.shuf_seed}"] + ([f"seed{config.seed}"] if config.seed != preset.seed else [])
     others = {
-        k: v for k, v in now.items() if v != base.get(k) and k not in ("regs", *SEED_FIELDS, *shown) and "." not in k
+        k: v
+        for k, v in now.items()
+        if v != base.get(k) and k not in ("regs", *SEED_FIELDS, *AUG_FIELDS, *shown) and "." not in k
     }
     return head, others, seeds
 
@@ -161,21 +178,43 @@ def short_run_name(config: Config) -> str | None:
     return "_".join(head + seeds)
 
 
-def expand(base: Config, grids: Sequence[Grid], seeds: int, defaults: Mapping[str, Any] | None = None) -> list[Config]:
-    """Every point of every grid for training-subset seeds 0..seeds-1, each named by ``run_name``; seed by
-    seed, so that a sweep cut short has covered every method once before it repeats any.
+def parse_seeds(text: str) -> range:
+    """``'3'`` -> subsets 0, 1, 2; ``'3-7'`` -> subsets 3 to 7 (both ends included)."""
+    first, sep, last = text.partition("-")
+    try:
+        bounds = (0, int(first) - 1) if not sep else (int(first), int(last))
+    except ValueError:
+        bounds = (0, -1)
+    if bounds[0] < 0 or bounds[1] < bounds[0]:
+        raise ValueError(f"--seeds takes N >= 1 (subsets 0..N-1) or A-B with 0 <= A <= B (subsets A..B), got {text!r}")
+    return range(bounds[0], bounds[1] + 1)
+
+
+def expand(
+    base: Config,
+    grids: Sequence[Grid],
+    seeds: int | Sequence[int],
+    defaults: Mapping[str, Any] | None = None,
+    init_per_subset: bool = False,
+) -> list[Config]:
+    """Every point of every grid for the training-subset seeds ``seeds`` (an int N: 0..N-1), each named by
+    ``run_name``; seed by seed, so that a sweep cut short has covered every method once before it repeats any.
+    ``init_per_subset``: subset s also gets its own initialisation seed, ``base.seed + s`` (subset 0 keeps
+    the base seed), so that seeds vary initialisation as well as data.
 
     ``defaults``: regularizer hyperparameters (the sweep's flags) applied to every point whose regularizers
     take them. ValueError when a default applies to no point, when a point sets a hyperparameter that a
     default also sets to another value (naming both), or when two different points would share a run
     folder."""
-    if seeds < 1:
-        raise ValueError(f"seeds must be an integer >= 1, got {seeds}")
+    if isinstance(seeds, int):
+        if seeds < 1:
+            raise ValueError(f"seeds must be an integer >= 1, got {seeds}")
+        seeds = range(seeds)
     defaults = dict(defaults or {})
     used: set[str] = set()
     configs: dict[str, Config] = {}
     fields = set(field_types()) | {"regs"}
-    for seed in range(seeds):
+    for seed in seeds:
         for grid in grids:
             keys = list(grid)
             for values in itertools.product(*(grid[k] for k in keys)):
@@ -196,6 +235,8 @@ def expand(base: Config, grids: Sequence[Grid], seeds: int, defaults: Mapping[st
                         used.add(key)
                         config = config.updated({key: value})
                 config = config.updated({k: v for k, v in point.items() if k not in fields}).replace(shuf_seed=seed)
+                if init_per_subset:
+                    config = config.replace(seed=base.seed + seed)
                 config = config.replace(name=run_name(config))
                 earlier = configs.setdefault(config.name, config)
                 if earlier != config:
