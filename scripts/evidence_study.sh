@@ -1,0 +1,21 @@
+#!/bin/bash
+# The runs of issue 29 (evidence a statistician accepts), in order of priority; each sweep is resumable
+# (finished runs are skipped, an interrupted one resumes from its checkpoint), so the script is too:
+#   nohup scripts/evidence_study.sh > runs/evidence_study.log 2>&1 &
+# 2 runs at a time on 1 thread each. Run it from a checkout the work in progress does not touch (e.g. a git
+# worktree), then copy the records with scripts/sync_study.sh.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+KR=${KR:-.venv/bin/kernel-reg}
+FIT="--root results/small_data_fit --width 16 --num-epochs 300 --sched-step 100 --eval-delta 20 --probe-size 64 --jobs 2"
+for experiment in fmnist300_vgg5 fmnist1000_vgg5; do
+  # power: the 14 selected settings on 5 more training subsets, each with its own initialisation seed
+  $KR sweep --grid-file results/small_data_fit/grid_300.yaml --seeds 3-7 --init-seed-per-subset \
+    --experiment $experiment $FIT
+done
+for experiment in fmnist300_vgg5 fmnist1000_vgg5; do
+  # augmentation control on the same 8 subsets (subsets 0-2 with the shared seed 42 of their runs)
+  $KR sweep --grid-file results/small_data_fit/grid_augmentation.yaml --seeds 3 --experiment $experiment $FIT
+  $KR sweep --grid-file results/small_data_fit/grid_augmentation.yaml --seeds 3-7 --init-seed-per-subset \
+    --experiment $experiment $FIT
+done
