@@ -1,29 +1,48 @@
 # Two entry points on a fresh machine: `make demo` (the main job) and `make test` (the test suite).
-# Both create a virtual environment in .venv with the CPU build of PyTorch; set TORCH_SPEC to choose
-# another build (e.g. TORCH_SPEC='torch>=2.2' on a GPU machine).
+# Both create a virtual environment in .venv with the CPU build of PyTorch, taken from PyTorch's index of CPU
+# builds (TORCH_INDEX) or, where that index cannot be reached, from pip's default index. Set TORCH_SPEC to
+# choose another version and TORCH_INDEX for another build, e.g. on a GPU machine:
+#   make test TORCH_SPEC='torch>=2.2' TORCH_INDEX=https://download.pytorch.org/whl/cu126
+# `make demo` installs what the demo needs (the package and its `plots` extra); `make test` adds the tools.
 PYTHON ?= python3
 TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+TORCH_STAMP := $(VENV)/.torch
+RUNTIME := $(VENV)/.installed
+DEV := $(VENV)/.installed-dev
 
-.PHONY: setup test demo lint bench
+.PHONY: setup test demo lint docs FORCE
 
-setup: $(STAMP)
+setup: $(RUNTIME)
 
-$(STAMP): pyproject.toml
+# rewritten only when TORCH_SPEC or TORCH_INDEX changes, so that a change reinstalls torch
+$(TORCH_STAMP): FORCE
+	@mkdir -p $(VENV)
+	@echo '$(TORCH_SPEC) $(TORCH_INDEX)' | cmp -s - $@ || echo '$(TORCH_SPEC) $(TORCH_INDEX)' > $@
+
+$(RUNTIME): pyproject.toml $(TORCH_STAMP)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q '$(TORCH_SPEC)'
-	$(BIN)/python -m pip install -q -e '.[dev]'
-	touch $(STAMP)
+	$(BIN)/python -m pip install -q --timeout 30 --retries 1 --index-url $(TORCH_INDEX) '$(TORCH_SPEC)' \
+		|| $(BIN)/python -m pip install -q '$(TORCH_SPEC)'
+	$(BIN)/python -m pip install -q -e '.[plots]'
+	touch $@
 
-lint: setup
-	$(BIN)/ruff check src tests bench scripts
-	$(BIN)/ruff format --check src tests bench scripts
+$(DEV): $(RUNTIME)
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $@
+
+lint: $(DEV)
+	$(BIN)/ruff check src tests bench scripts examples
+	$(BIN)/ruff format --check src tests bench scripts examples
 	$(BIN)/mypy
 
-test: lint
+docs: $(DEV)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet --site-dir build/site
+
+test: lint docs
 	$(BIN)/python -m pytest -q
 
-demo: setup
+demo: $(RUNTIME)
 	$(BIN)/kernel-reg demo

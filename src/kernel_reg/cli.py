@@ -22,7 +22,9 @@ from . import regularizers
 from .builders import resolve_device
 from .config import FIELD_HELP, PRESETS, Config, conflicts, field_types, format_value, parse_bool, preset_config
 from .data import EMBEDDED
+from .environment import package_version
 from .evaluation import ATTACK_NAMES, EvalSettings, certify_run, evaluate_run
+from .extras import MissingExtra
 from .progress import say
 from .report import write_report
 from .rundir import (
@@ -228,6 +230,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="kernel-reg", description=__doc__.split("\n")[0])
+    parser.add_argument("--version", action="version", version=f"kernel-reg {package_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="train a (regularized) network; resumes an existing run folder")
@@ -346,17 +349,23 @@ def run_demo(args: argparse.Namespace) -> None:
 
     began = time.perf_counter()
     settings = EvalSettings(
-        l2_eps=(0.5, 1.0, 1.5), linf_eps=(2 / 255, 8 / 255), steps=20, l2_step_size=0.25, n_test=500, queries=300
+        l2_eps=(0.5, 1.0, 1.5), linf_eps=(2 / 255, 8 / 255), steps=20, l2_step_size=0.25, n_test=300, queries=300
     )
     check_writable(args.root, "the demo writes its runs and report there; choose another --root")
+    spent = {"training": 0.0, "evaluation": 0.0}
     for config in demo_configs(args.root, args.epochs, args.device):
         say(f"== training {config.name}: {', '.join(config.reg_names) or 'no regularization'}")
+        started = time.perf_counter()
         train(config, log=say)
+        trained = time.perf_counter()
         evaluate_run(run_path(config), settings, args.device, log=say)
+        spent["training"] += trained - started
+        spent["evaluation"] += time.perf_counter() - trained
     table, files = write_report(args.root)
     say(table)
     say("wrote " + ", ".join(str(f) for f in files))
-    say(f"demo finished in {time.perf_counter() - began:.0f} s")
+    split = ", ".join(f"{part} {seconds:.0f} s" for part, seconds in spent.items())
+    say(f"demo finished in {time.perf_counter() - began:.0f} s ({split})")
 
 
 def run_sweep_command(args: argparse.Namespace) -> int:
@@ -526,6 +535,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DiskFullError as error:
         print(f"kernel-reg {args.command}: error: {error.strerror}", file=sys.stderr)
         return 1
+    except MissingExtra as error:
+        parser.exit(2, f"kernel-reg {args.command}: error: {error}\n")
     except KeyboardInterrupt:
         print(f"kernel-reg {args.command}: interrupted; every record is written whole or not at all, so what was on "
               "disk before is intact; rerun the same command to go on", file=sys.stderr)  # fmt: skip

@@ -32,8 +32,10 @@ def identity_grid(height: int, width: int, *, device: torch.device, dtype: torch
     [-1, 1] ((x, y) order, ``align_corners=True`` convention).
 
     Args:
-        height: H, width: W: the image size.
-        device, dtype: those of the grid (keyword-only).
+        height: H, the image height.
+        width: W, the image width.
+        device: the grid's device (keyword-only).
+        dtype: the grid's dtype (keyword-only).
 
     Shape:
         Output: (1, H, W, 2).
@@ -130,8 +132,11 @@ class RandomDeformation:
         """``count`` random fields, drawn from torch's global RNG on ``device``.
 
         Args:
-            count: the number of fields; height, width: H and W.
-            device, dtype: those of the fields (keyword-only).
+            count: the number of fields.
+            height: H, the image height.
+            width: W, the image width.
+            device: the fields' device (keyword-only).
+            dtype: the fields' dtype (keyword-only).
 
         Returns:
             Displacements in normalised units, (x, y) order, (count, H, W, 2), for ``deform``.

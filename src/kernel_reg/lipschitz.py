@@ -14,7 +14,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol, Union, cast, runtime_checkable
+from typing import Any, Protocol, cast, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -241,7 +241,7 @@ def _layer_bound(module: nn.Module, input_shape: Sequence[int], iters: int) -> f
     )
 
 
-Bound = Union[float, torch.Tensor]  # a bound, or a differentiable estimate
+Bound = float | torch.Tensor  # a bound, or a differentiable estimate
 
 
 @runtime_checkable

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 from . import penalties, spectral
 from .arguments import check_choice, check_int, check_nonnegative, check_positive
@@ -23,8 +23,8 @@ from .attacks import PGDL2, Attack, PGDLinf
 from .deformations import RandomDeformation
 from .distributed import SINGLE, Group
 
-Value = Union[float, int, str, None]
-Built = Union[penalties.Penalty, Attack, spectral.Projection]
+Value = float | int | str | None
+Built = penalties.Penalty | Attack | spectral.Projection
 
 
 @dataclass(frozen=True)

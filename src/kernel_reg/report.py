@@ -17,6 +17,7 @@ from .config import (
     format_value,
     hyperparameter_text,
 )
+from .deprecation import moved_names
 from .plots import plot_learning_curves, plot_rkhs_bracket, plot_tradeoff
 from .rundir import (
     Robustness,
@@ -24,6 +25,11 @@ from .rundir import (
     check_writable,
 )
 from .studies import RunSummary, Warn, _mean_val, bracket, collect_runs, seed_of, select, setting_order, studies
+
+# moved in 0.2 (importable from here, with a DeprecationWarning, until 0.3)
+__getattr__ = moved_names(
+    __name__, {"Selection": "kernel_reg.studies", "Study": "kernel_reg.studies", "method_colour": "kernel_reg.plots"}
+)
 
 
 def _percent(value: float | None) -> str:

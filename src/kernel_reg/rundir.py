@@ -20,7 +20,6 @@ import base64
 import contextlib
 import dataclasses
 import errno
-import fcntl
 import json
 import math
 import os
@@ -33,12 +32,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+import filelock
 import numpy as np
 import torch
 
 from .config import Config, upgrade_legacy
 from .data import EMBEDDED, DataRecord
+from .deprecation import moved_names
 from .environment import Environment
+
+# moved to kernel_reg.builders in 0.2 (importable from here, with a DeprecationWarning, until 0.3)
+__getattr__ = moved_names(
+    __name__,
+    dict.fromkeys(
+        ("LoadedRun", "build_model", "load_run", "load_splits", "load_weights", "resolve_device"), "kernel_reg.builders"
+    ),
+)
 
 CONFIG, METRICS, CHECKPOINT, ROBUSTNESS, LOCK, WEIGHTS, DIVERGED = (
     "config.json", "metrics.jsonl", "checkpoint.pt", "robustness.json", ".lock", "weights.pt", "diverged.json",
@@ -139,26 +148,28 @@ def locked(run_dir: str | Path, purpose: str, create: bool = False) -> Iterator[
     created = not run_dir.exists()
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+        fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT | getattr(os, "O_BINARY", 0), 0o666)
     except OSError as error:
         raise RunFolderError(f"{run_dir} is not writable ({error.strerror}); nothing was done") from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+    # filelock's primitive: flock on Unix, a lock on byte 0 on Windows, so the holder is written after it
+    if not filelock.lock_descriptor(fd, blocking=False):
+        os.lseek(fd, 1, os.SEEK_SET)
+        holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
         os.close(fd)
         raise RunFolderError(
             f"{run_dir} is in use by {holder}; wait for it to finish, or choose another --name"
         ) from None
     try:
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} ({purpose})\n".encode(), 0)
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.write(fd, f"\npid {os.getpid()} on {socket.gethostname()} ({purpose})\n".encode())
         yield run_dir
     finally:
+        filelock.unlock_descriptor(fd)
+        os.close(fd)
         if created and [p.name for p in run_dir.iterdir()] == [LOCK]:  # a run that failed before writing
             (run_dir / LOCK).unlink()
             run_dir.rmdir()
-        os.close(fd)  # releases the lock
 
 
 # ---------------------------------------------------------------------------------------------

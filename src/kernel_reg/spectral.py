@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Union, cast
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -25,12 +25,23 @@ from torch.nn.utils import parametrize
 
 from . import lipschitz
 from .arguments import check_choice, check_int, check_nonnegative, check_positive, describe
+from .deprecation import moved_names, old_arguments
 from .orthogonal import CayleyConv2d
 from .penalties import Penalty
 
+# moved to kernel_reg.lipschitz in 0.2 (importable from here, with a DeprecationWarning, until 0.3)
+__getattr__ = moved_names(
+    __name__,
+    dict.fromkeys(
+        ("LipschitzBounded", "certified_accuracy", "certified_radius", "conv_operator_norm_upper_bound",
+         "gram_iteration_bound", "lipschitz_upper_bound", "operator_norm"),
+        "kernel_reg.lipschitz",
+    ),
+)  # fmt: skip
+
 # the layers whose W_mat the spectral constraint and penalty act on
 SPECTRAL_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
-Layer = Union[nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d]
+Layer = nn.Linear | nn.Conv1d | nn.Conv2d | nn.Conv3d
 
 
 def spectral_layers(model: nn.Module) -> list[tuple[str, Layer]]:
@@ -466,6 +477,7 @@ class SpectralNormPenalty(Penalty, nn.Module):
 
     name = "spectral-norm"
 
+    @old_arguments(("lmbda", "method", "iters"), renamed={"iters": "steps"})
     def __init__(self, *, lmbda: float = 0.01, method: str = "power", steps: int = 2, norm: str = "reshaped") -> None:
         nn.Module.__init__(self)
         Penalty.__init__(self, lmbda=lmbda)

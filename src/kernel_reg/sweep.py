@@ -44,6 +44,7 @@ from .config import (
     short_hash,
 )
 from .evaluation import EvalSettings, evaluate_run
+from .extras import require
 from .rundir import DIVERGED, RunFolderError, read_divergence, read_metrics, read_robustness, run_path, trained_to_end
 from .signals import Interrupted, forwarded
 
@@ -99,16 +100,17 @@ def _regs(value: Any) -> tuple[str, ...]:
 
 def load_grid_file(path: str | Path) -> list[Grid]:
     """Grids from a JSON or YAML file: one mapping or a list of them."""
-    import yaml
-
+    is_yaml = str(path).endswith((".yaml", ".yml"))
+    yaml = require("yaml", "sweep", "a YAML grid file") if is_yaml else None
     try:
         text = Path(path).read_text()
     except UnicodeDecodeError as error:
         raise ValueError(f"{path} is not a text file ({error.reason}); a grid file is JSON or YAML") from None
+    errors: tuple[type[Exception], ...] = (json.JSONDecodeError,) if yaml is None else (yaml.YAMLError,)
     try:
-        data = yaml.safe_load(text) if str(path).endswith((".yaml", ".yml")) else json.loads(text)
-    except (yaml.YAMLError, json.JSONDecodeError) as error:
-        kind = "YAML" if str(path).endswith((".yaml", ".yml")) else "JSON"
+        data = json.loads(text) if yaml is None else yaml.safe_load(text)
+    except errors as error:
+        kind = "YAML" if is_yaml else "JSON"
         where = str(error).replace("\n", " ")
         raise ValueError(f"{path} is not valid {kind}: {where}") from None
     grids = data if isinstance(data, list) else [data]
@@ -318,7 +320,7 @@ class Cluster:
 
 
 def make_executor(folder: Path, cluster: Cluster) -> Any:
-    import submitit
+    submitit = require("submitit", "sweep", "kernel-reg sweep")
 
     executor = submitit.AutoExecutor(folder=folder, cluster=cluster.kind)
     options: dict[str, Any] = dict(timeout_min=cluster.time_min, cpus_per_task=cluster.cpus_per_task, name="kernel-reg")

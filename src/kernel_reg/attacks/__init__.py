@@ -14,11 +14,15 @@ optional ``torch.Generator`` for the random draws.
   (+ Square), as AutoAttack.
 """
 
+from ..deprecation import moved_names
 from .apgd import APGD, dlr_loss, targeted_dlr_loss
 from .base import BALLS, NORMS, Attack, AttackFn, Ball, BallAttack, L2Ball, LinfBall
 from .composite import WorstCase, strong, worst_case
 from .pgd import PGD, PGDL2, PGDLinf
 from .square import Square
+
+# moved in 0.2 (importable from here, with a DeprecationWarning, until 0.3)
+__getattr__ = moved_names(__name__, {"margin": "kernel_reg.tensors"})
 
 __all__ = [
     "APGD", "BALLS", "NORMS", "PGD", "PGDL2", "PGDLinf", "Attack", "AttackFn", "Ball", "BallAttack", "L2Ball",

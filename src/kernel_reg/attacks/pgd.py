@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..arguments import check_choice, check_int, check_logits, check_positive
+from ..deprecation import old_arguments
 from ..distributed import SINGLE, Group
 from ..tensors import per_example
 from .base import BallAttack
@@ -119,6 +120,10 @@ def _outcome(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.
     return logits.argmax(1) != y, F.cross_entropy(logits, y, reduction="none")
 
 
+# the signature of PGDL2 and PGDLinf before arguments became keyword-only (0.2)
+PGD_POSITIONAL = ("eps", "steps", "step_size", "random_start", "restarts", "clip")
+
+
 class PGDL2(PGD):
     """PGD in the l2 ball with the original's defaults: ``PGD(norm="l2", ...)``, named "PGDL2".
 
@@ -129,6 +134,7 @@ class PGDL2(PGD):
 
     fixed_arguments = ("norm",)
 
+    @old_arguments(PGD_POSITIONAL)
     def __init__(self, **arguments: Any) -> None:
         super().__init__(norm="l2", **arguments)
         self.name = "PGDL2"
@@ -144,6 +150,7 @@ class PGDLinf(PGD):
 
     fixed_arguments = ("norm",)
 
+    @old_arguments(PGD_POSITIONAL)
     def __init__(self, **arguments: Any) -> None:
         super().__init__(norm="linf", **arguments)
         self.name = "PGDLinf"

@@ -8,6 +8,7 @@ from torch import nn
 
 from ..arguments import check_int, check_logits
 from ..deformations import RandomDeformation, deform, tangent
+from ..deprecation import old_arguments
 from ..distributed import SINGLE, Group
 from .base import (
     SupremumPenalty,
@@ -65,6 +66,7 @@ class DeformationStabilityPenalty(SupremumPenalty):
 
     name = "stability"
 
+    @old_arguments(("lmbda", "deformations", "sampler", "chunk_size"))
     def __init__(
         self,
         *,
@@ -152,6 +154,7 @@ class TangentGradientPenalty(SupremumPenalty):
 
     name = "gradtangent"
 
+    @old_arguments(("lmbda", "deformations", "sampler"))
     def __init__(
         self,
         *,

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..arguments import check_choice, check_logits
+from ..deprecation import old_arguments
 from ..distributed import SINGLE, Group
 from .base import (
     Penalty,
@@ -51,6 +52,7 @@ class GradientPenalty(SupremumPenalty):
 
     name = "gradient-penalty"
 
+    @old_arguments(("lmbda",))
     def __init__(self, *, lmbda: float = 0.1, method: str = "exact", h: float = 1.0, group: Group = SINGLE) -> None:
         super().__init__(lmbda=lmbda, group=group)
         self.method, self.h = check_method(method, h)
@@ -114,6 +116,7 @@ class LossGradientPenalty(Penalty):
 
     reuses_logits = True
 
+    @old_arguments(("lmbda", "norm"))
     def __init__(self, *, lmbda: float = 0.1, norm: str = "l2", method: str = "exact", h: float = 1.0) -> None:
         super().__init__(lmbda=lmbda)
         self.norm = check_choice("norm", norm, ("l2", "l1"))

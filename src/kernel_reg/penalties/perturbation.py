@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..arguments import check_int, check_logits, check_positive
+from ..deprecation import old_arguments
 from ..distributed import SINGLE, Group
 from ..tensors import normalize_l2, project_l2, randn
 from .base import Penalty, SupremumPenalty, class_input_gradients
@@ -61,6 +62,7 @@ class AdversarialPerturbationPenalty(SupremumPenalty):
 
     name = "adv-perturbation"
 
+    @old_arguments(("eps", "steps", "step_size", "lmbda", "chunk_size"))
     def __init__(
         self,
         *,
@@ -164,6 +166,7 @@ class VATPenalty(Penalty):
 
     name = "vat"
 
+    @old_arguments(("alpha", "eps", "xi", "iters"), renamed={"alpha": "lmbda", "iters": "steps"})
     def __init__(
         self, *, lmbda: float = 1.0, eps: float = 1.0, xi: float = 1e-6, steps: int = 1, group: Group = SINGLE
     ) -> None:
