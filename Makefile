@@ -37,6 +37,7 @@ lint: $(DEV)
 	$(BIN)/ruff check src tests bench scripts examples
 	$(BIN)/ruff format --check src tests bench scripts examples
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 docs: $(DEV)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet --site-dir build/site

@@ -25,9 +25,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from kernel_reg.builders import build_model
-from kernel_reg.config import parse_value, preset_config
-from kernel_reg.training import build_optimizer, build_regularizers, step
+from kernel_reg.app.builders import build_model
+from kernel_reg.app.config import parse_value, preset_config
+from kernel_reg.app.training import build_optimizer, build_regularizers, step
 
 
 def main() -> None:

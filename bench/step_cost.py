@@ -28,9 +28,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from kernel_reg import models, penalties, regularizers, spectral
+from kernel_reg import models, penalties, spectral
+from kernel_reg.app import regularizers
+from kernel_reg.app.training import Regularizers, step
 from kernel_reg.margin import LipschitzMargin
-from kernel_reg.training import Regularizers, step
 
 K, STEPS = 10, 5  # classes; inner steps of ||f||_delta^2 and PGD
 
@@ -131,7 +132,7 @@ def run_child(model_name: str, config_name: str, steps: int, warmup: int, device
 
 def trained_vgg5(device: torch.device, activation: str = "relu") -> tuple[torch.nn.Module, Any]:
     """A VGG-5 trained 3 epochs on 1000 embedded Fashion-MNIST images, and the data splits."""
-    from kernel_reg.data import EMBEDDED, load_arrays, make_splits
+    from kernel_reg.app.data import EMBEDDED, load_arrays, make_splits
 
     torch.manual_seed(0)
     splits = make_splits(load_arrays("fashion-mnist", EMBEDDED), 1000, 0, 0, device)

@@ -15,8 +15,9 @@ import argparse
 
 import torch
 
-from kernel_reg import lipschitz, zoo
-from kernel_reg.data import load_dataset
+from kernel_reg import lipschitz
+from kernel_reg.app import zoo
+from kernel_reg.app.data import load_dataset
 
 
 def main() -> None:

@@ -14,8 +14,9 @@ import argparse
 
 import torch
 
-from kernel_reg import attacks, zoo
-from kernel_reg.data import load_dataset
+from kernel_reg import attacks
+from kernel_reg.app import zoo
+from kernel_reg.app.data import load_dataset
 
 
 def main() -> None:

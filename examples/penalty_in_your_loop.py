@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kernel_reg import penalties, spectral
-from kernel_reg.data import load_dataset
+from kernel_reg.app.data import load_dataset
 
 PENALTIES = {
     "grad": lambda: penalties.GradientPenalty(lmbda=0.01),  # lmbda sum_j max_i ||grad f_j(x_i)||^2

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import torch
 
-from kernel_reg.builders import load_run
-from kernel_reg.data import load_dataset
-from kernel_reg.evaluation import (
+from kernel_reg.app.builders import load_run
+from kernel_reg.app.data import load_dataset
+from kernel_reg.app.evaluation import (
     EvalSettings,
     build_eval_attack,
     certified_radii,
@@ -33,8 +33,7 @@ from kernel_reg.evaluation import (
     robust_correct,
     unchanged,
 )
-from kernel_reg.lipschitz import lipschitz_bounds
-from kernel_reg.rundir import (
+from kernel_reg.app.rundir import (
     CONFIG,
     Provenance,
     atomic_write_text,
@@ -45,6 +44,7 @@ from kernel_reg.rundir import (
     write_provenance,
     write_robustness,
 )
+from kernel_reg.lipschitz import lipschitz_bounds
 
 RESULTS = Path("results")
 NOTE = (

@@ -19,10 +19,10 @@ from pathlib import Path
 import torch
 
 from kernel_reg import lipschitz
-from kernel_reg.builders import load_run
-from kernel_reg.evaluation import eps_key
-from kernel_reg.plots import plot_certified_curves, plot_certified_tradeoff
-from kernel_reg.rundir import ROBUSTNESS, atomic_write_text, read_robustness
+from kernel_reg.app.builders import load_run
+from kernel_reg.app.evaluation import eps_key
+from kernel_reg.app.plots import plot_certified_curves, plot_certified_tradeoff
+from kernel_reg.app.rundir import ROBUSTNESS, atomic_write_text, read_robustness
 
 CURVE = [i / 100 for i in range(101)]  # the radii of the certified-accuracy curve
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kernel_reg.data import EMBEDDED_FASHION_MNIST, IDX_FILES, load_idx_dataset, write_idx
+from kernel_reg.app.data import EMBEDDED_FASHION_MNIST, IDX_FILES, load_idx_dataset, write_idx
 
 POOL, TEST = 4000, 2000
 

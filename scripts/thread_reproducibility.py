@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from kernel_reg.rundir import read_checkpoint
+from kernel_reg.app.rundir import read_checkpoint
 
 
 def train(root: Path, threads: int, args: argparse.Namespace) -> dict[str, torch.Tensor]:

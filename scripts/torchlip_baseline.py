@@ -24,11 +24,11 @@ from deel import torchlip
 from torch import nn
 
 from kernel_reg import models
-from kernel_reg.builders import load_splits, resolve_device
-from kernel_reg.config import preset_config
-from kernel_reg.data import NUM_CLASSES, batches
-from kernel_reg.rundir import FORMAT, WEIGHTS, atomic_torch_save, atomic_write_text, run_path, write_config
-from kernel_reg.training import build_optimizer
+from kernel_reg.app.builders import load_splits, resolve_device
+from kernel_reg.app.config import preset_config
+from kernel_reg.app.data import NUM_CLASSES, batches
+from kernel_reg.app.rundir import FORMAT, WEIGHTS, atomic_torch_save, atomic_write_text, run_path, write_config
+from kernel_reg.app.training import build_optimizer
 
 
 def torchlip_lipnet(width: int, num_classes: int = 10) -> nn.Sequential:

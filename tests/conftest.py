@@ -46,7 +46,7 @@ CHEAP = dict(steps=2, deformations=2)  # cheap inner loops, for whichever regula
 def tiny():
     """``tiny(root, **changes)``: the tiny run's Config under ``root``, with ``changes`` (fields and
     regularizer keys) and cheap inner loops."""
-    from kernel_reg.config import preset_config
+    from kernel_reg.app.config import preset_config
 
     def make(root, **changes):
         values = {**TINY_FIELDS, "root": str(root), **changes}

@@ -13,8 +13,8 @@ import time
 import pytest
 import torch
 
-from kernel_reg.cli import build_parser, config_from_args, main
-from kernel_reg.rundir import read_config, read_metrics
+from kernel_reg.app.cli import build_parser, config_from_args, main
+from kernel_reg.app.rundir import read_config, read_metrics
 
 
 def parse(*argv):
@@ -52,7 +52,7 @@ def test_the_original_commands_are_accepted():
 def test_every_configuration_flag_says_what_it_sets():
     import dataclasses
 
-    from kernel_reg.config import FIELD_HELP, Config
+    from kernel_reg.app.config import FIELD_HELP, Config
 
     assert set(FIELD_HELP) == {f.name for f in dataclasses.fields(Config)} - {"regs", "experiment"}
     train = build_parser()._subparsers._group_actions[0].choices["train"]

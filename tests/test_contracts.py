@@ -11,8 +11,9 @@ import pytest
 import torch
 from torch import nn
 
-from kernel_reg import attacks, lipschitz, penalties, regularizers, spectral
-from kernel_reg.regularizers import REGISTRY
+from kernel_reg import attacks, lipschitz, penalties, spectral
+from kernel_reg.app import regularizers
+from kernel_reg.app.regularizers import REGISTRY
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
 CHEAP = {"steps": 2, "deformations": 2}
@@ -259,7 +260,7 @@ def test_a_seeded_attack_repeats_exactly_and_leaves_the_global_rng_alone(name):
 def test_a_tiny_training_run_on_a_gpu(tmp_path, tiny):
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device")
-    from kernel_reg.training import train
+    from kernel_reg.app.training import train
 
     config = tiny(tmp_path, device="cuda", regs=("gradient-penalty", "pgd-l2", "penalize-sn-pi"))
     metrics = train(config, log=lambda _: None)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from kernel_reg import data
+from kernel_reg.app import data
 
 
 def write_idx_by_hand(path, array, compress):

@@ -17,11 +17,11 @@ MOVED = [
     )
 ] + [
     ("kernel_reg.attacks", "margin", "kernel_reg.tensors"),
-    ("kernel_reg.report", "Selection", "kernel_reg.studies"),
-    ("kernel_reg.report", "Study", "kernel_reg.studies"),
-    ("kernel_reg.report", "method_colour", "kernel_reg.plots"),
+    ("kernel_reg.app.report", "Selection", "kernel_reg.app.studies"),
+    ("kernel_reg.app.report", "Study", "kernel_reg.app.studies"),
+    ("kernel_reg.app.report", "method_colour", "kernel_reg.app.plots"),
 ] + [
-    ("kernel_reg.rundir", name, "kernel_reg.builders")
+    ("kernel_reg.app.rundir", name, "kernel_reg.app.builders")
     for name in ("LoadedRun", "build_model", "load_run", "load_splits", "load_weights", "resolve_device")
 ]  # fmt: skip
 
@@ -89,3 +89,21 @@ def test_penalties_and_attacks_read_positions_in_their_earlier_order():
     with pytest.warns(DeprecationWarning):
         old = penalties.GradientPenalty(0.1)
     torch.testing.assert_close(old(model, x, y), penalties.GradientPenalty(lmbda=0.1)(model, x, y))
+
+
+APP_MODULES = [
+    "builders", "checks", "cli", "config", "data", "environment", "evaluation", "extras", "plots", "regularizers",
+    "report", "reproduction", "rundir", "signals", "studies", "sweep", "training", "zoo",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("module", APP_MODULES)
+def test_an_application_module_keeps_its_old_path_with_a_warning(module):
+    new = importlib.import_module(f"kernel_reg.app.{module}")
+    own = [n for n, v in vars(new).items() if not n.startswith("_") and getattr(v, "__module__", None) == new.__name__]
+    old = importlib.import_module(f"kernel_reg.{module}")
+    with pytest.warns(DeprecationWarning, match=rf"kernel_reg\.{module} moved to kernel_reg\.app\.{module}"):
+        value = getattr(old, own[0])
+    assert value is getattr(new, own[0])
+    with pytest.raises(AttributeError):
+        old.no_such_name  # noqa: B018

@@ -11,10 +11,10 @@ import torch.multiprocessing as mp
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from kernel_reg.config import preset_config
+from kernel_reg.app.config import preset_config
+from kernel_reg.app.regularizers import NAMES as REGULARIZERS
+from kernel_reg.app.training import build_regularizers, step
 from kernel_reg.distributed import SINGLE, Group
-from kernel_reg.regularizers import NAMES as REGULARIZERS
-from kernel_reg.training import build_regularizers, step
 
 WORLD = 2
 
@@ -113,7 +113,7 @@ def test_torchrun_training_matches_one_process(tmp_path):
     import subprocess
     import sys
 
-    from kernel_reg.rundir import read_metrics
+    from kernel_reg.app.rundir import read_metrics
 
     flags = [
         "--data-dir", "embedded", "--n-train", "128", "--n-val", "64", "--n-test", "64", "--width", "4",

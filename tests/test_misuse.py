@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from kernel_reg import attacks, lipschitz, models, penalties, spectral
-from kernel_reg.cli import build_parser, config_from_args
+from kernel_reg.app.cli import build_parser, config_from_args
 from test_cli import kernel_reg, one_error_line
 
 
@@ -115,8 +115,8 @@ def test_adam_gets_its_own_learning_rate_unless_one_is_given():
 
 
 def test_an_adam_point_of_a_sweep_grid_gets_adams_learning_rate(tmp_path):
-    from kernel_reg.config import preset_config
-    from kernel_reg.sweep import expand, parse_grid
+    from kernel_reg.app.config import preset_config
+    from kernel_reg.app.sweep import expand, parse_grid
 
     base = preset_config("fmnist300_vgg5", root=str(tmp_path))
     rates = {c.optimizer: c.lr for c in expand(base, [parse_grid("reg=none optimizer=sgd,adam")], 1)}
@@ -162,7 +162,7 @@ def test_ctrl_c_during_train_says_what_was_kept_and_exits_130(tmp_path, tiny_fla
 def test_a_full_disk_names_the_folder_keeps_the_checkpoint_and_exits_1(tmp_path, tiny_flags, monkeypatch, capsys):
     import errno
 
-    from kernel_reg import cli, rundir
+    from kernel_reg.app import cli, rundir
 
     argv = ["train", *tiny_flags, "--root", str(tmp_path), "--num-epochs", "1"]
     assert cli.main(argv) == 0
@@ -245,7 +245,7 @@ def test_the_suggested_wrapper_works_verbatim(net, wrapper):
 
 
 def test_export_marks_an_unfinished_run_and_a_resume_removes_the_stale_export(tmp_path, tiny_flags):
-    from kernel_reg.rundir import WEIGHTS, locked
+    from kernel_reg.app.rundir import WEIGHTS, locked
 
     base = ["train", *tiny_flags, "--root", str(tmp_path)]
     assert kernel_reg(*base, "--num-epochs", "1").returncode == 0
@@ -371,7 +371,7 @@ def test_a_compiled_model_gets_the_same_penalties_bounds_and_certificates(backen
 
 
 def test_ctrl_c_during_evaluate_is_one_line_exit_130_and_writes_nothing(tmp_path, tiny_flags, monkeypatch, capsys):
-    from kernel_reg import cli, evaluation
+    from kernel_reg.app import cli, evaluation
 
     assert cli.main(["train", *tiny_flags, "--root", str(tmp_path), "--num-epochs", "1"]) == 0
     run_dir = tmp_path / "fmnist1000_vgg5" / "tmp"

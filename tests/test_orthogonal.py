@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 from kernel_reg import lipschitz, margin, models, spectral
+from kernel_reg.app.training import spectral_upper_bound
 from kernel_reg.orthogonal import CayleyConv2d
-from kernel_reg.training import spectral_upper_bound
 
 
 @pytest.mark.parametrize(

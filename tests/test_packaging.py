@@ -9,10 +9,10 @@ import filelock
 import pytest
 
 import kernel_reg
-from kernel_reg import environment
-from kernel_reg.cli import main
-from kernel_reg.extras import MissingExtra, require
-from kernel_reg.rundir import RunFolderError, locked
+from kernel_reg.app import environment
+from kernel_reg.app.cli import main
+from kernel_reg.app.extras import MissingExtra, require
+from kernel_reg.app.rundir import RunFolderError, locked
 
 ROOT = Path(__file__).resolve().parents[1]
 tomllib = pytest.importorskip("tomllib", reason="reading pyproject.toml needs Python 3.11")
@@ -66,7 +66,7 @@ def test_the_package_imports_and_runs_without_fcntl(tmp_path):
     """Windows has no fcntl: the package must not need it (filelock picks the platform's primitive)."""
     code = (
         "import sys; sys.modules['fcntl'] = None\n"
-        "import kernel_reg, kernel_reg.cli, kernel_reg.rundir, kernel_reg.training, kernel_reg.sweep\n"
+        "import kernel_reg, kernel_reg.app.cli, kernel_reg.app.rundir, kernel_reg.app.training, kernel_reg.app.sweep\n"
         "print('imported')"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

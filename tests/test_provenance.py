@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from kernel_reg import data
-from kernel_reg.builders import load_run
-from kernel_reg.config import identity
-from kernel_reg.data import DataMismatchError, DataNotFoundError
-from kernel_reg.evaluation import EvalSettings, evaluate_run
-from kernel_reg.rundir import (
+from kernel_reg.app import data
+from kernel_reg.app.builders import load_run
+from kernel_reg.app.config import identity
+from kernel_reg.app.data import DataMismatchError, DataNotFoundError
+from kernel_reg.app.evaluation import EvalSettings, evaluate_run
+from kernel_reg.app.rundir import (
     CONFIG,
     PROVENANCE,
     ROBUSTNESS,
@@ -24,8 +24,8 @@ from kernel_reg.rundir import (
     run_path,
     unpack_bits,
 )
-from kernel_reg.studies import collect_runs, studies
-from kernel_reg.training import train
+from kernel_reg.app.studies import collect_runs, studies
+from kernel_reg.app.training import train
 from test_cli import kernel_reg, one_error_line
 
 QUICK = EvalSettings(l2_eps=(0.5,), linf_eps=(), attacks=("pgd",), steps=2, n_test=32, checks=False, lipschitz_probe=0)

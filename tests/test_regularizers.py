@@ -4,9 +4,10 @@ and the original's flags keep their meaning."""
 import pytest
 import torch
 
-from kernel_reg import attacks, penalties, regularizers, spectral
-from kernel_reg.config import Config, RegSetting, preset_config
-from kernel_reg.regularizers import ALIASES, REGISTRY, targets
+from kernel_reg import attacks, penalties, spectral
+from kernel_reg.app import regularizers
+from kernel_reg.app.config import Config, RegSetting, preset_config
+from kernel_reg.app.regularizers import ALIASES, REGISTRY, targets
 
 KINDS = {"penalty": object, "attack": (attacks.PGDL2, attacks.PGDLinf), "projection": spectral.Projection}
 

@@ -6,9 +6,9 @@ import statistics
 
 import pytest
 
-from kernel_reg.config import preset_config
-from kernel_reg.report import collect_runs, markdown_table, paired_table, selection_table, studies, write_report
-from kernel_reg.rundir import (
+from kernel_reg.app.config import preset_config
+from kernel_reg.app.report import collect_runs, markdown_table, paired_table, selection_table, studies, write_report
+from kernel_reg.app.rundir import (
     MetricsRow,
     Robustness,
     read_metrics,
@@ -197,8 +197,8 @@ def test_settings_are_compared_on_the_training_subsets_they_share(tmp_path):
 def test_settings_are_labelled_by_what_sets_them_apart_and_ordered_by_value(tmp_path):
     """A figure's labels name only the hyperparameters in which a method's settings differ (what they share
     goes to the legend or title once), a single setting its strengths; settings in numeric order."""
-    from kernel_reg.plots import setting_labels
-    from kernel_reg.studies import select
+    from kernel_reg.app.plots import setting_labels
+    from kernel_reg.app.studies import select
 
     taus = [1.0, 1.5, 10.0, 2.0]
     configs = [make_run(tmp_path, f"pp{tau}", 0.8, regs=("pgd-l2", "project-sn"), epsilon=1.0, tau=tau) for tau in taus]
@@ -220,7 +220,7 @@ def test_settings_are_labelled_by_what_sets_them_apart_and_ordered_by_value(tmp_
 def test_labels_are_placed_inside_the_frame_without_covering_each_other():
     """Crowded points (eight on a line, 4 pixels apart, in a small frame): every label inside the frame
     when it fits, none overlapping another, each within two lines of its point."""
-    from kernel_reg.plots import _overlap, label_boxes
+    from kernel_reg.app.plots import _overlap, label_boxes
 
     frame = (0.0, 0.0, 200.0, 200.0)
     anchors = [(100.0 + 4 * i, 100.0) for i in range(8)]
@@ -239,7 +239,7 @@ def test_labels_are_placed_inside_the_frame_without_covering_each_other():
 def test_a_method_with_the_projection_is_drawn_in_the_light_shade_of_the_method_alone():
     import matplotlib
 
-    from kernel_reg.plots import method_colour
+    from kernel_reg.app.plots import method_colour
 
     tab20 = [matplotlib.colors.to_rgb(c) for c in matplotlib.colormaps["tab20"].colors]
 
@@ -310,7 +310,7 @@ def test_the_table_says_whether_each_selection_is_inside_its_grid(tmp_path):
 def test_a_legend_of_several_columns_reads_in_order_across_its_rows(columns):
     """matplotlib fills legend columns one after the other, the first ones taking the extra entries: the
     reordered entries must then read 0, 1, 2, ... row by row."""
-    from kernel_reg.plots import _row_major
+    from kernel_reg.app.plots import _row_major
 
     for count in range(1, 9):
         names = [str(i) for i in range(count)]
@@ -328,7 +328,7 @@ def test_a_legend_of_several_columns_reads_in_order_across_its_rows(columns):
 def test_a_panel_with_one_setting_names_it_in_its_title(tmp_path, monkeypatch):
     """A method run at one strength has no legend: its panel's title carries the strength; the figure
     says 'selected by validation' only when some method had several settings to select from."""
-    from kernel_reg import plots
+    from kernel_reg.app import plots
 
     figures = []
     monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig))

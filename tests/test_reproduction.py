@@ -3,9 +3,9 @@
 import json
 import os
 
-from kernel_reg.reproduction import compare
-from kernel_reg.rundir import METRICS, read_metrics, run_path
-from kernel_reg.training import train
+from kernel_reg.app.reproduction import compare
+from kernel_reg.app.rundir import METRICS, read_metrics, run_path
+from kernel_reg.app.training import train
 from test_cli import kernel_reg
 
 

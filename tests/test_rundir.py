@@ -11,8 +11,8 @@ import time
 import pytest
 import torch
 
-from kernel_reg.config import Config, check_run_name, preset_config
-from kernel_reg.rundir import (
+from kernel_reg.app.config import Config, check_run_name, preset_config
+from kernel_reg.app.rundir import (
     MaskingCheck,
     MetricsRow,
     Robustness,
@@ -121,7 +121,7 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
 
 HOLDER = """
 import sys, time
-from kernel_reg.rundir import locked
+from kernel_reg.app.rundir import locked
 with locked(sys.argv[1], "the holder", create=True):
     print("held", flush=True)
     time.sleep(60)
@@ -177,9 +177,9 @@ def test_the_umask_decides_the_permissions_of_records(tmp_path):
 
 
 def test_published_weights_evaluate_without_the_checkpoint(tmp_path, tiny):
-    from kernel_reg.builders import load_run
-    from kernel_reg.rundir import export_weights
-    from kernel_reg.training import train
+    from kernel_reg.app.builders import load_run
+    from kernel_reg.app.rundir import export_weights
+    from kernel_reg.app.training import train
 
     config = tiny(tmp_path, num_epochs=2)
     train(config, log=lambda _: None)

@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from kernel_reg import attacks, lipschitz
-from kernel_reg.data import EMBEDDED, load_arrays, make_splits
-from kernel_reg.evaluation import EvalSettings, evaluate_model, robust_accuracy
+from kernel_reg.app.data import EMBEDDED, load_arrays, make_splits
+from kernel_reg.app.evaluation import EvalSettings, evaluate_model, robust_accuracy
 
 N = 200
 
@@ -184,7 +184,7 @@ def test_a_certificate_above_the_attack_is_flagged_as_a_bug(trained):
     settings = EvalSettings(l2_eps=(0.5,), linf_eps=(4 / 255,), steps=5, queries=20)
     result = evaluate_model(model, x, y, settings, (1, 28, 28))
     assert "certified accuracy exceeds robust accuracy (a bug)" not in result.suspicious
-    from kernel_reg.evaluation import masking_checks
+    from kernel_reg.app.evaluation import masking_checks
 
     accuracies = {"l2": result.l2, "linf": result.linf}
     checks, _ = masking_checks(model, x, y, settings, accuracies, {"0.5": 1.0}, {})
@@ -207,9 +207,9 @@ def test_convergence_is_checked_at_every_radius_when_asked(trained):
 
 
 def test_the_printed_summary_gives_the_doubled_budget_the_square_check_and_what_fired():
-    from kernel_reg import checks
-    from kernel_reg.evaluation import summary
-    from kernel_reg.rundir import Robustness
+    from kernel_reg.app import checks
+    from kernel_reg.app.evaluation import summary
+    from kernel_reg.app.rundir import Robustness
 
     square = checks.square_beats_gradients("l2", 1.0, broken=3, survivors=120, queries=500, n=200)
     converged = checks.not_converged("l2", 0.5, accuracy=0.8, doubled=0.79)

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from kernel_reg.cli import main
-from kernel_reg.config import check_run_name, identity, preset_config, setting_key, short_hash
-from kernel_reg.evaluation import EvalSettings, evaluate_run
-from kernel_reg.report import collect_runs, selection_table
-from kernel_reg.rundir import read_metrics, read_robustness, run_path
-from kernel_reg.sweep import (
+from kernel_reg.app.cli import main
+from kernel_reg.app.config import check_run_name, identity, preset_config, setting_key, short_hash
+from kernel_reg.app.evaluation import EvalSettings, evaluate_run
+from kernel_reg.app.report import collect_runs, selection_table
+from kernel_reg.app.rundir import read_metrics, read_robustness, run_path
+from kernel_reg.app.sweep import (
     Cluster,
     expand,
     finished,
@@ -26,7 +26,7 @@ from kernel_reg.sweep import (
     run_name,
     run_sweep,
 )
-from kernel_reg.training import train
+from kernel_reg.app.training import train
 
 
 def test_grids_expand_to_named_typed_runs(tmp_path, tiny):
@@ -109,7 +109,7 @@ def test_a_run_name_is_a_function_of_the_configuration_alone(tmp_path):
 
 
 def test_a_sweep_that_would_share_a_folder_is_refused(tmp_path, monkeypatch, tiny):
-    from kernel_reg import sweep
+    from kernel_reg.app import sweep
 
     monkeypatch.setattr(sweep, "run_name", lambda config: "same")
     with pytest.raises(ValueError, match="two grid points map to the run folder same"):
@@ -193,8 +193,8 @@ def test_slurm_sweep_writes_the_job_array_it_would_submit(tmp_path, monkeypatch)
 
 
 def test_report_marks_unfinished_runs_and_leaves_them_out_of_the_selection(tmp_path, tiny):
-    from kernel_reg.report import markdown_table
-    from kernel_reg.training import train
+    from kernel_reg.app.report import markdown_table
+    from kernel_reg.app.training import train
 
     config = tiny(tmp_path, name="cut")
     train(config, log=lambda _: None)
@@ -252,9 +252,9 @@ def test_a_sweep_evaluates_again_when_asked_for_other_settings_or_after_more_tra
 
 
 def test_a_diverged_run_is_recorded_reported_and_skipped_by_sweeps(tmp_path, tiny):
-    from kernel_reg.report import markdown_table
-    from kernel_reg.rundir import read_divergence
-    from kernel_reg.training import TrainingDiverged, train
+    from kernel_reg.app.report import markdown_table
+    from kernel_reg.app.rundir import read_divergence
+    from kernel_reg.app.training import TrainingDiverged, train
 
     # lr x 1e6 after the first epoch: the second one blows up (as in test_training)
     config = expand(tiny(tmp_path, sched_step=1, sched_gamma=1e6, num_epochs=4), [parse_grid("reg=none")], 1)[0]

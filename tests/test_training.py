@@ -14,10 +14,10 @@ import pytest
 import torch
 
 from kernel_reg import lipschitz, spectral
-from kernel_reg.builders import load_run
-from kernel_reg.regularizers import NAMES as REGULARIZERS
-from kernel_reg.rundir import RunFolderError, locked, read_config, read_metrics, run_path
-from kernel_reg.training import TrainingDiverged, build_regularizers, train
+from kernel_reg.app.builders import load_run
+from kernel_reg.app.regularizers import NAMES as REGULARIZERS
+from kernel_reg.app.rundir import RunFolderError, locked, read_config, read_metrics, run_path
+from kernel_reg.app.training import TrainingDiverged, build_regularizers, train
 
 
 @pytest.mark.parametrize("reg", REGULARIZERS)
@@ -269,7 +269,7 @@ def test_a_pairwise_margin_run_trains_and_names_a_wrong_rule(tmp_path, tiny):
 
 
 def test_a_certified_training_run_keeps_its_certificates_below_its_attacks(tmp_path, tiny):
-    from kernel_reg.evaluation import EvalSettings, evaluate_run
+    from kernel_reg.app.evaluation import EvalSettings, evaluate_run
 
     config = tiny(tmp_path, model="lipnet", width=4, num_epochs=3, lipschitz_margin=0.3, regs=("project-sn",),
                   tau=1.0, kappa=0.0, sn_norm="operator")  # fmt: skip
@@ -294,7 +294,7 @@ def test_a_certified_training_run_keeps_its_certificates_below_its_attacks(tmp_p
 def test_a_normalized_run_keeps_every_layer_at_norm_one_resumes_and_certifies_below_its_attacks(
     tmp_path, tiny, normalization
 ):
-    from kernel_reg.evaluation import EvalSettings, accuracy, evaluate_run
+    from kernel_reg.app.evaluation import EvalSettings, accuracy, evaluate_run
     from kernel_reg.orthogonal import CayleyConv2d
 
     config = tiny(tmp_path, model="lipnet", width=4, num_epochs=2, lipschitz_margin=0.3,
@@ -357,7 +357,7 @@ def test_rkhs_bounds_are_the_penalties_values_from_one_set_of_gradients():
     import numpy as np
 
     from kernel_reg import penalties
-    from kernel_reg.training import rkhs_lower_bounds, spectral_upper_bound
+    from kernel_reg.app.training import rkhs_lower_bounds, spectral_upper_bound
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(
@@ -408,7 +408,7 @@ def test_adam_runs_resume_as_if_uninterrupted(tmp_path, tiny):
 
 
 def test_the_cross_entropy_scale_is_ce_of_scaled_logits_over_the_scale(tiny, tmp_path):
-    from kernel_reg.training import Regularizers, step
+    from kernel_reg.app.training import Regularizers, step
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(36, 4)).double()
@@ -442,9 +442,9 @@ def test_a_step_that_shares_its_forward_pass_with_grad_l2_takes_the_step_of_the_
 
     import torch.nn.functional as F
 
+    from kernel_reg.app.training import Regularizers, step
     from kernel_reg.margin import LipschitzMargin
     from kernel_reg.penalties import LossGradientPenalty
-    from kernel_reg.training import Regularizers, step
 
     x, y = batch
     penalty = LossGradientPenalty(lmbda=0.8, method=method, h=0.5)
@@ -464,15 +464,15 @@ def test_a_step_that_shares_its_forward_pass_with_grad_l2_takes_the_step_of_the_
 
 @pytest.mark.parametrize("bad", ["crop+crop", "rotate", "crop+", "", "auto+crop"])
 def test_aug_transforms_outside_the_choice_are_refused(bad):
-    from kernel_reg.config import preset_config
+    from kernel_reg.app.config import preset_config
 
     with pytest.raises(ValueError, match="aug_transforms must be 'auto' or a '\\+'-joined choice of crop, flip"):
         preset_config("fmnist1000_vgg5").replace(aug=True, aug_transforms=bad)
 
 
 def test_crop_augmentation_of_grayscale_images_gives_crops_of_the_image_padded_by_an_eighth():
-    from kernel_reg.config import preset_config
-    from kernel_reg.training import build_augmentation
+    from kernel_reg.app.config import preset_config
+    from kernel_reg.app.training import build_augmentation
 
     config = preset_config("fmnist1000_vgg5").replace(aug=True, aug_transforms="crop")
     x = torch.rand(12, 1, 28, 28)
@@ -489,8 +489,8 @@ def test_crop_augmentation_of_grayscale_images_gives_crops_of_the_image_padded_b
 
 
 def test_augmentations_compose_and_auto_keeps_each_data_sets_own():
-    from kernel_reg.config import preset_config
-    from kernel_reg.training import build_augmentation
+    from kernel_reg.app.config import preset_config
+    from kernel_reg.app.training import build_augmentation
 
     config = preset_config("fmnist1000_vgg5").replace(aug=True)
     x = torch.rand(8, 1, 28, 28)

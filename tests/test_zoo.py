@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from kernel_reg import data, zoo
-from kernel_reg.builders import load_run
-from kernel_reg.cli import build_parser, config_from_args, train_command
-from kernel_reg.config import identity
-from kernel_reg.evaluation import EvalSettings, certify_run, evaluate_run
-from kernel_reg.rundir import (
+from kernel_reg.app import data, zoo
+from kernel_reg.app.builders import load_run
+from kernel_reg.app.cli import build_parser, config_from_args, train_command
+from kernel_reg.app.config import identity
+from kernel_reg.app.evaluation import EvalSettings, certify_run, evaluate_run
+from kernel_reg.app.rundir import (
     CHECKPOINT,
     CONFIG,
     ROBUSTNESS,
@@ -27,7 +27,7 @@ from kernel_reg.rundir import (
     run_path,
     unpack_bits,
 )
-from kernel_reg.training import train
+from kernel_reg.app.training import train
 from test_cli import kernel_reg, one_error_line
 from test_provenance import copy_embedded
 
@@ -43,7 +43,7 @@ def published(tmp_path_factory):
     """A results folder with one published tiny model: trained, evaluated, certified, exported, its
     checkpoint removed; and its index."""
     from conftest import CHEAP, TINY_FIELDS
-    from kernel_reg.config import preset_config
+    from kernel_reg.app.config import preset_config
 
     results = tmp_path_factory.mktemp("results")
     config = preset_config(
@@ -286,9 +286,9 @@ def test_the_headline_verifies_on_its_first_images():
 
 
 def test_a_sweep_named_run_is_named_by_method_hyperparameters_and_seed(tmp_path):
-    from kernel_reg.config import preset_config
-    from kernel_reg.rundir import write_config
-    from kernel_reg.sweep import expand, parse_grid
+    from kernel_reg.app.config import preset_config
+    from kernel_reg.app.rundir import write_config
+    from kernel_reg.app.sweep import expand, parse_grid
 
     base = preset_config("fmnist_vgg5", n_train=10000, width=16)
     (config,) = expand(base, [parse_grid("reg=pgd-l2 epsilon=1")], 1)

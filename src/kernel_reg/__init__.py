@@ -1,7 +1,16 @@
-"""kernel_reg: regularizing deep networks through the RKHS-norm lens (Bietti et al., ICML 2019)."""
+"""kernel_reg: regularizing deep networks through the RKHS-norm lens (Bietti et al., ICML 2019).
+
+The library (this package's modules: penalties, attacks, spectral, lipschitz, models, deformations) works on
+any ``nn.Module``; the application that runs experiments with it (configuration, run folders, training,
+evaluation, reports, sweeps, the model index, the command line) is ``kernel_reg.app``.
+"""
+
+from importlib import metadata
 
 from . import attacks, deformations, lipschitz, models, penalties, spectral
-from .environment import package_version
 
 __all__ = ["attacks", "deformations", "lipschitz", "models", "penalties", "spectral"]
-__version__ = package_version()
+try:
+    __version__ = metadata.version("kernel-reg")
+except metadata.PackageNotFoundError:  # imported from a source tree that was never installed
+    __version__ = "unknown"

@@ -39,6 +39,23 @@ def moved_names(module: str, new_places: Mapping[str, str]) -> Callable[[str], A
     return __getattr__
 
 
+def moved_module(module: str, new_module: str) -> Callable[[str], Any]:
+    """A module ``__getattr__`` (PEP 562) that serves every name from ``new_module``, where the module moved.
+
+    Example (in kernel_reg/config.py, moved to kernel_reg/app/config.py):
+        >>> __getattr__ = moved_module(__name__, "kernel_reg.app.config")
+    """
+
+    def __getattr__(name: str) -> Any:
+        target = importlib.import_module(new_module)
+        if name.startswith("__") or not hasattr(target, name):
+            raise AttributeError(f"module {module!r} has no attribute {name!r}")
+        warn(f"{module} moved to {new_module}: import {name} from there")
+        return getattr(target, name)
+
+    return __getattr__
+
+
 def old_arguments(positional: Sequence[str] = (), renamed: Mapping[str, str] | None = None) -> Callable[[F], F]:
     """Let ``__init__`` (keyword-only now) take the arguments of its earlier signature: positional ones, read as
     the names ``positional`` in that order, and keywords renamed since (``renamed``: old -> new); each warns.

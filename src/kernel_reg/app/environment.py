@@ -1,0 +1,89 @@
+"""What a run was computed with: package version, git commit, torch and Python versions, device, threads
+and the determinism settings; recorded in the run folder each time training starts or resumes."""
+
+from __future__ import annotations
+
+import dataclasses
+import platform
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import kernel_reg
+
+SOURCE_TREE = Path(__file__).resolve().parents[3]  # the repository root of an editable install
+
+
+def package_version() -> str:
+    """The installed version of kernel-reg (its metadata), or "unknown" when it is not installed."""
+    return kernel_reg.__version__
+
+
+def git_state(tree: Path = SOURCE_TREE) -> tuple[str | None, bool | None]:
+    """(commit, dirty) of the git checkout kernel_reg is imported from; (None, None) outside one."""
+
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(["git", "-C", str(tree), *args], capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return done.stdout if done.returncode == 0 else None
+
+    if not (tree / ".git").exists():
+        return None, None
+    commit = git("rev-parse", "HEAD")
+    if commit is None:
+        return None, None
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return commit.strip(), None if status is None else bool(status.strip())
+
+
+@dataclass(frozen=True)
+class Environment:
+    """The software and machine one training session ran with, from ``from_epoch`` on; ``data_override``:
+    why it went on although its data differed from the run's record (``--allow-other-data``), else None."""
+
+    package_version: str
+    commit: str | None
+    dirty: bool | None
+    torch: str
+    python: str
+    platform: str
+    device: str
+    threads: int
+    deterministic_algorithms: bool
+    cudnn_deterministic: bool
+    cudnn_benchmark: bool
+    from_epoch: int = 0
+    data_override: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> Environment:
+        return cls(**values)
+
+
+def capture(device: torch.device, from_epoch: int = 0, data_override: str | None = None) -> Environment:
+    """The environment of this process, training on ``device``."""
+    commit, dirty = git_state()
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
+    return Environment(
+        package_version=package_version(),
+        commit=commit,
+        dirty=dirty,
+        torch=torch.__version__,
+        python=platform.python_version(),
+        platform=f"{platform.system()} {platform.machine()}",
+        device=f"{device.type}: {name}",
+        threads=torch.get_num_threads(),
+        deterministic_algorithms=torch.are_deterministic_algorithms_enabled(),
+        cudnn_deterministic=bool(torch.backends.cudnn.deterministic),
+        cudnn_benchmark=bool(torch.backends.cudnn.benchmark),
+        from_epoch=from_epoch,
+        data_override=data_override,
+    )

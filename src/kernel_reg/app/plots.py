@@ -1,0 +1,352 @@
+"""The report's figures: small multiples of learning curves and of the RKHS-norm bracket per method, and
+the trade-off between standard and adversarial accuracy (a method has one colour in every figure); the
+certified-accuracy curves of Lipschitz networks."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from . import regularizers
+from .config import (
+    Config,
+    format_value,
+    hyperparameter_text,
+    hyperparameters,
+    short_hash,
+)
+from .rundir import (
+    Robustness,
+)
+from .studies import RunSummary, select
+
+# A method's place in tab20: ten hues for the base methods, and each "+project-sn" combination in the
+# light shade of its base's hue, so that a method and its combination with the projection read as a pair.
+COLOUR_INDEX = {
+    "none": 0, "wd": 1, "project-sn": 2, "pgd-l2": 3, "loss-gradl2": 4, "adv-perturbation": 5,
+    "gradient-penalty": 6, "vat": 7, "stability": 8, "gradtangent": 9,
+    "pgd-linf": 10, "loss-gradl1": 11, "penalize-sn-pi": 12, "pgd-l2+project-sn": 13,
+    "loss-gradl2+project-sn": 14, "adv-perturbation+project-sn": 15, "gradient-penalty+project-sn": 16,
+    "penalize-sn-svd": 18,
+}  # fmt: skip
+
+
+def method_colour(method: str) -> Any:
+    """The colour of a method: its ``COLOUR_INDEX`` (else a hash of its name) in tab20."""
+    import matplotlib
+
+    index = COLOUR_INDEX[method] if method in COLOUR_INDEX else int(short_hash(method), 16)
+    index %= 20
+    hue, shade = index % 10, index // 10
+    if hue == 7:  # tab20's grey pair marks the baseline in the bracket figure: navy instead
+        return ("#283593", "#7986cb")[shade]
+    return matplotlib.colormaps["tab20"](2 * hue + shade)
+
+
+def text_colour(colour: Any) -> tuple[float, float, float]:
+    """``colour`` darkened enough to read as small text on white (tab20's light shades do not)."""
+    import matplotlib.colors
+
+    red, green, blue = matplotlib.colors.to_rgb(colour)
+    return 0.6 * red, 0.6 * green, 0.6 * blue
+
+
+def _strength(config: Config, short: bool = False) -> str:
+    """The hyperparameters of a setting, as a label ('' without any); ``short``: its strengths alone."""
+    if not short:
+        return hyperparameter_text(config).replace(", ", " ")
+    strengths = {p.name for r in config.regs for p in regularizers.REGISTRY[r.name].params if p.strength} | {"wd"}
+    values = hyperparameters(config)
+    return " ".join(f"{k}={format_value(v)}" for k, v in values.items() if k.rsplit(".", 1)[-1] in strengths)
+
+
+def _mean_curve(runs: list[RunSummary], field: str) -> tuple[list[int], list[float]]:
+    """(epochs, mean over the seeds of ``field`` there), on the epochs where every seed has a value."""
+    epochs = sorted(set.intersection(*({m.epoch for m in r.metrics if getattr(m, field) is not None} for r in runs)))
+    values = [statistics.mean(getattr(next(m for m in r.metrics if m.epoch == e), field) for r in runs) for e in epochs]
+    return epochs, values
+
+
+PANEL_COLUMNS = 3  # small multiples a row: a figure that reads at a page's width
+
+
+def _panels(count: int, width: float = 3.3, height: float = 2.6) -> tuple[Any, list[Any]]:
+    """A grid of ``count`` small panels, ``PANEL_COLUMNS`` a row: a figure that reads at a page's width
+    (about 1000 pixels), the width a report's or RESULTS.md's figure is shown at."""
+    import matplotlib.pyplot as plt
+
+    columns = min(PANEL_COLUMNS, count)
+    rows = math.ceil(count / columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(width * columns, height * rows), squeeze=False, sharey=True)
+    flat = list(axes.flat)
+    for ax in flat[count:]:
+        ax.set_visible(False)
+    return fig, flat[:count]
+
+
+def _panel_title(method: str, detail: str) -> str:
+    """'method (detail)', on two lines when one would run into the next panel's title."""
+    if not detail:
+        return method
+    return f"{method}\n({detail})" if len(method) + len(detail) > 40 else f"{method} ({detail})"
+
+
+def _row_major(handles: list[Any], names: list[str], columns: int) -> tuple[list[Any], list[str]]:
+    """The legend entries reordered so that they read in order across its rows (matplotlib fills a
+    legend column by column, the first columns taking the extra entries)."""
+    order = [i for column in range(columns) for i in range(column, len(names), columns)]
+    return [handles[i] for i in order], [names[i] for i in order]
+
+
+def plot_learning_curves(runs: list[RunSummary], path: Path) -> bool:
+    """Small multiples, one panel per method: the test accuracy of each setting over epochs (mean over
+    seeds; faint, the legend names what sets it apart, the title what the settings share, or the setting
+    when it is the method's only one), the selected setting bold with its training accuracy dashed. False
+    when no run has finished."""
+    selection = select(runs)
+    if not selection.chosen:
+        return False
+    methods = sorted(selection.chosen, key=lambda m: (m != "none", m))
+    families = [selection.family(method) for method in methods]
+    fig, axes = _panels(len(methods), height=3.3)  # room for each legend below its panel
+    for index, (ax, method, family) in enumerate(zip(axes, methods, families)):
+        colour = method_colour(method)
+        shared, texts = setting_labels([members[0].config for members in family])
+        for members, text in zip(family, texts):
+            bold = members is selection.of(method)
+            epochs, test = _mean_curve(members, "test_acc")
+            style = dict(lw=2.2, alpha=1.0) if bold else dict(lw=1.0, alpha=0.6)
+            ax.plot(epochs, [100 * v for v in test], color=colour, label=text or "-", **style)
+            if bold:
+                epochs, train = _mean_curve(members, "train_acc")
+                ax.plot(epochs, [100 * v for v in train], color=colour, lw=1.4, linestyle="--")
+        if len(family) > 1:
+            columns = min(3, len(family))
+            handles, names = ax.get_legend_handles_labels()
+            handles, names = _row_major(handles, names, columns)
+            ax.legend(handles, names, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=columns,
+                      frameon=False, handlelength=1.5, columnspacing=1.0, labelcolor=text_colour(colour))  # fmt: skip
+        ax.set_title(_panel_title(method, shared if len(family) > 1 else texts[0]), fontsize=9)
+        ax.set_xlabel("epoch", fontsize=8)
+        if index % PANEL_COLUMNS == 0:  # the first panel of a row
+            ax.set_ylabel("accuracy (%)", fontsize=8)
+        ax.tick_params(labelsize=7.5)
+        ax.grid(alpha=0.3)
+    chosen = "bold: selected by validation" if any(len(f) > 1 for f in families) else "one setting per method"
+    fig.suptitle(f"test accuracy per setting (mean over seeds)\n{chosen}, its training accuracy dashed", fontsize=9)
+    fig.tight_layout()
+    _save(fig, path)
+    return True
+
+
+def plot_rkhs_bracket(runs: list[RunSummary], path: Path) -> bool:
+    """Small multiples, one panel per method at its selected setting (mean over seeds): the lower bounds of
+    the RKHS norm (sup ||grad f||: solid, ||f||_delta / eps: dashed) and the spectral upper bound (dotted),
+    with the unregularized baseline's in grey. False when no run has finished."""
+    selection = select(runs)
+    if not selection.chosen:
+        return False
+    methods = sorted(selection.chosen, key=lambda m: (m != "none", m))
+    fig, axes = _panels(len(methods))
+    series = (("rkhs_lower_grad", "-"), ("rkhs_lower_delta", "--"), ("rkhs_upper_spectral", ":"))
+    for ax, method in zip(axes, methods):
+        for members, colour in ((selection.of("none"), "0.6"),) if "none" in selection.chosen else ():
+            for field, style in series:
+                ax.plot(*_mean_curve(members, field), color=colour, linestyle=style, lw=1.0)
+        colour = method_colour(method)
+        for field, style in series:
+            ax.plot(*_mean_curve(selection.of(method), field), color=colour, linestyle=style, lw=1.8)
+        ax.set_yscale("log")
+        ax.set_title(_panel_title(method, _strength(selection.of(method)[0].config)), fontsize=8)
+        ax.set_xlabel("epoch", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    fig.suptitle("RKHS-norm bracket at the selected setting: lower bounds (solid: sup ||grad f||, dashed: "
+                 "||f||_delta / eps), spectral upper bound (dotted); grey: no regularization", fontsize=9)  # fmt: skip
+    fig.tight_layout()
+    _save(fig, path)
+    return True
+
+
+def setting_labels(configs: list[Config]) -> tuple[str, list[str]]:
+    """How to tell the settings of one method apart: (what they share, e.g. 'epsilon=1', or ''; for each
+    setting, the hyperparameters in which it differs from another, e.g. 'tau=1 kappa=0', naming a default
+    value only where the label would otherwise be empty or another's, e.g. 'method=exact'). A single
+    setting is labelled with its strengths."""
+    values = [{k: format_value(v) for k, v in hyperparameters(c).items()} for c in configs]
+    keys = list(dict.fromkeys(k for v in values for k in v))
+    varying = [k for k in keys if len({v.get(k) for v in values}) > 1]
+    if not varying:
+        return "", [_strength(c, short=True) for c in configs]
+    shared = " ".join(f"{k}={values[0][k]}" for k in keys if k not in varying)
+    texts = [" ".join(f"{k}={v[k]}" for k in varying if k in v) for v in values]
+    include = {(r.name, p.name) for c in configs for r in c.regs for p in regularizers.REGISTRY[r.name].params
+               if p.name in varying or f"{r.name}.{p.name}" in varying}  # fmt: skip
+    for i, config in enumerate(configs):
+        if not texts[i] or texts.count(texts[i]) > 1:
+            full = {k: format_value(v) for k, v in hyperparameters(config, include).items()}
+            texts[i] = " ".join(f"{k}={full[k]}" for k in varying if k in full)
+    return shared, texts
+
+
+Box = tuple[float, float, float, float]  # (left, bottom, right, top), in pixels
+
+
+def _overlap(a: Box, b: Box) -> float:
+    width = min(a[2], b[2]) - max(a[0], b[0])
+    height = min(a[3], b[3]) - max(a[1], b[1])
+    return max(width, 0.0) * max(height, 0.0)
+
+
+def label_boxes(
+    anchors: list[tuple[float, float]], sizes: list[tuple[float, float]], frame: Box, gap: float
+) -> list[Box]:
+    """Where to write each point's label: of the boxes at ``gap`` from its anchor (right of it, left of it or
+    centred; above or below it, by up to one more line), the nearest that stays inside ``frame`` and
+    overlaps least the labels already placed and the points (greedy, in order; all in pixels)."""
+    points = [(x - gap, y - gap, x + gap, y + gap) for x, y in anchors]
+    placed: list[Box] = []
+    for (x, y), (width, height) in zip(anchors, sizes):
+        lefts = (x + gap, x - gap - width, x - width / 2)
+        bottoms = (y + gap, y - gap - height, y + gap + height, y - gap - 2 * height)
+        candidates = [(left, bottom, left + width, bottom + height) for bottom in bottoms for left in lefts]
+        cost = [
+            (width * height - _overlap(box, frame), sum(_overlap(box, other) for other in placed + points), rank)
+            for rank, box in enumerate(candidates)
+        ]
+        placed.append(candidates[min(cost)[2]])
+    return placed
+
+
+def _write_labels(ax: Any, labels: list[tuple[float, float, str, Any]], fontsize: float = 7.5) -> None:
+    """Write each (x, y, text, colour) label next to its point without covering another (``label_boxes``).
+    Call it once the figure's layout is final: it places the labels in pixels."""
+    scale = ax.figure.dpi / 72  # pixels per point
+    anchors = [tuple(ax.transData.transform((x, y))) for x, y, _, _ in labels]
+    sizes = [(0.62 * fontsize * scale * len(text), 1.2 * fontsize * scale) for _, _, text, _ in labels]
+    frame = tuple(ax.get_window_extent().extents)
+    gap = 3.0 * scale
+    boxes = label_boxes(anchors, sizes, frame, gap)
+    for (x, y, text, colour), (px, py), box in zip(labels, anchors, boxes):
+        offset = ((box[0] - px) / scale, (box[1] - py) / scale)
+        far = min(abs(py - box[1]), abs(py - box[3])) > 2 * gap  # pushed a line away: a leader line to its point
+        leader = dict(arrowstyle="-", lw=0.5, color=text_colour(colour), shrinkA=0, shrinkB=3) if far else None
+        ax.annotate(text, (x, y), xytext=offset, textcoords="offset points", ha="left", va="bottom",
+                    fontsize=fontsize, color=text_colour(colour), arrowprops=leader)  # fmt: skip
+
+
+def plot_tradeoff(runs: list[RunSummary], path: Path, norm: str = "l2") -> bool:
+    """Standard vs adversarial test accuracy, one wide panel a row per eps_test, one curve per method across its
+    settings (dashed for a combination with the projection), each point labelled with what sets it apart
+    (the hyperparameters the method's settings share are in the legend), as the paper's figure; for l2 the
+    certified accuracies too (dotted, hollow triangles) unless they are zero everywhere. False when no run
+    has been evaluated."""
+    import matplotlib.pyplot as plt
+
+    evaluated = [(r, r.robustness) for r in runs if r.robustness is not None and getattr(r.robustness, norm)]
+    if not evaluated:
+        return False
+    keys = sorted({k for _, rob in evaluated for k in getattr(rob, norm)}, key=float)
+    by_method: dict[str, list[tuple[RunSummary, Robustness]]] = defaultdict(list)
+    for run, rob in evaluated:
+        by_method[run.method].append((run, rob))
+    certified_anywhere = norm == "l2" and any(any((rob.certified_l2 or {}).values()) for _, rob in evaluated)
+    # one wide panel a row: the labels of a crowded front need the width
+    fig, axes = plt.subplots(len(keys), 1, figsize=(8.4, 3.5 * len(keys)), squeeze=False)
+    labels: dict[Any, list[tuple[float, float, str, Any]]] = defaultdict(list)
+    for ax, key in zip(axes[:, 0], keys):
+        for method, members in sorted(by_method.items()):
+            colour = method_colour(method)
+            shared, texts = setting_labels([run.config for run, _ in members])
+            name = f"{method} ({shared})" if shared else method
+            line = "--" if "+" in method else "-"
+            curves = [(norm, f"{line}o", colour)] + ([("certified_l2", ":^", "none")] if certified_anywhere else [])
+            for field, style, fill in curves:
+                points = sorted(
+                    (100 * rob.clean, 100 * value, text)
+                    for (_, rob), text in zip(members, texts)
+                    if (value := (getattr(rob, field) or {}).get(key)) is not None
+                )
+                if not points:
+                    continue
+                xs, ys, _ = zip(*points)
+                legend = name if field == norm else f"{name}, certified"
+                ax.plot(xs, ys, style, color=colour, label=legend, mfc=fill, ms=5)
+                if field == norm:
+                    labels[ax] += [(x, y, text, colour) for x, y, text in points if text]
+        eps = float(key)
+        title = f"{norm} eps_test = {eps * 255:.3g}/255" if norm == "linf" else f"{norm} eps_test = {eps:g}"
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("standard accuracy (%)", fontsize=9)
+        ax.set_ylabel("adversarial accuracy (%)", fontsize=9)
+        ax.tick_params(labelsize=8)
+        ax.grid(alpha=0.3)
+    handles, names = axes[0][0].get_legend_handles_labels()
+    fig.tight_layout()
+    fig.legend(handles, names, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(3, len(names)), fontsize=8.5,
+               frameon=False)  # fmt: skip
+    for ax, requests in labels.items():
+        _write_labels(ax, requests)
+    _save(fig, path)
+    return True
+
+
+def plot_certified_curves(
+    curves: dict[str, tuple[list[float], list[float]]], attacked: dict[str, dict[float, float]], path: Path
+) -> None:
+    """Certified l2 accuracy against the radius, one line per model (``curves``: name -> (radii, accuracies
+    in [0, 1])), with the attacked accuracy of the same model at a few radii as dots (``attacked``: name ->
+    {radius: accuracy}, possibly empty): the gap between a dot and its line is what the certificate leaves."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    for index, (name, (radii, accuracy)) in enumerate(curves.items()):
+        colour = plt.get_cmap("tab10")(index % 10)
+        ax.plot(radii, [100 * a for a in accuracy], color=colour, label=name)
+        points = sorted(attacked.get(name, {}).items())
+        if points:
+            ax.plot([r for r, _ in points], [100 * a for _, a in points], "o", color=colour, markersize=5)
+    ax.set_xlabel("l2 radius eps")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title("certified (lines) and attacked (dots) accuracy", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def plot_certified_tradeoff(
+    points: dict[str, tuple[float, float]], radius: float, path: Path, target: tuple[float, float] | None = None
+) -> None:
+    """Clean against certified accuracy at ``radius``, one numbered point per model (``points``: name ->
+    (clean, certified), both in [0, 1]; the legend names the numbers, which overlap less than names), and
+    ``target`` (clean, certified) as a star: the trade-off a margin or a width moves a model along."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.4, 4.4))
+    for number, (name, (clean, certified)) in enumerate(points.items(), start=1):
+        colour = plt.get_cmap("tab10")((number - 1) % 10)
+        ax.plot(100 * clean, 100 * certified, "o", color=colour, markersize=6, label=f"{number}: {name}")
+        ax.annotate(str(number), (100 * clean, 100 * certified), xytext=(4, 3), textcoords="offset points", fontsize=8)
+    if target is not None:
+        ax.plot(100 * target[0], 100 * target[1], "*", color="black", markersize=12, label="target")
+    ax.set_xlabel("clean accuracy (%)")
+    ax.set_ylabel(f"certified accuracy at l2 radius {radius:g} (%)")
+    ax.set_title("certified against clean accuracy", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def _save(fig: Any, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    tmp.replace(path)

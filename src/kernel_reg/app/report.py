@@ -1,0 +1,236 @@
+"""Reports over a folder of runs: a Markdown table and PNG plots.
+
+Each run is selected at its epoch of best validation accuracy (the last evaluation when it has no
+validation set); the table gives the test accuracy there, and the robust and certified accuracies of
+``robustness.json``.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+
+from ..deprecation import moved_names
+from .config import (
+    format_value,
+    hyperparameter_text,
+)
+from .plots import plot_learning_curves, plot_rkhs_bracket, plot_tradeoff
+from .rundir import (
+    Robustness,
+    atomic_write_text,
+    check_writable,
+)
+from .studies import RunSummary, Warn, _mean_val, bracket, collect_runs, seed_of, select, setting_order, studies
+
+# moved in 0.2 (importable from here, with a DeprecationWarning, until 0.3)
+__getattr__ = moved_names(
+    __name__,
+    {"Selection": "kernel_reg.app.studies", "Study": "kernel_reg.app.studies", "method_colour": "kernel_reg.app.plots"},
+)
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}"
+
+
+def markdown_table(runs: list[RunSummary]) -> str:
+    """One row per run: run folder, method, hyperparameters, best val, test at best val, robust and
+    certified accuracies, the 2x-budget drop and the masking checks."""
+    evaluated = [r.robustness for r in runs if r.robustness is not None]
+    l2_keys = sorted({k for r in evaluated for k in r.l2}, key=float)
+    linf_keys = sorted({k for r in evaluated for k in r.linf}, key=float)
+    cert_keys = sorted({k for r in evaluated for k in (r.certified_l2 or {})}, key=float)
+    evaluations = list(dict.fromkeys(_evaluation_text(r) for r in evaluated))
+    header = ["run", "method", "hyperparameters", "n_train", "epoch", "val acc", "test acc", "eval", "clean"]
+    header += [f"PGD-l2 {k}" for k in l2_keys] + [f"PGD-linf {float(k) * 255:.3g}/255" for k in linf_keys]
+    header += [f"certified l2 {k}" for k in cert_keys] + ["2x budget", "masking checks", "train min"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for run in sorted(runs, key=lambda r: (r.method, setting_order(r.config), r.name)):
+        best = run.best
+        params = hyperparameter_text(run.config) or "-"
+        rob = run.robustness
+        method = run.method
+        if run.divergence is not None:
+            method += f" (diverged: {run.divergence.split(';')[0]})"
+        elif not run.finished:
+            method += f" (unfinished: epoch {run.metrics[-1].epoch})"
+        row = [run.name, method, params, str(run.config.n_train or "all"), str(best.epoch)]
+        row += [_percent(best.val_acc), _percent(best.test_acc)]
+        row += [
+            f"[{evaluations.index(_evaluation_text(rob)) + 1}]" if rob else "-",
+            _percent(rob.clean if rob else None),
+        ]
+        row += [_percent(rob.l2.get(k) if rob else None) for k in l2_keys]
+        row += [_percent(rob.linf.get(k) if rob else None) for k in linf_keys]
+        row += [_percent((rob.certified_l2 or {}).get(k) if rob else None) for k in cert_keys]
+        row.append(_budget_change(rob) if rob else "-")
+        checks = "-" if rob is None or rob.masking_checks is None else "ok"
+        row.append(("FIRED: " + "; ".join(rob.suspicious)) if rob and rob.suspicious else checks)
+        row.append(f"{run.training_seconds / 60:.1f}")
+        lines.append("| " + " | ".join(row) + " |")
+    footer = [
+        "",
+        "Accuracies in %. epoch: of best validation accuracy; test acc: there, on the whole test set; clean, "
+        "PGD and certified: `kernel-reg evaluate` of the weights it names (robustness.json), on its test subset; "
+        "eval: which evaluation, below. "
+        "2x budget: the largest drop of robust accuracy (points) when the attack's steps and restarts are "
+        "doubled, over the radii checked. train min: what training the run costs, from its own timing "
+        "(metrics.jsonl; medians per epoch and per evaluation, so that a paused process does not count). "
+        f"All {len(runs)} runs: {sum(r.training_seconds for r in runs) / 3600:.1f} hours of training.",
+    ]
+    footer += [f"- [{i}] {text}" for i, text in enumerate(evaluations, start=1)]
+    return "\n".join(lines + footer) + "\n"
+
+
+def _evaluation_text(robustness: Robustness) -> str:
+    """What a run's robust accuracies mean: the test images and the attacks (the table's "eval" notes)."""
+    attacks = "; ".join(f"{norm}: {text}" for norm, text in robustness.attacks.items())
+    return f"{robustness.n} test images, {robustness.weights or 'best'} weights of epoch {robustness.epoch}; {attacks}"
+
+
+def _budget_change(robustness: Robustness) -> str:
+    """max over checked radii of (robust accuracy - accuracy under twice the budget), in points."""
+    by_norm = {"l2": robustness.l2, "linf": robustness.linf}
+    drops = [
+        100 * (by_norm[norm][key] - doubled)
+        for norm, by_key in robustness.doubled.items()
+        for key, doubled in by_key.items()
+    ]
+    return f"{max(drops):.1f} ({len(drops)} radii)" if drops else "-"
+
+
+def selection_table(runs: list[RunSummary]) -> str:
+    """Per method, the hyperparameters of best mean validation accuracy over the seeds that all its
+    settings ran on (as the paper selected them; ``studies.select``), and the test accuracy there: mean +-
+    std over the seeds, with the runs pooled. Runs are pooled as seeds only when their whole configurations
+    differ in seed fields alone; "in its grid" says whether the selection is an interior point of the grid
+    (``studies.bracket``: EDGE when it is not). Finished runs only."""
+    selection = select(runs)
+    if not selection.chosen:
+        return ""
+    lines = [
+        "| method | selected hyperparameters | settings tried | in its grid | seeds | val acc "
+        "| test acc (mean +- std) | runs pooled |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    diverged = [r for r in runs if r.divergence is not None]
+    for method in sorted(selection.chosen):
+        members = selection.of(method)
+        params = hyperparameter_text(members[0].config) or "-"
+        tests = [100 * r.best.test_acc for r in members]
+        spread = statistics.stdev(tests) if len(tests) > 1 else 0.0
+        test = f"{statistics.mean(tests):.1f} +- {spread:.1f}"
+        pooled = ", ".join(sorted(r.name for r in members))
+        tried = len(selection.family(method))
+        where = bracket(selection, method, diverged)
+        val = 100 * _mean_val(members)
+        lines.append(f"| {method} | {params} | {tried} | {where} | {len(members)} | {val:.1f} | {test} | {pooled} |")
+    if selection.duplicates:
+        lines += ["", "Counted once: " + "; ".join(selection.duplicates) + "."]
+    return "\n".join(lines) + "\n"
+
+
+MIN_PAIRED = 3  # paired seeds below which no gain or loss is called
+
+
+def _paired_row(label: str, params: str, differences: list[float]) -> str:
+    """A table row: the paired differences' mean +- standard error and a verdict that calls a gain or a
+    loss only when the mean exceeds two standard errors, on at least ``MIN_PAIRED`` differences."""
+    if len(differences) < 2:
+        return f"| {label} | {params} | {len(differences)} | - | needs paired seeds |"
+    mean = statistics.mean(differences)
+    error = statistics.stdev(differences) / math.sqrt(len(differences))
+    verdict = "gain" if mean > 2 * error else "loss" if mean < -2 * error else "no difference shown"
+    if len(differences) < MIN_PAIRED:  # two differences estimate their spread too poorly to judge
+        verdict = f"(needs {MIN_PAIRED} paired seeds)"
+    return f"| {label} | {params} | {len(differences)} | {mean:+.2f} +- {error:.2f} | {verdict} |"
+
+
+def _differences(members: list[RunSummary], reference: list[RunSummary]) -> list[float]:
+    """100 (test accuracy of each member - that of the reference run on the same training subset)."""
+    by_seed = {seed_of(r): r.best.test_acc for r in reference}
+    return [100 * (r.best.test_acc - by_seed[seed_of(r)]) for r in members if seed_of(r) in by_seed]
+
+
+PROJECTED = "+project-sn"
+
+
+def paired_table(runs: list[RunSummary]) -> str:
+    """Per method at its selected setting, the paired difference of test accuracy to the unregularized
+    baseline on the same training subsets (``_paired_row``); then, for each method combined with the
+    projection ("X+project-sn"), its paired difference to X alone, each at its own selected setting.
+    '' without a baseline."""
+    selection = select(runs)
+    if "none" not in selection.chosen:
+        return ""
+    header = "| {} | selected hyperparameters | paired seeds | test acc - {} (points, mean +- s.e.) | verdict |"
+    lines = [header.format("method", "baseline"), "|---|---|---|---|---|"]
+    for method in sorted(m for m in selection.chosen if m != "none"):
+        members = selection.of(method)
+        params = hyperparameter_text(members[0].config) or "-"
+        lines.append(_paired_row(method, params, _differences(members, selection.of("none"))))
+    combined = sorted(m for m in selection.chosen if m.endswith(PROJECTED) and m[: -len(PROJECTED)] in selection.chosen)
+    if combined:
+        lines += ["", "Adding the projection, each method at its own selected setting:", ""]
+        lines += [header.format("method", "the method alone"), "|---|---|---|---|---|"]
+        for method in combined:
+            members = selection.of(method)
+            params = hyperparameter_text(members[0].config) or "-"
+            alone = selection.of(method[: -len(PROJECTED)])
+            lines.append(_paired_row(method, params, _differences(members, alone)))
+    return "\n".join(lines) + "\n"
+
+
+def write_report(
+    root: str | Path, out_dir: str | Path | None = None, warn: Warn = lambda _: None
+) -> tuple[str, list[Path]]:
+    """The Markdown report of the runs under ``root``, one section per study (experiment and setting),
+    written with each study's plots to ``out_dir`` (default root); returns its text and the files."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    runs = collect_runs(root, warn)
+    if not runs:
+        raise FileNotFoundError(f"no run with logged evaluations under {root}")
+    out = Path(out_dir or root)
+    check_writable(out, "the report is written there; choose another --out")
+    groups = studies(runs)
+    sections, written = [], [out / "report.md"]
+    for study in groups:
+        suffix = "" if len(groups) == 1 else f"_{study.slug}"
+        figures: list[tuple[Path, Callable[[list[RunSummary], Path], bool]]] = [
+            (out / f"learning_curves{suffix}.png", plot_learning_curves),
+            (out / f"rkhs_bracket{suffix}.png", plot_rkhs_bracket),
+            *((out / f"tradeoff_{n}{suffix}.png", partial(plot_tradeoff, norm=n)) for n in ("l2", "linf")),
+        ]
+        files = []
+        for path, plot in figures:
+            if plot(study.runs, path):
+                files.append(path)
+            else:  # an earlier report's figure of runs since changed would sit beside this report, unlinked
+                path.unlink(missing_ok=True)
+        written += files
+        text = f"## {study.title}\n\n"
+        if study.differs:
+            text += "Differs from the preset: " + ", ".join(f"{k}={format_value(v)}" for k, v in study.differs.items())
+            text += ".\n\n"
+        selection = selection_table(study.runs)
+        if selection:
+            text += (
+                "### Selected by validation accuracy\n\nEach method's setting is the one of best mean "
+                "validation accuracy over the training subsets that all its settings ran on; the test "
+                "accuracy is then over all the subsets the selected setting ran on.\n\n" + selection + "\n"
+            )
+        paired = paired_table(study.runs)
+        if paired:
+            text += "### Paired with the unregularized baseline (same training subsets)\n\n" + paired + "\n"
+        text += "### All runs\n\n" + markdown_table(study.runs)
+        text += "\nPlots: " + ", ".join(f"[{f.name}]({f.name})" for f in files) + "\n"
+        sections.append(text)
+    table = "\n".join(sections)
+    atomic_write_text(out / "report.md", table)
+    return table, written
