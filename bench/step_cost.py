@@ -28,10 +28,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from kernel_reg import models, penalties, spectral
+from kernel_reg import lipschitz, models, penalties
 from kernel_reg.app import regularizers
 from kernel_reg.app.training import Regularizers, step
-from kernel_reg.margin import LipschitzMargin
+from kernel_reg.lipschitz import LipschitzMargin
 
 K, STEPS = 10, 5  # classes; inner steps of ||f||_delta^2 and PGD
 
@@ -68,9 +68,9 @@ REPLICATED = "adv-perturbation-replicated"
 # Lipschitz-margin training: the power iteration and product bound on top of a plain step; eps_train 0.05 (the
 # cost does not depend on it; at 0.5 the untrained VGG-11, L in the hundreds, diverges on random labels)
 MARGIN = "lipschitz-margin"
-# a plain step on a model whose every Conv2d / Linear weight is divided by its operator norm (spectral.normalize_)
+# a plain step on a model whose every Conv2d / Linear weight is divided by its operator norm (lipschitz.normalize_)
 NORMALIZED = "normalization-operator"
-# the same with orthogonal (Cayley) convolutions (spectral.orthogonalize_): circular convolutions, lipnet only
+# the same with orthogonal (Cayley) convolutions (lipschitz.orthogonalize_): circular convolutions, lipnet only
 ORTHOGONAL = "normalization-orthogonal"
 # the certified recipe's step: orthogonal convolutions and the Lipschitz margin (eps_train 0.7, L held constant)
 CERTIFIED = "orthogonal-margin"
@@ -99,9 +99,9 @@ def run_child(model_name: str, config_name: str, steps: int, warmup: int, device
     build, shape = MODELS[model_name]
     model = build().to(device)
     if config_name == NORMALIZED:
-        spectral.normalize_(model, shape)
+        lipschitz.normalize_(model, shape)
     if config_name in (ORTHOGONAL, CERTIFIED):
-        spectral.orthogonalize_(model, shape)
+        lipschitz.orthogonalize_(model, shape)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     x = torch.rand(128, *shape, device=device)
     y = torch.randint(0, K, (128,), device=device)

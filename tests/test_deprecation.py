@@ -13,7 +13,8 @@ MOVED = [
     ("kernel_reg.spectral", name, "kernel_reg.lipschitz")
     for name in (
         "LipschitzBounded", "certified_accuracy", "certified_radius", "conv_operator_norm_upper_bound",
-        "gram_iteration_bound", "lipschitz_upper_bound", "operator_norm",
+        "gram_iteration_bound", "lipschitz_upper_bound", "operator_norm", "OperatorNormalization", "normalize_",
+        "renormalize_", "orthogonalize_",
     )
 ] + [
     ("kernel_reg.attacks", "margin", "kernel_reg.tensors"),
@@ -107,3 +108,17 @@ def test_an_application_module_keeps_its_old_path_with_a_warning(module):
     assert value is getattr(new, own[0])
     with pytest.raises(AttributeError):
         old.no_such_name  # noqa: B018
+
+
+@pytest.mark.parametrize(("module", "name"), [("orthogonal", "CayleyConv2d"), ("margin", "LipschitzMargin")])
+def test_the_lipschitz_modules_that_joined_the_package_keep_their_old_paths(module, name):
+    old = importlib.import_module(f"kernel_reg.{module}")
+    with pytest.warns(DeprecationWarning, match=rf"kernel_reg\.{module} moved to kernel_reg\.lipschitz\.{module}"):
+        value = getattr(old, name)
+    assert value is getattr(importlib.import_module("kernel_reg.lipschitz"), name)
+
+
+def test_models_still_offers_maxmin_which_lives_with_the_lipschitz_layers():
+    from kernel_reg import lipschitz, models
+
+    assert models.MaxMin is lipschitz.MaxMin

@@ -223,7 +223,7 @@ def test_the_jacobian_lower_bound_is_exact_for_a_linear_map_and_below_the_bound_
 
 
 def test_the_lipschitz_margin_raises_the_other_logits_by_the_certified_amount():
-    from kernel_reg.margin import LipschitzMargin
+    from kernel_reg.lipschitz import LipschitzMargin
 
     torch.manual_seed(5)
     model = models.lipnet(width=4).double()
@@ -247,7 +247,7 @@ def test_the_pairwise_margin_raises_each_logit_by_its_pair_constant():
     """Converged power iteration: logit j of an example of class y rises by eps K[y, j], K the guaranteed
     pairwise bounds of lipschitz.pairwise_lipschitz (to 1e-3), the label's logit not at all; a finite
     gradient reaches the weights through K only when it is not held."""
-    from kernel_reg.margin import LipschitzMargin
+    from kernel_reg.lipschitz import LipschitzMargin
 
     torch.manual_seed(10)
     model = models.lipnet(width=4).double()
@@ -266,7 +266,7 @@ def test_the_pairwise_margin_raises_each_logit_by_its_pair_constant():
 
 
 def test_the_pairwise_margin_refuses_a_model_without_a_linear_head():
-    from kernel_reg.margin import LipschitzMargin
+    from kernel_reg.lipschitz import LipschitzMargin
 
     model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3), nn.ReLU())
     margin = LipschitzMargin(eps=0.5, input_shape=(4,), pairwise=True)
@@ -277,7 +277,7 @@ def test_the_pairwise_margin_refuses_a_model_without_a_linear_head():
 def test_the_lipschitz_margin_records_the_input_shapes_once_per_model():
     """The layers' input shapes cost a forward pass: one for the first call on a model, none after, and a
     model with other layers (here other shapes) is recorded anew, giving its own L."""
-    from kernel_reg.margin import LipschitzMargin
+    from kernel_reg.lipschitz import LipschitzMargin
 
     torch.manual_seed(6)
     margin = LipschitzMargin(eps=0.5, input_shape=(1, 28, 28), steps=200, through_bound=False)

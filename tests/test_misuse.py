@@ -197,7 +197,7 @@ def test_the_lipschitz_bound_reports_progress_per_layer(monkeypatch):
         seen.append((total, description))
         yield from iterable
 
-    monkeypatch.setattr(lipschitz, "progress", record)
+    monkeypatch.setattr(lipschitz.network, "progress", record)
     model = models.vgg5_stable(widths=(4, 4, 4, 4))
     bound = lipschitz.lipschitz_upper_bound(model, (1, 28, 28))
     assert seen == [(5, "Lipschitz bound (Gram iteration per layer)")]  # four convolutions and the classifier
@@ -278,8 +278,8 @@ def test_export_marks_an_unfinished_run_and_a_resume_removes_the_stale_export(tm
     "call",
     [
         lambda m, s: spectral.project_(m, 1.0, norm="operator", input_shape=s),
-        lambda m, s: spectral.orthogonalize_(m, s),
-        lambda m, s: spectral.normalize_(m, s),
+        lambda m, s: lipschitz.orthogonalize_(m, s),
+        lambda m, s: lipschitz.normalize_(m, s),
         lambda m, s: lipschitz.lipschitz_upper_bound(m, s),
     ],
 )
@@ -292,15 +292,15 @@ def test_a_wrong_input_shape_is_named_not_a_conv_error(call, shape):
 
 
 def test_orthogonalize_or_normalize_twice_is_one_line_naming_what_was_done():
-    model = spectral.orthogonalize_(models.lipnet(width=4), (1, 28, 28))
-    for again in (spectral.orthogonalize_, spectral.normalize_):
+    model = lipschitz.orthogonalize_(models.lipnet(width=4), (1, 28, 28))
+    for again in (lipschitz.orthogonalize_, lipschitz.normalize_):
         with pytest.raises(ValueError) as error:
             again(model, (1, 28, 28))
         message = str(error.value)
         assert "\n" not in message and "already" in message and "once" in message
-    normalized = spectral.normalize_(models.lipnet(width=4), (1, 28, 28))
+    normalized = lipschitz.normalize_(models.lipnet(width=4), (1, 28, 28))
     with pytest.raises(ValueError, match="already normalized by normalize_") as error:
-        spectral.orthogonalize_(normalized, (1, 28, 28))
+        lipschitz.orthogonalize_(normalized, (1, 28, 28))
     assert "\n" not in str(error.value)
 
 

@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from kernel_reg import lipschitz, margin, models, spectral
+from kernel_reg import lipschitz, models
 from kernel_reg.app.training import spectral_upper_bound
-from kernel_reg.orthogonal import CayleyConv2d
+from kernel_reg.lipschitz.orthogonal import CayleyConv2d
 
 
 @pytest.mark.parametrize(
@@ -53,7 +53,7 @@ def small_lipnet(seed: int) -> nn.Sequential:
     """``models.lipnet`` at width 2 for 1x12x12 inputs (unshuffles 12 -> 6 -> 3), orthogonalized."""
     torch.manual_seed(seed)
     body = list(models.lipnet(width=2))[:-1]
-    return spectral.orthogonalize_(nn.Sequential(*body, nn.Linear(8 * 9, 3, bias=False)).double(), (1, 12, 12))
+    return lipschitz.orthogonalize_(nn.Sequential(*body, nn.Linear(8 * 9, 3, bias=False)).double(), (1, 12, 12))
 
 
 def test_orthogonalize_makes_every_convolution_orthogonal_and_the_network_1_lipschitz(explicit_matrix):
@@ -65,7 +65,7 @@ def test_orthogonalize_makes_every_convolution_orthogonal_and_the_network_1_lips
         assert layer.size == shapes[layer][-2:]
         singular = np.linalg.svd(explicit_matrix(layer, shapes[layer]), compute_uv=False)
         np.testing.assert_allclose(singular, 1.0, atol=1e-10)
-    spectral.renormalize_(model, steps=2000)  # the Linear layer: divided by its norm
+    lipschitz.renormalize_(model, steps=2000)  # the Linear layer: divided by its norm
     bound = lipschitz.lipschitz_upper_bound(model, (1, 12, 12))
     assert 1.0 - 1e-6 <= bound <= 1.0 + 1e-3
     x = torch.rand(64, 1, 12, 12, dtype=torch.float64)
@@ -74,7 +74,7 @@ def test_orthogonalize_makes_every_convolution_orthogonal_and_the_network_1_lips
     linear = np.linalg.svd(model[-1].weight.detach().numpy(), compute_uv=False).max()
     assert spectral_upper_bound(model) == pytest.approx(linear, rel=1e-3)
     # the margin's estimate of L: 1 for orthogonal layers, power iteration for the Linear one
-    estimate = margin.LipschitzMargin(eps=0.5, input_shape=(1, 12, 12), steps=500).lipschitz(model)
+    estimate = lipschitz.LipschitzMargin(eps=0.5, input_shape=(1, 12, 12), steps=500).lipschitz(model)
     assert float(estimate.detach()) == pytest.approx(bound, rel=1e-3)
     twin = small_lipnet(3)  # other kernels and vectors
     twin.load_state_dict(model.state_dict())
@@ -83,12 +83,12 @@ def test_orthogonalize_makes_every_convolution_orthogonal_and_the_network_1_lips
 
 def test_orthogonalize_refuses_convolutions_it_cannot_make_orthogonal():
     with pytest.raises(ValueError, match=r"layer '1' is Conv2d\(1, 8"):  # zero padding, max-pooled VGG-5
-        spectral.orthogonalize_(models.vgg5_stable(widths=(8, 8, 8, 8)), (1, 28, 28))
+        lipschitz.orthogonalize_(models.vgg5_stable(widths=(8, 8, 8, 8)), (1, 28, 28))
     strided = nn.Sequential(nn.Conv2d(1, 2, 3, stride=2, padding=1, padding_mode="circular"))
     with pytest.raises(ValueError, match="stride 1"):
-        spectral.orthogonalize_(strided, (1, 8, 8))
+        lipschitz.orthogonalize_(strided, (1, 8, 8))
     with pytest.raises(ValueError, match="wrap the Conv2d"):
-        spectral.orthogonalize_(nn.Conv2d(1, 2, 3, padding=1, padding_mode="circular"), (1, 8, 8))
+        lipschitz.orthogonalize_(nn.Conv2d(1, 2, 3, padding=1, padding_mode="circular"), (1, 8, 8))
 
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
@@ -96,7 +96,7 @@ def test_an_orthogonal_lipnet_runs_on_the_device_of_its_weights(device):
     if device == "cuda" and not torch.cuda.is_available():
         pytest.skip("no CUDA device")
     torch.manual_seed(0)
-    model = spectral.orthogonalize_(models.lipnet(width=4).to(device), (1, 28, 28))
+    model = lipschitz.orthogonalize_(models.lipnet(width=4).to(device), (1, 28, 28))
     x = torch.rand(8, 1, 28, 28, device=device)
     out = model(x)
     assert out.device.type == device and all(p.device.type == device for p in model.parameters())
@@ -104,7 +104,7 @@ def test_an_orthogonal_lipnet_runs_on_the_device_of_its_weights(device):
     torch.testing.assert_close(twin(x.cpu()), out.detach().cpu(), atol=1e-5, rtol=1e-4)
     out.logsumexp(1).sum().backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters())
-    spectral.renormalize_(model, steps=500)
+    lipschitz.renormalize_(model, steps=500)
     assert lipschitz.lipschitz_upper_bound(model, (1, 28, 28), iters=20) <= 1.0 + 1e-4  # float32 rounding
 
 
@@ -134,7 +134,7 @@ def test_the_cayley_transform_stays_orthogonal_after_set_num_threads():
 
     script = (
         "import torch\n"
-        "from kernel_reg.orthogonal import CayleyConv2d\n"
+        "from kernel_reg.lipschitz.orthogonal import CayleyConv2d\n"
         "torch.set_num_threads(torch.get_num_threads())\n"
         "torch.manual_seed(0)\n"
         "layer = CayleyConv2d(256, 128, 3, (7, 7))\n"

@@ -172,21 +172,21 @@ def test_normalization_divides_each_layer_by_its_exact_operator_norm(make, shape
     layer = nn.Sequential(make()).double()
     with torch.no_grad():
         layer[0].weight.mul_(5.0)
-    cold = spectral.normalize_(nn.Sequential(make()).double(), shape, warmup=0)
+    cold = lipschitz.normalize_(nn.Sequential(make()).double(), shape, warmup=0)
     exact_cold = np.linalg.svd(explicit_matrix(cold, shape), compute_uv=False).max()
     assert exact_cold >= 1.0 - 1e-9  # ||A v|| <= sigma_max whatever v: never below 1
-    spectral.normalize_(layer, shape, warmup=2000)
+    lipschitz.normalize_(layer, shape, warmup=2000)
     exact = np.linalg.svd(explicit_matrix(layer, shape), compute_uv=False).max()
     assert 1.0 - 1e-9 <= exact <= 1.0 + 1e-4  # v converged: W_eff = W / sigma_max(A_W)
     with pytest.raises(ValueError, match="already parametrized"):
-        spectral.normalize_(layer, shape)
+        lipschitz.normalize_(layer, shape)
 
 
 def small_lipnet(seed: int) -> nn.Sequential:
     """``models.lipnet`` at width 2 for 1x8x8 inputs (unshuffles 8 -> 4 -> 2), its weights normalized."""
     torch.manual_seed(seed)
     body = list(models.lipnet(width=2))[:-1]
-    return spectral.normalize_(nn.Sequential(*body, nn.Linear(8 * 4, 3, bias=False)).double(), (1, 8, 8))
+    return lipschitz.normalize_(nn.Sequential(*body, nn.Linear(8 * 4, 3, bias=False)).double(), (1, 8, 8))
 
 
 def test_normalization_follows_the_weights_and_round_trips_through_a_state_dict(explicit_matrix):
@@ -202,7 +202,7 @@ def test_normalization_follows_the_weights_and_round_trips_through_a_state_dict(
         optimizer.zero_grad()
         model(x).square().sum().neg().backward()
         optimizer.step()
-        spectral.renormalize_(model)
+        lipschitz.renormalize_(model)
     shapes = lipschitz.input_shapes(model, (1, 8, 8))
 
     def exact_norms():
@@ -212,7 +212,7 @@ def test_normalization_follows_the_weights_and_round_trips_through_a_state_dict(
         ]
 
     assert min(exact_norms()) >= 1.0 - 1e-9  # one step per update lags, from above
-    spectral.renormalize_(model, steps=2000)  # as training does at the end of each epoch
+    lipschitz.renormalize_(model, steps=2000)  # as training does at the end of each epoch
     np.testing.assert_allclose(exact_norms(), 1.0, rtol=1e-4)
     twin = small_lipnet(5)  # other weights and vectors
     twin.load_state_dict(model.state_dict())

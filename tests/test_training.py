@@ -295,7 +295,7 @@ def test_a_normalized_run_keeps_every_layer_at_norm_one_resumes_and_certifies_be
     tmp_path, tiny, normalization
 ):
     from kernel_reg.app.evaluation import EvalSettings, accuracy, evaluate_run
-    from kernel_reg.orthogonal import CayleyConv2d
+    from kernel_reg.lipschitz.orthogonal import CayleyConv2d
 
     config = tiny(tmp_path, model="lipnet", width=4, num_epochs=2, lipschitz_margin=0.3,
                   normalization=normalization, ce_scale=10.0)  # fmt: skip
@@ -443,7 +443,7 @@ def test_a_step_that_shares_its_forward_pass_with_grad_l2_takes_the_step_of_the_
     import torch.nn.functional as F
 
     from kernel_reg.app.training import Regularizers, step
-    from kernel_reg.margin import LipschitzMargin
+    from kernel_reg.lipschitz import LipschitzMargin
     from kernel_reg.penalties import LossGradientPenalty
 
     x, y = batch

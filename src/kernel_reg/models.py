@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .arguments import check_choice, check_int
+from .lipschitz.activations import MaxMin
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2023, 0.1994, 0.2010)
@@ -83,23 +84,6 @@ class BasicBlock(nn.Module):
     def lipschitz_upper_bound(self, child_bound: Callable[[nn.Module], float]) -> float:
         """Sum rule: Lip(relu(g(x) + s(x))) <= Lip(conv2) Lip(conv1) + Lip(s)."""
         return child_bound(self.conv2) * child_bound(self.conv1) + child_bound(self.shortcut)
-
-
-class MaxMin(nn.Module):
-    """The MaxMin activation (GroupSort with groups of two; Anil, Lucas and Grosse, ICML 2019): channels in
-    pairs (a, b) become (max(a, b), min(a, b)). A permutation of its input at every point, so it keeps the
-    l2 norm of differences at most as large (1-Lipschitz) and, unlike ReLU, keeps the norm of the gradient:
-    constrained networks keep their capacity.
-
-    Shape:
-        x: (n, C, *spatial) with C even; output: the same.
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[1] % 2:
-            raise ValueError(f"MaxMin pairs channels: it needs an even number of them, got {x.shape[1]}")
-        a, b = x.chunk(2, dim=1)
-        return torch.cat([torch.maximum(a, b), torch.minimum(a, b)], dim=1)
 
 
 # ELU: smooth (continuous derivative), so input-gradient penalties see its curvature, which ReLU's zero second

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .. import models, spectral
+from .. import lipschitz, models
 from .config import Config, check_device
 from .data import NUM_CLASSES, DataMismatchError, DataRecord, Splits, data_mismatch, load_dataset, make_splits
 from .rundir import CHECKPOINT, CONFIG, RunFolderError, read_checkpoint, read_config, read_provenance
@@ -71,9 +71,9 @@ def build_model(config: Config, device: torch.device, input_shape: Sequence[int]
         if input_shape is None:
             raise ValueError(f"normalization={config.normalization!r} needs input_shape, the shape of one model input")
         if config.normalization == "orthogonal":
-            spectral.orthogonalize_(model, input_shape)
+            lipschitz.orthogonalize_(model, input_shape)
         else:
-            spectral.normalize_(model, input_shape)
+            lipschitz.normalize_(model, input_shape)
     return model
 
 

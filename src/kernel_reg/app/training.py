@@ -24,8 +24,8 @@ from ..attacks import Attack
 from ..deformations import RandomDeformation
 from ..distributed import SINGLE, Group
 from ..guard import preserved_state
-from ..margin import LipschitzMargin
-from ..orthogonal import CayleyConv2d
+from ..lipschitz.margin import LipschitzMargin
+from ..lipschitz.orthogonal import CayleyConv2d
 from ..progress import progress
 from . import environment, regularizers
 from .builders import build_model, load_data, load_weights, resolve_device
@@ -187,7 +187,7 @@ def step(
     optimizer.zero_grad(set_to_none=True)
     total.backward()
     optimizer.step()
-    spectral.renormalize_(model)
+    lipschitz.renormalize_(model)
     if regs.projection is not None:
         regs.projection(model, epoch)
     return terms
@@ -424,7 +424,7 @@ def _train(
                     step(model, x[shard], y[shard], regs, optimizer, epoch=epoch, trained=trained, group=group)
                 except TrainingDiverged as error:
                     raise TrainingDiverged(f"{error} at epoch {epoch}; {kept()}") from None
-            spectral.renormalize_(model, steps=EPOCH_POWER_STEPS)  # the weights evaluated and saved: norms at 1
+            lipschitz.renormalize_(model, steps=EPOCH_POWER_STEPS)  # the weights evaluated and saved: norms at 1
             if regs.projection is not None:
                 regs.projection.finish_epoch(model, epoch)
             scheduler.step()
