@@ -94,3 +94,33 @@ def test_deformation_penalties_apply_to_the_first_examples_when_asked():
     made.penalty = lambda model, x, y: seen.append(len(x)) or torch.zeros(())
     made(None, torch.zeros(8, 1, 4, 4), None)
     assert seen == [3]
+
+
+# the registry's hyperparameter -> the attribute of the library object that holds it
+LIBRARY_ATTRIBUTE = {"epsilon": "eps"}
+
+
+@pytest.mark.parametrize("name", list(REGISTRY))
+def test_every_command_line_default_is_the_librarys_unless_it_says_why(name):
+    """One source of defaults: the library class's signature. A registry default that differs declares why
+    (the original's flag), and then really differs, so that a stale reason fails too."""
+    entry = regularizers.REGISTRY[name]
+    built = entry.build(entry.defaults(), regularizers.Context(input_shape=(1, 28, 28)))
+    bare = type(built)()  # every library default
+    checked = 0
+    for param in entry.params:
+        attribute = LIBRARY_ATTRIBUTE.get(param.name, param.name)
+        holder_built, holder_bare = (built.sampler, bare.sampler) if param.name == "amplitude" else (built, bare)
+        if not hasattr(holder_bare, attribute):
+            continue  # a setting of the application (e.g. examples_per_batch), not of the library object
+        checked += 1
+        assert getattr(holder_built, attribute) == param.default
+        library = getattr(holder_bare, attribute)
+        if param.differs:
+            assert library != param.default, f"{name}.{param.name}: says it differs ({param.differs}), but does not"
+        else:
+            assert library == param.default, (
+                f"{name}.{param.name}: the command line's default {param.default!r} is not the library's {library!r}; "
+                "take the library's, or say why with Param(differs=...)"
+            )
+    assert checked >= 1

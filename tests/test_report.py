@@ -39,8 +39,8 @@ def test_the_issues_example_is_two_studies_not_two_seeds(tmp_path):
     assert [g.experiment for g in groups] == ["fmnist1000_vgg5", "fmnist300_vgg5"]
     assert all(len(g.runs) == 1 for g in groups)
     table, _ = write_report(tmp_path)
-    assert "| pgd-l2 | epsilon=1 | 1 | - | 1 | 50.0 | 90.0 +- 0.0 | fmnist1000_vgg5/pgd |" in table
-    assert "| pgd-l2 | epsilon=1 | 1 | - | 1 | 50.0 | 2.0 +- 0.0 | fmnist300_vgg5/pgd |" in table
+    assert "| pgd-l2 | epsilon=1 | 1 | - | 1 | 50.0 | 90.0 (1 seed) | fmnist1000_vgg5/pgd |" in table
+    assert "| pgd-l2 | epsilon=1 | 1 | - | 1 | 50.0 | 2.0 (1 seed) | fmnist300_vgg5/pgd |" in table
     assert "+- 43" not in table  # the issue's 45.0 +- 43.7 pooled the two
 
 

@@ -75,8 +75,9 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     for reg in regularizers.REGISTRY.values():
         for param in reg.params:
             key = f"{reg.name}.{param.name}"
+            default = f"default {param.default}" + (f", not the library's: {param.differs}" if param.differs else "")
             hyper.add_argument(f"--{key}", dest=_PARAM + key, type=_typed(param.parse), default=None, metavar="V",
-                               help=f"{param.help} (default {param.default})")  # fmt: skip
+                               help=f"{param.help} ({default})")  # fmt: skip
     original = parser.add_argument_group("the original's shared flags: each sets its hyperparameter in every selected "
                                          "regularizer that reads it")  # fmt: skip
     for alias, pairs in regularizers.ALIASES.items():

@@ -43,6 +43,9 @@ class Param:
     strength: bool = False
     maximum: float | None = None
     choices: tuple[str, ...] = ()
+    # why the command line's default differs from the library's (the library class's signature is the truth:
+    # a test checks that every other default equals it)
+    differs: str = ""
 
     def check(self, value: Any, owner: str) -> Value:
         """``value`` validated (ints accepted for floats); ValueError naming ``owner.name`` otherwise."""
@@ -125,8 +128,13 @@ def _lmbda(default: float, alias: str | None, strength: bool = True) -> Param:
     return Param("lmbda", default, "weight", "weight of the penalty", alias, strength)
 
 
+# the original's shared --epsilon flag defaults to 0.1 for every regularizer it sets; the library's classes to
+# their own radius (1.0 in l2)
+ORIGINAL_EPSILON = "the original's shared --epsilon flag, 0.1 for every regularizer it sets"
+
+
 def _epsilon(help: str) -> Param:
-    return Param("epsilon", 0.1, "positive", help, "epsilon", strength=True)
+    return Param("epsilon", 0.1, "positive", help, "epsilon", strength=True, differs=ORIGINAL_EPSILON)
 
 
 def _steps(help: str) -> Param:
@@ -204,11 +212,13 @@ REGISTRY: dict[str, Regularizer] = {
         ),
         _deformation_entry(
             "stability", "||f||_tau^2, stability to random deformations", penalties.DeformationStabilityPenalty,
-            "lmbdast", Param("deformations", 8, "count", "random deformations per example", "stability_tr_per_ex"),
+            "lmbdast", Param("deformations", 8, "count", "random deformations per example", "stability_tr_per_ex",
+                             differs="the original's --stability_tr_per_ex, 8"),
         ),
         _deformation_entry(
             "gradtangent", "||D_tau f||^2, gradients along deformation tangents", penalties.TangentGradientPenalty,
-            "lmbdatan", Param("deformations", 8, "count", "tangent vectors per example", "stability_num_deformations"),
+            "lmbdatan", Param("deformations", 8, "count", "tangent vectors per example", "stability_num_deformations",
+                              differs="the original's --stability_num_deformations, 8"),
             *_gradient_method(),
         ),
         _entry(
@@ -220,7 +230,7 @@ REGISTRY: dict[str, Regularizer] = {
         _entry(
             "pgd-linf", "attack", "adversarial training with PGD in the linf ball",
             (Param("epsilon", 0.1, "positive", "radius of the linf ball on inputs in [0, 1]: 8/255 is 0.0314",
-                   "epsilon", strength=True, maximum=1.0),
+                   "epsilon", strength=True, maximum=1.0, differs=ORIGINAL_EPSILON),
              _steps("PGD steps"),
              Param("step_size", 0.01, "positive", "size of a sign step on inputs in [0, 1]", "linf_step_size",
                    maximum=1.0)),

@@ -122,8 +122,9 @@ def selection_table(runs: list[RunSummary]) -> str:
         members = selection.of(method)
         params = hyperparameter_text(members[0].config) or "-"
         tests = [100 * r.best.test_acc for r in members]
-        spread = statistics.stdev(tests) if len(tests) > 1 else 0.0
-        test = f"{statistics.mean(tests):.1f} +- {spread:.1f}"
+        # one seed has no spread: "74.9 (1 seed)", never a misleading "+- 0.0"
+        spread = f" +- {statistics.stdev(tests):.1f}" if len(tests) > 1 else " (1 seed)"
+        test = f"{statistics.mean(tests):.1f}{spread}"
         pooled = ", ".join(sorted(r.name for r in members))
         tried = len(selection.family(method))
         where = bracket(selection, method, diverged)
