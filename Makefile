@@ -12,6 +12,9 @@ BIN := $(VENV)/bin
 TORCH_STAMP := $(VENV)/.torch
 RUNTIME := $(VENV)/.installed
 DEV := $(VENV)/.installed-dev
+# the library: what a researcher imports into their own training loop (mypy --strict; never imports kernel_reg.app)
+LIBRARY := $(addprefix src/kernel_reg/,penalties attacks spectral lipschitz models.py deformations.py tensors.py \
+	guard.py arguments.py distributed.py progress.py deprecation.py)
 
 .PHONY: setup test demo lint docs FORCE
 
@@ -37,6 +40,7 @@ lint: $(DEV)
 	$(BIN)/ruff check src tests bench scripts examples
 	$(BIN)/ruff format --check src tests bench scripts examples
 	$(BIN)/mypy
+	$(BIN)/mypy --strict $(LIBRARY)
 	$(BIN)/lint-imports
 
 docs: $(DEV)

@@ -69,4 +69,4 @@ def margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 def in_chunks(fn: Callable[[torch.Tensor], torch.Tensor], inputs: torch.Tensor, chunk_size: int) -> torch.Tensor:
     """``fn`` on ``chunk_size`` rows of ``inputs`` at a time, the results concatenated along dim 0 (a large
     batch through a model without holding all its activations at once)."""
-    return torch.cat([fn(chunk) for chunk in inputs.split(chunk_size)])
+    return torch.cat([fn(chunk) for chunk in torch.split(inputs, chunk_size)])

@@ -17,7 +17,8 @@ def _p_schedule(p_init: float, query: int, queries: int) -> float:
     6000 and 8000 queries of a 10,000-query budget (rescaled to ``queries``)."""
     scaled = int(query / queries * 10000)
     halvings = sum(scaled > t for t in (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000))
-    return p_init / 2**halvings
+    out: float = p_init / 2**halvings
+    return out
 
 
 def _meta_pattern(size: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
@@ -33,7 +34,8 @@ def _meta_pattern(size: int, device: torch.device, dtype: torch.dtype) -> torch.
         cols = torch.arange(width, device=device, dtype=dtype) - (width - 1) / 2
         ring = torch.maximum(rows.abs()[:, None], cols.abs()[None, :]).floor()
         pattern[:, block] = sign / (ring + 1) ** 2
-    return pattern / pattern.norm()
+    out: torch.Tensor = pattern / pattern.norm()
+    return out
 
 
 class Square(BallAttack):

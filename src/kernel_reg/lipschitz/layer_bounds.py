@@ -99,7 +99,8 @@ def gram_iteration_bound(matrices: torch.Tensor, iters: int = 12) -> torch.Tenso
         log_scale = 2.0 * (log_scale + norm.log())
         g = g.mH @ g
     log_sigma = (log_scale + torch.linalg.matrix_norm(g).log()) / 2.0**iters
-    return log_sigma.exp()
+    out: torch.Tensor = log_sigma.exp()
+    return out
 
 
 def _conv_padding(conv: nn.Conv2d) -> tuple[int, int]:
@@ -201,7 +202,8 @@ def _layer_bound(module: nn.Module, input_shape: Sequence[int], iters: int) -> f
     if isinstance(module, nn.Conv2d):
         return conv_operator_norm_upper_bound(module, input_shape, iters)
     if isinstance(module, (nn.ReLU, nn.LeakyReLU, nn.Tanh, nn.Identity, nn.Flatten, nn.Dropout, MaxMin)):
-        return max(1.0, abs(getattr(module, "negative_slope", 1.0)))
+        out: float = max(1.0, abs(getattr(module, "negative_slope", 1.0)))
+        return out
     if isinstance(module, nn.ELU):  # slope 1 above 0, alpha e^x below
         return max(1.0, abs(float(module.alpha)))
     if isinstance(module, (nn.PixelUnshuffle, nn.PixelShuffle)):  # permutations of the entries

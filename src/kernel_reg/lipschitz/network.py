@@ -47,7 +47,7 @@ def input_shapes(model: nn.Module, input_shape: Sequence[int]) -> dict[nn.Module
         raise ValueError(f"input_shape {shape} is not a shape of positive integers; {hint}")
     shapes: dict[nn.Module, tuple[int, ...]] = {}
 
-    def record(module: nn.Module, args: tuple) -> None:
+    def record(module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
         shapes.setdefault(module, tuple(args[0].shape[1:]))
 
     layers = [m for name, m in model.named_modules() if "parametrizations" not in name.split(".")]  # not W's maps
@@ -125,7 +125,8 @@ def compose_bound(
 
     def bound(module: nn.Module) -> Bound:
         if isinstance(module, LipschitzBounded):
-            return module.lipschitz_upper_bound(bound)
+            out: Bound = module.lipschitz_upper_bound(bound)
+            return out
         if isinstance(module, nn.Sequential):
             result: Bound = 1.0
             for child in module:

@@ -49,7 +49,8 @@ class OperatorNormalization(nn.Module):
         self.register_buffer("v", _unit(torch.randn(1, *input_shape, device=weight.device, dtype=weight.dtype)))
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        return weight / self.operator(weight, self.v).flatten().norm()
+        out: torch.Tensor = weight / self.operator(weight, self.v).flatten().norm()
+        return out
 
     def power_step_(self, weight: torch.Tensor, steps: int | None = None) -> None:
         """v <- A^T A v / ||A^T A v|| (``steps`` times, default the parametrization's), A = A_weight."""

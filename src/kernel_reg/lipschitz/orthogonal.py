@@ -106,7 +106,8 @@ class CayleyConv2d(nn.Module):
             q = torch.stack([torch.linalg.solve(a, b) for a, b in pairs]).view_as(skew)
             if not _solved(eye + skew, q, eye - skew):
                 raise RuntimeError(f"{self}: torch.linalg.solve gives wrong solutions on this machine")
-        return q[..., : self.out_channels, : self.in_channels]
+        out: torch.Tensor = q[..., : self.out_channels, : self.in_channels]
+        return out
 
     def _frozen_spectrum(self) -> torch.Tensor:
         """``spectrum()`` without a graph, computed again only when the kernel has changed (compared value
@@ -132,7 +133,8 @@ class CayleyConv2d(nn.Module):
         x_hat = torch.fft.rfft2(x).permute(2, 3, 1, 0).reshape(freqs_h * freqs_w, self.in_channels, -1)
         y_hat = q.reshape(freqs_h * freqs_w, self.out_channels, self.in_channels) @ x_hat  # (f, out, n)
         y_hat = y_hat.view(freqs_h, freqs_w, self.out_channels, -1).permute(3, 2, 0, 1)
-        return torch.fft.irfft2(y_hat, s=self.size)
+        out: torch.Tensor = torch.fft.irfft2(y_hat, s=self.size)
+        return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.linear(x)

@@ -16,7 +16,6 @@ from ..arguments import (
     check_positive,
     describe,
 )
-from ..deformations import RandomDeformation
 from ..distributed import SINGLE, Group
 from ..guard import preserved_state, uncompiled
 
@@ -223,23 +222,6 @@ def finite_difference(
         (coefficient * (plus - base) / h).flatten(1).sum(1) if plus.dim() > 1 else coefficient * (plus - base) / h
     )
     return value.detach() + surrogate - surrogate.detach()
-
-
-def _own_class_logits(model: nn.Module, inputs: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
-    """f_{classes[c]}(inputs[c, i]) for inputs (c, n, *shape): one logit per copy of the batch, (c, n)."""
-    c, n = inputs.shape[:2]
-    logits = model(inputs.flatten(0, 1)).view(c, n, -1)
-    return logits.gather(2, classes.view(c, 1, 1).expand(c, n, 1)).squeeze(2)
-
-
-def _draw_fields(sampler: RandomDeformation, group: Group, x: torch.Tensor, m: int) -> torch.Tensor:
-    """``m`` random displacement fields per example of the image batch x: (n, m, H, W, 2)."""
-    height, width = x.shape[-2:]
-
-    def sample(count: int) -> torch.Tensor:
-        return sampler.sample(count * m, height, width, device=x.device, dtype=x.dtype).view(count, m, height, width, 2)
-
-    return group.draw(sample, x.shape[0])
 
 
 class FirstExamples(Penalty):

@@ -99,10 +99,11 @@ class DeformationStabilityPenalty(SupremumPenalty):
             changes[:, 0] = (model(deform(x, fields[:, 0])) - clean).pow(2)
             rows = torch.arange(n, device=x.device)
             if self.candidates is not None and self.candidates < n:
-                rows = changes[:, 0].topk(self.candidates, dim=0).indices.flatten().unique()
+                rows = changes[:, 0].topk(self.candidates, dim=0).indices.flatten()
+                rows = torch.unique(rows)
             if m > 1:
                 moved = deform(x[rows].repeat_interleave(m - 1, dim=0), fields[rows, 1:].flatten(0, 1))
-                rest = torch.cat([model(chunk) for chunk in moved.split(self.chunk_size or n)])
+                rest = torch.cat([model(chunk) for chunk in torch.split(moved, self.chunk_size or n)])
                 changes[rows, 1:] = (rest.view(len(rows), m - 1, k) - clean[rows, None]).pow(2)
         scores, winners = changes.flatten(0, 1).max(0)  # (k,), indices i * m + r
         examples, which = winners // m, winners % m
@@ -113,7 +114,8 @@ class DeformationStabilityPenalty(SupremumPenalty):
         x_sel, fields = winners
         k = x_sel.shape[0]
         logits = model(torch.cat([deform(x_sel, fields), x_sel]))
-        return (logits[:k].diagonal() - logits[k:].diagonal()).pow(2)
+        out: torch.Tensor = (logits[:k].diagonal() - logits[k:].diagonal()).pow(2)
+        return out
 
 
 class TangentGradientPenalty(SupremumPenalty):

@@ -17,7 +17,8 @@ def _own_class_logits(model: nn.Module, inputs: torch.Tensor, classes: torch.Ten
     """f_{classes[c]}(inputs[c, i]) for inputs (c, n, *shape): one logit per copy of the batch, (c, n)."""
     c, n = inputs.shape[:2]
     logits = model(inputs.flatten(0, 1)).view(c, n, -1)
-    return logits.gather(2, classes.view(c, 1, 1).expand(c, n, 1)).squeeze(2)
+    out: torch.Tensor = logits.gather(2, classes.view(c, 1, 1).expand(c, n, 1)).squeeze(2)
+    return out
 
 
 class AdversarialPerturbationPenalty(SupremumPenalty):
@@ -91,7 +92,7 @@ class AdversarialPerturbationPenalty(SupremumPenalty):
         k, m = x_pool.shape[:2]
         classes_per_pass = max(1, (self.chunk_size or m) // m)
         deltas, values = [], []
-        for classes in torch.arange(k, device=x_pool.device).split(classes_per_pass):
+        for classes in torch.split(torch.arange(k, device=x_pool.device), classes_per_pass):
             x_rep, d = x_pool[classes], delta[classes]
             for _ in range(self.steps - 1):
                 d.requires_grad_(True)
@@ -128,7 +129,8 @@ class AdversarialPerturbationPenalty(SupremumPenalty):
         x_sel, delta = winners
         k = x_sel.shape[0]
         logits = model(torch.cat([x_sel + delta, x_sel]))
-        return (logits[:k].diagonal() - logits[k:].diagonal()).pow(2)
+        out: torch.Tensor = (logits[:k].diagonal() - logits[k:].diagonal()).pow(2)
+        return out
 
 
 def _kl(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:

@@ -60,7 +60,8 @@ class OperatorNorms(nn.Module):
 
 
 def _unit(v: torch.Tensor) -> torch.Tensor:
-    return v / v.flatten().norm().clamp_min(torch.finfo(v.dtype).tiny)
+    out: torch.Tensor = v / v.flatten().norm().clamp_min(torch.finfo(v.dtype).tiny)
+    return out
 
 
 @torch.no_grad()

@@ -50,7 +50,8 @@ def clip_singular_values(mat: torch.Tensor, tau: float) -> torch.Tensor:
         clipped = work - basis @ (shrink[:, None] * (basis.T @ work))
     else:
         clipped = work - ((work @ basis) * shrink) @ basis.T
-    return clipped.to(mat.dtype)
+    out: torch.Tensor = clipped.to(mat.dtype)
+    return out
 
 
 NORMS = ("reshaped", "operator")
