@@ -145,22 +145,27 @@ def test_a_checkpoint_without_metrics_is_reported(tmp_path):
     assert "it has a checkpoint.pt but no metrics rows" in warnings[0]
 
 
-def test_the_paired_table_calls_a_gain_only_beyond_two_standard_errors(tmp_path):
+def test_the_paired_table_calls_a_gain_by_the_holm_adjusted_t_test(tmp_path):
+    from kernel_reg.app.statistics import family
+
     baseline = [0.70, 0.72, 0.74]
     for seed, acc in enumerate(baseline):
         make_run(tmp_path, f"none_s{seed}", acc, shuf_seed=seed)
     steady = [0.03, 0.031, 0.029]  # + 3 points every time: a gain
-    noisy = [0.05, -0.04, 0.0]  # + 0.33 points on average, +- 2.6: no difference
+    noisy = [0.05, -0.04, 0.0]  # + 0.33 points on average, +- 2.6: no evidence
     for seed in range(3):
         make_run(tmp_path, f"gp_s{seed}", baseline[seed] + steady[seed], regs=("gradient-penalty",), shuf_seed=seed)
         make_run(tmp_path, f"vat_s{seed}", baseline[seed] + noisy[seed], regs=("vat",), shuf_seed=seed)
     table = paired_table(collect_runs(tmp_path))
-    assert "| gradient-penalty | lmbda=0.1 | 3 | +3.00 +- 0.06 | gain |" in table
-    mean = 100 * sum(noisy) / 3
-    error = 100 * statistics.stdev(noisy) / 3**0.5
-    assert f"| vat | lmbda=1, epsilon=0.1 | 3 | {mean:+.2f} +- {error:.2f} | no difference shown |" in table
-    two = paired_table([r for r in collect_runs(tmp_path) if r.config.shuf_seed < 2])
-    assert "(needs 3 paired seeds)" in two
+    expected = family({"gp": [100 * d for d in steady], "vat": [100 * d for d in noisy]})  # one family of two
+    gp, vat = expected["gp"], expected["vat"]
+    assert (f"| gradient-penalty | lmbda=0.1 | 3 | +3.00 [{gp.low:+.2f}, {gp.high:+.2f}] | {gp.p_holm:.3g} | gain "
+            "| +3.00 +- 0.06 |") in table  # fmt: skip
+    assert (f"| vat | lmbda=1, epsilon=0.1 | 3 | {vat.mean:+.2f} [{vat.low:+.2f}, {vat.high:+.2f}] | "
+            f"{vat.p_holm:.3g} | no evidence | {vat.mean:+.2f} +- {vat.se:.2f} |") in table  # fmt: skip
+    assert "over the 2 comparisons of this table" in table
+    one = paired_table([r for r in collect_runs(tmp_path) if r.config.shuf_seed < 1])
+    assert "needs 2 paired subsets" in one
 
 
 def test_the_projection_is_paired_with_the_method_alone_on_the_same_subsets(tmp_path):
@@ -175,7 +180,8 @@ def test_the_projection_is_paired_with_the_method_alone_on_the_same_subsets(tmp_
     differences = [100 * (b - a) for a, b in zip(alone, with_projection)]
     mean, error = statistics.mean(differences), statistics.stdev(differences) / 3**0.5
     section = table.split("Adding the projection")[1]
-    assert f"| gradient-penalty+project-sn | lmbda=0.1, tau=0.5 | 3 | {mean:+.2f} +- {error:.2f} | gain |" in section
+    assert f"| gradient-penalty+project-sn | lmbda=0.1, tau=0.5 | 3 | {mean:+.2f} [" in section
+    assert f"| {mean:+.2f} +- {error:.2f} |" in section
     assert "pgd-l2+project-sn" not in section
 
 

@@ -7,7 +7,6 @@ validation set); the table gives the test accuracy there, and the robust and cer
 
 from __future__ import annotations
 
-import math
 import statistics
 from collections.abc import Callable
 from functools import partial
@@ -18,12 +17,14 @@ from .config import (
     format_value,
     hyperparameter_text,
 )
+from .extras import require
 from .plots import plot_learning_curves, plot_rkhs_bracket, plot_tradeoff
 from .rundir import (
     Robustness,
     atomic_write_text,
     check_writable,
 )
+from .statistics import ALPHA, Paired, family
 from .studies import RunSummary, Warn, _mean_val, bracket, collect_runs, seed_of, select, setting_order, studies
 
 # moved in 0.2 (importable from here, with a DeprecationWarning, until 0.3)
@@ -135,20 +136,15 @@ def selection_table(runs: list[RunSummary]) -> str:
     return "\n".join(lines) + "\n"
 
 
-MIN_PAIRED = 3  # paired seeds below which no gain or loss is called
-
-
-def _paired_row(label: str, params: str, differences: list[float]) -> str:
-    """A table row: the paired differences' mean +- standard error and a verdict that calls a gain or a
-    loss only when the mean exceeds two standard errors, on at least ``MIN_PAIRED`` differences."""
-    if len(differences) < 2:
-        return f"| {label} | {params} | {len(differences)} | - | needs paired seeds |"
-    mean = statistics.mean(differences)
-    error = statistics.stdev(differences) / math.sqrt(len(differences))
-    verdict = "gain" if mean > 2 * error else "loss" if mean < -2 * error else "no difference shown"
-    if len(differences) < MIN_PAIRED:  # two differences estimate their spread too poorly to judge
-        verdict = f"(needs {MIN_PAIRED} paired seeds)"
-    return f"| {label} | {params} | {len(differences)} | {mean:+.2f} +- {error:.2f} | {verdict} |"
+def _paired_row(label: str, params: str, comparison: Paired | None, n: int) -> str:
+    """A table row: the mean paired difference with its 95% t-interval (n - 1 degrees of freedom), the
+    Holm-adjusted p-value over the table's comparisons, the verdict by that p-value, and mean +- standard
+    error (descriptive only)."""
+    if comparison is None:
+        return f"| {label} | {params} | {n} | - | - | needs 2 paired subsets | - |"
+    c = comparison
+    interval = f"{c.mean:+.2f} [{c.low:+.2f}, {c.high:+.2f}]"
+    return f"| {label} | {params} | {c.n} | {interval} | {c.p_holm:.3g} | {c.verdict()} | {c.mean:+.2f} +- {c.se:.2f} |"
 
 
 def _differences(members: list[RunSummary], reference: list[RunSummary]) -> list[float]:
@@ -162,28 +158,37 @@ PROJECTED = "+project-sn"
 
 def paired_table(runs: list[RunSummary]) -> str:
     """Per method at its selected setting, the paired difference of test accuracy to the unregularized
-    baseline on the same training subsets (``_paired_row``); then, for each method combined with the
-    projection ("X+project-sn"), its paired difference to X alone, each at its own selected setting.
-    '' without a baseline."""
+    baseline on the same training subsets; then, for each method combined with the projection
+    ("X+project-sn"), its paired difference to X alone, each at its own selected setting. One family: the
+    p-values are Holm-adjusted over every comparison of the table (``statistics.family``). '' without a
+    baseline."""
     selection = select(runs)
     if "none" not in selection.chosen:
         return ""
-    header = "| {} | selected hyperparameters | paired seeds | test acc - {} (points, mean +- s.e.) | verdict |"
-    lines = [header.format("method", "baseline"), "|---|---|---|---|---|"]
+    rows: list[tuple[str, str, str, list[float]]] = []  # (section, method, its hyperparameters, differences)
     for method in sorted(m for m in selection.chosen if m != "none"):
         members = selection.of(method)
-        params = hyperparameter_text(members[0].config) or "-"
-        lines.append(_paired_row(method, params, _differences(members, selection.of("none"))))
-    combined = sorted(m for m in selection.chosen if m.endswith(PROJECTED) and m[: -len(PROJECTED)] in selection.chosen)
-    if combined:
-        lines += ["", "Adding the projection, each method at its own selected setting:", ""]
-        lines += [header.format("method", "the method alone"), "|---|---|---|---|---|"]
-        for method in combined:
-            members = selection.of(method)
-            params = hyperparameter_text(members[0].config) or "-"
-            alone = selection.of(method[: -len(PROJECTED)])
-            lines.append(_paired_row(method, params, _differences(members, alone)))
-    return "\n".join(lines) + "\n"
+        rows.append(("baseline", method, hyperparameter_text(members[0].config) or "-",
+                     _differences(members, selection.of("none"))))  # fmt: skip
+    combined = [m for m in selection.chosen if m.endswith(PROJECTED) and m[: -len(PROJECTED)] in selection.chosen]
+    for method in sorted(combined):
+        members = selection.of(method)
+        rows.append(("alone", method, hyperparameter_text(members[0].config) or "-",
+                     _differences(members, selection.of(method[: -len(PROJECTED)]))))  # fmt: skip
+    tested = family({f"{section}:{method}": d for section, method, _, d in rows})
+    header = ("| {} | selected hyperparameters | paired subsets | test acc - {} (points): mean [95% t-interval] "
+              "| p (Holm) | verdict | mean +- s.e. (descriptive) |")  # fmt: skip
+    rule = "|---|---|---|---|---|---|---|"
+    lines = [header.format("method", "baseline"), rule]
+    for section, method, params, differences in rows:
+        if section == "alone" and method == min(combined):  # the second table starts
+            lines += ["", "Adding the projection, each method at its own selected setting:", ""]
+            lines += [header.format("method", "the method alone"), rule]
+        lines.append(_paired_row(method, params, tested.get(f"{section}:{method}"), len(differences)))
+    note = (f"\nVerdicts: Holm-adjusted p < {ALPHA:g} over the {len(tested)} comparisons of this table "
+            "(t-test on paired subsets, n - 1 degrees of freedom); 'no evidence' otherwise. Intervals are per "
+            "comparison (not adjusted).\n")  # fmt: skip
+    return "\n".join(lines) + "\n" + note
 
 
 def write_report(
@@ -191,7 +196,7 @@ def write_report(
 ) -> tuple[str, list[Path]]:
     """The Markdown report of the runs under ``root``, one section per study (experiment and setting),
     written with each study's plots to ``out_dir`` (default root); returns its text and the files."""
-    import matplotlib
+    matplotlib = require("matplotlib", "plots", "kernel-reg report (its figures)")
 
     matplotlib.use("Agg")
     runs = collect_runs(root, warn)
