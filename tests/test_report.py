@@ -3,6 +3,7 @@ set-aside, hidden and damaged run folders never reach a table."""
 
 import dataclasses
 import statistics
+from pathlib import Path
 
 import pytest
 
@@ -350,3 +351,22 @@ def test_a_panel_with_one_setting_names_it_in_its_title(tmp_path, monkeypatch):
     titles = [ax.get_title() for ax in several.axes if ax.get_visible()]
     assert titles == ["none", "gradient-penalty (lmbda=0.01)", "vat (lmbda=1)"]  # vat's epsilons: in its legend
     assert "bold: selected by validation" in several._suptitle.get_text()
+
+
+def test_the_paired_gains_figure_shows_each_comparison_and_the_script_draws_the_committed_study(tmp_path):
+    import subprocess
+    import sys
+
+    from kernel_reg.app.plots import plot_paired_gains
+    from kernel_reg.app.statistics import family
+
+    panels = {"1000 examples": family({"vat": [3.0, 3.5, 2.8], "wd": [0.2, -0.4, 0.1]}), "300 examples": {}}
+    assert plot_paired_gains(panels, tmp_path / "gains.png")
+    assert (tmp_path / "gains.png").read_bytes()[:4] == b"\x89PNG"
+    assert not plot_paired_gains({"empty": {}}, tmp_path / "none.png") and not (tmp_path / "none.png").exists()
+    root = Path(__file__).resolve().parents[1]
+    script, study = root / "scripts" / "paired_gains.py", root / "results" / "small_data_fit"
+    done = subprocess.run([sys.executable, str(script), str(study), "--out", str(tmp_path / "study.png")],
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "1000 examples: vat:" in done.stdout and (tmp_path / "study.png").is_file()

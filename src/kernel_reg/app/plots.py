@@ -21,6 +21,7 @@ from .config import (
 from .rundir import (
     Robustness,
 )
+from .statistics import Paired
 from .studies import RunSummary, select
 
 # A method's place in tab20: ten hues for the base methods, and each "+project-sn" combination in the
@@ -350,3 +351,53 @@ def _save(fig: Any, path: Path) -> None:
     fig.savefig(tmp, dpi=110, bbox_inches="tight")
     plt.close(fig)
     tmp.replace(path)
+
+
+# what a reader of the paper calls each method
+READABLE = {
+    "none": "no regularization", "wd": "weight decay", "project-sn": "projection (tau)",
+    "adv-perturbation": "||f||_delta^2", "gradient-penalty": "||grad f||^2", "loss-gradl2": "grad-l2",
+    "loss-gradl1": "grad-l1", "vat": "VAT", "stability": "||f||_tau^2", "gradtangent": "||D_tau f||^2",
+    "pgd-l2": "PGD-l2", "pgd-linf": "PGD-linf",
+}  # fmt: skip
+
+
+def method_label_text(method: str) -> str:
+    """'gradient-penalty+project-sn' -> '||grad f||^2 + projection'."""
+    parts = method.split("+")
+    names = [READABLE.get(p, p) for p in parts if p != "project-sn"]
+    return " + ".join(names + (["projection"] if "project-sn" in parts and names else [])) or READABLE[method]
+
+
+def plot_paired_gains(panels: dict[str, dict[str, Paired]], path: Path, reference: str = "baseline") -> bool:
+    """One panel per study (e.g. '1000 examples'), side by side on a shared method axis: per method, the mean
+    paired difference to the ``reference`` (points) as a dot with its 95% t-interval, filled when the
+    Holm-adjusted verdict is a gain or a loss, open when there is no evidence; a zero line. False when no
+    panel holds a comparison."""
+    import matplotlib.pyplot as plt
+
+    methods = sorted({m for tested in panels.values() for m in tested}, key=lambda m: (m in ("wd", "project-sn"), m))
+    if not methods:
+        return False
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels) + 1.8, 0.36 * len(methods) + 1.4),
+                             sharex=True, sharey=True, squeeze=False)  # fmt: skip
+    rows = {m: len(methods) - 1 - i for i, m in enumerate(methods)}
+    for ax, (title, tested) in zip(axes[0], panels.items()):
+        ax.axvline(0.0, color="0.3", linewidth=0.8)
+        for method, c in tested.items():
+            colour = method_colour(method)
+            filled = c.verdict() != "no evidence"
+            ax.plot([c.low, c.high], [rows[method]] * 2, color=colour, linewidth=2)
+            ax.plot([c.mean], [rows[method]], "o", color=colour, markerfacecolor=colour if filled else "white",
+                    markersize=6)  # fmt: skip
+            ax.annotate(f"n={c.n}", (c.high, rows[method]), xytext=(4, -3), textcoords="offset points", fontsize=7)
+        n_max = max((c.n for c in tested.values()), default=0)
+        ax.set_title(f"{title} (up to {n_max} paired subsets)", fontsize=10)
+        ax.set_xlabel(f"test accuracy - {reference} (points), 95% t-interval", fontsize=9)
+        ax.grid(axis="x", color="0.9")
+        ax.margins(x=0.1)  # room for the n= labels
+    axes[0][0].set_yticks(list(rows.values()), [method_label_text(m) for m in rows], fontsize=8)
+    fig.suptitle("Filled: Holm-adjusted p < 0.05 (gain or loss); open: no evidence", fontsize=8, y=0.995)
+    fig.tight_layout()
+    _save(fig, path)
+    return True

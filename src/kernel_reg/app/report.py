@@ -156,16 +156,17 @@ def _differences(members: list[RunSummary], reference: list[RunSummary]) -> list
 PROJECTED = "+project-sn"
 
 
-def paired_table(runs: list[RunSummary]) -> str:
-    """Per method at its selected setting, the paired difference of test accuracy to the unregularized
-    baseline on the same training subsets; then, for each method combined with the projection
-    ("X+project-sn"), its paired difference to X alone, each at its own selected setting. One family: the
-    p-values are Holm-adjusted over every comparison of the table (``statistics.family``). '' without a
-    baseline."""
+Comparison = tuple[str, str, str, list[float]]  # (reference: "baseline" | "alone", method, hyperparameters, points)
+
+
+def paired_comparisons(runs: list[RunSummary]) -> list[Comparison]:
+    """Per method at its selected setting, its paired differences of test accuracy (points) to the
+    unregularized baseline on the same training subsets; then, for each method combined with the projection
+    ("X+project-sn"), to X alone, each at its own selected setting. [] without a baseline."""
     selection = select(runs)
     if "none" not in selection.chosen:
-        return ""
-    rows: list[tuple[str, str, str, list[float]]] = []  # (section, method, its hyperparameters, differences)
+        return []
+    rows: list[Comparison] = []
     for method in sorted(m for m in selection.chosen if m != "none"):
         members = selection.of(method)
         rows.append(("baseline", method, hyperparameter_text(members[0].config) or "-",
@@ -175,6 +176,16 @@ def paired_table(runs: list[RunSummary]) -> str:
         members = selection.of(method)
         rows.append(("alone", method, hyperparameter_text(members[0].config) or "-",
                      _differences(members, selection.of(method[: -len(PROJECTED)]))))  # fmt: skip
+    return rows
+
+
+def paired_table(runs: list[RunSummary]) -> str:
+    """The ``paired_comparisons`` as Markdown tables, one family: the p-values are Holm-adjusted over every
+    comparison of the table (``statistics.family``). '' without a baseline."""
+    rows = paired_comparisons(runs)
+    if not rows:
+        return ""
+    combined = [method for reference, method, _, _ in rows if reference == "alone"]
     tested = family({f"{section}:{method}": d for section, method, _, d in rows})
     header = ("| {} | selected hyperparameters | paired subsets | test acc - {} (points): mean [95% t-interval] "
               "| p (Holm) | verdict | mean +- s.e. (descriptive) |")  # fmt: skip
