@@ -276,15 +276,18 @@ def test_a_diverged_run_is_recorded_reported_and_skipped_by_sweeps(tmp_path, tin
 
 @pytest.mark.parametrize("relative", [True, False])
 def test_sync_study_copies_records_only_where_it_is_told(tmp_path, relative):
-    """scripts/sync_study.sh copies each run's records, never a checkpoint nor a hidden folder, into the
-    destination as the caller names it (a relative one once landed inside the source folder)."""
+    """scripts/sync_study.sh copies each finished run's records, never a checkpoint, a hidden folder or a run
+    still training, into the destination as the caller names it (a relative one once landed inside the
+    source folder)."""
     source = tmp_path / "sweep" / "results"
     run = source / "fmnist300_vgg5" / "none_s0"
     hidden = source / ".before" / "old_s0"
-    for folder in (run, hidden):
+    training = source / "fmnist300_vgg5" / "none_s1"
+    for folder, epoch in ((run, 1), (hidden, 1), (training, 0)):
         folder.mkdir(parents=True)
-        for record in ("config.json", "metrics.jsonl", "checkpoint.pt"):
-            (folder / record).write_text(f"{folder.name} {record}")
+        (folder / "config.json").write_text('{"num_epochs": 2}')
+        (folder / "metrics.jsonl").write_text(f'{{"epoch": {epoch}, "run": "{folder.name}"}}\n')
+        (folder / "checkpoint.pt").write_text("weights")
     caller = tmp_path / "repo"
     caller.mkdir()
     target = "results/study" if relative else str(tmp_path / "elsewhere")
@@ -292,7 +295,8 @@ def test_sync_study_copies_records_only_where_it_is_told(tmp_path, relative):
     subprocess.run(["bash", script, source, target], cwd=caller, check=True, capture_output=True)
     copied = (caller / target if relative else Path(target)) / "fmnist300_vgg5" / "none_s0"
     assert sorted(p.name for p in copied.iterdir()) == ["config.json", "metrics.jsonl"]
-    assert (copied / "metrics.jsonl").read_text() == "none_s0 metrics.jsonl"
+    assert (copied / "metrics.jsonl").read_text() == (run / "metrics.jsonl").read_text()
+    assert not (copied.parent / "none_s1").exists()  # still training: left for a later copy
     assert sorted(p.name for p in source.iterdir()) == [".before", "fmnist300_vgg5"]  # nothing written back
     assert not list(caller.rglob("old_s0"))
     usage = subprocess.run(["bash", script, source], cwd=caller, capture_output=True, text=True)
