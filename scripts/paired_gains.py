@@ -14,6 +14,7 @@ from kernel_reg.app.plots import plot_paired_gains
 from kernel_reg.app.report import paired_comparisons
 from kernel_reg.app.statistics import family
 from kernel_reg.app.studies import collect_runs, studies
+from kernel_reg.progress import say
 
 SIZES = {"fmnist1000_vgg5": "1000 examples", "fmnist300_vgg5": "300 examples"}
 
@@ -35,7 +36,7 @@ def main() -> None:
     out = args.out or args.root / "paired_gains.png"
     ordered = {size: panels[size] for size in SIZES.values() if size in panels}
     if plot_paired_gains(ordered, out):
-        print(f"wrote {out}")
+        say(f"wrote {out}")
         for size, tested in ordered.items():
             for method, c in sorted(tested.items()):
                 print(
