@@ -1,6 +1,7 @@
 """The run folder: typed records round-trip, first-format records are upgraded, damaged files are named,
 writes are atomic, and a folder in use is locked against other processes."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -202,3 +203,26 @@ def test_published_weights_evaluate_without_the_checkpoint(tmp_path, tiny):
     path.unlink()
     with pytest.raises(RunFolderError, match=r"has no checkpoint.pt \(nor the published weights, weights.pt\)"):
         load_run(run_dir, "cpu")
+
+
+def test_masking_checks_have_stable_identifiers_also_when_read_from_records_written_before_them():
+    from kernel_reg.app import checks
+    from kernel_reg.app.rundir import CHECK_IDS, check_id
+
+    made = [
+        checks.rises_with_eps("l2", [0.5, 0.6], 100),
+        checks.rises_with_budget("linf", 8 / 255, 0.4, 0.5, 100),
+        checks.not_converged("l2", 0.5, 0.4, 0.3),
+        checks.square_beats_gradients("l2", 0.5, 3, 40, 1000, 100),
+        checks.zero_gradients(0.2),
+        checks.certified_above_robust({"0.5": 0.6}, {"0.5": 0.5}),
+    ]
+    assert [c.id for c in made] == list(CHECK_IDS)  # one constructor per identifier, none shared
+    for c in made:
+        old_record = {k: v for k, v in dataclasses.asdict(c).items() if k != "id"}  # as written before ids
+        assert MaskingCheck(**old_record).id == c.id
+    robustness = Robustness(0.9, 100, {}, {}, None, None, {}, {}, masking_checks=tuple(made))
+    assert robustness.check("square-beats-gradients", "l2") is made[3]
+    assert robustness.check(made[3].check) is made[3]  # the sentence still finds it
+    with pytest.raises(ValueError, match="not the sentence of a known masking check"):
+        check_id("something else")

@@ -411,7 +411,7 @@ def summary(result: Robustness) -> list[str]:
         if doubled:
             lines.append(f"  {norm} with twice the steps and restarts (%) at eps {cells(norm, doubled)}")
     if result.masking_checks is not None:
-        lines += [f"  {c.detail}" for c in result.masking_checks if c.check.endswith(checks.SQUARE_CHECK)]
+        lines += [f"  {c.detail}" for c in result.masking_checks if c.id == "square-beats-gradients"]
         fired = len(result.suspicious)
         lines.append(f"  gradient-masking checks: {len(result.masking_checks)} run, "
                      + (f"{fired} fired:" if fired else "none fired"))  # fmt: skip

@@ -214,6 +214,30 @@ class MaskingCheck:
     norm: str | None = None
     eps: float | None = None
     values: dict[str, float] = field(default_factory=dict)
+    id: str = ""  # stable, for programs: one of CHECK_IDS (records written before it: derived from ``check``)
+
+    def __post_init__(self) -> None:
+        if not self.id:
+            object.__setattr__(self, "id", check_id(self.check))
+
+
+# the checks' stable identifiers, each with a phrase that the sentence of every record of that check holds
+CHECK_IDS = {
+    "rises-with-eps": "robust accuracy rises with eps",
+    "rises-with-budget": "accuracy rises with more steps and restarts",
+    "not-converged": "attack not converged",
+    "square-beats-gradients": "score-based attack beats the gradient attacks",
+    "zero-gradients": "zero input gradients",
+    "certified-above-robust": "certified accuracy exceeds robust accuracy",
+}
+
+
+def check_id(sentence: str) -> str:
+    """The stable identifier of a check from its sentence; ValueError for a sentence of no known check."""
+    found = [key for key, phrase in CHECK_IDS.items() if phrase in sentence]
+    if len(found) != 1:
+        raise ValueError(f"{sentence!r} is not the sentence of a known masking check ({', '.join(CHECK_IDS)})")
+    return found[0]
 
 
 def pack_bits(flags: torch.Tensor | np.ndarray) -> str:
@@ -274,8 +298,8 @@ class Robustness:
         return list(dict.fromkeys(c.check for c in self.masking_checks or () if c.fired))
 
     def check(self, name: str, norm: str | None = None) -> MaskingCheck | None:
-        """The first check called ``name`` (for ``norm``)."""
-        return next((c for c in self.masking_checks or () if c.check == name and norm in (None, c.norm)), None)
+        """The first check whose identifier (``CHECK_IDS``) or sentence is ``name`` (for ``norm``)."""
+        return next((c for c in self.masking_checks or () if name in (c.id, c.check) and norm in (None, c.norm)), None)
 
     def to_dict(self) -> dict[str, Any]:
         values = dataclasses.asdict(self)
