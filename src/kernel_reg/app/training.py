@@ -215,10 +215,8 @@ def build_augmentation(
     deformation = RandomDeformation(amplitude=config.deform_amplitude) if "deform" in transforms else None
 
     def augment(x: torch.Tensor) -> torch.Tensor:
-        if "crop" in transforms:
-            x = random_crop_flip(x, padding, generator=data_rng, flip=flip)
-        elif flip:
-            x = torch.where(torch.rand(len(x), generator=data_rng).to(x.device).view(-1, 1, 1, 1) < 0.5, x.flip(-1), x)
+        if "crop" in transforms or flip:  # padding 0: the crop is the image itself, a flip alone
+            x = random_crop_flip(x, padding if "crop" in transforms else 0, generator=data_rng, flip=flip)
         return x if deformation is None else deformation(x)
 
     return augment
