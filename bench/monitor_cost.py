@@ -31,7 +31,7 @@ from kernel_reg import penalties
 from kernel_reg.app.builders import build_model, load_run, load_splits
 from kernel_reg.app.config import preset_config
 from kernel_reg.app.data import batches
-from kernel_reg.app.evaluation import accuracy
+from kernel_reg.app.metrics import accuracy
 from kernel_reg.app.training import build_optimizer, build_regularizers, rkhs_lower_bounds, step
 from kernel_reg.guard import preserved_state
 

@@ -24,15 +24,8 @@ import torch
 
 from kernel_reg.app.builders import load_run
 from kernel_reg.app.data import load_dataset
-from kernel_reg.app.evaluation import (
-    EvalSettings,
-    build_eval_attack,
-    certified_radii,
-    certify_model,
-    eps_key,
-    robust_correct,
-    unchanged,
-)
+from kernel_reg.app.evaluation import certify_model
+from kernel_reg.app.metrics import certified_radii, robust_correct, unchanged
 from kernel_reg.app.rundir import (
     CONFIG,
     Provenance,
@@ -44,6 +37,7 @@ from kernel_reg.app.rundir import (
     write_provenance,
     write_robustness,
 )
+from kernel_reg.app.suite import build_eval_attack, eps_key
 from kernel_reg.lipschitz import lipschitz_bounds
 
 RESULTS = Path("results")
@@ -81,7 +75,7 @@ def examples(run_dir: Path, attacks: bool = True) -> None:
     which = "best" if record.weights == "best-validation" else "last"
     run = load_run(run_dir, "cpu", record.n, which)
     model, x, y = run.model.requires_grad_(False), run.splits.test_x, run.splits.test_y
-    settings = EvalSettings(**{k: tuple(v) if isinstance(v, list) else v for k, v in record.settings.items()})
+    settings = record.settings
     flags: dict[str, torch.Tensor] = {"clean": robust_correct(model, unchanged, x, y, settings.batch_size)}
     recorded: dict[str, float] = {"clean": record.clean}
     if record.certified_l2 is not None:  # by the rule the record used
@@ -89,7 +83,7 @@ def examples(run_dir: Path, attacks: bool = True) -> None:
         radius = certified_radii(model, x, y, pairwise if record.certified_rule == "pairwise" else bound, 500)
         for k, value in record.certified_l2.items():
             flags[f"certified_l2/{k}"], recorded[f"certified_l2/{k}"] = radius > float(k), value
-    generator = torch.Generator().manual_seed(settings.seed)
+    generator = settings.generator()
     for norm, radii in (("l2", settings.l2_eps), ("linf", settings.linf_eps)) if attacks else ():
         for eps in radii:
             attack = build_eval_attack(norm, eps, settings, 1, generator)

@@ -20,9 +20,9 @@ import torch
 
 from kernel_reg import lipschitz
 from kernel_reg.app.builders import load_run
-from kernel_reg.app.evaluation import eps_key
 from kernel_reg.app.plots import plot_certified_curves, plot_certified_tradeoff
 from kernel_reg.app.rundir import ROBUSTNESS, atomic_write_text, read_robustness
+from kernel_reg.app.suite import eps_key
 
 CURVE = [i / 100 for i in range(101)]  # the radii of the certified-accuracy curve
 

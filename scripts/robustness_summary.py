@@ -17,8 +17,8 @@ import tempfile
 from pathlib import Path
 
 from kernel_reg.app.config import hyperparameter_text, method_label
-from kernel_reg.app.evaluation import eps_key
 from kernel_reg.app.rundir import ROBUSTNESS, Robustness, read_config, read_robustness
+from kernel_reg.app.suite import eps_key
 
 
 def committed(run_dir: Path, revision: str) -> Robustness:

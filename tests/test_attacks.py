@@ -221,7 +221,7 @@ def test_a_clip_that_is_not_a_pair_of_numbers_is_refused(clip):
 
 
 def test_robust_accuracy_of_an_empty_set_is_nan():
-    from kernel_reg.app.evaluation import robust_accuracy
+    from kernel_reg.app.metrics import robust_accuracy
 
     model = nn.Linear(4, 3)
     assert math.isnan(

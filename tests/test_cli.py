@@ -134,7 +134,7 @@ def test_train_evaluate_report_end_to_end(tmp_path, tiny_flags):
         "| fmnist1000_vgg5/gp | gradient-penalty | lmbda=0.1 | 64 |" in table
         and "| pgd-l2 | epsilon=0.1, steps=2 |" in table
     )
-    assert "PGD-l2 0.5" in table and "certified l2 0.5" in table
+    assert "robust-l2 0.5" in table and "certified l2 0.5" in table  # PGD for one run, strong + Square for two
     gp_row = [line for line in table.splitlines() if line.startswith("| fmnist1000_vgg5/gp |")][-1]
     drops = [100 * (result[norm][k] - acc) for norm, by_key in result["doubled"].items() for k, acc in by_key.items()]
     assert len(drops) == 2 and f"| {max(drops):.1f} (2 radii) |" in gp_row  # the middle l2 and linf radii

@@ -12,7 +12,7 @@ from kernel_reg.app import data
 from kernel_reg.app.builders import load_run
 from kernel_reg.app.config import identity
 from kernel_reg.app.data import DataMismatchError, DataNotFoundError
-from kernel_reg.app.evaluation import EvalSettings, evaluate_run
+from kernel_reg.app.evaluation import evaluate_run
 from kernel_reg.app.rundir import (
     CONFIG,
     PROVENANCE,
@@ -25,6 +25,7 @@ from kernel_reg.app.rundir import (
     unpack_bits,
 )
 from kernel_reg.app.studies import collect_runs, studies
+from kernel_reg.app.suite import EvalSettings
 from kernel_reg.app.training import train
 from test_cli import kernel_reg, one_error_line
 

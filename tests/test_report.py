@@ -19,6 +19,7 @@ from kernel_reg.app.rundir import (
     write_metrics,
     write_robustness,
 )
+from kernel_reg.app.suite import EvalSettings
 
 
 def make_run(root, name, test_acc, val_acc=0.5, experiment="fmnist1000_vgg5", **changes):
@@ -108,11 +109,24 @@ def test_a_run_copied_into_two_folders_is_one_sample(tmp_path):
     assert "Counted once: fmnist1000_vgg5/b repeats fmnist1000_vgg5/a" in table
 
 
-def robustness(n, attack, trained_to=0, clean=0.5):
+def robustness(n, attack, trained_to=0, clean=0.5, settings=None):
     return Robustness(
         clean=clean, n=n, l2={"0.5": 0.25}, linf={}, lipschitz_bound=2.0, certified_l2={"0.5": 0.0},
-        attacks={"l2": attack}, settings={}, epoch=0, weights="last", trained_to=trained_to,
+        attacks={"l2": attack}, settings=settings or EvalSettings(), epoch=0, weights="last", trained_to=trained_to,
     )  # fmt: skip
+
+
+def test_robust_columns_are_titled_by_the_attacks_that_gave_them(tmp_path):
+    strong = EvalSettings(attacks=("strong",))
+    for name, settings in (("a", strong), ("b", strong), ("c", EvalSettings())):
+        config = make_run(tmp_path, name, 0.7, shuf_seed=len(name))
+        write_robustness(run_path(config), robustness(64, "-", settings=settings))
+        table = markdown_table(collect_runs(tmp_path))
+        header = table.splitlines()[0]
+        if name != "c":
+            assert "| APGD-CE+T-l2 0.5 |" in header and "PGD" not in header.replace("APGD", "")
+        else:  # evaluations under other attacks: a neutral title, each row's note says which
+            assert "| robust-l2 0.5 |" in header and "PGD-l2" not in header
 
 
 def test_each_row_says_which_evaluation_its_numbers_come_from(tmp_path):

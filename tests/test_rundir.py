@@ -27,6 +27,7 @@ from kernel_reg.app.rundir import (
     write_metrics,
     write_robustness,
 )
+from kernel_reg.app.suite import EvalSettings
 
 # a config.json as the first format wrote it (one field per original flag), from a committed run
 LEGACY = {
@@ -59,7 +60,7 @@ def test_records_round_trip(tmp_path):
     check = MaskingCheck("l2 score-based attack beats the gradient attacks", True, "broke 3", "l2", 0.5, {"broken": 3})
     result = Robustness(
         clean=0.9, n=10, l2={"0.5": 0.6}, linf={}, lipschitz_bound=None, certified_l2=None, attacks={"l2": "PGD"},
-        settings={"steps": 3}, masking_checks=(check,), certified_note="no rule", epoch=5, weights="last",
+        settings=EvalSettings(steps=3), masking_checks=(check,), certified_note="no rule", epoch=5, weights="last",
     )  # fmt: skip
     write_robustness(tmp_path, result)
     assert read_robustness(tmp_path) == result and result.suspicious == [check.check]
@@ -83,7 +84,11 @@ def test_first_format_records_are_upgraded(tmp_path):
               "settings": {}, "suspicious": [], "epoch": 9, "weights": "best",
               "masking_checks": [{"check": "zero input gradients", "fired": False, "detail": "0.0%"}]}  # fmt: skip
     (tmp_path / "robustness.json").write_text(json.dumps(legacy))
-    assert read_robustness(tmp_path).weights == "best-validation"  # this run had a validation set
+    earlier = read_robustness(tmp_path)
+    assert earlier.weights == "best-validation"  # this run had a validation set
+    # settings recorded before seeded attacks and the Lipschitz probe read as what evaluation then did
+    assert (earlier.settings.seed, earlier.settings.lipschitz_probe) == (None, 0)
+    assert earlier.settings.generator().initial_seed() == 0  # verify repeats it with a fixed seed
     (tmp_path / "config.json").write_text(json.dumps({**LEGACY, "n_val": 0}))
     assert read_robustness(tmp_path).weights == "last"  # the first format said 'best' for the last weights
 

@@ -10,7 +10,9 @@ from torch import nn
 
 from kernel_reg import attacks, lipschitz
 from kernel_reg.app.data import EMBEDDED, load_arrays, make_splits
-from kernel_reg.app.evaluation import EvalSettings, evaluate_model, robust_accuracy
+from kernel_reg.app.evaluation import evaluate_model
+from kernel_reg.app.metrics import robust_accuracy
+from kernel_reg.app.suite import EvalSettings
 
 N = 200
 
@@ -215,7 +217,7 @@ def test_the_printed_summary_gives_the_doubled_budget_the_square_check_and_what_
     converged = checks.not_converged("l2", 0.5, accuracy=0.8, doubled=0.79)
     result = Robustness(
         clean=0.9, n=200, l2={"0.5": 0.8, "1": 0.6}, linf={}, lipschitz_bound=10.0, certified_l2={"0.5": 0.1, "1": 0.0},
-        attacks={}, settings={}, doubled={"l2": {"1": 0.55, "0.5": 0.79}}, masking_checks=(square, converged),
+        attacks={}, settings=QUICK, doubled={"l2": {"1": 0.55, "0.5": 0.79}}, masking_checks=(square, converged),
     )  # fmt: skip
     lines = summary(result)
     assert "  l2 with twice the steps and restarts (%) at eps 0.5: 79.0, 1: 55.0" in lines  # by radius

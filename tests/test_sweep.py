@@ -12,9 +12,10 @@ import pytest
 
 from kernel_reg.app.cli import main
 from kernel_reg.app.config import check_run_name, identity, preset_config, setting_key, short_hash
-from kernel_reg.app.evaluation import EvalSettings, evaluate_run
+from kernel_reg.app.evaluation import evaluate_run
 from kernel_reg.app.report import collect_runs, selection_table
 from kernel_reg.app.rundir import read_metrics, read_robustness, run_path
+from kernel_reg.app.suite import EvalSettings
 from kernel_reg.app.sweep import (
     Cluster,
     expand,

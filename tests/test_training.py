@@ -269,7 +269,8 @@ def test_a_pairwise_margin_run_trains_and_names_a_wrong_rule(tmp_path, tiny):
 
 
 def test_a_certified_training_run_keeps_its_certificates_below_its_attacks(tmp_path, tiny):
-    from kernel_reg.app.evaluation import EvalSettings, evaluate_run
+    from kernel_reg.app.evaluation import evaluate_run
+    from kernel_reg.app.suite import EvalSettings
 
     config = tiny(tmp_path, model="lipnet", width=4, num_epochs=3, lipschitz_margin=0.3, regs=("project-sn",),
                   tau=1.0, kappa=0.0, sn_norm="operator")  # fmt: skip
@@ -294,7 +295,9 @@ def test_a_certified_training_run_keeps_its_certificates_below_its_attacks(tmp_p
 def test_a_normalized_run_keeps_every_layer_at_norm_one_resumes_and_certifies_below_its_attacks(
     tmp_path, tiny, normalization
 ):
-    from kernel_reg.app.evaluation import EvalSettings, accuracy, evaluate_run
+    from kernel_reg.app.evaluation import evaluate_run
+    from kernel_reg.app.metrics import accuracy
+    from kernel_reg.app.suite import EvalSettings
     from kernel_reg.lipschitz.orthogonal import CayleyConv2d
 
     config = tiny(tmp_path, model="lipnet", width=4, num_epochs=2, lipschitz_margin=0.3,

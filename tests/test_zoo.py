@@ -15,7 +15,7 @@ from kernel_reg.app import data, zoo
 from kernel_reg.app.builders import load_run
 from kernel_reg.app.cli import build_parser, config_from_args, train_command
 from kernel_reg.app.config import identity
-from kernel_reg.app.evaluation import EvalSettings, certify_run, evaluate_run
+from kernel_reg.app.evaluation import certify_run, evaluate_run
 from kernel_reg.app.rundir import (
     CHECKPOINT,
     CONFIG,
@@ -27,6 +27,7 @@ from kernel_reg.app.rundir import (
     run_path,
     unpack_bits,
 )
+from kernel_reg.app.suite import EvalSettings
 from kernel_reg.app.training import train
 from test_cli import kernel_reg, one_error_line
 from test_provenance import copy_embedded

@@ -19,12 +19,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ..progress import say
-from . import regularizers
+from . import regularizers, suite
 from .builders import resolve_device
 from .config import FIELD_HELP, PRESETS, Config, conflicts, field_types, format_value, parse_bool, preset_config
 from .data import EMBEDDED
 from .environment import package_version
-from .evaluation import ATTACK_NAMES, EvalSettings, certify_run, evaluate_run
+from .evaluation import certify_run, evaluate_run
 from .extras import MissingExtra
 from .report import write_report
 from .rundir import (
@@ -160,68 +160,6 @@ def _add_output_flags(parser: argparse.ArgumentParser, record: str) -> None:
                         help=f"overwrite the {record} of a published run folder (one with weights.pt)")  # fmt: skip
 
 
-def _add_eval_flags(parser: argparse.ArgumentParser) -> None:
-    defaults = EvalSettings()
-    parser.add_argument("--eps-l2", "--eps_l2", type=float, nargs="*", default=list(defaults.l2_eps),
-                        help="l2 radii (none: skip l2)")  # fmt: skip
-    parser.add_argument(
-        "--eps-linf", "--eps_linf", type=float, nargs="*", default=[round(e * 255) for e in defaults.linf_eps],
-        help="linf radii in units of 1/255 (none: skip linf)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--attacks", default=",".join(defaults.attacks),
-        help=f"comma-separated, their per-example worst case: {', '.join(ATTACK_NAMES)} (strong: APGD-CE + APGD-T)",
-    )  # fmt: skip
-    parser.add_argument("--queries", type=int, default=defaults.queries,
-                        help=f"queries of the Square attack (default {defaults.queries})")  # fmt: skip
-    parser.add_argument("--n-target-classes", "--n_target_classes", type=int, default=defaults.n_target_classes,
-                        help="APGD-T: the most likely wrong classes it targets, each in turn "
-                        f"(default {defaults.n_target_classes})")  # fmt: skip
-    parser.add_argument("--no-checks", dest="checks", action="store_false", help="skip the gradient-masking checks")
-    parser.add_argument(
-        "--converge-every-radius", "--converge_every_radius", action="store_true",
-        help="check convergence (twice the steps and restarts) at every radius, not only the middle one",
-    )  # fmt: skip
-    parser.add_argument("--attack-steps", "--attack_steps", type=int, default=defaults.steps,
-                        help="iterations of each gradient attack, per restart and target "
-                        f"(default {defaults.steps})")  # fmt: skip
-    parser.add_argument("--l2-step", "--l2_step", type=float, default=defaults.l2_step_size,
-                        help=f"PGD's l2 step size (default {defaults.l2_step_size}; APGD adapts its own)")  # fmt: skip
-    parser.add_argument("--linf-step", "--linf_step", type=float, default=defaults.linf_step_size,
-                        help=f"PGD's linf step size (default {defaults.linf_step_size})")  # fmt: skip
-    parser.add_argument("--restarts", type=int, default=defaults.restarts,
-                        help="random restarts of each attack (APGD-T: per target class; "
-                        f"default {defaults.restarts})")  # fmt: skip
-    parser.add_argument("--eval-n-test", "--eval_n_test", type=int, default=defaults.n_test,
-                        help="evaluate on the first N test images (0: all)")  # fmt: skip
-    parser.add_argument("--eval-batch-size", "--eval_batch_size", type=int, default=defaults.batch_size,
-                        help=f"test images per attack call (default {defaults.batch_size})")  # fmt: skip
-    parser.add_argument("--lipschitz-probe", "--lipschitz_probe", type=int, default=defaults.lipschitz_probe,
-                        help="test images whose Jacobian norms bound L from below (0: none)")  # fmt: skip
-    parser.add_argument("--attack-seed", "--attack_seed", type=int, default=defaults.seed,
-                        help="seed of the attacks' random draws (the same seed repeats the evaluation)")  # fmt: skip
-
-
-def eval_settings_from_args(args: argparse.Namespace) -> EvalSettings:
-    return EvalSettings(
-        l2_eps=tuple(args.eps_l2),
-        linf_eps=tuple(e / 255 for e in args.eps_linf),
-        attacks=tuple(a.strip() for a in args.attacks.split(",") if a.strip()),
-        queries=args.queries,
-        n_target_classes=args.n_target_classes,
-        checks=args.checks,
-        converge_every_radius=args.converge_every_radius,
-        steps=args.attack_steps,
-        l2_step_size=args.l2_step,
-        linf_step_size=args.linf_step,
-        restarts=args.restarts,
-        n_test=args.eval_n_test or None,
-        batch_size=args.eval_batch_size,
-        seed=args.attack_seed,
-        lipschitz_probe=args.lipschitz_probe,
-    )
-
-
 class _Parser(argparse.ArgumentParser):
     """Bad input: one line naming the problem (and the valid choices), exit code 2."""
 
@@ -257,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--mem-gb", "--mem_gb", type=int, default=None)
     sweep.add_argument("--evaluate", action="store_true", help="evaluate each run after training")
     sweep.add_argument("--dry-run", "--dry_run", action="store_true", help="list the runs and stop")
-    _add_eval_flags(sweep)
+    suite.add_flags(sweep)
 
     evaluate = commands.add_parser("evaluate", help="robustness of trained runs -> robustness.json")
     evaluate.add_argument("runs", nargs="*", type=Path, help="run folders (default: --root/--experiment/--name)")
@@ -269,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="the weights of best validation accuracy (default) or the last ones")  # fmt: skip
     _add_data_flags(evaluate)
     _add_output_flags(evaluate, "robustness.json")
-    _add_eval_flags(evaluate)
+    suite.add_flags(evaluate)
 
     certify = commands.add_parser("certify", help="clean and certified l2 accuracy, no attacks -> certified.json")
     certify.add_argument("runs", nargs="+", type=Path, help="run folders")
@@ -349,7 +287,7 @@ def run_demo(args: argparse.Namespace) -> None:
     from .training import train
 
     began = time.perf_counter()
-    settings = EvalSettings(
+    settings = suite.EvalSettings(
         l2_eps=(0.5, 1.0, 1.5), linf_eps=(2 / 255, 8 / 255), steps=20, l2_step_size=0.25, n_test=300, queries=300
     )
     check_writable(args.root, "the demo writes its runs and report there; choose another --root")
@@ -392,7 +330,7 @@ def run_sweep_command(args: argparse.Namespace) -> int:
     cluster = Cluster(
         args.cluster, args.jobs, args.partition, args.time, args.gpus_per_node, args.cpus_per_task, args.mem_gb
     )
-    settings = eval_settings_from_args(args) if args.evaluate else None
+    settings = suite.from_args(args) if args.evaluate else None
     outcomes = run_sweep(configs, cluster, settings, log=say)
     if cluster.kind == "slurm":
         return 0  # submitted; the jobs report in their logs
@@ -500,7 +438,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "sweep":
             return run_sweep_command(args)
         elif args.command == "evaluate":
-            settings = eval_settings_from_args(args)
+            settings = suite.from_args(args)
             runs = args.runs or [Path(args.root) / (args.experiment or "fmnist1000_vgg5") / args.name]
             for run_dir in runs:
                 say(f"{run_dir}:")

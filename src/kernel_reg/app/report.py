@@ -13,6 +13,7 @@ from functools import partial
 from pathlib import Path
 
 from ..deprecation import moved_names
+from . import suite
 from .config import (
     format_value,
     hyperparameter_text,
@@ -47,7 +48,8 @@ def markdown_table(runs: list[RunSummary]) -> str:
     cert_keys = sorted({k for r in evaluated for k in (r.certified_l2 or {})}, key=float)
     evaluations = list(dict.fromkeys(_evaluation_text(r) for r in evaluated))
     header = ["run", "method", "hyperparameters", "n_train", "epoch", "val acc", "test acc", "eval", "clean"]
-    header += [f"PGD-l2 {k}" for k in l2_keys] + [f"PGD-linf {float(k) * 255:.3g}/255" for k in linf_keys]
+    header += [f"{_robust_title('l2', evaluated)} {k}" for k in l2_keys]
+    header += [f"{_robust_title('linf', evaluated)} {float(k) * 255:.3g}/255" for k in linf_keys]
     header += [f"certified l2 {k}" for k in cert_keys] + ["2x budget", "masking checks", "train min"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for run in sorted(runs, key=lambda r: (r.method, setting_order(r.config), r.name)):
@@ -76,7 +78,7 @@ def markdown_table(runs: list[RunSummary]) -> str:
     footer = [
         "",
         "Accuracies in %. epoch: of best validation accuracy; test acc: there, on the whole test set; clean, "
-        "PGD and certified: `kernel-reg evaluate` of the weights it names (robustness.json), on its test subset; "
+        "robust and certified: `kernel-reg evaluate` of the weights it names (robustness.json), on its test subset; "
         "eval: which evaluation, below. "
         "2x budget: the largest drop of robust accuracy (points) when the attack's steps and restarts are "
         "doubled, over the radii checked. train min: what training the run costs, from its own timing "
@@ -85,6 +87,13 @@ def markdown_table(runs: list[RunSummary]) -> str:
     ]
     footer += [f"- [{i}] {text}" for i, text in enumerate(evaluations, start=1)]
     return "\n".join(lines + footer) + "\n"
+
+
+def _robust_title(norm: str, evaluated: list[Robustness]) -> str:
+    """The title of the robust accuracies of ``norm``: the suite's title of the attacks when every record
+    used the same ones (e.g. "PGD-l2"), else "robust-l2" (each row's "eval" note says which)."""
+    used = {r.settings.attacks for r in evaluated}
+    return suite.robust_title(norm, next(iter(used))) if len(used) == 1 else f"robust-{norm}"
 
 
 def _evaluation_text(robustness: Robustness) -> str:

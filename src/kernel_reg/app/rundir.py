@@ -40,6 +40,7 @@ from ..deprecation import moved_names
 from .config import Config, upgrade_legacy
 from .data import EMBEDDED, DataRecord
 from .environment import Environment
+from .suite import EvalSettings
 
 # moved to kernel_reg.builders in 0.2 (importable from here, with a DeprecationWarning, until 0.3)
 __getattr__ = moved_names(
@@ -272,7 +273,7 @@ class Robustness:
     lipschitz_bound: float | None
     certified_l2: dict[str, float] | None
     attacks: dict[str, str]
-    settings: dict[str, Any]
+    settings: EvalSettings
     doubled: dict[str, dict[str, float]] = field(default_factory=dict)
     masking_checks: tuple[MaskingCheck, ...] | None = None
     certified_note: str | None = None
@@ -314,6 +315,7 @@ class Robustness:
         checks = values.get("masking_checks")
         if checks is not None:
             values["masking_checks"] = tuple(MaskingCheck(**c) for c in checks)
+        values["settings"] = EvalSettings.from_dict(values["settings"])
         _data_from(values)
         return cls(**values)
 

@@ -23,7 +23,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,10 +43,11 @@ from .config import (
     preset_config,
     short_hash,
 )
-from .evaluation import EvalSettings, evaluate_run
+from .evaluation import evaluate_run
 from .extras import require
 from .rundir import DIVERGED, RunFolderError, read_divergence, read_metrics, read_robustness, run_path, trained_to_end
 from .signals import Interrupted, forwarded
+from .suite import EvalSettings
 
 Grid = dict[str, list[Any]]
 
@@ -264,8 +265,7 @@ def finished(config: Config, settings: EvalSettings | None) -> bool:
         result = read_robustness(run_path(config))
     except RunFolderError:
         return False
-    wanted = json.loads(json.dumps(asdict(settings)))
-    return result is not None and result.settings == wanted and result.trained_to in (None, metrics[-1].epoch)
+    return result is not None and result.settings == settings and result.trained_to in (None, metrics[-1].epoch)
 
 
 def diverged(config: Config) -> bool:
@@ -293,8 +293,7 @@ def run_job(config_values: dict, settings_values: dict | None, threads: int) -> 
         metrics = train(config, log=say)
         summary["last"] = metrics[-1].to_dict() if metrics else None
         if settings_values is not None:
-            settings_values = {k: tuple(v) if isinstance(v, list) else v for k, v in settings_values.items()}
-            evaluate_run(run_path(config), EvalSettings(**settings_values), config.device, log=say)
+            evaluate_run(run_path(config), EvalSettings.from_dict(settings_values), config.device, log=say)
     except Exception as error:  # reported by the sweep, with the traceback in the job's log
         traceback.print_exc(file=sys.stderr)
         summary["error"] = f"{type(error).__name__}: {error}"
@@ -354,7 +353,7 @@ def run_sweep(
         return []
     folder = Path(todo[0].root) / todo[0].experiment / ".submitit"
     executor = make_executor(folder, cluster)
-    settings_values = asdict(settings) if settings is not None else None
+    settings_values = settings.to_dict() if settings is not None else None
     threads = cluster.cpus_per_task if cluster.kind == "slurm" else max(1, (os.cpu_count() or 1) // cluster.jobs)
     arguments = [(c.to_dict(), settings_values, threads) for c in todo]
     if cluster.kind == "slurm":

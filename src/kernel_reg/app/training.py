@@ -31,7 +31,7 @@ from . import environment, regularizers
 from .builders import build_model, load_data, load_weights, resolve_device
 from .config import Config, differences
 from .data import DataMismatchError, Splits, batches, random_crop_flip
-from .evaluation import accuracy
+from .metrics import accuracy
 from .rundir import (
     CHECKPOINT,
     CONFIG,

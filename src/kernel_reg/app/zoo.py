@@ -27,7 +27,7 @@ from .. import lipschitz
 from .builders import build_model, load_weights, resolve_device
 from .data import INPUT_SHAPES, DataMismatchError, DataRecord, data_mismatch, load_dataset
 from .environment import SOURCE_TREE
-from .evaluation import EvalSettings, build_eval_attack, certified_radii, robust_correct, unchanged
+from .metrics import certified_radii, robust_correct, unchanged
 from .rundir import (
     CERTIFIED,
     CONFIG,
@@ -41,6 +41,7 @@ from .rundir import (
     read_robustness,
     unpack_bits,
 )
+from .suite import EvalSettings, build_eval_attack
 from .sweep import short_run_name
 
 INDEX = "models.json"
@@ -126,7 +127,7 @@ def _evaluations(run_dir: Path) -> list[dict[str, Any]]:
             "record": ROBUSTNESS, "n": robustness.n, "images": f"the first {robustness.n} test images",
             "clean": robustness.clean,
             "attacked": {norm: values for norm, values in (("l2", robustness.l2), ("linf", robustness.linf)) if values},
-            "attacks": robustness.attacks, "attack_settings": robustness.settings,
+            "attacks": robustness.attacks, "attack_settings": robustness.settings.to_dict(),
         }  # fmt: skip
         if robustness.certified_l2 is not None:
             entry["certified"] = {f"{robustness.certified_rule} l2": robustness.certified_l2}
@@ -357,8 +358,8 @@ def _verify_record(
                 check.compare(f"certified {rule} accuracy at {k}", f"{prefix}/{k}", total,
                               partial(torch.gt, radius, float(k)))  # fmt: skip
     if record.get("attacked"):
-        settings = EvalSettings(**{**_settings(record["attack_settings"]), "n_test": check.n})
-        generator = torch.Generator().manual_seed(settings.seed)
+        settings = dataclasses.replace(EvalSettings.from_dict(record["attack_settings"]), n_test=check.n)
+        generator = settings.generator()
         for norm, values in record["attacked"].items():
             for k, total in values.items():
                 attack = build_eval_attack(norm, float(k), settings, 1, generator)
@@ -401,12 +402,6 @@ class _Record:
     def add(self, comparison: Comparison) -> None:
         self.found.append(comparison)
         self.log(comparison.line())
-
-
-def _settings(values: dict[str, Any]) -> dict[str, Any]:
-    """EvalSettings' arguments from a record's settings (lists back to tuples)."""
-    fields = {f.name for f in dataclasses.fields(EvalSettings)}
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in fields}
 
 
 def _per_example(folder: Path, record: str) -> dict[str, str]:
