@@ -42,6 +42,7 @@ lint: $(DEV)
 	$(BIN)/mypy
 	$(BIN)/mypy --strict $(LIBRARY)
 	$(BIN)/lint-imports
+	$(BIN)/vulture src/kernel_reg --min-confidence 80  # dead code: unused imports, variables, unreachable code
 
 docs: $(DEV)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet --site-dir build/site

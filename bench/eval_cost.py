@@ -17,12 +17,10 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
-import time
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from monitor_cost import median_seconds  # bench/: the script's own folder is on the path
 
 from kernel_reg import models
 from kernel_reg.app.suite import EVAL_ATTACKS, EvalSettings, build_eval_attack
@@ -33,16 +31,6 @@ MODELS = {"vgg5": (models.vgg5_stable, (1, 28, 28)), "vgg11": (models.vgg11, (3,
 def gradient_pass(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
     x = x.detach().requires_grad_(True)
     torch.autograd.grad(F.cross_entropy(model(x), y), x)
-
-
-def median_seconds(call: Callable[[], object], repeats: int) -> float:
-    call()
-    times = []
-    for _ in range(repeats):
-        began = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - began)
-    return statistics.median(times)
 
 
 def floor(name: str, settings: EvalSettings) -> float:

@@ -31,7 +31,7 @@ def train(root: Path, threads: int, args: argparse.Namespace) -> dict[str, torch
     environment = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     subprocess.run(command, check=True, env=environment, stdout=subprocess.DEVNULL)
     (run_dir,) = {p.parent for p in root.rglob("checkpoint.pt")}
-    return read_checkpoint(run_dir)["model"]
+    return read_checkpoint(run_dir).model
 
 
 def largest_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:

@@ -27,7 +27,7 @@ from kernel_reg import models
 from kernel_reg.app.builders import load_splits, resolve_device
 from kernel_reg.app.config import preset_config
 from kernel_reg.app.data import NUM_CLASSES, batches
-from kernel_reg.app.rundir import FORMAT, WEIGHTS, atomic_torch_save, atomic_write_text, run_path, write_config
+from kernel_reg.app.rundir import WEIGHTS, Checkpoint, atomic_torch_save, atomic_write_text, run_path, write_config
 from kernel_reg.app.training import build_optimizer
 
 
@@ -106,9 +106,8 @@ def main() -> None:
     run_dir = run_path(config)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_config(run_dir, config)
-    weights = {"format": FORMAT, "model": {k: v.cpu() for k, v in lipnet.state_dict().items()},
-               "epoch": config.num_epochs - 1, "best": None}  # fmt: skip
-    atomic_torch_save(weights, run_dir / WEIGHTS)
+    weights = Checkpoint(model={k: v.cpu() for k, v in lipnet.state_dict().items()}, epoch=config.num_epochs - 1)
+    atomic_torch_save(weights.published(unfinished=None), run_dir / WEIGHTS)
     note = {"trained_with": "deel-torchlip 1.0.5 SpectralConv2d / SpectralLinear (scripts/torchlip_baseline.py)",
             "train_seconds": round(time.perf_counter() - began, 1)}  # fmt: skip
     atomic_write_text(run_dir / "torchlip.json", json.dumps(note, indent=2))

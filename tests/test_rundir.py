@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -208,6 +209,52 @@ def test_published_weights_evaluate_without_the_checkpoint(tmp_path, tiny):
     path.unlink()
     with pytest.raises(RunFolderError, match=r"has no checkpoint.pt \(nor the published weights, weights.pt\)"):
         load_run(run_dir, "cpu")
+
+
+def test_the_checkpoint_is_a_typed_record_in_the_layout_it_always_had(tmp_path, tiny):
+    from kernel_reg.app.rundir import Checkpoint, read_checkpoint, write_checkpoint
+    from kernel_reg.app.training import train
+
+    config = tiny(tmp_path, num_epochs=2)
+    rows = train(config, log=lambda _: None)
+    run_dir = tmp_path / config.experiment / config.name
+    raw = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    assert set(raw) == {"model", "optimizer", "scheduler", "epoch", "metrics", "best", "rng", "penalties"}
+    state = read_checkpoint(run_dir)
+    assert state.epoch == raw["epoch"] == rows[-1].epoch and list(state.metrics) == rows
+    assert state.best is not None and state.best.val_acc == max(r.val_acc for r in rows)
+    assert state.weights("best")[1:] == (state.best.epoch, "best-validation")
+    assert state.weights("last")[1:] == (state.epoch, "last")
+    assert dataclasses.replace(state, best=None).weights("best")[2] == "last"  # no validation set: the last
+    write_checkpoint(tmp_path, state)
+    again = read_checkpoint(tmp_path)
+    assert (again.epoch, again.metrics, again.rng["data"].tolist()) == (
+        state.epoch,
+        state.metrics,
+        raw["rng"]["data"].tolist(),
+    )
+    assert all(torch.equal(again.model[k], v) for k, v in raw["model"].items())
+    assert all(torch.equal(again.best.model[k], v) for k, v in raw["best"]["model"].items())
+    with pytest.warns(DeprecationWarning, match="returns a Checkpoint"):  # the dict interface of 0.2.0
+        assert state["epoch"] == state.epoch and state["best"]["val_acc"] == state.best.val_acc
+    damaged = {**raw, "best": {"epoch": 0, "model": raw["model"]}}  # no val_acc
+    with pytest.raises(RunFolderError, match=r"checkpoint.pt is not a kernel-reg checkpoint \(KeyError"):
+        Checkpoint.from_dict(damaged, run_dir / "checkpoint.pt")
+
+
+PUBLISHED = sorted(Path(__file__).resolve().parents[1].glob("results/**/weights.pt"))
+
+
+@pytest.mark.skipif(not PUBLISHED, reason="no published weights")
+def test_every_published_weights_file_reads_as_a_checkpoint_and_writes_back_the_same_record():
+    from kernel_reg.app.rundir import Checkpoint
+
+    for path in PUBLISHED:
+        raw = torch.load(path, weights_only=True)
+        state = Checkpoint.from_dict(raw, path)
+        again = state.published(raw.get("unfinished"))
+        assert set(raw) <= set(again) and again["epoch"] == raw["epoch"] and again["best"] == raw["best"], path
+        assert all(torch.equal(again["model"][k], v) for k, v in raw["model"].items()), path
 
 
 def test_masking_checks_have_stable_identifiers_also_when_read_from_records_written_before_them():

@@ -117,12 +117,10 @@ def load_run(
     except DataMismatchError as error:
         raise DataMismatchError(f"{run_dir}: {error}") from None
     model = build_model(config, target, splits.input_shape)
-    best = which == "best" and state.get("best") is not None
-    chosen = state["best"] if best else state
-    load_weights(model, chosen["model"], run_dir)
+    chosen, epoch, weights = state.weights(which)
+    load_weights(model, chosen, run_dir)
     model.eval()
-    weights = "best-validation" if best else "last"
-    return LoadedRun(config, model, splits, int(chosen["epoch"]), weights, int(state["epoch"]), data, note)
+    return LoadedRun(config, model, splits, epoch, weights, state.epoch, data, note)
 
 
 def load_weights(model: nn.Module, weights: dict[str, torch.Tensor], run_dir: str | Path) -> None:

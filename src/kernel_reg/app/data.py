@@ -258,7 +258,12 @@ def load_cifar10(root: str | os.PathLike) -> tuple[np.ndarray, ...]:
     return train_x, train_y, test_x, test_y
 
 
-DATA_SOURCES = ("debian", "folder", "embedded")
+# where a run's data came from (``DataRecord.source``), as its description says it
+DATA_SOURCES = {
+    "debian": "Debian's files",
+    "folder": "a folder given with --data-dir",
+    "embedded": "the embedded subset",
+}
 
 
 @dataclass(frozen=True)
@@ -275,13 +280,8 @@ class DataRecord:
     test_size: int
 
     def describe(self) -> str:
-        origin = {
-            "debian": "Debian's files",
-            "folder": "a folder given with --data-dir",
-            "embedded": "the embedded subset",
-        }
         return (
-            f"{self.dataset} from {origin.get(self.source, self.source)} ({self.train_size} training / "
+            f"{self.dataset} from {DATA_SOURCES.get(self.source, self.source)} ({self.train_size} training / "
             f"{self.test_size} test images; train sha256 {self.train_sha256[:16]}..., test sha256 "
             f"{self.test_sha256[:16]}...)"
         )

@@ -36,7 +36,7 @@ import filelock
 import numpy as np
 import torch
 
-from ..deprecation import moved_names
+from ..deprecation import moved_names, warn
 from .config import Config, upgrade_legacy
 from .data import EMBEDDED, DataRecord
 from .environment import Environment
@@ -513,7 +513,88 @@ def read_divergence(run_dir: str | Path) -> str | None:
     return values["reason"]
 
 
-def read_checkpoint(run_dir: str | Path, device: torch.device | str = "cpu", weights: bool = False) -> dict[str, Any]:
+StateDict = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class BestWeights:
+    """The weights of best validation accuracy so far, of ``epoch``."""
+
+    epoch: int
+    val_acc: float
+    model: StateDict
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """What ``checkpoint.pt`` holds, the training state after ``epoch`` (the model's weights, the best ones
+    so far, the metrics rows, the optimizer's, scheduler's and penalties' state, the RNG states), or, read
+    from a published ``weights.pt``, the weights alone (the rest left empty, ``unfinished``: "epoch k of n"
+    for a run not trained to its last epoch). Written as a plain dict of tensors and containers, which
+    ``torch.load(weights_only=True)`` reads."""
+
+    model: StateDict
+    epoch: int
+    best: BestWeights | None = None
+    metrics: tuple[MetricsRow, ...] = ()
+    optimizer: dict[str, Any] | None = None
+    scheduler: dict[str, Any] | None = None
+    rng: dict[str, Any] | None = None
+    penalties: dict[str, Any] = field(default_factory=dict)
+    unfinished: str | None = None
+
+    def weights(self, which: str) -> tuple[StateDict, int, str]:
+        """(weights, their epoch, "best-validation" or "last"): the best ones for ``which="best"`` when the
+        run has them (a run without a validation set has not), else the last."""
+        if which == "best" and self.best is not None:
+            return self.best.model, self.best.epoch, "best-validation"
+        return self.model, self.epoch, "last"
+
+    def __getitem__(self, key: str) -> Any:
+        """The dict interface of 0.2.0, when ``read_checkpoint`` returned the stored dict (deprecated)."""
+        warn("read_checkpoint() returns a Checkpoint since 0.2.1: read its attributes (state.model, "
+             "state.best.model, state.epoch), not its keys")  # fmt: skip
+        return {**self.to_dict(), "unfinished": self.unfinished}[key]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The training state as ``checkpoint.pt`` stores it."""
+        return dict(model=self.model, optimizer=self.optimizer, scheduler=self.scheduler, epoch=self.epoch,
+                    metrics=[m.to_dict() for m in self.metrics], best=_best_dict(self.best), rng=self.rng,
+                    penalties=self.penalties)  # fmt: skip
+
+    def published(self, unfinished: str | None) -> dict[str, Any]:
+        """The weights alone, as ``weights.pt`` stores them (no optimizer state)."""
+        return {"format": FORMAT, "model": self.model, "epoch": self.epoch, "best": _best_dict(self.best),
+                "unfinished": unfinished}  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, values: Any, path: Path) -> Checkpoint:
+        """The checkpoint or weights file ``path`` held ``values``; RunFolderError naming what is missing."""
+        if not isinstance(values, dict) or not {"model", "epoch"} <= set(values):
+            raise RunFolderError(f"{path} is not a kernel-reg checkpoint (no model weights and epoch)")
+        best = values.get("best")
+        try:
+            return cls(
+                model=values["model"], epoch=int(values["epoch"]),
+                best=None if best is None else BestWeights(int(best["epoch"]), float(best["val_acc"]), best["model"]),
+                metrics=tuple(MetricsRow(**row) for row in values.get("metrics", ())),
+                optimizer=values.get("optimizer"), scheduler=values.get("scheduler"), rng=values.get("rng"),
+                penalties=values.get("penalties") or {}, unfinished=values.get("unfinished"),
+            )  # fmt: skip
+        except (KeyError, TypeError, ValueError) as error:
+            raise RunFolderError(f"{path} is not a kernel-reg checkpoint ({type(error).__name__}: {error})") from None
+
+
+def _best_dict(best: BestWeights | None) -> dict[str, Any] | None:
+    return None if best is None else {"epoch": best.epoch, "val_acc": best.val_acc, "model": best.model}
+
+
+def write_checkpoint(run_dir: str | Path, checkpoint: Checkpoint) -> None:
+    """``checkpoint.pt``, written atomically."""
+    atomic_torch_save(checkpoint.to_dict(), Path(run_dir) / CHECKPOINT)
+
+
+def read_checkpoint(run_dir: str | Path, device: torch.device | str = "cpu", weights: bool = False) -> Checkpoint:
     """The training state of a run folder; RunFolderError when it is missing, truncated or corrupt.
 
     ``weights``: a folder without ``checkpoint.pt`` may give its published ``weights.pt`` instead (the last
@@ -536,9 +617,7 @@ def read_checkpoint(run_dir: str | Path, device: torch.device | str = "cpu", wei
         raise RunFolderError(
             f"{path} is unreadable ({reason}): it is truncated or corrupt. Nothing was changed; {remedy}"
         ) from None
-    if not isinstance(state, dict) or not {"model", "epoch"} <= set(state):
-        raise RunFolderError(f"{path} is not a kernel-reg checkpoint (no model weights and epoch)")
-    return state
+    return Checkpoint.from_dict(state, path)
 
 
 def export_weights(run_dir: str | Path) -> Path:
@@ -549,10 +628,8 @@ def export_weights(run_dir: str | Path) -> Path:
     folder that ``train`` holds is refused, RunFolderError naming the holder)."""
     with locked(run_dir, "kernel-reg export"):
         state = read_checkpoint(run_dir)
-        unfinished = unfinished_epochs(read_config(run_dir), state["epoch"])
-        weights = {"format": FORMAT, "model": state["model"], "epoch": state["epoch"], "best": state.get("best"),
-                   "unfinished": unfinished}  # fmt: skip
-        atomic_torch_save(weights, Path(run_dir) / WEIGHTS)
+        unfinished = unfinished_epochs(read_config(run_dir), state.epoch)
+        atomic_torch_save(state.published(unfinished), Path(run_dir) / WEIGHTS)
     return Path(run_dir) / WEIGHTS
 
 

@@ -39,10 +39,11 @@ from .rundir import (
     PROVENANCE,
     ROBUSTNESS,
     WEIGHTS,
+    BestWeights,
+    Checkpoint,
     MetricsRow,
     Provenance,
     RunFolderError,
-    atomic_torch_save,
     check_not_nested,
     clear_divergence,
     finite_or_none,
@@ -52,6 +53,7 @@ from .rundir import (
     read_metrics,
     read_provenance,
     run_path,
+    write_checkpoint,
     write_config,
     write_divergence,
     write_metrics,
@@ -265,7 +267,7 @@ class Resume:
     """Where a run starts: the saved training state (None: from scratch) and whether config.json must be
     (re)written; ``done``: the run is already trained to its last epoch."""
 
-    state: dict | None
+    state: Checkpoint | None
     write_config: bool
     done: bool = False
 
@@ -298,11 +300,11 @@ def _resume_point(config: Config, run_dir: Path, log: Log) -> Resume:
     if not (run_dir / CHECKPOINT).is_file():
         return Resume(None, write_config=True)
     state = read_checkpoint(run_dir)
-    if state["epoch"] >= config.num_epochs - 1:
-        log(f"{run_dir} is already trained to its last epoch ({state['epoch']}); nothing to do")
-        _repair_metrics(run_dir, [MetricsRow(**row) for row in state["metrics"]], log)
+    if state.epoch >= config.num_epochs - 1:
+        log(f"{run_dir} is already trained to its last epoch ({state.epoch}); nothing to do")
+        _repair_metrics(run_dir, list(state.metrics), log)
         return Resume(state, write_config=False, done=True)
-    log(f"resuming {run_dir} after epoch {state['epoch']}")
+    log(f"resuming {run_dir} after epoch {state.epoch}")
     if (run_dir / WEIGHTS).is_file():  # an export of weights that training now moves on from
         (run_dir / WEIGHTS).unlink()
         log(f"removed {run_dir / WEIGHTS}, exported at an earlier epoch: export the run again when it is trained")
@@ -352,7 +354,7 @@ def _train(
     device = rank_device or resolve_device(config.device)
     run_dir = run_path(config)
     resume = _resume_point(config, run_dir, log if group.is_main else lambda _: None)
-    metrics = [MetricsRow(**row) for row in resume.state["metrics"]] if resume.state is not None else []
+    metrics = list(resume.state.metrics) if resume.state is not None else []
     if resume.done:
         return metrics
     provenance = read_provenance(run_dir) if resume.state is not None else None
@@ -362,7 +364,7 @@ def _train(
     except DataMismatchError as error:
         raise DataMismatchError(f"cannot resume {run_dir}: {error}") from None
     if group.is_main:
-        start = 0 if resume.state is None else resume.state["epoch"] + 1
+        start = 0 if resume.state is None else resume.state.epoch + 1
         session = environment.capture(device, start, note)
         earlier = () if provenance is None else provenance.trainings
         note_before = None if provenance is None else provenance.note
@@ -380,20 +382,22 @@ def _train(
     augment = build_augmentation(config, tuple(splits.train_x.shape[1:]), data_rng)
     probe_x = splits.train_x[: config.probe_size]
 
-    best: dict | None = None  # the weights of best validation accuracy, which evaluation uses
+    best: BestWeights | None = None  # the weights of best validation accuracy, which evaluation uses
     start_epoch = 0
     state = resume.state
     if state is not None:
-        load_weights(model, state["model"], run_dir)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        best = state["best"]
-        start_epoch = state["epoch"] + 1
-        torch.set_rng_state(state["rng"]["torch"])
-        data_rng.set_state(state["rng"]["data"])
-        if device.type == "cuda" and state["rng"].get("cuda") is not None:
-            torch.cuda.set_rng_state(state["rng"]["cuda"], device)
-        regs.load_state_dict(state.get("penalties", {}), device)
+        if state.optimizer is None or state.scheduler is None or state.rng is None:
+            raise RunFolderError(f"{run_dir / CHECKPOINT} holds weights without a training state: it cannot resume")
+        load_weights(model, state.model, run_dir)
+        optimizer.load_state_dict(state.optimizer)
+        scheduler.load_state_dict(state.scheduler)
+        best = state.best
+        start_epoch = state.epoch + 1
+        torch.set_rng_state(state.rng["torch"])
+        data_rng.set_state(state.rng["data"])
+        if device.type == "cuda" and state.rng.get("cuda") is not None:
+            torch.cuda.set_rng_state(state.rng["cuda"], device)
+        regs.load_state_dict(state.penalties, device)
     else:
         torch.manual_seed(config.seed)
     if resume.write_config and group.is_main:
@@ -449,8 +453,8 @@ def _train(
                     **record,
                 )
                 epoch_seconds = []
-                if row.val_acc is not None and (best is None or row.val_acc > best["val_acc"]):
-                    best = dict(epoch=epoch, val_acc=row.val_acc, model=_cpu_copy(model.state_dict()))
+                if row.val_acc is not None and (best is None or row.val_acc > best.val_acc):
+                    best = BestWeights(epoch, row.val_acc, _cpu_copy(model.state_dict()))
                 metrics.append(row)
                 if group.is_main:
                     rng = {
@@ -458,17 +462,12 @@ def _train(
                         "data": data_rng.get_state(),
                         "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
                     }
-                    checkpoint = dict(
-                        model=model.state_dict(),
-                        optimizer=optimizer.state_dict(),
-                        scheduler=scheduler.state_dict(),
-                        epoch=epoch,
-                        metrics=[m.to_dict() for m in metrics],
-                        best=best,
-                        rng=rng,
+                    checkpoint = Checkpoint(
+                        model=model.state_dict(), epoch=epoch, best=best, metrics=tuple(metrics),
+                        optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), rng=rng,
                         penalties=regs.state_dict(),
-                    )
-                    atomic_torch_save(checkpoint, run_dir / CHECKPOINT)
+                    )  # fmt: skip
+                    write_checkpoint(run_dir, checkpoint)
                     write_metrics(run_dir, metrics)
                 log(_format(row))  # after the save: a reader of this line finds the epoch on disk
     except KeyboardInterrupt:

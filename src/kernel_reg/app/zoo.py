@@ -33,6 +33,7 @@ from .rundir import (
     CONFIG,
     ROBUSTNESS,
     WEIGHTS,
+    Checkpoint,
     RunFolderError,
     atomic_write_text,
     read_certification,
@@ -154,8 +155,8 @@ def entry_of(results: Path, run_dir: Path, train_command: Callable[[Any], str]) 
     which = {e["weights"] for e in evaluations if e.get("weights")}
     if len(which) > 1:
         raise ZooError(f"{run_dir}: its records measured different weights ({', '.join(sorted(which))})")
-    weights = which.pop() if which else ("best-validation" if state.get("best") is not None else "last")
-    chosen = state["best"] if weights == "best-validation" else state
+    weights = which.pop() if which else ("best-validation" if state.best is not None else "last")
+    _, epoch, _ = state.weights("best" if weights == "best-validation" else "last")
     provenance = read_provenance(run_dir)
     trained_with = None
     if provenance is not None and provenance.trainings:
@@ -173,7 +174,7 @@ def entry_of(results: Path, run_dir: Path, train_command: Callable[[Any], str]) 
         weights_sha256=sha256_file(run_dir / WEIGHTS),
         weights_bytes=(run_dir / WEIGHTS).stat().st_size,
         weights=weights,
-        epoch=int(chosen["epoch"]),
+        epoch=epoch,
         data=None if provenance is None else provenance.data,
         evaluations=tuple(evaluations),
         train_command=train_command(config),
@@ -242,7 +243,7 @@ def find(name_or_folder: str, path: Path | None = None) -> tuple[ModelEntry, Pat
     raise ZooError(f"no published model named {name_or_folder!r}; {hint}the index ({path}) holds: {', '.join(names)}")
 
 
-def _read_weights(path: Path, sha256: str | None) -> dict[str, Any]:
+def _read_weights(path: Path, sha256: str | None) -> Checkpoint:
     """The state of a weights file, its sha256 checked first when given; ZooError naming the file."""
     try:
         raw = path.read_bytes()
@@ -257,9 +258,10 @@ def _read_weights(path: Path, sha256: str | None) -> dict[str, Any]:
         state = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
     except Exception as error:  # a damaged file can raise almost anything while unpickling
         raise ZooError(f"{path} is not a readable weights file ({type(error).__name__})") from None
-    if not isinstance(state, dict) or "model" not in state:
-        raise ZooError(f"{path} is not a kernel-reg weights file (no model weights)")
-    return state
+    try:
+        return Checkpoint.from_dict(state, path)
+    except RunFolderError as error:
+        raise ZooError(str(error)) from None
 
 
 def load(name_or_folder: str, index: Path | None = None, device: str = "cpu") -> nn.Module:
@@ -278,11 +280,11 @@ def load(name_or_folder: str, index: Path | None = None, device: str = "cpu") ->
 
 def _build(entry: ModelEntry, folder: Path, device: torch.device) -> nn.Module:
     state = _read_weights(folder / WEIGHTS, entry.weights_sha256)
-    chosen = state["best"] if entry.weights == "best-validation" else state
+    chosen, _, _ = state.weights("best" if entry.weights == "best-validation" else "last")
     config = read_config(folder)
     with torch.random.fork_rng(devices=[]):
         model = build_model(config, device, entry.input_shape)
-    load_weights(model, chosen["model"], folder)
+    load_weights(model, chosen, folder)
     return model.eval()
 
 
