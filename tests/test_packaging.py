@@ -107,3 +107,17 @@ def test_the_claimed_python_floor_is_the_one_the_code_is_checked_against():
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_every_application_module_has_a_layer_and_every_library_module_is_forbidden_the_application():
+    """import-linter checks only the modules its contracts name: a new module must be placed in them."""
+    contracts = {c["type"]: c for c in PYPROJECT["tool"]["importlinter"]["contracts"]}
+    app = ROOT / "src" / "kernel_reg" / "app"
+    layered = {m.strip() for layer in contracts["layers"]["layers"] for m in layer.split("|")}
+    assert layered == {p.stem for p in app.glob("*.py") if p.stem != "__init__"}
+    top = ROOT / "src" / "kernel_reg"
+    shim = re.compile(r"^__getattr__ = moved_module\(", re.M)  # an old path forwarding to the new one
+    modules = {p.stem for p in top.glob("*.py") if not shim.search(p.read_text())}
+    packages = {p.parent.name for p in top.glob("*/__init__.py")}
+    forbidden = {m.removeprefix("kernel_reg.") for m in contracts["forbidden"]["source_modules"]}
+    assert (modules | packages) - {"app", "__init__", "__main__"} == forbidden
