@@ -388,16 +388,19 @@ def plot_paired_gains(panels: dict[str, dict[str, Paired]], path: Path, referenc
             colour = method_colour(method)
             filled = c.verdict() != "no evidence"
             ax.plot([c.low, c.high], [rows[method]] * 2, color=colour, linewidth=2)
-            ax.plot([c.mean], [rows[method]], "o", color=colour, markerfacecolor=colour if filled else "white",
-                    markersize=6)  # fmt: skip
-            ax.annotate(f"n={c.n}", (c.high, rows[method]), xytext=(4, -3), textcoords="offset points", fontsize=7)
+            ax.plot([c.mean], [rows[method]], "o", markerfacecolor=colour if filled else "white",
+                    markeredgecolor="0.1", markeredgewidth=1.0, markersize=7)  # fmt: skip
+            p = c.p if c.p_holm is None else c.p_holm
+            ax.annotate(f"n={c.n}, p={p:.1g}", (c.high, rows[method]), xytext=(4, -3), textcoords="offset points",
+                        fontsize=7)  # fmt: skip
         n_max = max((c.n for c in tested.values()), default=0)
         ax.set_title(f"{title} (up to {n_max} paired subsets)", fontsize=10)
         ax.set_xlabel(f"test accuracy - {reference} (points), 95% t-interval", fontsize=9)
         ax.grid(axis="x", color="0.9")
-        ax.margins(x=0.1)  # room for the n= labels
+        ax.margins(x=0.22)  # room for the n= and p= labels
     axes[0][0].set_yticks(list(rows.values()), [method_label_text(m) for m in rows], fontsize=8)
-    fig.suptitle("Filled: Holm-adjusted p < 0.05 (gain or loss); open: no evidence", fontsize=8, y=0.995)
+    fig.suptitle("Filled dot: Holm-adjusted p < 0.05 (gain or loss); open dot: no evidence. p: Holm-adjusted",
+                 fontsize=8, y=0.995)  # fmt: skip
     fig.tight_layout()
     _save(fig, path)
     return True
