@@ -384,3 +384,13 @@ def test_the_paired_gains_figure_shows_each_comparison_and_the_script_draws_the_
                           capture_output=True, text=True, timeout=300)  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "1000 examples: vat:" in done.stdout and (tmp_path / "study.png").is_file()
+
+
+def test_learning_curves_zoom_to_where_every_curve_has_risen():
+    from kernel_reg.app.plots import _zoomed_floor
+
+    curves = [[0.1, 0.55, 0.70, 0.72, 0.71, 0.72, 0.73, 0.72], [0.1, 0.3, 0.64, 0.75, 0.77, 0.78, 0.78, 0.79]]
+    floor = _zoomed_floor(curves)  # after the first quarter of evaluations the lowest value is 0.64
+    assert floor == 60 and floor % 5 == 0
+    assert all(100 * v >= floor + 3 for curve in curves for v in curve[2:])  # 3 points of room below each
+    assert _zoomed_floor([[0.02, 0.01, 0.015, 0.02]]) == 0  # never below 0

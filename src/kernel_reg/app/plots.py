@@ -102,31 +102,57 @@ def _row_major(handles: list[Any], names: list[str], columns: int) -> tuple[list
     return [handles[i] for i in order], [names[i] for i in order]
 
 
+def _seed_range(runs: list[RunSummary], field: str) -> tuple[list[int], list[float], list[float]]:
+    """(epochs, lowest and highest value of ``field`` over the seeds there), where every seed has one."""
+    epochs = sorted(set.intersection(*({m.epoch for m in r.metrics if getattr(m, field) is not None} for r in runs)))
+    values = [[getattr(next(m for m in r.metrics if m.epoch == e), field) for r in runs] for e in epochs]
+    return epochs, [min(v) for v in values], [max(v) for v in values]
+
+
+def _zoomed_floor(curves: list[list[float]], share: float = 0.25) -> float:
+    """The lower y limit (%) that shows every curve after its first ``share`` of evaluations: their lowest
+    value there less 3 points, down to a multiple of 5; the early rise from chance falls below it."""
+    late = [v for curve in curves for v in curve[max(1, int(share * len(curve))) :]]
+    return max(0.0, 5 * math.floor((100 * min(late, default=0.0) - 3) / 5))
+
+
 def plot_learning_curves(runs: list[RunSummary], path: Path) -> bool:
     """Small multiples, one panel per method: the test accuracy of each setting over epochs (mean over
     seeds; faint, the legend names what sets it apart, the title what the settings share, or the setting
-    when it is the method's only one), the selected setting bold with its training accuracy dashed. False
-    when no run has finished."""
+    when it is the method's only one), the selected setting bold with its range over seeds shaded and its
+    training accuracy dashed, the unregularized baseline's selected test accuracy in grey in every panel.
+    The y axis starts where every curve has risen (``_zoomed_floor``), so that differences of a few points
+    show. False when no run has finished."""
     selection = select(runs)
     if not selection.chosen:
         return False
     methods = sorted(selection.chosen, key=lambda m: (m != "none", m))
     families = [selection.family(method) for method in methods]
+    baseline = _mean_curve(selection.of("none"), "test_acc") if "none" in selection.chosen else None
     fig, axes = _panels(len(methods), height=3.3)  # room for each legend below its panel
+    shown: list[list[float]] = []
     for index, (ax, method, family) in enumerate(zip(axes, methods, families)):
         colour = method_colour(method)
         shared, texts = setting_labels([members[0].config for members in family])
+        if baseline is not None and method != "none":
+            ax.plot(baseline[0], [100 * v for v in baseline[1]], color="0.55", lw=1.0, label="_baseline")
         for members, text in zip(family, texts):
             bold = members is selection.of(method)
             epochs, test = _mean_curve(members, "test_acc")
+            shown.append(test)
             style = dict(lw=2.2, alpha=1.0) if bold else dict(lw=1.0, alpha=0.6)
             ax.plot(epochs, [100 * v for v in test], color=colour, label=text or "-", **style)
             if bold:
+                if len(members) > 1:
+                    epochs, low, high = _seed_range(members, "test_acc")
+                    ax.fill_between(epochs, [100 * v for v in low], [100 * v for v in high], color=colour,
+                                    alpha=0.2, linewidth=0)  # fmt: skip
                 epochs, train = _mean_curve(members, "train_acc")
+                shown.append(train)
                 ax.plot(epochs, [100 * v for v in train], color=colour, lw=1.4, linestyle="--")
         if len(family) > 1:
             columns = min(3, len(family))
-            handles, names = ax.get_legend_handles_labels()
+            handles, names = ax.get_legend_handles_labels()  # the grey baseline's label starts with "_": left out
             handles, names = _row_major(handles, names, columns)
             ax.legend(handles, names, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=columns,
                       frameon=False, handlelength=1.5, columnspacing=1.0, labelcolor=text_colour(colour))  # fmt: skip
@@ -136,8 +162,14 @@ def plot_learning_curves(runs: list[RunSummary], path: Path) -> bool:
             ax.set_ylabel("accuracy (%)", fontsize=8)
         ax.tick_params(labelsize=7.5)
         ax.grid(alpha=0.3)
+    floor = _zoomed_floor(shown)
+    axes[0].set_ylim(floor, 100.5)  # the panels share their y axis
     chosen = "bold: selected by validation" if any(len(f) > 1 for f in families) else "one setting per method"
-    fig.suptitle(f"test accuracy per setting (mean over seeds)\n{chosen}, its training accuracy dashed", fontsize=9)
+    fig.suptitle(
+        f"test accuracy per setting (mean over seeds; y axis from {floor:g}%)\n{chosen}, shaded: its "
+        "range over seeds, dashed: its training accuracy; grey: the unregularized baseline",
+        fontsize=9,
+    )
     fig.tight_layout()
     _save(fig, path)
     return True
