@@ -9,6 +9,10 @@ only change when the records do. Kinds:
 
 - ``paired EXPERIMENT``: the paired table of ``kernel-reg report`` for that experiment's study under
   ``results/small_data_fit`` (paired t-intervals, Holm-adjusted verdicts), without the augmentation runs.
+- ``augmentation EXPERIMENT``: the augmentation control of that experiment: the baseline with each
+  augmentation against the baseline; each penalty on top of crops + deformations against the baseline with
+  them (does kernel regularization add to augmentation?) and against the penalty alone (does augmentation
+  add to it?); paired on training subsets, Holm-adjusted over the whole table.
 """
 
 from __future__ import annotations
@@ -19,23 +23,67 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from kernel_reg.app.report import paired_table
-from kernel_reg.app.studies import collect_runs, studies
+from kernel_reg.app.config import hyperparameter_text
+from kernel_reg.app.report import paired_differences, paired_row, paired_table
+from kernel_reg.app.statistics import ALPHA, family
+from kernel_reg.app.studies import RunSummary, Study, collect_runs, select, studies
 
 ROOT = Path(__file__).resolve().parents[1]
+SMALL_DATA = ROOT / "results" / "small_data_fit"  # the small-data study's run folders
 BLOCK = re.compile(r"(<!-- generated: (\S+) (\S+) -->\n)(.*?)(<!-- end generated -->)", re.S)
+
+
+def small_data_studies(experiment: str) -> tuple[Study, dict[str, Study]]:
+    """The study of ``experiment`` under results/small_data_fit without augmentation, and those with it by
+    their transforms."""
+    found = [s for s in studies(collect_runs(SMALL_DATA)) if s.experiment == experiment]
+    plain = [s for s in found if not s.differs.get("aug")]
+    if len(plain) != 1:
+        raise SystemExit(f"results/small_data_fit holds {len(plain)} studies of {experiment} without augmentation")
+    augmented = {str(s.differs.get("aug_transforms", "auto")): s for s in found if s.differs.get("aug")}
+    return plain[0], augmented
 
 
 def paired(experiment: str) -> str:
     """The paired table of the small-data study of ``experiment`` (the study without augmentation)."""
-    found = [s for s in studies(collect_runs(ROOT / "results" / "small_data_fit"))
-             if s.experiment == experiment and not s.differs.get("aug")]  # fmt: skip
-    if len(found) != 1:
-        raise SystemExit(f"results/small_data_fit holds {len(found)} studies of {experiment} without augmentation")
-    return paired_table(found[0].runs)
+    return paired_table(small_data_studies(experiment)[0].runs)
 
 
-GENERATORS: dict[str, Callable[[str], str]] = {"paired": paired}
+BOTH = "crop+deform"  # the augmentation the penalties are trained on top of
+
+
+def augmentation(experiment: str) -> str:
+    """The augmentation control of ``experiment`` as a Markdown table (see the module docstring)."""
+    plain, augmented = small_data_studies(experiment)
+    if not augmented:
+        return f"No run with augmentation is committed for {experiment} yet."
+    alone = select(plain.runs)
+    chosen = {transforms: select(study.runs) for transforms, study in augmented.items()}
+    rows: dict[str, tuple[str, list[RunSummary], list[RunSummary]]] = {}
+    for transforms, selection in sorted(chosen.items()):
+        if "none" in selection.chosen and "none" in alone.chosen:
+            rows[f"baseline + {transforms} - baseline"] = ("-", selection.of("none"), alone.of("none"))
+    both = chosen.get(BOTH)
+    for method in sorted(both.chosen if both is not None else ()):
+        if method == "none":
+            continue
+        params = hyperparameter_text(both.of(method)[0].config) or "-"
+        if "none" in both.chosen:
+            rows[f"{method} + {BOTH} - baseline + {BOTH}"] = (params, both.of(method), both.of("none"))
+        if method in alone.chosen:
+            rows[f"{method} + {BOTH} - {method}"] = (params, both.of(method), alone.of(method))
+    differences = {label: paired_differences(members, reference) for label, (_, members, reference) in rows.items()}
+    tested = family(differences)
+    lines = ["| comparison | hyperparameters | paired subsets | test acc difference (points): mean [95% t-interval] "
+             "| p (Holm) | verdict | mean +- s.e. (descriptive) |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines += [paired_row(label, params, tested.get(label), len(differences[label]))
+              for label, (params, _, _) in rows.items()]  # fmt: skip
+    note = (f"\nVerdicts: Holm-adjusted p < {ALPHA:g} over the {len(tested)} comparisons of this table (t-test on "
+            "paired training subsets, n - 1 degrees of freedom); 'no evidence' otherwise.")  # fmt: skip
+    return "\n".join(lines) + "\n" + note
+
+
+GENERATORS: dict[str, Callable[[str], str]] = {"paired": paired, "augmentation": augmentation}
 
 
 def regenerate(text: str) -> tuple[str, list[str]]:

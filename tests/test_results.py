@@ -46,3 +46,38 @@ def test_check_fails_and_names_a_table_that_differs_from_the_records(tmp_path):
                           text=True, timeout=600)  # fmt: skip
     assert done.returncode == 1 and "paired fmnist300_vgg5" in done.stderr
     assert results.read_text().count("edited by hand") == 1  # --check changes nothing
+
+
+def test_the_augmentation_control_pairs_each_run_with_its_reference_on_the_same_subset(tmp_path, monkeypatch):
+    from test_report import make_run
+
+    tables = load_script()
+    monkeypatch.setattr(tables, "SMALL_DATA", tmp_path)
+    both = {"aug": True, "aug_transforms": "crop+deform"}
+    accuracies = {  # (regularizer, augmentation) -> test accuracy on training subsets 0, 1, 2
+        ("none", None): (0.700, 0.720, 0.710), ("none", "crop+deform"): (0.740, 0.750, 0.745),
+        ("vat", None): (0.750, 0.760, 0.770), ("vat", "crop+deform"): (0.780, 0.785, 0.790),
+        ("none", "crop"): (0.730, 0.725, 0.720),
+    }  # fmt: skip
+    for (reg, aug), values in accuracies.items():
+        changes = {"aug": True, "aug_transforms": aug} if aug else {"aug": False}
+        for subset, acc in enumerate(values):
+            regs = {"regs": ("vat",)} if reg == "vat" else {}
+            make_run(tmp_path, f"{reg}_{aug}_{subset}", acc, experiment="fmnist300_vgg5", shuf_seed=subset,
+                     **changes, **regs)  # fmt: skip
+    make_run(tmp_path, "vat_cd_unpaired", 0.9, experiment="fmnist300_vgg5", shuf_seed=9, regs=("vat",), **both)
+    table = tables.augmentation("fmnist300_vgg5")
+    rows = {line.split(" | ")[0][2:]: line for line in table.splitlines() if line.startswith("| ")}
+
+    def mean_of(a, b):  # the paired mean difference in points, by hand
+        return sum(100 * (x - y) for x, y in zip(accuracies[a], accuracies[b])) / 3
+
+    expected = {
+        "baseline + crop+deform - baseline": mean_of(("none", "crop+deform"), ("none", None)),
+        "baseline + crop - baseline": mean_of(("none", "crop"), ("none", None)),
+        "vat + crop+deform - baseline + crop+deform": mean_of(("vat", "crop+deform"), ("none", "crop+deform")),
+        "vat + crop+deform - vat": mean_of(("vat", "crop+deform"), ("vat", None)),
+    }
+    for label, mean in expected.items():
+        assert f" | 3 | {mean:+.2f} [" in rows[label], (label, rows[label])  # the unpaired subset 9 is left out
+    assert f"over the {len(expected)} comparisons" in table

@@ -145,7 +145,7 @@ def selection_table(runs: list[RunSummary]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _paired_row(label: str, params: str, comparison: Paired | None, n: int) -> str:
+def paired_row(label: str, params: str, comparison: Paired | None, n: int) -> str:
     """A table row: the mean paired difference with its 95% t-interval (n - 1 degrees of freedom), the
     Holm-adjusted p-value over the table's comparisons, the verdict by that p-value, and mean +- standard
     error (descriptive only)."""
@@ -156,7 +156,7 @@ def _paired_row(label: str, params: str, comparison: Paired | None, n: int) -> s
     return f"| {label} | {params} | {c.n} | {interval} | {c.p_holm:.3g} | {c.verdict()} | {c.mean:+.2f} +- {c.se:.2f} |"
 
 
-def _differences(members: list[RunSummary], reference: list[RunSummary]) -> list[float]:
+def paired_differences(members: list[RunSummary], reference: list[RunSummary]) -> list[float]:
     """100 (test accuracy of each member - that of the reference run on the same training subset)."""
     by_seed = {seed_of(r): r.best.test_acc for r in reference}
     return [100 * (r.best.test_acc - by_seed[seed_of(r)]) for r in members if seed_of(r) in by_seed]
@@ -179,12 +179,12 @@ def paired_comparisons(runs: list[RunSummary]) -> list[Comparison]:
     for method in sorted(m for m in selection.chosen if m != "none"):
         members = selection.of(method)
         rows.append(("baseline", method, hyperparameter_text(members[0].config) or "-",
-                     _differences(members, selection.of("none"))))  # fmt: skip
+                     paired_differences(members, selection.of("none"))))  # fmt: skip
     combined = [m for m in selection.chosen if m.endswith(PROJECTED) and m[: -len(PROJECTED)] in selection.chosen]
     for method in sorted(combined):
         members = selection.of(method)
         rows.append(("alone", method, hyperparameter_text(members[0].config) or "-",
-                     _differences(members, selection.of(method[: -len(PROJECTED)]))))  # fmt: skip
+                     paired_differences(members, selection.of(method[: -len(PROJECTED)]))))  # fmt: skip
     return rows
 
 
@@ -204,7 +204,7 @@ def paired_table(runs: list[RunSummary]) -> str:
         if section == "alone" and method == min(combined):  # the second table starts
             lines += ["", "Adding the projection, each method at its own selected setting:", ""]
             lines += [header.format("method", "the method alone"), rule]
-        lines.append(_paired_row(method, params, tested.get(f"{section}:{method}"), len(differences)))
+        lines.append(paired_row(method, params, tested.get(f"{section}:{method}"), len(differences)))
     note = (f"\nVerdicts: Holm-adjusted p < {ALPHA:g} over the {len(tested)} comparisons of this table "
             "(t-test on paired subsets, n - 1 degrees of freedom); 'no evidence' otherwise. Intervals are per "
             "comparison (not adjusted).\n")  # fmt: skip
