@@ -19,3 +19,10 @@ for experiment in fmnist300_vgg5 fmnist1000_vgg5; do
   $KR sweep --grid-file results/small_data_fit/grid_augmentation.yaml --seeds 3-7 --init-seed-per-subset \
     --experiment $experiment $FIT
 done
+# claim 2 replicated (item 4): 8 settings x 3 subsets on 10,000 images, 90 epochs, evaluated on 2,000 test
+# images with APGD-CE + APGD-T (9 targets); see results/robustness_claim2/grid.yaml
+$KR sweep --grid-file results/robustness_claim2/grid.yaml --seeds 3 --init-seed-per-subset --jobs 2 \
+  --root results/robustness_claim2 --experiment fmnist_vgg5 --n-train 10000 --width 16 --num-epochs 90 \
+  --sched-step 30 --eval-delta 5 --probe-size 64 \
+  --evaluate --eps-l2 0.5 1 2 --eps-linf --attacks strong --attack-steps 100 --restarts 1 \
+  --converge-every-radius --eval-n-test 2000
