@@ -89,8 +89,11 @@ def test_every_configuration_flag_says_what_it_sets():
         (["train", "--data-dir", "embedded", "--n-val", "3500"], "exceeds the 4000 examples"),
         (["train", "--steps", "zero"], "argument --steps: steps must be an integer, got 'zero'"),
         (["train", "--lr", "fast"], "argument --lr: invalid float value: 'fast'"),
-        (["evaluate", "--attacks", "fgsm"], "attack must be one of"),
-        (["evaluate", "/nonexistent/run"], "is not a run folder"),
+        (["evaluate", "--attacks", "fgsm"], "--attacks must be one of"),
+        (["evaluate", "/nonexistent/run"], "/nonexistent/run does not exist"),
+        (["sweep", "--grid", "lr=0.1", "--dry-run", "--evaluate", "--attacks", "fgsm"], "--attacks must be one of"),
+        (["sweep", "--grid", "lr=0.1", "--dry-run", "--attack-seed", "-1"], "--attack-seed must be an integer >= 0"),
+        (["sweep", "--grid", "lr=0.1", "--attacks", "strong"], "--attacks set the evaluation, which runs only with"),
         (["report", "/nonexistent"], "no run with logged evaluations"),
     ],
 )

@@ -124,7 +124,7 @@ def test_robust_columns_are_titled_by_the_attacks_that_gave_them(tmp_path):
         table = markdown_table(collect_runs(tmp_path))
         header = table.splitlines()[0]
         if name != "c":
-            assert "| APGD-CE+T-l2 0.5 |" in header and "PGD" not in header.replace("APGD", "")
+            assert "| APGD-CE+APGD-T-l2 0.5 |" in header and "PGD" not in header.replace("APGD", "")
         else:  # evaluations under other attacks: a neutral title, each row's note says which
             assert "| robust-l2 0.5 |" in header and "PGD-l2" not in header
 

@@ -54,6 +54,33 @@ def test_an_unknown_attack_is_refused_with_the_valid_names():
     assert "fgsm" in str(error.value)
 
 
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (("--attacks", "pgd,,"), "an empty name in 'pgd,,'"),
+        (("--attacks", "strong,apgd-ce"), "run an attack twice"),
+        (("--attacks", "pgd,pgd"), "run an attack twice"),
+        (("--eps-l2", "-1"), "--eps-l2 must be"),
+        (("--eps-l2", "0.5", "0.5"), "--eps-l2 gives a radius twice"),
+        (("--eps-linf", "300"), "--eps-linf must be at most 1 in the pixel units .* \\(300/255\\)"),
+        (("--attack-seed", "-1"), "--attack-seed must be"),
+        (("--eval-batch-size", "0"), "--eval-batch-size must be"),
+        (("--attack-steps", "0"), "--attack-steps must be"),
+        (("--l2-step", "nan"), "--l2-step must be"),
+        (("--attacks", "fgsm"), "--attacks must be one of"),
+    ],
+)
+def test_bad_flags_are_refused_naming_the_flag_the_user_typed(argv, message):
+    with pytest.raises(ValueError, match=message):
+        parse(*argv)
+
+
+def test_the_same_attacks_get_the_same_title_however_they_are_named():
+    strong, spelled = EvalSettings(attacks=("strong",)), EvalSettings(attacks=("apgd-ce", "apgd-t"))
+    assert suite.robust_title("l2", strong) == suite.robust_title("l2", spelled) == "APGD-CE+APGD-T-l2"
+    assert suite.describe_attacks("l2", strong) == suite.describe_attacks("l2", spelled)
+
+
 def test_settings_round_trip_through_json_and_unknown_keys_are_named():
     settings = EvalSettings(l2_eps=(0.3,), linf_eps=(2 / 255,), attacks=("strong", "square"), seed=3)
     assert EvalSettings.from_dict(json.loads(json.dumps(settings.to_dict()))) == settings
@@ -122,14 +149,15 @@ def test_a_new_attack_is_one_entry(monkeypatch):
     moved = Halfway(0.3)(model, x, y)
     assert not torch.equal(moved, x) and result.l2["0.3"] == int((model(moved).argmax(1) == y).sum()) / 20
     assert result.attacks["l2"] == "Half-l2 (one step)"
-    assert suite.robust_title("l2", settings.attacks) == "Half-l2"
+    assert suite.robust_title("l2", settings) == "Half-l2"
 
 
 def test_moved_names_still_import_from_evaluation_with_a_warning():
     from kernel_reg.app import evaluation, metrics
 
-    with pytest.warns(DeprecationWarning, match="kernel_reg.app.suite"):
+    with pytest.warns(DeprecationWarning, match="kernel_reg.app.suite") as caught:
         assert evaluation.EvalSettings is EvalSettings
+    assert caught[0].filename == __file__  # the warning points at the user's line (shown outside __main__ too)
     with pytest.warns(DeprecationWarning, match="kernel_reg.app.metrics"):
         assert evaluation.robust_accuracy is metrics.robust_accuracy
     with pytest.warns(DeprecationWarning, match="EVAL_ATTACKS"):

@@ -22,8 +22,10 @@ def warn(message: str, stacklevel: int = 3) -> None:
     warnings.warn(f"{message}; the old form goes in kernel-reg {REMOVED_IN}", DeprecationWarning, stacklevel=stacklevel)
 
 
-def moved_names(module: str, new_places: Mapping[str, str]) -> Callable[[str], Any]:
-    """A module ``__getattr__`` (PEP 562) that serves each name of ``new_places`` from the module named there.
+def moved_names(module: str, new_places: Mapping[str, str], stacklevel: int = 3) -> Callable[[str], Any]:
+    """A module ``__getattr__`` (PEP 562) that serves each name of ``new_places`` from the module named there;
+    ``stacklevel`` points the warning at the importing line (one more when a module's own ``__getattr__``
+    calls this one).
 
     Example (in kernel_reg/spectral.py):
         >>> __getattr__ = moved_names(__name__, {"certified_accuracy": "kernel_reg.lipschitz"})
@@ -33,7 +35,7 @@ def moved_names(module: str, new_places: Mapping[str, str]) -> Callable[[str], A
         place = new_places.get(name)
         if place is None:
             raise AttributeError(f"module {module!r} has no attribute {name!r}")
-        warn(f"{module}.{name} moved to {place}.{name}: import it from there")
+        warn(f"{module}.{name} moved to {place}.{name}: import it from there", stacklevel=stacklevel)
         return getattr(importlib.import_module(place), name)
 
     return __getattr__

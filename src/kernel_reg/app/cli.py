@@ -320,6 +320,14 @@ def run_sweep_command(args: argparse.Namespace) -> int:
     base = config_from_args(argparse.Namespace(**{k: v for k, v in vars(args).items() if not k.startswith(_PARAM)}))
     seeds = parse_seeds(args.seeds)
     configs = expand(base, grids, seeds, defaults=reg_param_values(args), init_per_subset=args.init_seed_per_subset)
+    settings: suite.EvalSettings | None = suite.from_args(args)  # checked before anything is listed or written
+    if not args.evaluate:
+        given = [f.metadata["flag"].names[0] for f in dataclasses.fields(suite.EvalSettings)
+                 if getattr(settings, f.name) != getattr(suite.EvalSettings(), f.name)]  # fmt: skip
+        if given:
+            raise ValueError(f"{', '.join(given)} set the evaluation, which runs only with --evaluate: add it, or "
+                             "drop them")  # fmt: skip
+        settings = None
     if args.dry_run:
         for config in configs:
             say(str(run_path(config)))
@@ -330,7 +338,6 @@ def run_sweep_command(args: argparse.Namespace) -> int:
     cluster = Cluster(
         args.cluster, args.jobs, args.partition, args.time, args.gpus_per_node, args.cpus_per_task, args.mem_gb
     )
-    settings = suite.from_args(args) if args.evaluate else None
     outcomes = run_sweep(configs, cluster, settings, log=say)
     if cluster.kind == "slurm":
         return 0  # submitted; the jobs report in their logs

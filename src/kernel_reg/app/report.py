@@ -92,8 +92,8 @@ def markdown_table(runs: list[RunSummary]) -> str:
 def _robust_title(norm: str, evaluated: list[Robustness]) -> str:
     """The title of the robust accuracies of ``norm``: the suite's title of the attacks when every record
     used the same ones (e.g. "PGD-l2"), else "robust-l2" (each row's "eval" note says which)."""
-    used = {r.settings.attacks for r in evaluated}
-    return suite.robust_title(norm, next(iter(used))) if len(used) == 1 else f"robust-{norm}"
+    used = {tuple(r.settings.members()): r.settings for r in evaluated}
+    return suite.robust_title(norm, next(iter(used.values()))) if len(used) == 1 else f"robust-{norm}"
 
 
 def _evaluation_text(robustness: Robustness) -> str:

@@ -159,7 +159,8 @@ def locked(run_dir: str | Path, purpose: str, create: bool = False) -> Iterator[
         holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
         os.close(fd)
         raise RunFolderError(
-            f"{run_dir} is in use by {holder}; wait for it to finish, or choose another --name"
+            f"{run_dir} is in use by {holder}; wait for it to finish"
+            + (", or choose another --name" if purpose.startswith("kernel-reg train") else "")
         ) from None
     try:
         os.ftruncate(fd, 0)
@@ -404,6 +405,8 @@ def read_config(run_dir: str | Path) -> Config:
     """The run's ``Config``; a root that ``write_config`` left out (an absolute one) is the folder that holds
     ``<experiment>/<name>`` of this run folder."""
     path = Path(run_dir) / CONFIG
+    if not Path(run_dir).is_dir():
+        raise RunFolderError(f"{run_dir} does not exist (a run folder is <root>/<experiment>/<name>)")
     if not path.is_file():
         raise RunFolderError(f"{run_dir} is not a run folder: it has no {CONFIG}")
     values = _read_json(path)

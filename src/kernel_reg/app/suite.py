@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -49,7 +50,10 @@ def _from_255ths(radii: Sequence[float]) -> tuple[float, ...]:
 
 
 def _attack_list(text: str) -> tuple[str, ...]:
-    return tuple(name.strip() for name in text.split(",") if name.strip())
+    names = tuple(name.strip() for name in text.split(","))
+    if text.strip() and not all(names):  # "pgd,," or ",pgd": a name left out, not nothing
+        raise ValueError(f"attacks: an empty name in {text!r}; give comma-separated names, e.g. 'strong,square'")
+    return tuple(name for name in names if name)
 
 
 @dataclass(frozen=True)
@@ -110,7 +114,7 @@ class EvalSettings:
         default=("pgd",),
         metadata=_flag(
             "--attacks",
-            help="comma-separated, their per-example worst case: {attacks}",
+            help="comma-separated; each image counts as broken by any of them: {attacks}",
             kind=str,
             shown=",".join,
             read=_attack_list,
@@ -187,14 +191,25 @@ class EvalSettings:
     )
 
     def __post_init__(self) -> None:
-        for eps in self.l2_eps + self.linf_eps:
-            check_positive("eps_test", eps)
+        for name, radii in (("l2_eps", self.l2_eps), ("linf_eps", self.linf_eps)):
+            for eps in radii:
+                check_positive(name, eps)
+            if len(set(radii)) < len(radii):
+                raise ValueError(f"{name} gives a radius twice: {', '.join(f'{e:g}' for e in radii)}")
+        if any(eps > 1 for eps in self.linf_eps):
+            eps = max(self.linf_eps)
+            raise ValueError(f"linf_eps must be at most 1 in the pixel units of [0, 1] images (255/255), got {eps:g} "
+                             f"({eps * 255:g}/255)")  # fmt: skip
         if not self.l2_eps and not self.linf_eps:
-            raise ValueError("give at least one radius (eps_l2 or eps_linf)")
+            raise ValueError("give at least one radius (l2_eps or linf_eps)")
         if not self.attacks:
             raise ValueError(f"attacks must name at least one of {', '.join(EVAL_ATTACKS)}")
         for name in self.attacks:
-            check_choice("attack", name, tuple(EVAL_ATTACKS))
+            check_choice("attacks", name, tuple(EVAL_ATTACKS))
+        expanded = [m for a in self.attacks for m in EVAL_ATTACKS[a].members or (a,)]
+        if len(set(expanded)) < len(expanded):
+            raise ValueError(f"attacks {','.join(self.attacks)} run an attack twice (strong is apgd-ce + apgd-t): "
+                             "name each once")  # fmt: skip
         for name in ("steps", "restarts", "n_target_classes", "queries", "batch_size"):
             check_int(name, getattr(self, name))
         check_positive("l2_step_size", self.l2_step_size)
@@ -206,8 +221,8 @@ class EvalSettings:
         check_int("lipschitz_probe", self.lipschitz_probe, minimum=0)
 
     def members(self) -> list[str]:
-        """The attack names, composites (as "strong") expanded, without repeats."""
-        return list(dict.fromkeys(m for a in self.attacks for m in EVAL_ATTACKS[a].members or (a,)))
+        """The attack names, composites (as "strong") expanded."""
+        return [m for a in self.attacks for m in EVAL_ATTACKS[a].members or (a,)]
 
     def step_size(self, norm: str) -> float:
         """PGD's step for ``norm``."""
@@ -320,10 +335,10 @@ def describe_attacks(norm: str, settings: EvalSettings) -> str:
     return "worst case of " + " + ".join(parts) if len(parts) > 1 else parts[0]
 
 
-def robust_title(norm: str, attacks: Sequence[str]) -> str:
-    """The title of robust accuracies under ``attacks`` (names of ``EVAL_ATTACKS``): "PGD-l2",
-    "APGD-CE+T-linf", "PGD+Square-l2"."""
-    return "+".join(EVAL_ATTACKS[name].title for name in attacks) + f"-{norm}"
+def robust_title(norm: str, settings: EvalSettings) -> str:
+    """The title of robust accuracies under the settings' attacks, composites expanded (so that "strong" and
+    "apgd-ce,apgd-t" share it): "PGD-l2", "APGD-CE+APGD-T-linf", "PGD+Square-l2"."""
+    return "+".join(EVAL_ATTACKS[name].title for name in settings.members()) + f"-{norm}"
 
 
 def eps_key(eps: float) -> str:
@@ -331,29 +346,38 @@ def eps_key(eps: float) -> str:
     return f"{eps:.6g}"
 
 
-def add_flags(parser: argparse.ArgumentParser) -> None:
-    """One option per ``EvalSettings`` field (its ``Flag``), default the field's, stored as ``eval_<field>``."""
+def add_flags(parser: argparse.ArgumentParser, title: str = "evaluation") -> None:
+    """One option per ``EvalSettings`` field (its ``Flag``), default the field's, stored as ``eval_<field>``,
+    in an argument group named ``title``."""
+    group = parser.add_argument_group(title)
     defaults = EvalSettings()
-    names = "; ".join(f"{a.name} ({a.summary})" for a in EVAL_ATTACKS.values())
+    names = ", ".join(a.name if a.build else f"{a.name} (= {' + '.join(a.members)})" for a in EVAL_ATTACKS.values())
     for f in dataclasses.fields(EvalSettings):
         flag: Flag = f.metadata["flag"]
-        dest = f"eval_{f.name}"
+        dest, metavar = f"eval_{f.name}", flag.names[0].removeprefix("--").upper().replace("-", "_")
         if flag.kind is None:
             action = "store_false" if flag.names[0].startswith("--no-") else "store_true"
-            parser.add_argument(*flag.names, dest=dest, action=action, help=flag.help.format(attacks=names))
+            group.add_argument(*flag.names, dest=dest, action=action, help=flag.help.format(attacks=names))
             continue
         value = getattr(defaults, f.name)
         shown = flag.shown(value) if flag.shown else value
         text = " ".join(f"{v:g}" for v in shown) if isinstance(shown, list) else shown
-        parser.add_argument(*flag.names, dest=dest, type=flag.kind, nargs=flag.nargs, default=shown,
-                            help=f"{flag.help.format(attacks=names)} (default: {text})")  # fmt: skip
+        group.add_argument(*flag.names, dest=dest, metavar=metavar, type=flag.kind, nargs=flag.nargs, default=shown,
+                           help=f"{flag.help.format(attacks=names)} (default: {text})")  # fmt: skip
 
 
 def from_args(args: argparse.Namespace) -> EvalSettings:
-    """The settings that the options of ``add_flags`` give."""
-    values = {}
-    for f in dataclasses.fields(EvalSettings):
-        flag: Flag = f.metadata["flag"]
-        value = getattr(args, f"eval_{f.name}")
-        values[f.name] = flag.read(value) if flag.read else value
-    return EvalSettings(**values)
+    """The settings that the options of ``add_flags`` give; ValueError naming the flag at fault."""
+    fields = dataclasses.fields(EvalSettings)
+    try:
+        values = {}
+        for f in fields:
+            flag: Flag = f.metadata["flag"]
+            value = getattr(args, f"eval_{f.name}")
+            values[f.name] = flag.read(value) if flag.read else value
+        return EvalSettings(**values)
+    except ValueError as error:
+        message = str(error)
+        for f in fields:  # the checks name the field: say the flag the user typed
+            message = re.sub(rf"(?<![\w-]){f.name}(?![\w-])", f.metadata["flag"].names[0], message)
+        raise ValueError(message) from None
