@@ -394,3 +394,26 @@ def test_learning_curves_zoom_to_where_every_curve_has_risen():
     assert floor == 60 and floor % 5 == 0
     assert all(100 * v >= floor + 3 for curve in curves for v in curve[2:])  # 3 points of room below each
     assert _zoomed_floor([[0.02, 0.01, 0.015, 0.02]]) == 0  # never below 0
+
+
+def test_fronts_average_the_seeds_of_a_setting_with_their_t_intervals(tmp_path):
+    from scipy import stats
+
+    from kernel_reg.app.plots import front_points, plot_tradeoff
+
+    clean, robust = (0.80, 0.82, 0.81), (0.50, 0.55, 0.53)
+    for subset, (c, r) in enumerate(zip(clean, robust)):
+        config = make_run(tmp_path, f"pgd_s{subset}", 0.8, regs=("pgd-l2",), shuf_seed=subset, seed=42 + subset)
+        write_robustness(run_path(config), dataclasses.replace(robustness(64, "-", clean=c), l2={"0.5": r}))
+    other = make_run(tmp_path, "pgd_e2", 0.8, regs=("pgd-l2",), epsilon=2.0)
+    write_robustness(run_path(other), dataclasses.replace(robustness(64, "-", clean=0.7), l2={"0.5": 0.6}))
+    runs = collect_runs(tmp_path)
+    members = [(r, r.robustness) for r in runs]
+    points = front_points(members, ["" for _ in members], "l2", "0.5")
+    assert len(points) == 2  # the three seeds are one setting
+    (x1, dx1, y1, dy1, _), (x2, dx2, y2, dy2, _) = points
+    half = stats.t.ppf(0.975, 2) / 3**0.5  # t at 2 degrees of freedom, times 1/sqrt(n)
+    assert (x1, dx1, y1, dy1) == (70.0, 0.0, 60.0, 0.0)  # one seed: no interval
+    assert x2 == pytest.approx(81.0) and dx2 == pytest.approx(half * 100 * statistics.stdev(clean))
+    assert y2 == pytest.approx(52.666667) and dy2 == pytest.approx(half * 100 * statistics.stdev(robust))
+    assert plot_tradeoff(runs, tmp_path / "front.png") and (tmp_path / "front.png").stat().st_size > 0

@@ -4,24 +4,27 @@ certified-accuracy curves of Lipschitz networks."""
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from . import regularizers
+from . import regularizers, suite
 from .config import (
+    SEED_FIELDS,
     Config,
     format_value,
     hyperparameter_text,
     hyperparameters,
+    identity,
     short_hash,
 )
 from .rundir import (
     Robustness,
 )
-from .statistics import Paired
+from .statistics import Paired, paired
 from .studies import RunSummary, select
 
 # A method's place in tab20: ten hues for the base methods, and each "+project-sn" combination in the
@@ -271,12 +274,39 @@ def _write_labels(ax: Any, labels: list[tuple[float, float, str, Any]], fontsize
                     fontsize=fontsize, color=text_colour(colour), arrowprops=leader)  # fmt: skip
 
 
+FrontPoint = tuple[float, float, float, float, str]  # (clean %, its half-interval, robust %, its half-interval, label)
+
+
+def front_points(
+    members: list[tuple[RunSummary, Robustness]], texts: list[str], field: str, key: str
+) -> list[FrontPoint]:
+    """One point per setting of a method, sorted by clean accuracy: the mean over its seeds of the clean and
+    the ``field`` accuracy at radius ``key`` (%), each with the half-width of its 95% t-interval over the seeds
+    (n - 1 degrees of freedom; 0 for one seed), and the setting's label. Runs of one setting are those that
+    differ in their seeds alone."""
+    groups: dict[str, list[tuple[float, float, str]]] = defaultdict(list)
+    for (run, rob), text in zip(members, texts):
+        value = (getattr(rob, field) or {}).get(key)
+        if value is not None:
+            setting = json.dumps(identity(run.config, SEED_FIELDS), sort_keys=True, default=str)
+            groups[setting].append((100 * rob.clean, 100 * value, text))
+    points = []
+    for group in groups.values():
+        clean, robust = [g[0] for g in group], [g[1] for g in group]
+        if len(group) == 1:
+            points.append((clean[0], 0.0, robust[0], 0.0, group[0][2]))
+            continue
+        x, y = paired(clean), paired(robust)  # a t-interval of the mean (the p-value is not used)
+        points.append((x.mean, x.high - x.mean, y.mean, y.high - y.mean, group[0][2]))
+    return sorted(points)
+
+
 def plot_tradeoff(runs: list[RunSummary], path: Path, norm: str = "l2") -> bool:
     """Standard vs adversarial test accuracy, one wide panel a row per eps_test, one curve per method across its
-    settings (dashed for a combination with the projection), each point labelled with what sets it apart
-    (the hyperparameters the method's settings share are in the legend), as the paper's figure; for l2 the
-    certified accuracies too (dotted, hollow triangles) unless they are zero everywhere. False when no run
-    has been evaluated."""
+    settings (dashed for a combination with the projection), each point the mean over the setting's seeds with
+    its 95% t-intervals (``front_points``), labelled with what sets it apart (the hyperparameters the method's
+    settings share are in the legend), as the paper's figure; for l2 the certified accuracies too (dotted,
+    hollow triangles) unless they are zero everywhere. False when no run has been evaluated."""
     import matplotlib.pyplot as plt
 
     evaluated = [(r, r.robustness) for r in runs if r.robustness is not None and getattr(r.robustness, norm)]
@@ -290,6 +320,9 @@ def plot_tradeoff(runs: list[RunSummary], path: Path, norm: str = "l2") -> bool:
     # one wide panel a row: the labels of a crowded front need the width
     fig, axes = plt.subplots(len(keys), 1, figsize=(8.4, 3.5 * len(keys)), squeeze=False)
     labels: dict[Any, list[tuple[float, float, str, Any]]] = defaultdict(list)
+    seeds = False  # some setting has several seeds: its point is a mean with intervals
+    used = {tuple(rob.settings.members()): rob.settings for _, rob in evaluated}
+    attacks = suite.robust_title(norm, next(iter(used.values()))) if len(used) == 1 else "robust"
     for ax, key in zip(axes[:, 0], keys):
         for method, members in sorted(by_method.items()):
             colour = method_colour(method)
@@ -298,25 +331,27 @@ def plot_tradeoff(runs: list[RunSummary], path: Path, norm: str = "l2") -> bool:
             line = "--" if "+" in method else "-"
             curves = [(norm, f"{line}o", colour)] + ([("certified_l2", ":^", "none")] if certified_anywhere else [])
             for field, style, fill in curves:
-                points = sorted(
-                    (100 * rob.clean, 100 * value, text)
-                    for (_, rob), text in zip(members, texts)
-                    if (value := (getattr(rob, field) or {}).get(key)) is not None
-                )
+                points = front_points(members, texts, field, key)
                 if not points:
                     continue
-                xs, ys, _ = zip(*points)
+                xs, x_err, ys, y_err, _ = zip(*points)
                 legend = name if field == norm else f"{name}, certified"
                 ax.plot(xs, ys, style, color=colour, label=legend, mfc=fill, ms=5)
+                if any(x_err) or any(y_err):
+                    ax.errorbar(xs, ys, xerr=x_err, yerr=y_err, fmt="none", ecolor=colour, elinewidth=0.9, capsize=2)
+                    seeds = True
                 if field == norm:
-                    labels[ax] += [(x, y, text, colour) for x, y, text in points if text]
+                    labels[ax] += [(x, y, text, colour) for x, _, y, _, text in points if text]
         eps = float(key)
         title = f"{norm} eps_test = {eps * 255:.3g}/255" if norm == "linf" else f"{norm} eps_test = {eps:g}"
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("standard accuracy (%)", fontsize=9)
-        ax.set_ylabel("adversarial accuracy (%)", fontsize=9)
+        ax.set_ylabel(f"robust accuracy (%), {attacks}", fontsize=9)
         ax.tick_params(labelsize=8)
         ax.grid(alpha=0.3)
+    if seeds:
+        fig.suptitle("each point: the mean over its seeds, bars: 95% t-intervals (n - 1 degrees of freedom)",
+                     fontsize=9)  # fmt: skip
     handles, names = axes[0][0].get_legend_handles_labels()
     fig.tight_layout()
     fig.legend(handles, names, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(3, len(names)), fontsize=8.5,
