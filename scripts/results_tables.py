@@ -18,14 +18,15 @@ only change when the records do. Kinds:
 from __future__ import annotations
 
 import argparse
+import functools
 import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 from kernel_reg.app.config import hyperparameter_text
-from kernel_reg.app.report import paired_differences, paired_row, paired_table
-from kernel_reg.app.statistics import ALPHA, family
+from kernel_reg.app.report import paired_differences, paired_header, paired_row, paired_table, verdict_note
+from kernel_reg.app.statistics import family
 from kernel_reg.app.studies import RunSummary, Study, collect_runs, select, studies
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,10 +34,16 @@ SMALL_DATA = ROOT / "results" / "small_data_fit"  # the small-data study's run f
 BLOCK = re.compile(r"(<!-- generated: (\S+) (\S+) -->\n)(.*?)(<!-- end generated -->)", re.S)
 
 
+@functools.cache
+def _studies(root: Path) -> list[Study]:
+    """The studies of the run folders under ``root``, read once per process for all the blocks."""
+    return studies(collect_runs(root))
+
+
 def small_data_studies(experiment: str) -> tuple[Study, dict[str, Study]]:
     """The study of ``experiment`` under results/small_data_fit without augmentation, and those with it by
     their transforms."""
-    found = [s for s in studies(collect_runs(SMALL_DATA)) if s.experiment == experiment]
+    found = [s for s in _studies(SMALL_DATA) if s.experiment == experiment]
     plain = [s for s in found if not s.differs.get("aug")]
     if len(plain) != 1:
         raise SystemExit(f"results/small_data_fit holds {len(plain)} studies of {experiment} without augmentation")
@@ -74,13 +81,10 @@ def augmentation(experiment: str) -> str:
             rows[f"{method} + {BOTH} - {method}"] = (params, both.of(method), alone.of(method))
     differences = {label: paired_differences(members, reference) for label, (_, members, reference) in rows.items()}
     tested = family(differences)
-    lines = ["| comparison | hyperparameters | paired subsets | test acc difference (points): mean [95% t-interval] "
-             "| p (Holm) | verdict | mean +- s.e. (descriptive) |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines = paired_header("comparison", "test acc difference")
     lines += [paired_row(label, params, tested.get(label), len(differences[label]))
               for label, (params, _, _) in rows.items()]  # fmt: skip
-    note = (f"\nVerdicts: Holm-adjusted p < {ALPHA:g} over the {len(tested)} comparisons of this table (t-test on "
-            "paired training subsets, n - 1 degrees of freedom); 'no evidence' otherwise.")  # fmt: skip
-    return "\n".join(lines) + "\n" + note
+    return "\n".join(lines) + "\n" + verdict_note(len(tested))
 
 
 GENERATORS: dict[str, Callable[[str], str]] = {"paired": paired, "augmentation": augmentation}

@@ -138,7 +138,7 @@ class Halfway(attacks.Attack):
 def test_a_new_attack_is_one_entry(monkeypatch):
     """One registry entry makes an attack known to the settings, the command line, the evaluation, its
     records and the report."""
-    entry = EvalAttack("halfway", "Half", "toward grey", lambda norm, eps, s, scale, g: Halfway(eps),
+    entry = EvalAttack("halfway", "Half", lambda norm, eps, s, scale, g: Halfway(eps),
                        lambda norm, s: "one step")  # fmt: skip
     monkeypatch.setitem(EVAL_ATTACKS, "halfway", entry)
     settings = parse("--attacks", "halfway", "--eps-l2", "0.3", "--eps-linf", "--no-checks", "--lipschitz-probe", "0")

@@ -257,7 +257,7 @@ def _set_aside(config: Config) -> None:
     run_dir = run_path(config)
     if run_dir.exists():
         check_not_nested(run_dir, Path(config.root) / config.experiment)
-        with locked(run_dir, "kernel-reg train --fresh"):
+        with locked(run_dir, "kernel-reg train --fresh", remedy="choose another --name"):
             stamp = time.strftime("%Y%m%d-%H%M%S")
             target = run_dir.with_name(f"{run_dir.name}.old-{stamp}")
             count = 1
@@ -320,14 +320,12 @@ def run_sweep_command(args: argparse.Namespace) -> int:
     base = config_from_args(argparse.Namespace(**{k: v for k, v in vars(args).items() if not k.startswith(_PARAM)}))
     seeds = parse_seeds(args.seeds)
     configs = expand(base, grids, seeds, defaults=reg_param_values(args), init_per_subset=args.init_seed_per_subset)
-    settings: suite.EvalSettings | None = suite.from_args(args)  # checked before anything is listed or written
-    if not args.evaluate:
-        given = [f.metadata["flag"].names[0] for f in dataclasses.fields(suite.EvalSettings)
-                 if getattr(settings, f.name) != getattr(suite.EvalSettings(), f.name)]  # fmt: skip
-        if given:
-            raise ValueError(f"{', '.join(given)} set the evaluation, which runs only with --evaluate: add it, or "
-                             "drop them")  # fmt: skip
-        settings = None
+    checked = suite.from_args(args)  # before anything is listed or written
+    given = suite.flags_set(checked)
+    if given and not args.evaluate:
+        raise ValueError(f"{', '.join(given)} set the evaluation, which runs only with --evaluate: add it, or "
+                         "drop them")  # fmt: skip
+    settings = checked if args.evaluate else None
     if args.dry_run:
         for config in configs:
             say(str(run_path(config)))

@@ -67,11 +67,16 @@ def _strength(config: Config, short: bool = False) -> str:
     return " ".join(f"{k}={format_value(v)}" for k, v in values.items() if k.rsplit(".", 1)[-1] in strengths)
 
 
+def _per_epoch(runs: list[RunSummary], field: str) -> tuple[list[int], list[list[float]]]:
+    """(epochs, the seeds' values of ``field`` at each), on the epochs where every seed has a value."""
+    epochs = sorted(set.intersection(*({m.epoch for m in r.metrics if getattr(m, field) is not None} for r in runs)))
+    return epochs, [[getattr(next(m for m in r.metrics if m.epoch == e), field) for r in runs] for e in epochs]
+
+
 def _mean_curve(runs: list[RunSummary], field: str) -> tuple[list[int], list[float]]:
     """(epochs, mean over the seeds of ``field`` there), on the epochs where every seed has a value."""
-    epochs = sorted(set.intersection(*({m.epoch for m in r.metrics if getattr(m, field) is not None} for r in runs)))
-    values = [statistics.mean(getattr(next(m for m in r.metrics if m.epoch == e), field) for r in runs) for e in epochs]
-    return epochs, values
+    epochs, values = _per_epoch(runs, field)
+    return epochs, [statistics.mean(v) for v in values]
 
 
 PANEL_COLUMNS = 3  # small multiples a row: a figure that reads at a page's width
@@ -107,8 +112,7 @@ def _row_major(handles: list[Any], names: list[str], columns: int) -> tuple[list
 
 def _seed_range(runs: list[RunSummary], field: str) -> tuple[list[int], list[float], list[float]]:
     """(epochs, lowest and highest value of ``field`` over the seeds there), where every seed has one."""
-    epochs = sorted(set.intersection(*({m.epoch for m in r.metrics if getattr(m, field) is not None} for r in runs)))
-    values = [[getattr(next(m for m in r.metrics if m.epoch == e), field) for r in runs] for e in epochs]
+    epochs, values = _per_epoch(runs, field)
     return epochs, [min(v) for v in values], [max(v) for v in values]
 
 
@@ -321,8 +325,7 @@ def plot_tradeoff(runs: list[RunSummary], path: Path, norm: str = "l2") -> bool:
     fig, axes = plt.subplots(len(keys), 1, figsize=(8.4, 3.5 * len(keys)), squeeze=False)
     labels: dict[Any, list[tuple[float, float, str, Any]]] = defaultdict(list)
     seeds = False  # some setting has several seeds: its point is a mean with intervals
-    used = {tuple(rob.settings.members()): rob.settings for _, rob in evaluated}
-    attacks = suite.robust_title(norm, next(iter(used.values()))) if len(used) == 1 else "robust"
+    attacks = suite.shared_title(norm, (rob.settings for _, rob in evaluated))
     for ax, key in zip(axes[:, 0], keys):
         for method, members in sorted(by_method.items()):
             colour = method_colour(method)

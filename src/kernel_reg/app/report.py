@@ -48,8 +48,9 @@ def markdown_table(runs: list[RunSummary]) -> str:
     cert_keys = sorted({k for r in evaluated for k in (r.certified_l2 or {})}, key=float)
     evaluations = list(dict.fromkeys(_evaluation_text(r) for r in evaluated))
     header = ["run", "method", "hyperparameters", "n_train", "epoch", "val acc", "test acc", "eval", "clean"]
-    header += [f"{_robust_title('l2', evaluated)} {k}" for k in l2_keys]
-    header += [f"{_robust_title('linf', evaluated)} {float(k) * 255:.3g}/255" for k in linf_keys]
+    header += [f"{suite.shared_title('l2', (r.settings for r in evaluated))} {k}" for k in l2_keys]
+    header += [f"{suite.shared_title('linf', (r.settings for r in evaluated))} {float(k) * 255:.3g}/255"
+               for k in linf_keys]  # fmt: skip
     header += [f"certified l2 {k}" for k in cert_keys] + ["2x budget", "masking checks", "train min"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for run in sorted(runs, key=lambda r: (r.method, setting_order(r.config), r.name)):
@@ -87,13 +88,6 @@ def markdown_table(runs: list[RunSummary]) -> str:
     ]
     footer += [f"- [{i}] {text}" for i, text in enumerate(evaluations, start=1)]
     return "\n".join(lines + footer) + "\n"
-
-
-def _robust_title(norm: str, evaluated: list[Robustness]) -> str:
-    """The title of the robust accuracies of ``norm``: the suite's title of the attacks when every record
-    used the same ones (e.g. "PGD-l2"), else "robust-l2" (each row's "eval" note says which)."""
-    used = {tuple(r.settings.members()): r.settings for r in evaluated}
-    return suite.robust_title(norm, next(iter(used.values()))) if len(used) == 1 else f"robust-{norm}"
 
 
 def _evaluation_text(robustness: Robustness) -> str:
@@ -196,19 +190,26 @@ def paired_table(runs: list[RunSummary]) -> str:
         return ""
     combined = [method for reference, method, _, _ in rows if reference == "alone"]
     tested = family({f"{section}:{method}": d for section, method, _, d in rows})
-    header = ("| {} | selected hyperparameters | paired subsets | test acc - {} (points): mean [95% t-interval] "
-              "| p (Holm) | verdict | mean +- s.e. (descriptive) |")  # fmt: skip
-    rule = "|---|---|---|---|---|---|---|"
-    lines = [header.format("method", "baseline"), rule]
+    lines = paired_header("method", "test acc - baseline")
     for section, method, params, differences in rows:
         if section == "alone" and method == min(combined):  # the second table starts
             lines += ["", "Adding the projection, each method at its own selected setting:", ""]
-            lines += [header.format("method", "the method alone"), rule]
+            lines += paired_header("method", "test acc - the method alone")
         lines.append(paired_row(method, params, tested.get(f"{section}:{method}"), len(differences)))
-    note = (f"\nVerdicts: Holm-adjusted p < {ALPHA:g} over the {len(tested)} comparisons of this table "
+    return "\n".join(lines) + "\n" + verdict_note(len(tested))
+
+
+def paired_header(first: str, difference: str) -> list[str]:
+    """The header and rule of a table of ``paired_row`` rows."""
+    return [f"| {first} | selected hyperparameters | paired subsets | {difference} (points): mean [95% t-interval] "
+            "| p (Holm) | verdict | mean +- s.e. (descriptive) |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+
+
+def verdict_note(comparisons: int) -> str:
+    """The rule behind the verdicts of a table of ``comparisons`` paired comparisons, one Holm family."""
+    return (f"\nVerdicts: Holm-adjusted p < {ALPHA:g} over the {comparisons} comparisons of this table "
             "(t-test on paired subsets, n - 1 degrees of freedom); 'no evidence' otherwise. Intervals are per "
             "comparison (not adjusted).\n")  # fmt: skip
-    return "\n".join(lines) + "\n" + note
 
 
 def write_report(

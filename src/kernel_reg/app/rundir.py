@@ -138,9 +138,10 @@ def _probe(folder: Path) -> tuple[int, str]:
 
 
 @contextlib.contextmanager
-def locked(run_dir: str | Path, purpose: str, create: bool = False) -> Iterator[Path]:
+def locked(run_dir: str | Path, purpose: str, create: bool = False, remedy: str = "") -> Iterator[Path]:
     """Hold the run folder's lock for the block (``create``: make the folder if missing, and remove it
-    again if the block wrote nothing there).
+    again if the block wrote nothing there; ``remedy``: what else the user may do when the folder is busy,
+    e.g. "choose another --name").
 
     RunFolderError at once when another process holds it (naming that process) or when the folder is
     not writable."""
@@ -159,8 +160,7 @@ def locked(run_dir: str | Path, purpose: str, create: bool = False) -> Iterator[
         holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
         os.close(fd)
         raise RunFolderError(
-            f"{run_dir} is in use by {holder}; wait for it to finish"
-            + (", or choose another --name" if purpose.startswith("kernel-reg train") else "")
+            f"{run_dir} is in use by {holder}; wait for it to finish" + (f", or {remedy}" if remedy else "")
         ) from None
     try:
         os.ftruncate(fd, 0)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -206,7 +206,7 @@ class EvalSettings:
             raise ValueError(f"attacks must name at least one of {', '.join(EVAL_ATTACKS)}")
         for name in self.attacks:
             check_choice("attacks", name, tuple(EVAL_ATTACKS))
-        expanded = [m for a in self.attacks for m in EVAL_ATTACKS[a].members or (a,)]
+        expanded = self.members()
         if len(set(expanded)) < len(expanded):
             raise ValueError(f"attacks {','.join(self.attacks)} run an attack twice (strong is apgd-ce + apgd-t): "
                              "name each once")  # fmt: skip
@@ -254,13 +254,12 @@ AttackBuilder = Callable[[str, float, EvalSettings, int, "torch.Generator | None
 @dataclass(frozen=True)
 class EvalAttack:
     """One evaluation attack: its ``name`` (in ``EvalSettings.attacks``, on the command line and in records),
-    the ``title`` of its numbers, a one-line ``summary``, its budget's description under some settings and
-    its builder ``build(norm, eps, settings, scale, generator)``, ``scale`` multiplying its steps (queries)
-    and restarts; or, for a composite, the ``members`` whose per-example worst case it is."""
+    the ``title`` of its numbers, its builder ``build(norm, eps, settings, scale, generator)`` (``scale``
+    multiplies its steps, or queries, and restarts) and its budget's description under some settings; or,
+    for a composite, the ``members`` whose per-example worst case it is."""
 
     name: str
     title: str
-    summary: str
     build: AttackBuilder | None = None
     budget: Callable[[str, EvalSettings], str] | None = None
     members: tuple[str, ...] = ()
@@ -290,18 +289,18 @@ def _gradient_budget(norm: str, s: EvalSettings) -> str:
 EVAL_ATTACKS: dict[str, EvalAttack] = {
     attack.name: attack
     for attack in (
-        EvalAttack("pgd", "PGD", "projected gradient ascent on the cross-entropy, fixed step (Madry et al.)", _pgd,
+        # projected gradient ascent on the cross-entropy, fixed step (Madry et al.)
+        EvalAttack("pgd", "PGD", _pgd,
                    lambda norm, s: f"{s.steps} steps of {s.step_size(norm):g}, {s.restarts} restart(s)"),
-        EvalAttack("apgd-ce", "APGD-CE", "auto-PGD on the cross-entropy, adaptive step (Croce & Hein)",
-                   partial(_apgd, "ce", False), _gradient_budget),
-        EvalAttack("apgd-dlr", "APGD-DLR", "auto-PGD on the scale-invariant DLR loss", partial(_apgd, "dlr", False),
-                   _gradient_budget),
-        EvalAttack("apgd-t", "APGD-T", "targeted auto-PGD on the DLR loss, each likely wrong class in turn",
-                   partial(_apgd, "dlr", True), _gradient_budget),
-        EvalAttack("square", "Square", "gradient-free random search (Andriushchenko et al.)", _square,
-                   lambda norm, s: f"{s.queries} queries"),
-        EvalAttack("strong", "APGD-CE+T", "the worst case of APGD-CE and APGD-T (AutoAttack's white-box part)",
-                   members=("apgd-ce", "apgd-t")),
+        # auto-PGD (Croce & Hein): on the cross-entropy, on the scale-invariant DLR loss, and targeted on the
+        # DLR loss towards each likely wrong class in turn
+        EvalAttack("apgd-ce", "APGD-CE", partial(_apgd, "ce", False), _gradient_budget),
+        EvalAttack("apgd-dlr", "APGD-DLR", partial(_apgd, "dlr", False), _gradient_budget),
+        EvalAttack("apgd-t", "APGD-T", partial(_apgd, "dlr", True), _gradient_budget),
+        # gradient-free random search (Andriushchenko et al.)
+        EvalAttack("square", "Square", _square, lambda norm, s: f"{s.queries} queries"),
+        # the worst case of APGD-CE and APGD-T, AutoAttack's white-box part
+        EvalAttack("strong", "APGD-CE+T", members=("apgd-ce", "apgd-t")),
     )
 }  # fmt: skip
 
@@ -341,6 +340,13 @@ def robust_title(norm: str, settings: EvalSettings) -> str:
     return "+".join(EVAL_ATTACKS[name].title for name in settings.members()) + f"-{norm}"
 
 
+def shared_title(norm: str, settings: Iterable[EvalSettings]) -> str:
+    """``robust_title`` of numbers measured under several settings when they all ran the same attacks, else
+    "robust-l2" (the numbers' own records say which)."""
+    used = {tuple(s.members()): s for s in settings}
+    return robust_title(norm, next(iter(used.values()))) if len(used) == 1 else f"robust-{norm}"
+
+
 def eps_key(eps: float) -> str:
     """The JSON key of a radius: its shortest exact-enough decimal."""
     return f"{eps:.6g}"
@@ -364,6 +370,13 @@ def add_flags(parser: argparse.ArgumentParser, title: str = "evaluation") -> Non
         text = " ".join(f"{v:g}" for v in shown) if isinstance(shown, list) else shown
         group.add_argument(*flag.names, dest=dest, metavar=metavar, type=flag.kind, nargs=flag.nargs, default=shown,
                            help=f"{flag.help.format(attacks=names)} (default: {text})")  # fmt: skip
+
+
+def flags_set(settings: EvalSettings) -> list[str]:
+    """The options of ``add_flags`` whose value in ``settings`` is not the default."""
+    defaults = EvalSettings()
+    return [f.metadata["flag"].names[0] for f in dataclasses.fields(EvalSettings)
+            if getattr(settings, f.name) != getattr(defaults, f.name)]  # fmt: skip
 
 
 def from_args(args: argparse.Namespace) -> EvalSettings:

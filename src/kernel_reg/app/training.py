@@ -337,7 +337,7 @@ def train(config: Config, log: Log = print, allow_other_data: bool = False) -> l
         if rank_device is None:
             resolve_device(config.device)  # a device this machine lacks fails before the run folder is made
         check_not_nested(run_path(config), Path(config.root) / config.experiment)
-        with locked(run_path(config), "kernel-reg train", create=True) as run_dir:
+        with locked(run_path(config), "kernel-reg train", create=True, remedy="choose another --name") as run_dir:
             clear_divergence(run_dir)
             try:
                 return _train(config, log, group, rank_device, allow_other_data)
