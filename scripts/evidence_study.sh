@@ -8,17 +8,20 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 KR=${KR:-.venv/bin/kernel-reg}
 FIT="--root results/small_data_fit --width 16 --num-epochs 300 --sched-step 100 --eval-delta 20 --probe-size 64 --jobs 2"
-for experiment in fmnist300_vgg5 fmnist1000_vgg5; do
-  # power: the 14 selected settings on 5 more training subsets, each with its own initialisation seed
+power() {  # the 14 selected settings on 5 more training subsets, each with its own initialisation seed
   $KR sweep --grid-file results/small_data_fit/grid_300.yaml --seeds 3-7 --init-seed-per-subset \
-    --experiment $experiment $FIT
-done
-for experiment in fmnist300_vgg5 fmnist1000_vgg5; do
-  # augmentation control on the same 8 subsets (subsets 0-2 with the shared seed 42 of their runs)
-  $KR sweep --grid-file results/small_data_fit/grid_augmentation.yaml --seeds 3 --experiment $experiment $FIT
+    --experiment "$1" $FIT
+}
+augmentation() {  # augmentation control on the same 8 subsets (subsets 0-2 with the shared seed 42 of their runs)
+  $KR sweep --grid-file results/small_data_fit/grid_augmentation.yaml --seeds 3 --experiment "$1" $FIT
   $KR sweep --grid-file results/small_data_fit/grid_augmentation.yaml --seeds 3-7 --init-seed-per-subset \
-    --experiment $experiment $FIT
-done
+    --experiment "$1" $FIT
+}
+# 300 examples first: it is a third of the cost and answers each question at one size
+power fmnist300_vgg5
+augmentation fmnist300_vgg5
+power fmnist1000_vgg5
+augmentation fmnist1000_vgg5
 # claim 2 replicated (item 4): 8 settings x 3 subsets on 10,000 images, 90 epochs, evaluated on 2,000 test
 # images with APGD-CE + APGD-T (9 targets); see results/robustness_claim2/grid.yaml
 $KR sweep --grid-file results/robustness_claim2/grid.yaml --seeds 3 --init-seed-per-subset --jobs 2 \
