@@ -13,8 +13,8 @@ import shutil
 import sys
 from pathlib import Path
 
-RECORDS = ("config.json", "metrics.jsonl", "provenance.json", "robustness.json", "certified.json", "weights.pt",
-           "diverged.json")
+RECORDS = ("config.json", "metrics.jsonl", "provenance.json", "robustness.json", "certified.json", "certified_val.json",
+           "weights.pt", "diverged.json")
 to, copied, left = Path(sys.argv[1]), 0, []
 for config in sorted(Path(".").rglob("config.json")):
     run = config.parent

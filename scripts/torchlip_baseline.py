@@ -63,6 +63,8 @@ def main() -> None:
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--n-val", type=int, default=0, help="validation examples carved from the training pool")
+    parser.add_argument("--shuf-seed", type=int, default=0, help="which examples: RandomState(42 + shuf_seed)")
     parser.add_argument("--batch-size", type=int, default=128)
     args = parser.parse_args()
     # the kernel-reg run this one mirrors (a plain lipnet: the exported weights are plain layers)
@@ -70,6 +72,7 @@ def main() -> None:
         "fmnist_vgg5", name=args.name, root=args.root, model="lipnet", width=args.width, num_epochs=args.num_epochs,
         lr=args.lr, optimizer=args.optimizer, sched_step=args.sched_step, lipschitz_margin=args.lipschitz_margin,
         ce_scale=args.ce_scale, n_train=args.n_train, data_dir=args.data_dir, seed=args.seed,
+        n_val=args.n_val, shuf_seed=args.shuf_seed,
         batch_size=args.batch_size,
         eval_delta=args.num_epochs,
     )  # fmt: skip

@@ -291,6 +291,71 @@ def test_a_certified_training_run_keeps_its_certificates_below_its_attacks(tmp_p
     assert "certified accuracy exceeds robust accuracy (a bug)" not in result.suspicious
 
 
+def test_certifying_the_validation_split_measures_the_held_out_examples_and_leaves_the_test_record(tmp_path, tiny):
+    import numpy as np
+
+    from kernel_reg.app.data import load_dataset
+    from kernel_reg.app.evaluation import certify_run
+    from kernel_reg.app.rundir import read_certification
+
+    config = tiny(tmp_path, model="lipnet", width=4, num_epochs=1, lipschitz_margin=0.3, normalization="orthogonal")
+    train(config, log=lambda _: None)
+    folder = run_path(config)
+    on_test = certify_run(folder, [0.1, 0.5], device="cpu")
+    on_val = certify_run(folder, [0.1, 0.5], device="cpu", split="val", n_test=40)
+    assert (on_test.split, on_test.n, on_val.split, on_val.n) == ("test", 64, "val", 40)
+    assert read_certification(folder) == on_test and read_certification(folder, "val") == on_val
+    from kernel_reg.app.cli import main
+
+    assert main(["certify", str(folder), "--split", "val", "--eps", "0.1", "0.5", "--device", "cpu"]) == 0
+    whole = read_certification(folder, "val")  # the command line's record: all 64 validation examples
+    assert whole.n == 64 and read_certification(folder) == on_test
+    # independent truth: the validation examples are the last n_val of the pool as numpy's RandomState(42 +
+    # shuf_seed) shuffles it, disjoint from the training examples (the first n_train)
+    train_x, train_y, _, _ = load_dataset(config.dataset, config.data_dir).arrays
+    order = np.arange(len(train_x))
+    np.random.RandomState(42 + config.shuf_seed).shuffle(order)
+    held_out = order[len(order) - config.n_val :][:40]
+    assert not set(held_out) & set(order[: config.n_train])
+    run = load_run(folder, "cpu")
+    x = torch.from_numpy(train_x[held_out]).float().div(255.0)
+    with torch.no_grad():
+        predicted = run.model(x).argmax(1).numpy()
+    assert on_val.clean == pytest.approx(float((predicted == train_y[held_out]).mean()))
+    assert all(on_val.global_rule[k] <= on_val.pairwise[k] <= on_val.clean for k in on_val.pairwise)
+    # scripts/certified_selection.py chooses on these records alone: the smallest shortfall from the goal
+    script = Path(__file__).parents[1] / "scripts" / "certified_selection.py"
+    candidates = tmp_path / "candidates"
+    for name, clean, certified in (("a", 0.80, 0.70), ("b", 0.90, 0.60), ("c", 0.85, 0.74)):
+        (candidates / name).mkdir(parents=True)
+        record = dict(on_val.to_dict(), clean=clean, pairwise={"0.1": 0.9, "0.5": certified})
+        (candidates / name / "certified_val.json").write_text(json.dumps(record))
+    chosen = subprocess.run([sys.executable, str(script), "select", *map(str, sorted(candidates.iterdir())),
+                             "--goal", "88", "75", "--json", str(tmp_path / "choice.json")],
+                            capture_output=True, text=True, check=True)  # fmt: skip
+    choice = json.loads((tmp_path / "choice.json").read_text())
+    # shortfalls: a 8 + 5 = 13, b 0 + 15 = 15, c 3 + 1 = 4
+    assert [(r["run"], round(r["shortfall"], 6)) for r in choice["candidates"]] == [("c", 4), ("a", 13), ("b", 15)]
+    assert choice["chosen"] == "c" and "chosen: c" in chosen.stdout
+    (candidates / "d").mkdir()
+    missing = subprocess.run([sys.executable, str(script), "select", str(candidates / "d")], capture_output=True,
+                             text=True)  # fmt: skip
+    assert missing.returncode != 0 and "has no certified_val.json" in missing.stderr
+    # a mislabelled record, a split that does not exist, a run without one, more examples than it has
+    (folder / "certified_val.json").write_text((folder / "certified.json").read_text())
+    with pytest.raises(RunFolderError, match="certification on the 'test' split, not 'val'"):
+        read_certification(folder, "val")
+    with pytest.raises(ValueError, match="split must be one of.*'test', 'val'"):
+        certify_run(folder, [0.1], device="cpu", split="train")
+    with pytest.raises(ValueError, match="exceeds the 64 validation examples"):
+        certify_run(folder, [0.1], device="cpu", split="val", n_test=65)
+    unsplit = config.replace(n_val=0, name="unsplit")
+    train(unsplit, log=lambda _: None)
+    with pytest.raises(ValueError, match="no validation set.*--n-val N"):
+        certify_run(run_path(unsplit), [0.1], device="cpu", split="val")
+    assert not (run_path(unsplit) / "certified_val.json").exists()
+
+
 @pytest.mark.parametrize("normalization", ["operator", "orthogonal"])
 def test_a_normalized_run_keeps_every_layer_at_norm_one_resumes_and_certifies_below_its_attacks(
     tmp_path, tiny, normalization

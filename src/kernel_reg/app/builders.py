@@ -99,10 +99,12 @@ def load_run(
     which: str = "best",
     data_dir: str | None = None,
     allow_other_data: bool = False,
+    parts: tuple[str, ...] = ("test",),
 ) -> LoadedRun:
     """A run folder's model and data. ``which="best"``: the weights of best validation accuracy, or the last
     ones when the run has no validation set; "last": the last. ``data_dir``: where the data are on this
-    machine (None: the run's own setting); test data other than the run recorded raise DataMismatchError
+    machine (None: the run's own setting); data other than the run recorded on ``parts`` (the test set, by
+    default; "train" for the validation split, carved from the training pool) raise DataMismatchError
     unless ``allow_other_data``."""
     run_dir = Path(run_dir)
     config = read_config(run_dir)
@@ -113,7 +115,7 @@ def load_run(
     provenance = read_provenance(run_dir)
     recorded = None if provenance is None else provenance.data
     try:
-        splits, data, note = load_data(config, target, n_test, recorded, ("test",), allow_other_data)
+        splits, data, note = load_data(config, target, n_test, recorded, parts, allow_other_data)
     except DataMismatchError as error:
         raise DataMismatchError(f"{run_dir}: {error}") from None
     model = build_model(config, target, splits.input_shape)

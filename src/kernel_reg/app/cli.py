@@ -28,6 +28,7 @@ from .evaluation import certify_run, evaluate_run
 from .extras import MissingExtra
 from .report import write_report
 from .rundir import (
+    SPLITS,
     DiskFullError,
     check_not_nested,
     check_writable,
@@ -212,7 +213,10 @@ def build_parser() -> argparse.ArgumentParser:
     certify = commands.add_parser("certify", help="clean and certified l2 accuracy, no attacks -> certified.json")
     certify.add_argument("runs", nargs="+", type=Path, help="run folders")
     certify.add_argument("--eps", type=float, nargs="+", default=[0.1, 0.25, 0.5], help="l2 radii")
-    certify.add_argument("--n-test", "--n_test", type=int, default=0, help="the first N test images (0: all)")
+    certify.add_argument("--n-test", "--n_test", type=int, default=0, help="the first N images of the split (0: all)")
+    certify.add_argument("--split", choices=SPLITS, default="test",
+                         help="test images (default) -> certified.json, or the run's validation examples (carved "
+                              "from the training pool: choose a recipe on them) -> certified_val.json")  # fmt: skip
     certify.add_argument("--device", default="auto")
     certify.add_argument("--weights", choices=("best", "last"), default="best",
                          help="the weights of best validation accuracy (default) or the last ones")  # fmt: skip
@@ -452,12 +456,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                              args.allow_other_data)  # fmt: skip
         elif args.command == "certify":
             if args.n_test < 0:
-                raise ValueError(f"--n-test must be an integer >= 1, or 0 for all test images, got {args.n_test}")
+                raise ValueError(
+                    f"--n-test must be an integer >= 1, or 0 for all the split's images, got {args.n_test}"
+                )
             for run_dir in args.runs:
                 say(f"{run_dir}:")
                 out = None if args.out is None else args.out / run_dir.resolve().name
                 certify_run(run_dir, args.eps, args.n_test or None, args.device, args.weights, say, args.data_dir, out,
-                            args.in_place, args.allow_other_data)  # fmt: skip
+                            args.in_place, args.allow_other_data, args.split)  # fmt: skip
         elif args.command in ("models", "verify"):
             return _zoo_command(args)
         elif args.command == "reproduce":

@@ -23,13 +23,13 @@ from . import checks, metrics, suite
 from .builders import LoadedRun, load_run
 from .checks import radius_text
 from .rundir import (
-    CERTIFIED,
     CHECKPOINT,
     ROBUSTNESS,
     WEIGHTS,
     Certification,
     MaskingCheck,
     Robustness,
+    certification_file,
     locked,
     pack_bits,
     read_config,
@@ -328,18 +328,33 @@ def certify_run(
     out: str | Path | None = None,
     in_place: bool = False,
     allow_other_data: bool = False,
+    split: str = "test",
 ) -> Certification:
     """``certify_model`` of a run folder's weights (``which``: "best", the default, as ``evaluate_run``, or
-    "last") on its first
-    ``n_test`` test images (None: all), written to ``certified.json`` as ``evaluate_run`` writes its
-    record (same ``out``, ``in_place``, ``data_dir`` and ``allow_other_data``)."""
-    loading = dict(device=device, n_test=n_test, data_dir=data_dir, allow_other_data=allow_other_data)
-    with measuring(Path(run_dir), CERTIFIED, "kernel-reg certify", which, out, in_place, **loading) as (run, folder):
-        result = certify_model(run.model, run.splits.test_x, run.splits.test_y, radii, run.splits.input_shape)
+    "last") on the first ``n_test`` images (None: all) of ``split``: "test" -> ``certified.json``, or "val",
+    the run's validation examples (carved from the training pool, to choose a recipe without the test set)
+    -> ``certified_val.json``; written as ``evaluate_run`` writes its record (same ``out``, ``in_place``,
+    ``data_dir`` and ``allow_other_data``). ValueError for "val" on a run without a validation set."""
+    record = certification_file(split)
+    parts = ("test",) if split == "test" else ("train",)
+    loading = dict(device=device, n_test=n_test if split == "test" else None, data_dir=data_dir,
+                   allow_other_data=allow_other_data, parts=parts)  # fmt: skip
+    with measuring(Path(run_dir), record, "kernel-reg certify", which, out, in_place, **loading) as (run, folder):
+        x, y = (run.splits.test_x, run.splits.test_y) if split == "test" else (run.splits.val_x, run.splits.val_y)
+        if split == "val":
+            if len(y) == 0:
+                raise ValueError(f"{run_dir} has no validation set (n_val=0): certify its test split, or train "
+                                 "with --n-val N to carve N validation examples from the training pool")  # fmt: skip
+            if n_test is not None and n_test > len(y):
+                raise ValueError(f"n_test={n_test} exceeds the {len(y)} validation examples of {run_dir}; "
+                                 f"choose n_test <= {len(y)}")  # fmt: skip
+            x, y = x[:n_test], y[:n_test]
+        result = certify_model(run.model, x, y, radii, run.splits.input_shape)
         result = dataclasses.replace(
-            result, epoch=run.epoch, weights=run.weights, data=run.data, data_override=run.data_override
+            result, epoch=run.epoch, weights=run.weights, data=run.data, data_override=run.data_override, split=split
         )
-        log(f"clean accuracy {100 * result.clean:.2f}% on {result.n} test images ({run.weights} weights, "
+        images = "test images" if split == "test" else "validation examples"
+        log(f"clean accuracy {100 * result.clean:.2f}% on {result.n} {images} ({run.weights} weights, "
             f"epoch {run.epoch}); Lipschitz bound {result.lipschitz_bound:.6g}")  # fmt: skip
         for rule, values in (("per pair", result.pairwise), ("global", result.global_rule)):
             cells = ", ".join(f"{k}: {100 * v:.2f}" for k, v in values.items())

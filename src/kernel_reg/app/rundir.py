@@ -3,7 +3,8 @@
 ``<root>/<experiment>/<name>/`` holds ``config.json`` (a ``Config``), ``metrics.jsonl`` (one ``MetricsRow``
 per evaluation), ``checkpoint.pt``, ``provenance.json`` (a ``Provenance``: the data read, with content hashes,
 and the environment of each training session) and, after evaluation, ``robustness.json`` (a ``Robustness``)
-and ``certified.json`` (a ``Certification``). This module alone reads and writes them:
+and ``certified.json`` (a ``Certification`` on test images; ``certified_val.json``: one on the validation
+split, for choosing a recipe without the test set). This module alone reads and writes them:
 
 - every file is written to a temporary file in the same folder and renamed over the old one, so a crash
   never leaves a half-written file; files get the permissions the umask gives (0644 by default);
@@ -36,6 +37,7 @@ import filelock
 import numpy as np
 import torch
 
+from ..arguments import check_choice
 from ..deprecation import moved_names, warn
 from .config import Config, upgrade_legacy
 from .data import EMBEDDED, DataRecord
@@ -54,7 +56,8 @@ __getattr__ = moved_names(
 CONFIG, METRICS, CHECKPOINT, ROBUSTNESS, LOCK, WEIGHTS, DIVERGED = (
     "config.json", "metrics.jsonl", "checkpoint.pt", "robustness.json", ".lock", "weights.pt", "diverged.json",
 )  # fmt: skip
-PROVENANCE, CERTIFIED = "provenance.json", "certified.json"
+PROVENANCE, CERTIFIED, CERTIFIED_VAL = "provenance.json", "certified.json", "certified_val.json"
+SPLITS = ("test", "val")  # the images a certification is measured on
 FORMAT = 2
 
 
@@ -323,7 +326,8 @@ class Robustness:
 
 @dataclass(frozen=True)
 class Certification:
-    """What ``kernel-reg certify`` measured on the first ``n`` test images, without attacks: clean accuracy,
+    """What ``kernel-reg certify`` measured on the first ``n`` images of ``split`` ("test", or "val": the
+    run's validation examples, carved from the training pool), without attacks: clean accuracy,
     the Lipschitz bound L of the model, and the certified l2 accuracy per radius by the per-pair rule
     (f_y - f_j > K[y, j] eps for every j) and by the global one (f_y - max_j f_j > sqrt(2) L eps), with
     per-image flags (``pack_bits``: "clean", "pairwise/<eps_key>", "global/<eps_key>")."""
@@ -338,6 +342,7 @@ class Certification:
     data: DataRecord | None = None
     data_override: str | None = None
     per_example: dict[str, str] = field(default_factory=dict)
+    split: str = "test"
 
     def to_dict(self) -> dict[str, Any]:
         return {"format": FORMAT, **dataclasses.asdict(self)}
@@ -477,13 +482,25 @@ def _read_record(
         raise RunFolderError(f"{path} is not a valid {what} record: {error}") from None
 
 
+def certification_file(split: str) -> str:
+    """The record of a certification on ``split``: certified.json (test images) or certified_val.json."""
+    check_choice("split", split, SPLITS)
+    return CERTIFIED if split == "test" else CERTIFIED_VAL
+
+
 def write_certification(run_dir: Path, result: Certification) -> None:
-    atomic_write_text(run_dir / CERTIFIED, json.dumps(result.to_dict(), indent=2))
+    atomic_write_text(run_dir / certification_file(result.split), json.dumps(result.to_dict(), indent=2))
 
 
-def read_certification(run_dir: str | Path) -> Certification | None:
-    """The certification of a run folder, or None when it has none."""
-    return _read_record(run_dir, CERTIFIED, Certification, "certification")
+def read_certification(run_dir: str | Path, split: str = "test") -> Certification | None:
+    """The certification of a run folder on ``split`` ("test" or "val"), or None when it has none."""
+    name = certification_file(split)
+    result = _read_record(run_dir, name, Certification, "certification")
+    if result is not None and result.split != split:
+        raise RunFolderError(
+            f"{Path(run_dir) / name} records a certification on the {result.split!r} split, not {split!r}"
+        )
+    return result
 
 
 def write_provenance(run_dir: Path, record: Provenance) -> None:
