@@ -13,7 +13,10 @@ cd "$(dirname "$0")/.."
 KR=${KR:-kernel-reg}
 PY=${PY:-python}
 EPOCHS=${EPOCHS:-30}
-EXTRA=${EXTRA:-}  # flags appended to every training (a smoke test on a CPU: EPOCHS=1 EXTRA="--n-train 256 ...")
+# flags appended to every kernel-reg training and to deel-torchlip's (a smoke test on a CPU: EPOCHS=1
+# EXTRA="--n-train 256 --n-val 128 --width 4 --data-dir embedded" DEEL_EXTRA="--n-train 256 --width 4 ...")
+EXTRA=${EXTRA:-}
+DEEL_EXTRA=${DEEL_EXTRA:-}
 RECIPE="--experiment fmnist_vgg5 --model lipnet --normalization orthogonal --optimizer adam --lr 0.001 \
   --ce-scale 10 --batch-size 512 --num-epochs $EPOCHS --sched-step 10 --eval-delta 10 --probe-delta 1000 --n-val 5000"
 VAL=$(sed 's/.*--n-val \([0-9]*\).*/\1/' <<< "$RECIPE $EXTRA")
@@ -26,14 +29,21 @@ declare -A CANDIDATES=(
   [w64_m1.0]="--width 64 --lipschitz-margin 1.0"
 )
 mkdir -p runs
+pids=()
+wait_all() {  # every background training, failing when one did (its log names the error)
+  local failed=0
+  for pid in "${pids[@]}"; do wait "$pid" || failed=1; done
+  if [ $failed -ne 0 ]; then echo "a training failed: see runs/*.log" >&2; exit 1; fi
+}
 
 case "${1:-}" in
   select)
     for name in "${!CANDIDATES[@]}"; do  # kernel-reg train resumes a run folder (a finished one at once)
       # shellcheck disable=SC2086
       $KR train $RECIPE ${CANDIDATES[$name]} $EXTRA --root runs/certified_select --name "$name" > "runs/select_$name.log" 2>&1 &
+      pids+=($!)
     done
-    wait
+    wait_all
     $KR certify runs/certified_select/fmnist_vgg5/* --split val --weights last --eps 0.1 0.25 0.5
     ;;
   final)
@@ -44,19 +54,22 @@ case "${1:-}" in
     for s in 0 1 2; do  # each seed its own initialisation and its own validation examples
       $KR train $RECIPE $flags $EXTRA --root runs/certified_final --name "${name}_s$s" \
         --seed $((42 + s)) --shuf-seed $s > "runs/final_${name}_s$s.log" 2>&1 &
+      pids+=($!)
       run=runs/certified_final/fmnist_vgg5/torchlip_${name}_s$s
       [ -f "$run/weights.pt" ] || $PY scripts/torchlip_baseline.py --root runs/certified_final \
         --name "torchlip_${name}_s$s" --width "$width" --lipschitz-margin "$margin" --optimizer adam --lr 0.001 \
         --ce-scale 10 --batch-size 512 --num-epochs $EPOCHS --sched-step 10 --n-val "$VAL" --seed $((42 + s)) \
-        --shuf-seed $s > "runs/final_torchlip_${name}_s$s.log" 2>&1 &
+        --shuf-seed $s $DEEL_EXTRA > "runs/final_torchlip_${name}_s$s.log" 2>&1 &
+      pids+=($!)
     done
-    wait
+    wait_all
     ;;
   evaluate)
+    # --in-place: deel-torchlip's folders hold only weights.pt, which marks a published folder
     for run in runs/certified_final/fmnist_vgg5/*/; do
-      [ -f "$run/certified.json" ] || $KR certify "$run" --weights last --eps 0.1 0.25 0.5
+      [ -f "$run/certified.json" ] || $KR certify "$run" --weights last --eps 0.1 0.25 0.5 --in-place
       [ -f "$run/robustness.json" ] || $KR evaluate "$run" --weights last --eps-l2 0.1 0.25 0.5 --eps-linf \
-        --attacks strong --eval-n-test 0 --lipschitz-probe 256
+        --attacks strong --eval-n-test 0 --lipschitz-probe 256 --in-place
     done
     ;;
   *)

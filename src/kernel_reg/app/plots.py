@@ -233,6 +233,7 @@ def setting_labels(configs: list[Config]) -> tuple[str, list[str]]:
 
 
 Box = tuple[float, float, float, float]  # (left, bottom, right, top), in pixels
+LABEL_LINES = 4  # how many lines above or below its point a label may move to find room
 
 
 def _overlap(a: Box, b: Box) -> float:
@@ -242,37 +243,59 @@ def _overlap(a: Box, b: Box) -> float:
 
 
 def label_boxes(
-    anchors: list[tuple[float, float]], sizes: list[tuple[float, float]], frame: Box, gap: float
+    anchors: list[tuple[float, float]], sizes: list[tuple[float, float]], frame: Box, gap: float, passes: int = 6
 ) -> list[Box]:
     """Where to write each point's label: of the boxes at ``gap`` from its anchor (right of it, left of it or
-    centred; above or below it, by up to one more line), the nearest that stays inside ``frame`` and
-    overlaps least the labels already placed and the points (greedy, in order; all in pixels)."""
+    centred, or half a label further right or left; above or below it, by up to ``LABEL_LINES`` - 1 more
+    lines), the nearest that stays inside ``frame`` and overlaps least the other labels and the points (all
+    in pixels): placed in order, then each moved again, given all the others, until none moves (at most
+    ``passes`` rounds), since a label placed early cannot see the ones after it."""
     points = [(x - gap, y - gap, x + gap, y + gap) for x, y in anchors]
-    placed: list[Box] = []
+    options: list[list[Box]] = []
     for (x, y), (width, height) in zip(anchors, sizes):
-        lefts = (x + gap, x - gap - width, x - width / 2)
-        bottoms = (y + gap, y - gap - height, y + gap + height, y - gap - 2 * height)
-        candidates = [(left, bottom, left + width, bottom + height) for bottom in bottoms for left in lefts]
-        cost = [
-            (width * height - _overlap(box, frame), sum(_overlap(box, other) for other in placed + points), rank)
-            for rank, box in enumerate(candidates)
-        ]
-        placed.append(candidates[min(cost)[2]])
-    return placed
+        lefts = (x + gap, x - gap - width, x - width / 2, x + gap + width / 2, x - gap - 1.5 * width)
+        bottoms = [b for k in range(LABEL_LINES) for b in (y + gap + k * height, y - gap - (k + 1) * height)]
+        options.append([(left, bottom, left + width, bottom + height) for bottom in bottoms for left in lefts])
+    chosen: list[Box | None] = [None] * len(anchors)
+    for _ in range(passes):
+        moved = False
+        for i, candidates in enumerate(options):
+            others = [box for j, box in enumerate(chosen) if j != i and box is not None] + points
+            width, height = sizes[i]
+            cost = [
+                (width * height - _overlap(box, frame), sum(_overlap(box, other) for other in others), rank)
+                for rank, box in enumerate(candidates)
+            ]
+            best = candidates[min(cost)[2]]
+            moved |= best != chosen[i]
+            chosen[i] = best
+        if not moved:
+            break
+    return [box for box in chosen if box is not None]
 
 
 def _write_labels(ax: Any, labels: list[tuple[float, float, str, Any]], fontsize: float = 7.5) -> None:
     """Write each (x, y, text, colour) label next to its point without covering another (``label_boxes``).
     Call it once the figure's layout is final: it places the labels in pixels."""
     scale = ax.figure.dpi / 72  # pixels per point
+    ax.get_xlim(), ax.get_ylim()  # settles pending autoscaling: transData is stale until then
     anchors = [tuple(ax.transData.transform((x, y))) for x, y, _, _ in labels]
-    sizes = [(0.62 * fontsize * scale * len(text), 1.2 * fontsize * scale) for _, _, text, _ in labels]
+    renderer = ax.figure.canvas.get_renderer()
+
+    def size(text: str) -> tuple[float, float]:  # as drawn, plus room that keeps neighbours apart
+        probe = ax.text(0, 0, text, fontsize=fontsize)
+        extent = probe.get_window_extent(renderer)
+        probe.remove()
+        return extent.width + 2.5 * scale, extent.height + 1.0 * scale
+
+    sizes = [size(text) for _, _, text, _ in labels]
     frame = tuple(ax.get_window_extent().extents)
     gap = 3.0 * scale
     boxes = label_boxes(anchors, sizes, frame, gap)
     for (x, y, text, colour), (px, py), box in zip(labels, anchors, boxes):
         offset = ((box[0] - px) / scale, (box[1] - py) / scale)
-        far = min(abs(py - box[1]), abs(py - box[3])) > 2 * gap  # pushed a line away: a leader line to its point
+        # pushed a line away, or half a label sideways: a leader line to its point
+        far = min(abs(py - box[1]), abs(py - box[3])) > 2 * gap or not box[0] - 2 * gap <= px <= box[2] + 2 * gap
         leader = dict(arrowstyle="-", lw=0.5, color=text_colour(colour), shrinkA=0, shrinkB=3) if far else None
         ax.annotate(text, (x, y), xytext=offset, textcoords="offset points", ha="left", va="bottom",
                     fontsize=fontsize, color=text_colour(colour), arrowprops=leader)  # fmt: skip
