@@ -13,6 +13,11 @@ only change when the records do. Kinds:
   augmentation against the baseline; each penalty on top of crops + deformations against the baseline with
   them (does kernel regularization add to augmentation?) and against the penalty alone (does augmentation
   add to it?); paired on training subsets, Holm-adjusted over the whole table.
+- ``claim2 EXPERIMENT``: claim 2 replicated (``results/robustness_claim2``): per setting, the mean over its
+  seeds of the clean and robust accuracy (robustness.json) with 95% t-intervals, and the training loss at
+  the last epoch with its change over the last ``PLATEAU`` epochs (has it stopped falling?); then each
+  combination with the projection against PGD-l2 alone at the same epsilon, paired on training subsets,
+  clean and at every radius, Holm-adjusted over the whole table.
 """
 
 from __future__ import annotations
@@ -26,11 +31,13 @@ from pathlib import Path
 
 from kernel_reg.app.config import hyperparameter_text
 from kernel_reg.app.report import paired_differences, paired_header, paired_row, paired_table, verdict_note
-from kernel_reg.app.statistics import family
-from kernel_reg.app.studies import RunSummary, Study, collect_runs, select, studies
+from kernel_reg.app.statistics import family, paired
+from kernel_reg.app.studies import RunSummary, Study, collect_runs, seed_of, select, studies
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL_DATA = ROOT / "results" / "small_data_fit"  # the small-data study's run folders
+CLAIM2 = ROOT / "results" / "robustness_claim2"  # claim 2 replicated: its run folders
+PLATEAU = 30  # epochs over which the training loss should no longer fall (claim 2's last learning-rate stage)
 BLOCK = re.compile(r"(<!-- generated: (\S+) (\S+) -->\n)(.*?)(<!-- end generated -->)", re.S)
 
 
@@ -51,7 +58,7 @@ def small_data_studies(experiment: str) -> tuple[Study, dict[str, Study]]:
     return plain[0], augmented
 
 
-def paired(experiment: str) -> str:
+def paired_study(experiment: str) -> str:
     """The paired table of the small-data study of ``experiment`` (the study without augmentation)."""
     return paired_table(small_data_studies(experiment)[0].runs)
 
@@ -87,7 +94,85 @@ def augmentation(experiment: str) -> str:
     return "\n".join(lines) + "\n" + verdict_note(len(tested))
 
 
-GENERATORS: dict[str, Callable[[str], str]] = {"paired": paired, "augmentation": augmentation}
+def setting_of(run: RunSummary) -> str:
+    """A run's method and hyperparameters, e.g. 'pgd-l2+project-sn (epsilon=1, tau=1.5)'."""
+    params = hyperparameter_text(run.config)
+    return f"{run.method} ({params})" if params else run.method
+
+
+def loss_change(run: RunSummary) -> float:
+    """The relative change (%) of the training loss over the last ``PLATEAU`` epochs of ``run``."""
+    last = run.metrics[-1]
+    before = min(run.metrics, key=lambda row: abs(row.epoch - (last.epoch - PLATEAU)))
+    return 100 * (last.train_loss - before.train_loss) / before.train_loss
+
+
+def epsilon_of(run: RunSummary) -> object:
+    """The epsilon of a run's first regularizer (the lower bound of a combination), None without one."""
+    return dict(run.config.regs[0].params).get("epsilon") if run.config.regs else None
+
+
+def interval(values: list[float]) -> str:
+    """'mean [low, high]', the 95% t-interval of the mean at n - 1 degrees of freedom ('mean' for one value)."""
+    if len(values) == 1:
+        return f"{values[0]:.1f}"
+    c = paired(values)
+    return f"{c.mean:.1f} [{c.low:.1f}, {c.high:.1f}]"
+
+
+def claim2(experiment: str) -> str:
+    """Claim 2 replicated for ``experiment`` as two Markdown tables (see the module docstring)."""
+    found = [s for s in _studies(CLAIM2) if s.experiment == experiment] if CLAIM2.is_dir() else []
+    runs = [r for study in found for r in study.runs if r.robustness is not None and r.finished]
+    if not runs:
+        return f"No evaluated run of claim 2 is committed for {experiment} yet."
+    if len(found) != 1:
+        raise SystemExit(f"results/robustness_claim2 holds {len(found)} studies of {experiment}; expected one")
+    radii = sorted({k for r in runs for k in r.robustness.l2}, key=float)  # type: ignore[union-attr]
+    settings: dict[str, list[RunSummary]] = {}
+    for run in sorted(runs, key=lambda r: (r.method, hyperparameter_text(r.config), seed_of(r))):
+        settings.setdefault(setting_of(run), []).append(run)
+
+    def measure(run: RunSummary, key: str) -> float:
+        rob = run.robustness
+        assert rob is not None
+        return 100 * (rob.clean if key == "clean" else rob.l2[key])
+
+    images = sorted({r.robustness.n for r in runs})  # type: ignore[union-attr]
+    lines = [f"| setting | seeds | clean | {' | '.join(f'l2 {k}' for k in radii)} | train loss, last epoch "
+             f"| its change over the last {PLATEAU} epochs (%) |",
+             "|---|---|---|" + "---|" * len(radii) + "---|---|"]  # fmt: skip
+    for name, members in settings.items():
+        cells = [interval([measure(r, key) for r in members]) for key in ("clean", *radii)]
+        loss = f"{sum(r.metrics[-1].train_loss for r in members) / len(members):.3f}"
+        change = interval([loss_change(r) for r in members])
+        lines.append(f"| {name} | {len(members)} | {' | '.join(cells)} | {loss} | {change} |")
+    lines.append(f"\nAccuracies in % on the first {', '.join(map(str, images))} test images, mean over the seeds "
+                 "[95% t-interval, n - 1 degrees of freedom]; robust: the evaluation recorded in each run's "
+                 "robustness.json.\n")  # fmt: skip
+    rows: dict[str, list[float]] = {}
+    for name, members in settings.items():
+        method = members[0].method
+        if not method.endswith("+project-sn"):
+            continue
+        reference = next((n for n, m in settings.items() if m[0].method == "pgd-l2"
+                          and epsilon_of(m[0]) == epsilon_of(members[0])), None)  # fmt: skip
+        if reference is None:
+            continue
+        by_seed = {seed_of(r): r for r in settings[reference]}
+        for key in ("clean", *radii):
+            label = f"{name} - {reference}, {'clean' if key == 'clean' else f'l2 {key}'}"
+            pairs = [(r, by_seed[seed_of(r)]) for r in members if seed_of(r) in by_seed]
+            rows[label] = [measure(a, key) - measure(b, key) for a, b in pairs]
+    if not rows:
+        return "\n".join(lines)
+    tested = family(rows)
+    lines += paired_header("comparison", "accuracy difference")
+    lines += [paired_row(label, "-", tested.get(label), len(d)) for label, d in rows.items()]
+    return "\n".join(lines) + "\n" + verdict_note(len(tested))
+
+
+GENERATORS: dict[str, Callable[[str], str]] = {"paired": paired_study, "augmentation": augmentation, "claim2": claim2}
 
 
 def regenerate(text: str) -> tuple[str, list[str]]:

@@ -81,3 +81,42 @@ def test_the_augmentation_control_pairs_each_run_with_its_reference_on_the_same_
     for label, mean in expected.items():
         assert f" | 3 | {mean:+.2f} [" in rows[label], (label, rows[label])  # the unpaired subset 9 is left out
     assert f"over the {len(expected)} comparisons" in table
+
+
+def test_claim_2_pairs_each_combination_with_pgd_at_its_epsilon_and_shows_the_loss_plateau(tmp_path, monkeypatch):
+    import dataclasses
+
+    from kernel_reg.app.rundir import MetricsRow, run_path, write_metrics, write_robustness
+    from test_report import make_run, robustness
+
+    tables = load_script()
+    monkeypatch.setattr(tables, "CLAIM2", tmp_path)
+    settings = {  # name -> (regularizer changes, clean, robust at l2 1, last training loss) on subsets 0, 1, 2
+        "none": ({}, (0.90, 0.91, 0.89), (0.10, 0.12, 0.11), (0.20, 0.22, 0.21)),
+        "pgd": ({"regs": ("pgd-l2",), "epsilon": 1.0}, (0.80, 0.82, 0.81), (0.50, 0.52, 0.49), (0.40, 0.41, 0.42)),
+        "both": ({"regs": ("pgd-l2", "project-sn"), "epsilon": 1.0, "tau": 1.5}, (0.79, 0.80, 0.80),
+                 (0.53, 0.56, 0.50), (0.45, 0.44, 0.46)),
+    }  # fmt: skip
+    for name, (changes, clean, robust, loss) in settings.items():
+        for subset in range(3):
+            config = make_run(tmp_path, f"{name}_{subset}", 0.5, experiment="fmnist_vgg5", n_train=10000,
+                              num_epochs=31, shuf_seed=subset, seed=42 + subset, **changes)  # fmt: skip
+            first = MetricsRow(epoch=0, lr=0.05, train_loss=2 * loss[subset], train_acc=0.5, val_acc=0.5, test_acc=0.5,
+                               rkhs_lower_grad=1.0, rkhs_lower_delta=1.0, rkhs_upper_spectral=10.0,
+                               seconds_per_epoch=0.1, eval_seconds=0.1)  # fmt: skip
+            rows = [first, dataclasses.replace(first, epoch=30, train_loss=loss[subset])]
+            write_metrics(run_path(config), rows)
+            record = robustness(2000, "-", trained_to=30, clean=clean[subset])
+            write_robustness(run_path(config), dataclasses.replace(record, l2={"0.5": 0.7, "1": robust[subset]}))
+    table = tables.claim2("fmnist_vgg5")
+    lines = {line.split(" | ")[0][2:]: line for line in table.splitlines() if line.startswith("| ")}
+    # the loss halved over the last 30 epochs: -50%, every seed; the pgd row's clean mean is 81.0
+    assert lines["pgd-l2 (epsilon=1)"].startswith("| pgd-l2 (epsilon=1) | 3 | 81.0 [")
+    assert lines["pgd-l2 (epsilon=1)"].endswith("| 0.410 | -50.0 [-50.0, -50.0] |")
+    both = "pgd-l2+project-sn (epsilon=1, tau=1.5)"
+    robust_gain = sum(100 * (a - b) for a, b in zip(settings["both"][2], settings["pgd"][2])) / 3  # by hand: +2.67
+    clean_gain = sum(100 * (a - b) for a, b in zip(settings["both"][1], settings["pgd"][1])) / 3  # -1.33
+    assert f" | 3 | {robust_gain:+.2f} [" in lines[f"{both} - pgd-l2 (epsilon=1), l2 1"]
+    assert f" | 3 | {clean_gain:+.2f} [" in lines[f"{both} - pgd-l2 (epsilon=1), clean"]
+    assert "first 2000 test images" in table and "over the 3 comparisons" in table  # clean, l2 0.5, l2 1
+    assert not any(label.startswith("none -") for label in lines)  # the baseline is no combination
