@@ -449,3 +449,47 @@ def test_fronts_average_the_seeds_of_a_setting_with_their_t_intervals(tmp_path):
     assert x2 == pytest.approx(81.0) and dx2 == pytest.approx(half * 100 * statistics.stdev(clean))
     assert y2 == pytest.approx(52.666667) and dy2 == pytest.approx(half * 100 * statistics.stdev(robust))
     assert plot_tradeoff(runs, tmp_path / "front.png") and (tmp_path / "front.png").stat().st_size > 0
+
+
+def test_every_panel_of_the_small_multiples_names_its_axes(tmp_path, monkeypatch):
+    """Learning curves and the RKHS bracket: 'epoch' under every panel, the y quantity on the first panel of
+    each row (the panels of a row share it), over two rows of panels."""
+    from kernel_reg.app import plots
+
+    for index, regs in enumerate([(), ("vat",), ("pgd-l2",), ("gradient-penalty",), ("stability",)]):
+        make_run(tmp_path, f"run{index}", 0.7, regs=regs)
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig))
+    runs = collect_runs(tmp_path)
+    assert plots.plot_learning_curves(runs, Path("curves.png")) and plots.plot_rkhs_bracket(runs, Path("b.png"))
+    for figure, ylabel in zip(figures, ("accuracy (%)", "bound on the RKHS norm (log scale)")):
+        panels = [ax for ax in figure.axes if ax.get_visible()]
+        assert len(panels) == 5
+        for index, ax in enumerate(panels):
+            assert ax.get_xlabel() == "epoch"
+            assert ax.get_ylabel() == (ylabel if index % plots.PANEL_COLUMNS == 0 else "")
+
+
+def test_a_collapsed_setting_does_not_flatten_the_learning_curves_it_is_not_selected_for(tmp_path, monkeypatch):
+    """The y axis is set by the selected settings and the baseline: a VAT strength that collapsed to chance
+    runs below it (the title says so) instead of stretching the axis down to 10%."""
+    from kernel_reg.app import plots
+    from kernel_reg.app.rundir import MetricsRow, write_metrics
+
+    def curve(name, test, val, **changes):  # a finished 8-evaluation run rising to ``test``
+        config = make_run(tmp_path, name, test, val_acc=val, num_epochs=8, **changes)
+        rows = [MetricsRow(epoch=e, lr=0.05, train_loss=1.0, train_acc=0.99, val_acc=val, test_acc=test - (7 - e) / 100,
+                           rkhs_lower_grad=1.0, rkhs_lower_delta=1.0, rkhs_upper_spectral=10.0, seconds_per_epoch=0.1,
+                           eval_seconds=0.1) for e in range(8)]  # fmt: skip
+        write_metrics(run_path(config), rows)
+
+    curve("none", 0.78, 0.78)
+    curve("vat_good", 0.82, 0.82, regs=("vat",), epsilon=10.0)
+    curve("vat_collapsed", 0.10, 0.10, regs=("vat",), epsilon=100.0)
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig))
+    assert plots.plot_learning_curves(collect_runs(tmp_path), Path("curves.png"))
+    (figure,) = figures
+    low, _ = figure.axes[0].get_ylim()
+    assert low == 70  # the lowest selected value after the first quarter, 73%, less 3 points, to a multiple of 5
+    assert "settings that stay lower run below it" in figure._suptitle.get_text()

@@ -82,9 +82,10 @@ def _mean_curve(runs: list[RunSummary], field: str) -> tuple[list[int], list[flo
 PANEL_COLUMNS = 3  # small multiples a row: a figure that reads at a page's width
 
 
-def _panels(count: int, width: float = 3.3, height: float = 2.6) -> tuple[Any, list[Any]]:
-    """A grid of ``count`` small panels, ``PANEL_COLUMNS`` a row: a figure that reads at a page's width
-    (about 1000 pixels), the width a report's or RESULTS.md's figure is shown at."""
+def _panels(count: int, ylabel: str, width: float = 3.3, height: float = 2.6) -> tuple[Any, list[Any]]:
+    """A grid of ``count`` small panels sharing their y axis, ``PANEL_COLUMNS`` a row, ``ylabel`` on the first
+    panel of each row and "epoch" under every panel: a figure that reads at a page's width (about 1000
+    pixels), the width a report's or RESULTS.md's figure is shown at."""
     import matplotlib.pyplot as plt
 
     columns = min(PANEL_COLUMNS, count)
@@ -93,6 +94,10 @@ def _panels(count: int, width: float = 3.3, height: float = 2.6) -> tuple[Any, l
     flat = list(axes.flat)
     for ax in flat[count:]:
         ax.set_visible(False)
+    for index, ax in enumerate(flat[:count]):
+        ax.set_xlabel("epoch", fontsize=8)
+        if index % columns == 0:
+            ax.set_ylabel(ylabel, fontsize=8)
     return fig, flat[:count]
 
 
@@ -128,17 +133,19 @@ def plot_learning_curves(runs: list[RunSummary], path: Path) -> bool:
     seeds; faint, the legend names what sets it apart, the title what the settings share, or the setting
     when it is the method's only one), the selected setting bold with its range over seeds shaded and its
     training accuracy dashed, the unregularized baseline's selected test accuracy in grey in every panel.
-    The y axis starts where every curve has risen (``_zoomed_floor``), so that differences of a few points
-    show. False when no run has finished."""
+    The y axis starts where the selected settings' curves and the baseline have risen (``_zoomed_floor``),
+    so that differences of a few points between them show; a weaker setting may run below it (the title
+    says so). False when no run has finished."""
     selection = select(runs)
     if not selection.chosen:
         return False
     methods = sorted(selection.chosen, key=lambda m: (m != "none", m))
     families = [selection.family(method) for method in methods]
     baseline = _mean_curve(selection.of("none"), "test_acc") if "none" in selection.chosen else None
-    fig, axes = _panels(len(methods), height=3.3)  # room for each legend below its panel
-    shown: list[list[float]] = []
-    for index, (ax, method, family) in enumerate(zip(axes, methods, families)):
+    fig, axes = _panels(len(methods), "accuracy (%)", height=3.3)  # room for each legend below its panel
+    shown: list[list[float]] = [] if baseline is None else [baseline[1]]  # what the y axis must show
+    others: list[list[float]] = []  # the settings not selected: shown where they fit
+    for ax, method, family in zip(axes, methods, families):
         colour = method_colour(method)
         shared, texts = setting_labels([members[0].config for members in family])
         if baseline is not None and method != "none":
@@ -146,7 +153,7 @@ def plot_learning_curves(runs: list[RunSummary], path: Path) -> bool:
         for members, text in zip(family, texts):
             bold = members is selection.of(method)
             epochs, test = _mean_curve(members, "test_acc")
-            shown.append(test)
+            (shown if bold else others).append(test)
             style = dict(lw=2.2, alpha=1.0) if bold else dict(lw=1.0, alpha=0.6)
             ax.plot(epochs, [100 * v for v in test], color=colour, label=text or "-", **style)
             if bold:
@@ -164,16 +171,14 @@ def plot_learning_curves(runs: list[RunSummary], path: Path) -> bool:
             ax.legend(handles, names, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=columns,
                       frameon=False, handlelength=1.5, columnspacing=1.0, labelcolor=text_colour(colour))  # fmt: skip
         ax.set_title(_panel_title(method, shared if len(family) > 1 else texts[0]), fontsize=9)
-        ax.set_xlabel("epoch", fontsize=8)
-        if index % PANEL_COLUMNS == 0:  # the first panel of a row
-            ax.set_ylabel("accuracy (%)", fontsize=8)
         ax.tick_params(labelsize=7.5)
         ax.grid(alpha=0.3)
     floor = _zoomed_floor(shown)
     axes[0].set_ylim(floor, 100.5)  # the panels share their y axis
     chosen = "bold: selected by validation" if any(len(f) > 1 for f in families) else "one setting per method"
+    cut = "; settings that stay lower run below it" if _zoomed_floor(shown + others) < floor else ""
     fig.suptitle(
-        f"test accuracy per setting (mean over seeds; y axis from {floor:g}%)\n{chosen}, shaded: its "
+        f"test accuracy per setting (mean over seeds; y axis from {floor:g}%{cut})\n{chosen}, shaded: its "
         "range over seeds, dashed: its training accuracy; grey: the unregularized baseline",
         fontsize=9,
     )
@@ -190,7 +195,7 @@ def plot_rkhs_bracket(runs: list[RunSummary], path: Path) -> bool:
     if not selection.chosen:
         return False
     methods = sorted(selection.chosen, key=lambda m: (m != "none", m))
-    fig, axes = _panels(len(methods))
+    fig, axes = _panels(len(methods), "bound on the RKHS norm (log scale)")
     series = (("rkhs_lower_grad", "-"), ("rkhs_lower_delta", "--"), ("rkhs_upper_spectral", ":"))
     for ax, method in zip(axes, methods):
         for members, colour in ((selection.of("none"), "0.6"),) if "none" in selection.chosen else ():
@@ -201,7 +206,6 @@ def plot_rkhs_bracket(runs: list[RunSummary], path: Path) -> bool:
             ax.plot(*_mean_curve(selection.of(method), field), color=colour, linestyle=style, lw=1.8)
         ax.set_yscale("log")
         ax.set_title(_panel_title(method, _strength(selection.of(method)[0].config)), fontsize=8)
-        ax.set_xlabel("epoch", fontsize=8)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
     fig.suptitle("RKHS-norm bracket at the selected setting: lower bounds (solid: sup ||grad f||, dashed: "
