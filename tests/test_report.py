@@ -289,6 +289,23 @@ def test_the_published_fronts_label_every_point_without_one_label_covering_anoth
     plt.close(figure)
 
 
+def test_a_label_with_room_sits_just_above_right_of_its_point_wherever_the_point_is():
+    """Nearness decides among the boxes that cover nothing: floating-point noise in the areas (about 1e-13
+    pixels) once sent isolated labels three lines up, with a leader line."""
+    import random
+
+    from kernel_reg.app.plots import label_boxes
+
+    frame = (62.614366319444464, 58.50325520833333, 632.4444444444445, 405.6666666666667)
+    generator = random.Random(0)
+    for _ in range(300):
+        x, y = generator.uniform(100.0, 560.0), generator.uniform(100.0, 350.0)
+        width, height = generator.uniform(5.0, 40.0), generator.uniform(8.0, 14.0)
+        (box,) = label_boxes([(x, y)], [(width, height)], frame, gap=4.166666666666666)
+        assert box == (x + 4.166666666666666, y + 4.166666666666666, x + 4.166666666666666 + width,
+                       y + 4.166666666666666 + height)  # fmt: skip
+
+
 def test_a_method_with_the_projection_is_drawn_in_the_light_shade_of_the_method_alone():
     import matplotlib
 

@@ -266,8 +266,8 @@ def label_boxes(
         for i, candidates in enumerate(options):
             others = [box for j, box in enumerate(chosen) if j != i and box is not None] + points
             width, height = sizes[i]
-            cost = [
-                (width * height - _overlap(box, frame), sum(_overlap(box, other) for other in others), rank)
+            cost = [  # areas in whole pixels: rounding noise must not outrank nearness
+                (round(width * height - _overlap(box, frame)), round(sum(_overlap(box, o) for o in others)), rank)
                 for rank, box in enumerate(candidates)
             ]
             best = candidates[min(cost)[2]]
@@ -425,10 +425,11 @@ def plot_certified_tradeoff(
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7.4, 4.4))
+    labels = []
     for number, (name, (clean, certified)) in enumerate(points.items(), start=1):
-        colour = plt.get_cmap("tab10")((number - 1) % 10)
+        colour = plt.get_cmap("tab20")((number - 1) % 20)  # 20 colours: none repeats below 21 models
         ax.plot(100 * clean, 100 * certified, "o", color=colour, markersize=6, label=f"{number}: {name}")
-        ax.annotate(str(number), (100 * clean, 100 * certified), xytext=(4, 3), textcoords="offset points", fontsize=8)
+        labels.append((100 * clean, 100 * certified, str(number), colour))
     if target is not None:
         ax.plot(100 * target[0], 100 * target[1], "*", color="black", markersize=12, label="target")
     ax.set_xlabel("clean accuracy (%)")
@@ -437,6 +438,7 @@ def plot_certified_tradeoff(
     ax.grid(alpha=0.3)
     ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
     fig.tight_layout()
+    _write_labels(ax, labels, fontsize=8)
     _save(fig, path)
 
 
