@@ -9,10 +9,13 @@ only change when the records do. Kinds:
 
 - ``paired EXPERIMENT``: the paired table of ``kernel-reg report`` for that experiment's study under
   ``results/small_data_fit`` (paired t-intervals, Holm-adjusted verdicts), without the augmentation runs.
-- ``augmentation EXPERIMENT``: the augmentation control of that experiment: the baseline with each
-  augmentation against the baseline; each penalty on top of crops + deformations against the baseline with
-  them (does kernel regularization add to augmentation?) and against the penalty alone (does augmentation
-  add to it?); paired on training subsets, Holm-adjusted over the whole table.
+- ``augmentation EXPERIMENT[@EPOCHS]``: the augmentation control of that experiment: the baseline with each
+  augmentation against the baseline; each penalty alone against the baseline with the deformations as
+  data augmentation (the same random deformations the stability penalties use: penalty or augmentation?);
+  each penalty on top of crops + deformations against the baseline with them (does kernel regularization
+  add to augmentation?) and against the penalty alone (does augmentation add to it?); paired on training
+  subsets, Holm-adjusted over the whole table. ``@EPOCHS``: the augmented runs trained that many epochs
+  (e.g. ``@600``: longer than the runs without augmentation, which fit their data in theirs).
 - ``claim2 EXPERIMENT``: claim 2 replicated (``results/robustness_claim2``): per setting, the mean over its
   seeds of the clean and robust accuracy (robustness.json) with 95% t-intervals, and the training loss at
   the last epoch with its change over the last ``PLATEAU`` epochs (has it stopped falling?); then each
@@ -47,14 +50,16 @@ def _studies(root: Path) -> list[Study]:
     return studies(collect_runs(root))
 
 
-def small_data_studies(experiment: str) -> tuple[Study, dict[str, Study]]:
-    """The study of ``experiment`` under results/small_data_fit without augmentation, and those with it by
-    their transforms."""
+def small_data_studies(experiment: str, epochs: int | None = None) -> tuple[Study, dict[str, Study]]:
+    """The study of ``experiment`` under results/small_data_fit without augmentation, and those with it
+    trained ``epochs`` epochs (None: as many as the study without), by their transforms."""
     found = [s for s in _studies(SMALL_DATA) if s.experiment == experiment]
     plain = [s for s in found if not s.differs.get("aug")]
     if len(plain) != 1:
         raise SystemExit(f"results/small_data_fit holds {len(plain)} studies of {experiment} without augmentation")
-    augmented = {str(s.differs.get("aug_transforms", "auto")): s for s in found if s.differs.get("aug")}
+    epochs = plain[0].runs[0].config.num_epochs if epochs is None else epochs
+    augmented = {str(s.differs.get("aug_transforms", "auto")): s for s in found
+                 if s.differs.get("aug") and s.runs[0].config.num_epochs == epochs}  # fmt: skip
     return plain[0], augmented
 
 
@@ -64,13 +69,15 @@ def paired_study(experiment: str) -> str:
 
 
 BOTH = "crop+deform"  # the augmentation the penalties are trained on top of
+DEFORM = "deform"  # the augmentation by the deformations of the stability penalties
 
 
-def augmentation(experiment: str) -> str:
-    """The augmentation control of ``experiment`` as a Markdown table (see the module docstring)."""
-    plain, augmented = small_data_studies(experiment)
+def augmentation(argument: str) -> str:
+    """The augmentation control of ``EXPERIMENT[@EPOCHS]`` as a Markdown table (see the module docstring)."""
+    experiment, _, epochs = argument.partition("@")
+    plain, augmented = small_data_studies(experiment, int(epochs) if epochs else None)
     if not augmented:
-        return f"No run with augmentation is committed for {experiment} yet."
+        return f"No run with augmentation is committed for {argument} yet."
     alone = select(plain.runs)
     chosen = {transforms: select(study.runs) for transforms, study in augmented.items()}
     rows: dict[str, tuple[str, list[RunSummary], list[RunSummary]]] = {}
@@ -78,9 +85,14 @@ def augmentation(experiment: str) -> str:
         if "none" in selection.chosen and "none" in alone.chosen:
             rows[f"baseline + {transforms} - baseline"] = ("-", selection.of("none"), alone.of("none"))
     both = chosen.get(BOTH)
-    for method in sorted(both.chosen if both is not None else ()):
-        if method == "none":
-            continue
+    penalties = sorted(m for m in (both.chosen if both is not None else ()) if m != "none")
+    deformed = chosen.get(DEFORM)
+    for method in penalties:  # the penalty, or its deformations as data?
+        if deformed is not None and "none" in deformed.chosen and method in alone.chosen:
+            params = hyperparameter_text(alone.of(method)[0].config) or "-"
+            rows[f"{method} - baseline + {DEFORM}"] = (params, alone.of(method), deformed.of("none"))
+    for method in penalties:
+        assert both is not None
         params = hyperparameter_text(both.of(method)[0].config) or "-"
         if "none" in both.chosen:
             rows[f"{method} + {BOTH} - baseline + {BOTH}"] = (params, both.of(method), both.of("none"))

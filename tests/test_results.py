@@ -57,7 +57,7 @@ def test_the_augmentation_control_pairs_each_run_with_its_reference_on_the_same_
     accuracies = {  # (regularizer, augmentation) -> test accuracy on training subsets 0, 1, 2
         ("none", None): (0.700, 0.720, 0.710), ("none", "crop+deform"): (0.740, 0.750, 0.745),
         ("vat", None): (0.750, 0.760, 0.770), ("vat", "crop+deform"): (0.780, 0.785, 0.790),
-        ("none", "crop"): (0.730, 0.725, 0.720),
+        ("none", "crop"): (0.730, 0.725, 0.720), ("none", "deform"): (0.735, 0.745, 0.730),
     }  # fmt: skip
     for (reg, aug), values in accuracies.items():
         changes = {"aug": True, "aug_transforms": aug} if aug else {"aug": False}
@@ -66,6 +66,11 @@ def test_the_augmentation_control_pairs_each_run_with_its_reference_on_the_same_
             make_run(tmp_path, f"{reg}_{aug}_{subset}", acc, experiment="fmnist300_vgg5", shuf_seed=subset,
                      **changes, **regs)  # fmt: skip
     make_run(tmp_path, "vat_cd_unpaired", 0.9, experiment="fmnist300_vgg5", shuf_seed=9, regs=("vat",), **both)
+    longer = {("none", 0): 0.76, ("none", 1): 0.77, ("vat", 0): 0.80, ("vat", 1): 0.82}  # crop+deform, 2 epochs
+    for (reg, subset), acc in longer.items():
+        regs = {"regs": ("vat",)} if reg == "vat" else {}
+        make_run(tmp_path, f"{reg}_long_{subset}", acc, experiment="fmnist300_vgg5", shuf_seed=subset, num_epochs=2,
+                 **both, **regs)  # fmt: skip
     table = tables.augmentation("fmnist300_vgg5")
     rows = {line.split(" | ")[0][2:]: line for line in table.splitlines() if line.startswith("| ")}
 
@@ -77,10 +82,19 @@ def test_the_augmentation_control_pairs_each_run_with_its_reference_on_the_same_
         "baseline + crop - baseline": mean_of(("none", "crop"), ("none", None)),
         "vat + crop+deform - baseline + crop+deform": mean_of(("vat", "crop+deform"), ("none", "crop+deform")),
         "vat + crop+deform - vat": mean_of(("vat", "crop+deform"), ("vat", None)),
+        "vat - baseline + deform": mean_of(("vat", None), ("none", "deform")),  # the penalty or the deformations
+        "baseline + deform - baseline": mean_of(("none", "deform"), ("none", None)),
     }
     for label, mean in expected.items():
         assert f" | 3 | {mean:+.2f} [" in rows[label], (label, rows[label])  # the unpaired subset 9 is left out
-    assert f"over the {len(expected)} comparisons" in table
+    assert f"over the {len(expected)} comparisons" in table  # the 2-epoch runs are another arm
+    table = tables.augmentation("fmnist300_vgg5@2")  # the longer arm against the runs without augmentation
+    rows = {line.split(" | ")[0][2:]: line for line in table.splitlines() if line.startswith("| ")}
+    gain = (100 * (0.80 - 0.76) + 100 * (0.82 - 0.77)) / 2
+    assert f" | 2 | {gain:+.2f} [" in rows["vat + crop+deform - baseline + crop+deform"]
+    alone = (100 * (0.80 - accuracies[("vat", None)][0]) + 100 * (0.82 - accuracies[("vat", None)][1])) / 2
+    assert f" | 2 | {alone:+.2f} [" in rows["vat + crop+deform - vat"]
+    assert "over the 3 comparisons" in table and "| baseline + deform - baseline |" not in table
 
 
 def test_claim_2_pairs_each_combination_with_pgd_at_its_epsilon_and_shows_the_loss_plateau(tmp_path, monkeypatch):
