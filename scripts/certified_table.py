@@ -53,6 +53,34 @@ def percent(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}"
 
 
+def markdown(rows: list[dict]) -> str:
+    """The side-by-side table of ``row`` results (or of their JSON): per run, clean accuracy on its
+    ``n`` test images, L, certified accuracy by the per-pair and the global rule, attacked accuracy on the
+    first ``attacked_n`` images, and L_lower / L, at the radii of the first row. Rows written before the
+    per-pair rule (no "certified_global") hold the global rule's values under "certified"."""
+    keys = list(rows[0]["certified"])
+    lines = ["| run | clean | L | " + " | ".join(f"certified {k}" for k in keys) + " | "
+             + " | ".join(f"sqrt(2) L rule {k}" for k in keys) + " | "
+             + " | ".join(f"attacked {k}" for k in keys) + " | L_lower / L |",
+             "|---" * (3 + 3 * len(keys) + 1) + "|"]  # fmt: skip
+    for r in rows:
+        attacked = r.get("attacked", {})
+        tight = "-" if r.get("tightness") is None else f"{r['tightness']:.2f}" if r["tightness"] >= 0.01 else "< 0.01"
+        pairwise = r["certified"] if "certified_global" in r else {}
+        global_rule = r.get("certified_global", r["certified"])
+        lines.append(f"| {r['run']} | {percent(r['clean'])} | {r['lipschitz']:.4g} | "
+                     + " | ".join(percent(pairwise.get(k)) for k in keys) + " | "
+                     + " | ".join(percent(global_rule[k]) for k in keys) + " | "
+                     + " | ".join(percent(attacked.get(k)) for k in keys) + f" | {tight} |")  # fmt: skip
+    counts = sorted({r["n"] for r in rows}), sorted({r["attacked_n"] for r in rows if r.get("attacked_n")})
+    lines.append(
+        f"\nClean and certified on {', '.join(map(str, counts[0]))} test images"
+        + (f", attacked on the first {', '.join(map(str, counts[1]))}" if counts[1] else "")
+        + "."
+    )
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("runs", nargs="+", type=Path)
@@ -74,18 +102,7 @@ def main() -> None:
     for r, run in zip(rows, args.runs):
         if names.count(r["run"]) > 1:  # the same folder name in two studies: the figures' keys must differ
             r["run"] = f"{run.resolve().parent.name}/{run.resolve().name}"
-    keys = [eps_key(e) for e in args.eps]
-    print("| run | clean | L | " + " | ".join(f"certified {k}" for k in keys) + " | "
-          + " | ".join(f"sqrt(2) L rule {k}" for k in keys) + " | "
-          + " | ".join(f"attacked {k}" for k in keys) + " | L_lower / L |")  # fmt: skip
-    print("|---" * (3 + 3 * len(keys) + 1) + "|")
-    for r in rows:
-        attacked = r.get("attacked", {})
-        tight = "-" if r.get("tightness") is None else f"{r['tightness']:.2f}"
-        print(f"| {r['run']} | {percent(r['clean'])} | {r['lipschitz']:.3f} | "
-              + " | ".join(percent(r["certified"][k]) for k in keys) + " | "
-              + " | ".join(percent(r["certified_global"][k]) for k in keys) + " | "
-              + " | ".join(percent(attacked.get(k)) for k in keys) + f" | {tight} |")  # fmt: skip
+    print(markdown(rows))
     if args.json is not None:
         atomic_write_text(args.json, json.dumps(rows, indent=2))
     if args.plot is not None:

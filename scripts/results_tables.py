@@ -16,6 +16,22 @@ only change when the records do. Kinds:
   add to augmentation?) and against the penalty alone (does augmentation add to it?); paired on training
   subsets, Holm-adjusted over the whole table. ``@EPOCHS``: the augmented runs trained that many epochs
   (e.g. ``@600``: longer than the runs without augmentation, which fit their data in theirs).
+- ``selection FOLDER``: the selection table of ``kernel-reg report FOLDER`` (one study): per method, the
+  setting of best mean validation accuracy and the test accuracy there, mean +- std over the seeds.
+- ``certified FILE[,FILE...]``: ``scripts/certified_table.py``'s table of the rows its ``--json`` wrote
+  (a run named in two files: the first file's row).
+- ``certifications FOLDER``: per run folder under FOLDER with a ``certified.json`` (``kernel-reg
+  certify``): clean accuracy, the Lipschitz bound L, and certified accuracy per pair of classes and by the
+  global rule at each radius, on the test images it names.
+- ``finite-difference EXPERIMENT``: grad-l2 with the finite-difference parameter gradient against the
+  exact one (``results/finite_difference``), per training subset beside the small-data baseline on it, the
+  mean +- s.e. and the paired t-interval and p of finite difference - exact.
+- ``reproduction FILE[,FILE...]``: what each committed output of ``kernel-reg reproduce`` says: its thread
+  count, how many evaluations the retraining matched bit for bit, its largest differences, the last test
+  accuracy recorded and retrained, and its exit status.
+- ``robustness FOLDER``: the table of ``scripts/robustness_summary.py FOLDER`` (a robustness sweep's
+  experiment folder under results/): per evaluated run, clean, robust at each radius under the budget and
+  the worst of it and twice it, with Square at the middle radius, certified accuracy and Lipschitz bound.
 - ``claim2 EXPERIMENT``: claim 2 replicated (``results/robustness_claim2``): per setting, the mean over its
   seeds of the clean and robust accuracy (robustness.json) with 95% t-intervals, and the training loss at
   the last epoch with its change over the last ``PLATEAU`` epochs (has it stopped falling?); then each
@@ -27,17 +43,30 @@ from __future__ import annotations
 
 import argparse
 import functools
+import json
 import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 from kernel_reg.app.config import hyperparameter_text
-from kernel_reg.app.report import paired_differences, paired_header, paired_row, paired_table, verdict_note
+from kernel_reg.app.report import (
+    paired_differences,
+    paired_header,
+    paired_row,
+    paired_table,
+    selection_table,
+    verdict_note,
+)
+from kernel_reg.app.rundir import read_certification
 from kernel_reg.app.statistics import family, paired
 from kernel_reg.app.studies import RunSummary, Study, collect_runs, seed_of, select, studies
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))  # the other table scripts, however this one is loaded
+import certified_table  # noqa: E402
+import robustness_summary  # noqa: E402
+
 SMALL_DATA = ROOT / "results" / "small_data_fit"  # the small-data study's run folders
 CLAIM2 = ROOT / "results" / "robustness_claim2"  # claim 2 replicated: its run folders
 PLATEAU = 30  # epochs over which the training loss should no longer fall (claim 2's last learning-rate stage)
@@ -184,7 +213,96 @@ def claim2(experiment: str) -> str:
     return "\n".join(lines) + "\n" + verdict_note(len(tested))
 
 
-GENERATORS: dict[str, Callable[[str], str]] = {"paired": paired_study, "augmentation": augmentation, "claim2": claim2}
+def selection(folder: str) -> str:
+    """The report's selection table of the one study under ``folder`` (relative to the repository)."""
+    found = _studies(ROOT / folder)
+    if len(found) != 1:
+        raise SystemExit(f"{folder} holds {len(found)} studies; a selection table is one study's")
+    return selection_table(found[0].runs)
+
+
+def certified(files: str) -> str:
+    """``certified_table.markdown`` of the rows of the comma-separated JSON files (relative to the repository)."""
+    rows: dict[str, dict] = {}
+    for name in files.split(","):
+        for row in json.loads((ROOT / name).read_text()):
+            rows.setdefault(row["run"], row)
+    return certified_table.markdown(list(rows.values()))
+
+
+def certifications(folder: str) -> str:
+    """The ``kernel-reg certify`` records of the run folders under ``folder`` as one table."""
+    records = [(run.name, read_certification(run)) for run in sorted((ROOT / folder).iterdir()) if run.is_dir()]
+    found = [(name, record) for name, record in records if record is not None]
+    if not found:
+        raise SystemExit(f"{folder}: no run folder holds a certified.json")
+    keys = list(found[0][1].pairwise)
+    lines = ["| run | test images | clean | L | " + " | ".join(f"certified {k}" for k in keys) + " | "
+             + " | ".join(f"sqrt(2) L rule {k}" for k in keys) + " |",
+             "|---" * (4 + 2 * len(keys)) + "|"]  # fmt: skip
+    for name, record in found:
+        cells = [f"{100 * record.pairwise[k]:.1f}" for k in keys] + [f"{100 * record.global_rule[k]:.1f}" for k in keys]
+        lines.append(f"| {name} | {record.n} | {100 * record.clean:.1f} | {record.lipschitz_bound:.4g} | "
+                     + " | ".join(cells) + " |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def finite_difference(experiment: str) -> str:
+    """The finite-difference study of ``experiment`` as a table (see the module docstring)."""
+    (study,) = [s for s in _studies(ROOT / "results" / "finite_difference") if s.experiment == experiment]
+    baseline = {r.config.shuf_seed: 100 * r.best.test_acc for r in small_data_studies(experiment)[0].runs
+                if r.method == "none"}  # fmt: skip
+    by_method: dict[str, dict[int, float]] = {}
+    for run in study.runs:
+        method = str(run.config.regs[0]["method"])
+        by_method.setdefault(method, {})[run.config.shuf_seed] = 100 * run.best.test_acc
+    exact, fd = by_method["exact"], by_method["finite-difference"]
+    subsets = sorted(set(exact) & set(fd))
+    lines = ["| subset | baseline | grad-l2 exact | grad-l2 finite difference | finite difference - exact |",
+             "|---|---|---|---|---|"]  # fmt: skip
+    for k in subsets:
+        lines.append(f"| {k} | {baseline[k]:.1f} | {exact[k]:.2f} | {fd[k]:.2f} | {fd[k] - exact[k]:+.2f} |")
+    gap = paired([fd[k] - exact[k] for k in subsets])
+    means = [sum(v[k] for k in subsets) / len(subsets) for v in (baseline, exact, fd)]
+    lines.append(f"| mean +- standard error | {means[0]:.1f} | {means[1]:.2f} | {means[2]:.2f} | "
+                 f"**{gap.mean:+.2f} +- {gap.se:.2f}** |")  # fmt: skip
+    lines.append(f"| 95% t-interval ({gap.n - 1} degrees of freedom), p | | | | "
+                 f"[{gap.low:+.2f}, {gap.high:+.2f}], p = {gap.p:.2f} |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def reproduction(files: str) -> str:
+    """The committed ``kernel-reg reproduce`` outputs as a table (see the module docstring)."""
+    lines = ["| threads | evaluations bit-identical | largest difference (test / validation accuracy, points) "
+             "| last test accuracy, recorded / retrained | exit |", "|---|---|---|---|---|"]  # fmt: skip
+    for name in files.split(","):
+        text = (ROOT / name).read_text()
+        threads = re.search(r"--threads (\d+)", text)
+        same = re.search(r"(\d+) of (\d+) evaluations bit-identical; last test accuracy recorded ([\d.]+)%, "
+                         r"retrained ([\d.]+)%", text)  # fmt: skip
+        status = re.search(r"^exit (\d+)$", text, re.M)
+        if threads is None or same is None or status is None:
+            raise SystemExit(f"{name} is not the output of kernel-reg reproduce --threads N (with its exit status)")
+        differences = text.partition("largest differences")[2]  # empty when every evaluation matched
+        gaps = {k: float(v) for k, v in re.findall(r"(\w+_acc) ([\d.]+)", differences)}
+        largest = f"{100 * gaps.get('test_acc', 0):.2f} / {100 * gaps.get('val_acc', 0):.2f}"
+        lines.append(f"| {threads[1]} | {same[1]} of {same[2]} | {largest} | {same[3]} / {same[4]} | {status[1]} |")
+    return "\n".join(lines)
+
+
+def robustness(folder: str) -> str:
+    """``scripts/robustness_summary.py``'s table of a robustness study folder, relative to the repository."""
+    return robustness_summary.table(ROOT / folder)
+
+
+GENERATORS: dict[str, Callable[[str], str]] = {
+    "paired": paired_study, "augmentation": augmentation, "claim2": claim2, "robustness": robustness,
+    "selection": selection,
+    "certified": certified,
+    "certifications": certifications,
+    "finite-difference": finite_difference,
+    "reproduction": reproduction,
+}  # fmt: skip
 
 
 def regenerate(text: str) -> tuple[str, list[str]]:

@@ -57,21 +57,20 @@ def row(run_dir: Path, before: str | None) -> tuple[tuple, str]:
     return (cells[0], cells[1]), "| " + " | ".join(cells) + " |"
 
 
-def main(root: str, before: str | None) -> None:
+def table(root: str | Path, before: str | None = None) -> str:
+    """The table of the evaluated runs under ``root`` (a sweep's experiment folder), with the attack above it."""
     runs = sorted(p.parent for p in Path(root).glob(f"*/{ROBUSTNESS}"))
     first = read_robustness(runs[0])
     assert first is not None
     keys = sorted(first.l2, key=float)
     middle = keys[len(keys) // 2]
-    print(f"Attack: {first.attacks['l2']}.\n")
     header = ["method", "strength", "clean"] + [f"eps {k}: 1x / worst of 1x, 2x" for k in keys]
     if before is not None:
         header += [f"eps {k}: at {before}" for k in keys]
     header += [f"{middle}: worst incl. Square"] + [f"certified {k}" for k in keys] + ["Lipschitz bound"]
-    print("| " + " | ".join(header) + " |")
-    print("|" + "---|" * len(header))
-    for _, line in sorted(row(r, before) for r in runs):
-        print(line)
+    lines = [f"Attack: {first.attacks['l2']}.", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += [line for _, line in sorted(row(r, before) for r in runs)]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
@@ -79,4 +78,4 @@ if __name__ == "__main__":
     parser.add_argument("root", help="a sweep's experiment folder, e.g. results/robustness/fmnist_vgg5")
     parser.add_argument("--before", metavar="REV", help="also the robust accuracies committed at this git revision")
     args = parser.parse_args()
-    main(args.root, args.before)
+    print(table(args.root, args.before))

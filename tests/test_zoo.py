@@ -272,7 +272,9 @@ def test_every_model_number_quoted_in_readme_and_results_is_in_the_index():
             for number in quoted_numbers(block):
                 assert number in recorded, f"{document}: {number}% is not a number of {named[0].name}: {block}"
                 checked += 1
-    assert checked >= 12  # the headline's clean, certified and attacked numbers, in README and RESULTS
+    # the headline's clean, certified and attacked numbers quoted in prose, in README and RESULTS; the tables
+    # that quote records are generated from them and checked by tests/test_results.py
+    assert checked >= 9
 
 
 def test_blocks_split_paragraphs_items_and_rows():
