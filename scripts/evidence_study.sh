@@ -20,12 +20,13 @@ augmentation() {  # augmentation control on the same 8 subsets (subsets 0-2 with
 # 300 examples first: it is a third of the cost and answers each question at one size
 power fmnist300_vgg5
 augmentation fmnist300_vgg5
-# the augmented runs trained twice as long (they do not fit their data in 300 epochs)
+power fmnist1000_vgg5
+# the augmented runs trained twice as long (they do not fit their data in 300 epochs), and the same
+# settings without augmentation at that schedule
 LONG="--root results/small_data_fit --width 16 --num-epochs 600 --sched-step 200 --eval-delta 40 --probe-size 64 --jobs 2"
 $KR sweep --grid-file results/small_data_fit/grid_augmentation_long.yaml --seeds 3 --experiment fmnist300_vgg5 $LONG
 $KR sweep --grid-file results/small_data_fit/grid_augmentation_long.yaml --seeds 3-7 --init-seed-per-subset \
   --experiment fmnist300_vgg5 $LONG
-power fmnist1000_vgg5
 augmentation fmnist1000_vgg5
 # claim 2 replicated (item 4): 8 settings x 3 subsets on 10,000 images, 90 epochs, evaluated on 2,000 test
 # images with APGD-CE + APGD-T (9 targets); see results/robustness_claim2/grid.yaml

@@ -80,16 +80,26 @@ def _studies(root: Path) -> list[Study]:
 
 
 def small_data_studies(experiment: str, epochs: int | None = None) -> tuple[Study, dict[str, Study]]:
-    """The study of ``experiment`` under results/small_data_fit without augmentation, and those with it
-    trained ``epochs`` epochs (None: as many as the study without), by their transforms."""
+    """The study of ``experiment`` under results/small_data_fit without augmentation and those with it,
+    by their transforms, all trained ``epochs`` epochs. None: the main study's (the one without
+    augmentation of fewest epochs; longer ones are controls). Where no study without augmentation was
+    trained ``epochs`` epochs, the main one stands in for it."""
     found = [s for s in _studies(SMALL_DATA) if s.experiment == experiment]
-    plain = [s for s in found if not s.differs.get("aug")]
-    if len(plain) != 1:
-        raise SystemExit(f"results/small_data_fit holds {len(plain)} studies of {experiment} without augmentation")
-    epochs = plain[0].runs[0].config.num_epochs if epochs is None else epochs
+    plain: dict[int, Study] = {}
+    for study in found:
+        if not study.differs.get("aug"):
+            length = study.runs[0].config.num_epochs
+            if length in plain:
+                raise SystemExit(f"results/small_data_fit holds two studies of {experiment} without "
+                                 f"augmentation at {length} epochs: {plain[length].title}; {study.title}")  # fmt: skip
+            plain[length] = study
+    if not plain:
+        raise SystemExit(f"results/small_data_fit holds no study of {experiment} without augmentation")
+    main = plain[min(plain)]
+    epochs = min(plain) if epochs is None else epochs
     augmented = {str(s.differs.get("aug_transforms", "auto")): s for s in found
                  if s.differs.get("aug") and s.runs[0].config.num_epochs == epochs}  # fmt: skip
-    return plain[0], augmented
+    return plain.get(epochs, main), augmented
 
 
 def paired_study(experiment: str) -> str:
@@ -132,7 +142,9 @@ def augmentation(argument: str) -> str:
     lines = paired_header("comparison", "test acc difference")
     lines += [paired_row(label, params, tested.get(label), len(differences[label]))
               for label, (params, _, _) in rows.items()]  # fmt: skip
-    return "\n".join(lines) + "\n" + verdict_note(len(tested))
+    augmented_epochs = next(iter(augmented.values())).runs[0].config.num_epochs
+    schedule = f"Trained {augmented_epochs} epochs with augmentation, {plain.runs[0].config.num_epochs} without.\n"
+    return "\n".join(lines) + "\n" + verdict_note(len(tested)) + schedule
 
 
 def setting_of(run: RunSummary) -> str:

@@ -95,6 +95,27 @@ def test_the_augmentation_control_pairs_each_run_with_its_reference_on_the_same_
     alone = (100 * (0.80 - accuracies[("vat", None)][0]) + 100 * (0.82 - accuracies[("vat", None)][1])) / 2
     assert f" | 2 | {alone:+.2f} [" in rows["vat + crop+deform - vat"]
     assert "over the 3 comparisons" in table and "| baseline + deform - baseline |" not in table
+    assert "Trained 2 epochs with augmentation, 1 without." in table
+    plain_long = {("none", 0): 0.74, ("none", 1): 0.73, ("vat", 0): 0.81, ("vat", 1): 0.79}  # 2 epochs, no aug
+    for (reg, subset), acc in plain_long.items():
+        regs = {"regs": ("vat",)} if reg == "vat" else {}
+        make_run(tmp_path, f"{reg}_plain_long_{subset}", acc, experiment="fmnist300_vgg5", shuf_seed=subset,
+                 num_epochs=2, aug=False, **regs)  # fmt: skip
+    tables._studies.cache_clear()  # the script reads the records once per process
+    table = tables.augmentation("fmnist300_vgg5@2")  # now each comparison is at one schedule
+    rows = {line.split(" | ")[0][2:]: line for line in table.splitlines() if line.startswith("| ")}
+    alone = (100 * (0.80 - 0.81) + 100 * (0.82 - 0.79)) / 2
+    assert f" | 2 | {alone:+.2f} [" in rows["vat + crop+deform - vat"]
+    baseline = (100 * (0.76 - 0.74) + 100 * (0.77 - 0.73)) / 2
+    assert f" | 2 | {baseline:+.2f} [" in rows["baseline + crop+deform - baseline"]
+    assert "Trained 2 epochs with augmentation, 2 without." in table
+    table = tables.augmentation("fmnist300_vgg5")  # the main arm keeps the main study (fewest epochs)
+    assert f" | 3 | {expected['vat + crop+deform - vat']:+.2f} [" in table
+    make_run(tmp_path, "none_plain_long_again", 0.7, experiment="fmnist300_vgg5", shuf_seed=0, num_epochs=2,
+             aug=False, lr=0.01)  # fmt: skip
+    tables._studies.cache_clear()
+    with pytest.raises(SystemExit, match="two studies of fmnist300_vgg5 without augmentation at 2 epochs"):
+        tables.augmentation("fmnist300_vgg5@2")  # another study at that schedule: which one would be a guess
 
 
 def test_claim_2_pairs_each_combination_with_pgd_at_its_epsilon_and_shows_the_loss_plateau(tmp_path, monkeypatch):
