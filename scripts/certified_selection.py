@@ -44,11 +44,18 @@ def select(runs: list[Path], goal: tuple[float, float], radius: float) -> tuple[
         record = read_certification(run, "val")
         if record is None:
             raise ValueError(f"{run} has no certified_val.json: run kernel-reg certify {run} --split val first")
-        clean, certified = 100 * record.clean, 100 * record.pairwise[eps_key(radius)]
+        clean, certified = 100 * record.clean, 100 * at_radius(record.pairwise, radius, run / "certified_val.json")
         rows.append(dict(run=run.name, n=record.n, clean=clean, certified=certified,
                          shortfall=shortfall(clean, certified, goal)))  # fmt: skip
     rows.sort(key=lambda r: (r["shortfall"], -r["certified"]))
     return rows, rows[0]["run"]
+
+
+def at_radius(values: dict[str, float], radius: float, source: Path) -> float:
+    """``values`` at ``radius``; ValueError naming the radii ``source`` holds when it lacks that one."""
+    if eps_key(radius) not in values:
+        raise ValueError(f"{source} holds radii {', '.join(values)}, not {radius:g}; certify (or attack) at it")
+    return values[eps_key(radius)]
 
 
 def seed_values(run: Path, radii: list[float]) -> dict[str, float]:
@@ -61,8 +68,8 @@ def seed_values(run: Path, radii: list[float]) -> dict[str, float]:
                          "measure both on the same images (kernel-reg evaluate --eval-n-test 0)")  # fmt: skip
     values = {"clean": 100 * certification.clean}
     for eps in radii:
-        values[f"certified {eps_key(eps)}"] = 100 * certification.pairwise[eps_key(eps)]
-        values[f"attacked {eps_key(eps)}"] = 100 * robustness.l2[eps_key(eps)]
+        values[f"certified {eps_key(eps)}"] = 100 * at_radius(certification.pairwise, eps, run / "certified.json")
+        values[f"attacked {eps_key(eps)}"] = 100 * at_radius(robustness.l2, eps, run / "robustness.json")
     return values
 
 
@@ -89,6 +96,8 @@ def final_table(groups: dict[str, dict[str, dict[int, float]]]) -> str:
     lines = ["| recipe | seeds | " + " | ".join(measures) + " |", "|---|---|" + "---|" * len(measures)]
     for name, values in groups.items():
         seeds = len(values["clean"])
+        if seeds < 2:
+            raise ValueError(f"recipe {name} has {seeds} seed; its interval needs at least 2")
         lines.append(f"| {name} | {seeds} | " + " | ".join(cell(paired(list(values[m].values()))) for m in measures)
                      + " |")  # fmt: skip
     reference, *others = groups
@@ -109,7 +118,26 @@ def main() -> None:
     parser.add_argument("--reference", default=None, help="(final) the chosen recipe, compared with each other one")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
-    runs = sorted(run for run in args.runs if run.is_dir())
+    try:
+        execute(args, parser)
+    except ValueError as error:
+        raise SystemExit(f"certified_selection.py {args.stage}: {error}") from None
+
+
+def run_folders(paths: list[Path]) -> list[Path]:
+    """The run folders among ``paths`` (a glob may also match a report file, which is skipped); ValueError
+    naming a path that does not exist (a typo would otherwise drop a candidate unseen)."""
+    missing = [str(path) for path in paths if not path.exists()]
+    if missing:
+        raise ValueError(f"no such run folder: {', '.join(missing)}")
+    runs = sorted(path for path in paths if path.is_dir())
+    if not runs:
+        raise ValueError(f"none of {', '.join(map(str, paths))} is a run folder")
+    return runs
+
+
+def execute(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    runs = run_folders(args.runs)
     if args.stage == "select":
         rows, chosen = select(runs, tuple(args.goal), args.radius)
         print(f"| candidate | validation examples | clean | certified {args.radius} | shortfall |")

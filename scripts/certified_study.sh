@@ -1,7 +1,8 @@
 #!/bin/bash
 # Issue 29, item 5: the certified recipe chosen on a validation split, then reported with 3 seeds. Each
 # stage fits one 10-minute call on one GPU (runs share it; an H100 took 10-15 s an epoch with five sharing
-# it) and is resumable (a finished run is skipped, an interrupted one resumes from its checkpoint):
+# it) and is resumable (a finished run is skipped; an interrupted kernel-reg run resumes from its checkpoint,
+# an interrupted deel-torchlip run, which keeps no checkpoint, starts again):
 #   scripts/certified_study.sh select     # 5 candidates, 5,000 validation examples carved from the 60,000
 #   python scripts/certified_selection.py select runs/certified_select/fmnist_vgg5/*   # the rule, the choice
 #   scripts/certified_study.sh final NAME # the chosen candidate and deel-torchlip's layers, 3 seeds each
@@ -66,7 +67,10 @@ case "${1:-}" in
     ;;
   evaluate)
     # --in-place: deel-torchlip's folders hold only weights.pt, which marks a published folder
-    for run in runs/certified_final/fmnist_vgg5/*/; do
+    shopt -s nullglob
+    finals=(runs/certified_final/fmnist_vgg5/*/)
+    if [ ${#finals[@]} -eq 0 ]; then echo "$0 evaluate: no run under runs/certified_final/fmnist_vgg5: run final first" >&2; exit 2; fi
+    for run in "${finals[@]}"; do
       [ -f "$run/certified.json" ] || $KR certify "$run" --weights last --eps 0.1 0.25 0.5 --in-place
       [ -f "$run/robustness.json" ] || $KR evaluate "$run" --weights last --eps-l2 0.1 0.25 0.5 --eps-linf \
         --attacks strong --eval-n-test 0 --lipschitz-probe 256 --in-place

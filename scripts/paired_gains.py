@@ -13,7 +13,7 @@ from pathlib import Path
 from kernel_reg.app.plots import plot_paired_gains
 from kernel_reg.app.report import paired_comparisons
 from kernel_reg.app.statistics import family
-from kernel_reg.app.studies import collect_runs, studies
+from kernel_reg.app.studies import collect_runs, studies, unaugmented_by_epochs
 from kernel_reg.progress import say
 
 SIZES = {"fmnist1000_vgg5": "1000 examples", "fmnist300_vgg5": "300 examples"}
@@ -24,24 +24,26 @@ def main() -> None:
     parser.add_argument("root", nargs="?", type=Path, default=Path("results/small_data_fit"))
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
+    if not args.root.is_dir():
+        raise SystemExit(f"{args.root}: no such folder (the small-data study's results folder)")
+    found = studies(collect_runs(args.root))
     panels = {}
-    for study in studies(collect_runs(args.root)):
-        if study.experiment not in SIZES or study.differs.get("aug"):
-            continue  # the augmentation control is a study of its own
-        rows = paired_comparisons(study.runs)
-        tested = family({f"{ref}:{m}": d for ref, m, _, d in rows})  # the report's family: Holm over both tables
-        panels[SIZES[study.experiment]] = {
-            k.split(":", 1)[1]: c for k, c in tested.items() if k.startswith("baseline:")
-        }
+    for experiment, size in SIZES.items():
+        try:  # the main study: without augmentation (a control of its own), of fewest epochs (longer: controls)
+            plain = unaugmented_by_epochs(found, experiment)
+        except ValueError as error:
+            raise SystemExit(f"{args.root} holds {error}") from None
+        if plain:
+            rows = paired_comparisons(plain[min(plain)].runs)
+            tested = family({f"{ref}:{m}": d for ref, m, _, d in rows})  # the report's family: Holm over both tables
+            panels[size] = {k.split(":", 1)[1]: c for k, c in tested.items() if k.startswith("baseline:")}
     out = args.out or args.root / "paired_gains.png"
-    ordered = {size: panels[size] for size in SIZES.values() if size in panels}
-    if plot_paired_gains(ordered, out):
-        say(f"wrote {out}")
-        for size, tested in ordered.items():
-            for method, c in sorted(tested.items()):
-                print(
-                    f"  {size}: {method}: {c.mean:+.2f} [{c.low:+.2f}, {c.high:+.2f}], n={c.n}, Holm p={c.p_holm:.3g}"
-                )
+    if not plot_paired_gains(panels, out):
+        raise SystemExit(f"{args.root}: no study of {' or '.join(SIZES)} has a comparison with 2 paired subsets")
+    say(f"wrote {out}")
+    for size, tested in panels.items():
+        for method, c in sorted(tested.items()):
+            say(f"  {size}: {method}: {c.mean:+.2f} [{c.low:+.2f}, {c.high:+.2f}], n={c.n}, Holm p={c.p_holm:.3g}")
 
 
 if __name__ == "__main__":

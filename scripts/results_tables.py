@@ -45,12 +45,14 @@ import argparse
 import functools
 import json
 import re
+import stat
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 from kernel_reg.app.config import hyperparameter_text
 from kernel_reg.app.report import (
+    paired_by_subset,
     paired_differences,
     paired_header,
     paired_row,
@@ -58,9 +60,10 @@ from kernel_reg.app.report import (
     selection_table,
     verdict_note,
 )
-from kernel_reg.app.rundir import read_certification
+from kernel_reg.app.rundir import atomic_write_text, read_certification
 from kernel_reg.app.statistics import family, paired
-from kernel_reg.app.studies import RunSummary, Study, collect_runs, seed_of, select, studies
+from kernel_reg.app.studies import RunSummary, Study, collect_runs, seed_of, select, studies, unaugmented_by_epochs
+from kernel_reg.progress import say
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))  # the other table scripts, however this one is loaded
@@ -70,7 +73,9 @@ import robustness_summary  # noqa: E402
 SMALL_DATA = ROOT / "results" / "small_data_fit"  # the small-data study's run folders
 CLAIM2 = ROOT / "results" / "robustness_claim2"  # claim 2 replicated: its run folders
 PLATEAU = 30  # epochs over which the training loss should no longer fall (claim 2's last learning-rate stage)
-BLOCK = re.compile(r"(<!-- generated: (\S+) (\S+) -->\n)(.*?)(<!-- end generated -->)", re.S)
+MARKER = re.compile(r"^[ \t]*<!--\s*(end\s+)?generated\b.*$", re.M)  # any line that looks like a marker
+START = re.compile(r"<!-- generated: (\S+) (\S+) -->")
+END = "<!-- end generated -->"
 
 
 @functools.cache
@@ -85,14 +90,10 @@ def small_data_studies(experiment: str, epochs: int | None = None) -> tuple[Stud
     augmentation of fewest epochs; longer ones are controls). Where no study without augmentation was
     trained ``epochs`` epochs, the main one stands in for it."""
     found = [s for s in _studies(SMALL_DATA) if s.experiment == experiment]
-    plain: dict[int, Study] = {}
-    for study in found:
-        if not study.differs.get("aug"):
-            length = study.runs[0].config.num_epochs
-            if length in plain:
-                raise SystemExit(f"results/small_data_fit holds two studies of {experiment} without "
-                                 f"augmentation at {length} epochs: {plain[length].title}; {study.title}")  # fmt: skip
-            plain[length] = study
+    try:
+        plain = unaugmented_by_epochs(found, experiment)
+    except ValueError as error:
+        raise SystemExit(f"results/small_data_fit holds {error}") from None
     if not plain:
         raise SystemExit(f"results/small_data_fit holds no study of {experiment} without augmentation")
     main = plain[min(plain)]
@@ -114,6 +115,8 @@ DEFORM = "deform"  # the augmentation by the deformations of the stability penal
 def augmentation(argument: str) -> str:
     """The augmentation control of ``EXPERIMENT[@EPOCHS]`` as a Markdown table (see the module docstring)."""
     experiment, _, epochs = argument.partition("@")
+    if epochs and not epochs.isdigit():
+        raise SystemExit(f"augmentation {argument}: after '@' comes a number of epochs (e.g. {experiment}@600)")
     plain, augmented = small_data_studies(experiment, int(epochs) if epochs else None)
     if not augmented:
         return f"No run with augmentation is committed for {argument} yet."
@@ -212,11 +215,9 @@ def claim2(experiment: str) -> str:
                           and epsilon_of(m[0]) == epsilon_of(members[0])), None)  # fmt: skip
         if reference is None:
             continue
-        by_seed = {seed_of(r): r for r in settings[reference]}
         for key in ("clean", *radii):
             label = f"{name} - {reference}, {'clean' if key == 'clean' else f'l2 {key}'}"
-            pairs = [(r, by_seed[seed_of(r)]) for r in members if seed_of(r) in by_seed]
-            rows[label] = [measure(a, key) - measure(b, key) for a, b in pairs]
+            rows[label] = paired_by_subset(members, settings[reference], lambda run, key=key: measure(run, key))
     if not rows:
         return "\n".join(lines)
     tested = family(rows)
@@ -225,9 +226,16 @@ def claim2(experiment: str) -> str:
     return "\n".join(lines) + "\n" + verdict_note(len(tested))
 
 
+def _folder(folder: str) -> Path:
+    """``folder`` of the repository, which must exist."""
+    if not (ROOT / folder).is_dir():
+        raise SystemExit(f"{folder}: no such folder in the repository")
+    return ROOT / folder
+
+
 def selection(folder: str) -> str:
     """The report's selection table of the one study under ``folder`` (relative to the repository)."""
-    found = _studies(ROOT / folder)
+    found = _studies(_folder(folder))
     if len(found) != 1:
         raise SystemExit(f"{folder} holds {len(found)} studies; a selection table is one study's")
     return selection_table(found[0].runs)
@@ -244,7 +252,7 @@ def certified(files: str) -> str:
 
 def certifications(folder: str) -> str:
     """The ``kernel-reg certify`` records of the run folders under ``folder`` as one table."""
-    records = [(run.name, read_certification(run)) for run in sorted((ROOT / folder).iterdir()) if run.is_dir()]
+    records = [(run.name, read_certification(run)) for run in sorted(_folder(folder).iterdir()) if run.is_dir()]
     found = [(name, record) for name, record in records if record is not None]
     if not found:
         raise SystemExit(f"{folder}: no run folder holds a certified.json")
@@ -261,7 +269,10 @@ def certifications(folder: str) -> str:
 
 def finite_difference(experiment: str) -> str:
     """The finite-difference study of ``experiment`` as a table (see the module docstring)."""
-    (study,) = [s for s in _studies(ROOT / "results" / "finite_difference") if s.experiment == experiment]
+    found = [s for s in _studies(_folder("results/finite_difference")) if s.experiment == experiment]
+    if len(found) != 1:
+        raise SystemExit(f"results/finite_difference holds {len(found)} studies of {experiment}; the table is one's")
+    (study,) = found
     baseline = {r.config.shuf_seed: 100 * r.best.test_acc for r in small_data_studies(experiment)[0].runs
                 if r.method == "none"}  # fmt: skip
     by_method: dict[str, dict[int, float]] = {}
@@ -304,7 +315,7 @@ def reproduction(files: str) -> str:
 
 def robustness(folder: str) -> str:
     """``scripts/robustness_summary.py``'s table of a robustness study folder, relative to the repository."""
-    return robustness_summary.table(ROOT / folder)
+    return robustness_summary.table(_folder(folder))
 
 
 GENERATORS: dict[str, Callable[[str], str]] = {
@@ -317,20 +328,49 @@ GENERATORS: dict[str, Callable[[str], str]] = {
 }  # fmt: skip
 
 
-def regenerate(text: str) -> tuple[str, list[str]]:
-    """``text`` with every generated block rewritten, and the names of the blocks whose content changed."""
+def generate(kind: str, argument: str, where: str) -> str:
+    """The text of the block ``kind argument`` (``where``: its file and line, for the errors)."""
+    if kind not in GENERATORS:
+        raise SystemExit(f"{where}: unknown generated block '{kind}' (known: {', '.join(GENERATORS)})")
+    try:
+        return GENERATORS[kind](argument).rstrip("\n") + "\n"
+    except (OSError, ValueError, KeyError) as error:  # an argument naming no record, or a damaged record
+        raise SystemExit(f"{where}: block '{kind} {argument}': {type(error).__name__}: {error}") from None
+
+
+def regenerate(text: str, name: str = "RESULTS.md") -> tuple[str, list[str]]:
+    """``text`` with every generated block rewritten, and the blocks that changed. Every line that looks
+    like a marker must be one, and the markers must pair (start, end, start, end ...): a missing end would
+    otherwise let a block run on over the text after it."""
+    pieces: list[str] = []
     changed: list[str] = []
-
-    def rewrite(match: re.Match[str]) -> str:
-        kind, argument = match.group(2), match.group(3)
-        if kind not in GENERATORS:
-            raise SystemExit(f"RESULTS.md: unknown generated block '{kind}' (known: {', '.join(GENERATORS)})")
-        fresh = GENERATORS[kind](argument).rstrip("\n") + "\n"
-        if fresh != match.group(4):
+    done = 0  # text[:done] is in pieces
+    opened: tuple[int, str, str, int] | None = None  # line, kind, argument, offset where its body starts
+    for marker in MARKER.finditer(text):
+        line, where = marker.group(0).strip(), f"{name}:{text.count(chr(10), 0, marker.start()) + 1}"
+        if marker.group(1) is None:
+            start = START.fullmatch(line)
+            if start is None:
+                raise SystemExit(f"{where}: '{line}' is not a block start; write <!-- generated: KIND ARGUMENT --> "
+                                 "(one word each, no space in the argument)")  # fmt: skip
+            if opened is not None:
+                raise SystemExit(f"{where}: a block starts inside the block '{opened[1]} {opened[2]}' of line "
+                                 f"{opened[0]}; end that one with {END} first")  # fmt: skip
+            opened = (int(where.rpartition(":")[2]), start[1], start[2], marker.end() + 1)
+            continue
+        if line != END:
+            raise SystemExit(f"{where}: '{line}' is not a block end; write {END}")
+        if opened is None:
+            raise SystemExit(f"{where}: {END} ends no block (no <!-- generated: KIND ARGUMENT --> before it)")
+        first, kind, argument, body = opened
+        fresh = generate(kind, argument, f"{name}:{first}")
+        if fresh != text[body : marker.start()]:
             changed.append(f"{kind} {argument}")
-        return match.group(1) + fresh + match.group(5)
-
-    return BLOCK.sub(rewrite, text), changed
+        pieces += [text[done:body], fresh]
+        done, opened = marker.start(), None
+    if opened is not None:
+        raise SystemExit(f"{name}:{opened[0]}: the block '{opened[1]} {opened[2]}' has no {END}; nothing was written")
+    return "".join(pieces) + text[done:], changed
 
 
 def main() -> None:
@@ -338,8 +378,12 @@ def main() -> None:
     parser.add_argument("--check", action="store_true", help="change nothing; exit 1 when a block differs")
     parser.add_argument("--results", type=Path, default=ROOT / "RESULTS.md")
     args = parser.parse_args()
-    text = args.results.read_text()
-    fresh, changed = regenerate(text)
+    path = args.results.resolve()  # a link: its target is what gets rewritten
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise SystemExit(f"{args.results}: cannot read it ({error.strerror})") from None
+    fresh, changed = regenerate(text, args.results.name)
     if args.check:
         if changed:
             print(f"{args.results.name}: regenerated from the records, these blocks differ: {'; '.join(changed)}. "
@@ -347,10 +391,16 @@ def main() -> None:
             raise SystemExit(1)
         return
     if changed:
-        temporary = args.results.with_name(args.results.name + ".tmp")
-        temporary.write_text(fresh)
-        temporary.replace(args.results)
-    print(f"{args.results.name}: {len(changed)} block(s) rewritten" + (f": {'; '.join(changed)}" if changed else ""))
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if not mode & 0o222:  # by its mode, not os.access: root may write anything
+            raise SystemExit(f"{args.results}: it is read-only; make it writable to rewrite its blocks "
+                             f"({'; '.join(changed)} differ from the records)")  # fmt: skip
+        try:
+            atomic_write_text(path, fresh)
+            path.chmod(mode)
+        except OSError as error:
+            raise SystemExit(f"{args.results}: not rewritten ({error.strerror}); it is unchanged") from None
+    say(f"{args.results.name}: {len(changed)} block(s) rewritten" + (f": {'; '.join(changed)}" if changed else ""))
 
 
 if __name__ == "__main__":

@@ -55,3 +55,23 @@ def test_certified_and_attacked_columns_from_different_images_are_refused(tmp_pa
     done = subprocess.run([sys.executable, str(SCRIPT), "final", str(unnamed), "--reference", "best_model"],
                           capture_output=True, text=True)  # fmt: skip
     assert done.returncode != 0 and "named <recipe>_s<seed>" in done.stderr
+
+
+def _script(*args):
+    return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], capture_output=True, text=True)
+
+
+def test_a_mistyped_candidate_a_missing_radius_and_a_single_seed_are_named_not_dropped(tmp_path):
+    runs = [certified_run(tmp_path, f"w32_m1.0_s{s}", 0.86, 0.72, 0.80) for s in range(2)]
+    (tmp_path / "fmnist_vgg5" / "report.md").write_text("a glob also matches this")
+    done = _script("final", *runs, tmp_path / "fmnist_vgg5" / "w32_m1.0_s9", "--reference", "w32_m1.0")
+    assert done.returncode != 0 and "no such run folder: " in done.stderr and "w32_m1.0_s9" in done.stderr
+    assert "Traceback" not in done.stderr  # a typo used to drop the candidate unseen
+    done = _script("final", *runs, tmp_path / "fmnist_vgg5" / "report.md", "--reference", "w32_m1.0", "--eps", "0.5")
+    assert done.returncode == 0, done.stderr  # a file among the folders is not a candidate
+    done = _script("final", *runs, "--reference", "w32_m1.0", "--eps", "0.3")
+    assert done.returncode != 0 and "holds radii 0.5, not 0.3" in done.stderr and "Traceback" not in done.stderr
+    done = _script("final", runs[0], "--reference", "w32_m1.0", "--eps", "0.5")
+    assert done.returncode != 0 and "recipe w32_m1.0 has 1 seed" in done.stderr
+    done = _script("select", tmp_path / "nothing_*")  # an unmatched glob reaches the script as written
+    assert done.returncode != 0 and "no such run folder" in done.stderr and "Traceback" not in done.stderr

@@ -8,7 +8,15 @@ from pathlib import Path
 import pytest
 
 from kernel_reg.app.config import preset_config
-from kernel_reg.app.report import collect_runs, markdown_table, paired_table, selection_table, studies, write_report
+from kernel_reg.app.report import (
+    collect_runs,
+    markdown_table,
+    paired_comparisons,
+    paired_table,
+    selection_table,
+    studies,
+    write_report,
+)
 from kernel_reg.app.rundir import (
     MetricsRow,
     Robustness,
@@ -181,6 +189,19 @@ def test_the_paired_table_calls_a_gain_by_the_holm_adjusted_t_test(tmp_path):
     assert "over the 2 comparisons of this table" in table
     one = paired_table([r for r in collect_runs(tmp_path) if r.config.shuf_seed < 1])
     assert "needs 2 paired subsets" in one
+
+
+def test_two_initialisations_of_one_subset_count_as_one_paired_subset(tmp_path):
+    baseline, method = {0: 0.70, 1: 0.72, 2: 0.74}, {0: 0.73, 1: 0.74, 2: 0.77}
+    for subset in range(3):
+        make_run(tmp_path, f"none_s{subset}", baseline[subset], shuf_seed=subset, seed=42)
+        make_run(tmp_path, f"vat_s{subset}", method[subset], regs=("vat",), shuf_seed=subset, seed=42)
+    make_run(tmp_path, "none_s1_again", 0.71, shuf_seed=1, seed=43)  # subset 1 trained again from another start
+    make_run(tmp_path, "vat_s1_again", 0.78, regs=("vat",), shuf_seed=1, seed=43)
+    (row,) = [r for r in paired_comparisons(collect_runs(tmp_path)) if r[1] == "vat"]
+    by_hand = [3.0, (2.0 + 7.0) / 2, 3.0]  # subset 1: its two pairs averaged, not two more subsets
+    assert row[3] == pytest.approx(by_hand)
+    assert "| vat | lmbda=1, epsilon=0.1 | 3 |" in paired_table(collect_runs(tmp_path))
 
 
 def test_the_projection_is_paired_with_the_method_alone_on_the_same_subsets(tmp_path):
@@ -433,6 +454,26 @@ def test_the_paired_gains_figure_shows_each_comparison_and_the_script_draws_the_
                           capture_output=True, text=True, timeout=300)  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "1000 examples: vat:" in done.stdout and (tmp_path / "study.png").is_file()
+
+
+def test_the_paired_gains_figure_draws_the_main_study_not_a_longer_control(tmp_path):
+    import subprocess
+    import sys
+
+    main_arm = {"none": [0.70, 0.72, 0.74], "vat": [0.73, 0.76, 0.77]}  # vat: +3, +4, +3 points
+    longer = {"none": [0.75, 0.75, 0.75], "vat": [0.70, 0.70, 0.71]}  # the same subsets trained twice as long
+    for epochs, accuracies in ((1, main_arm), (2, longer)):
+        for method, values in accuracies.items():
+            regs = {"regs": ("vat",)} if method == "vat" else {}
+            for subset, acc in enumerate(values):
+                make_run(tmp_path, f"{method}_{epochs}_{subset}", acc, experiment="fmnist300_vgg5", shuf_seed=subset,
+                         num_epochs=epochs, **regs)  # fmt: skip
+    script = Path(__file__).resolve().parents[1] / "scripts" / "paired_gains.py"
+    done = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "300 examples: vat: +3.33 [" in done.stdout  # the main arm, whichever study is read last
+    done = subprocess.run([sys.executable, str(script), str(tmp_path / "nope")], capture_output=True, text=True)
+    assert done.returncode != 0 and "no such folder" in done.stderr and "Traceback" not in done.stderr
 
 
 def test_learning_curves_zoom_to_where_every_curve_has_risen():

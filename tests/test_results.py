@@ -39,6 +39,85 @@ def test_an_unknown_block_kind_is_named():
         tables.regenerate("<!-- generated: guess x -->\n<!-- end generated -->")
 
 
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("<!-- generated: echo a -->\n| a |\nprose\n<!-- generated: echo b -->\n| b |\n<!-- end generated -->\n",
+         "RESULTS.md:4: a block starts inside the block 'echo a' of line 1"),  # a lost end would eat the prose
+        ("<!-- generated: echo a -->\n| a |\n<!-- end generated -->\n<!-- end generated -->\n",
+         "RESULTS.md:4: <!-- end generated --> ends no block"),
+        ("prose\n<!-- generated: echo a -->\n| a |\n", "RESULTS.md:2: the block 'echo a' has no <!-- end"),
+        ("<!-- generated: paired -->\n<!-- end generated -->\n", "RESULTS.md:1: '<!-- generated: paired -->' is not a"),
+        ("<!-- generated: echo a b -->\n<!-- end generated -->\n", "no space in the argument"),
+        ("<!-- generated: echo a -->\n<!-- end generated: echo a -->\n", "RESULTS.md:2: .* is not a block end"),
+    ],
+)  # fmt: skip
+def test_markers_that_do_not_pair_are_refused_with_their_line(monkeypatch, text, message):
+    tables = load_script()
+    monkeypatch.setitem(tables.GENERATORS, "echo", lambda argument: f"| {argument} |")
+    with pytest.raises(SystemExit, match=message):
+        tables.regenerate(text)
+
+
+def test_markers_may_carry_trailing_blanks_and_prose_may_quote_them(monkeypatch):
+    tables = load_script()
+    monkeypatch.setitem(tables.GENERATORS, "echo", lambda argument: f"| {argument} |")
+    text = ("blocks sit between `<!-- generated: KIND ARGUMENT -->` markers\n"
+            "<!-- generated: echo a -->  \n| old |\n<!-- end generated --> \n")  # fmt: skip
+    fresh, changed = tables.regenerate(text)
+    assert changed == ["echo a"] and fresh == text.replace("| old |", "| a |")
+
+
+def _run_script(results, *flags):
+    return subprocess.run([sys.executable, str(SCRIPT), "--results", str(results), *flags], capture_output=True,
+                          text=True, timeout=600)  # fmt: skip
+
+
+def test_the_rewrite_keeps_the_file_mode_follows_a_link_and_refuses_a_read_only_file(tmp_path):
+    block = "<!-- generated: reproduction results/reproduction/none_s0_threads1.txt -->"
+    stale = f"head\n{block}\n| stale |\n<!-- end generated -->\n"
+    results = tmp_path / "RESULTS.md"
+    results.write_text(stale)
+    results.chmod(0o444)
+    done = _run_script(results)
+    assert done.returncode != 0 and "read-only" in done.stderr and "Traceback" not in done.stderr
+    assert results.read_text() == stale  # refused, even for root (who may write anything)
+    results.chmod(0o640)
+    link = tmp_path / "link.md"
+    link.symlink_to(results)
+    done = _run_script(link)
+    assert done.returncode == 0, done.stderr
+    assert link.is_symlink() and "| 1 | 16 of 16 |" in results.read_text()  # the target is rewritten
+    assert results.stat().st_mode & 0o777 == 0o640
+    assert [p.name for p in tmp_path.iterdir() if p.name not in ("RESULTS.md", "link.md")] == []  # no temporary left
+
+
+def test_a_closed_pipe_after_the_rewrite_is_no_error(tmp_path):
+    results = tmp_path / "RESULTS.md"
+    results.write_text(
+        "<!-- generated: reproduction results/reproduction/none_s0_threads1.txt -->\n<!-- end generated -->\n"
+    )
+    command = f"{sys.executable} {SCRIPT} --results {results} | true; exit ${{PIPESTATUS[0]}}"
+    done = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0 and "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr
+    assert "| 1 | 16 of 16 |" in results.read_text()
+
+
+@pytest.mark.parametrize(
+    ("block", "message"),
+    [
+        ("reproduction results/nope.txt", "RESULTS.md:1: block 'reproduction results/nope.txt': FileNotFoundError"),
+        ("robustness results/nope", "results/nope: no such folder in the repository"),
+        ("augmentation fmnist300_vgg5@abc", "after '@' comes a number of epochs"),
+        ("finite-difference fmnist300_vgg5", "holds 0 studies of fmnist300_vgg5"),
+    ],
+)  # fmt: skip
+def test_a_block_whose_argument_names_no_record_is_named(block, message):
+    tables = load_script()
+    with pytest.raises(SystemExit, match=message):
+        tables.regenerate(f"<!-- generated: {block} -->\n<!-- end generated -->\n")
+
+
 def test_check_fails_and_names_a_table_that_differs_from_the_records(tmp_path):
     results = tmp_path / "RESULTS.md"
     results.write_text("<!-- generated: paired fmnist300_vgg5 -->\n| edited by hand |\n<!-- end generated -->\n")

@@ -117,6 +117,23 @@ def test_a_damaged_metrics_line_is_named(tmp_path):
         read_metrics(tmp_path)
 
 
+@pytest.mark.parametrize(("field", "text"), [("val_acc", "NaN"), ("test_acc", "Infinity"), ("train_acc", "1.5"),
+                                            ("test_acc", '"0.8"'), ("val_acc", "-0.1")])  # fmt: skip
+def test_an_accuracy_that_is_no_share_is_named(tmp_path, field, text):
+    """A NaN validation accuracy would make max() pick an arbitrary 'best' epoch: a wrong number."""
+    write_metrics(tmp_path, [row(0), row(1)])
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    values = json.loads(lines[1])
+    lines[1] = json.dumps(values).replace(f'"{field}": {json.dumps(values[field])}', f'"{field}": {text}')
+    (tmp_path / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    with pytest.raises(RunFolderError, match=f"metrics.jsonl, line 2: {field} is .*not an accuracy in \\[0, 1\\]"):
+        read_metrics(tmp_path)
+    values[field], values["train_loss"] = 0.5, float("nan")  # a diverged loss is a fact, not damage
+    lines[1] = json.dumps(values)
+    (tmp_path / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    assert len(read_metrics(tmp_path)) == 2
+
+
 def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
     atomic_torch_save({"a": torch.ones(2)}, tmp_path / "checkpoint.pt")
     before = (tmp_path / "checkpoint.pt").read_bytes()

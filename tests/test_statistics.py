@@ -84,3 +84,16 @@ def test_identical_differences_have_a_point_interval():
     c = paired([1.5, 1.5, 1.5])
     assert (c.low, c.high, c.se, c.p) == (1.5, 1.5, 0.0, 0.0)
     assert paired([0.0, 0.0]).p == 1.0
+
+
+@pytest.mark.parametrize("bad", [[1.0, math.nan, 2.0], [1.0, math.inf, 2.0]])
+def test_a_non_finite_difference_is_refused_by_name(bad):
+    with pytest.raises(ValueError, match="needs finite differences"):
+        paired(bad)
+
+
+def test_holm_refuses_a_p_value_outside_0_1_or_nan():
+    """NaN sorts anywhere: holm([nan, 0.001, 0.002]) gave [1, 1, 1], a silent wrong verdict."""
+    for bad in ([math.nan, 0.001, 0.002], [0.001, 1.5]):
+        with pytest.raises(ValueError, match=r"p-values in \[0, 1\]"):
+            holm(bad)

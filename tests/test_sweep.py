@@ -3,6 +3,7 @@ and the report's selection by validation accuracy."""
 
 import json
 import os
+import shutil
 import stat
 import subprocess
 from dataclasses import replace
@@ -302,6 +303,15 @@ def test_sync_study_copies_records_only_where_it_is_told(tmp_path, relative):
     assert not list(caller.rglob("old_s0"))
     usage = subprocess.run(["bash", script, source], cwd=caller, capture_output=True, text=True)
     assert usage.returncode == 2 and "usage" in usage.stderr
+    set_aside = source / "fmnist300_vgg5" / "none_s0.old-20261207-101500"  # what --fresh keeps
+    shutil.copytree(run, set_aside)
+    target = tmp_path / "again"
+    subprocess.run(["bash", script, source, target], cwd=caller, check=True, capture_output=True)
+    assert sorted(p.name for p in (target / "fmnist300_vgg5").iterdir()) == ["none_s0"]
+    for args, message in (((tmp_path / "nope", target), "no such folder"), ((source, source), "one folder")):
+        refused = subprocess.run(["bash", script, *args], cwd=caller, capture_output=True, text=True)
+        assert refused.returncode == 2 and message in refused.stderr
+    assert not (tmp_path / "nope").exists()
 
 
 def test_seeds_parse_as_a_count_or_an_inclusive_range():

@@ -8,6 +8,7 @@ validation set); the table gives the test accuracy there, and the robust and cer
 from __future__ import annotations
 
 import statistics
+from collections import defaultdict
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -150,10 +151,25 @@ def paired_row(label: str, params: str, comparison: Paired | None, n: int) -> st
     return f"| {label} | {params} | {c.n} | {interval} | {c.p_holm:.3g} | {c.verdict()} | {c.mean:+.2f} +- {c.se:.2f} |"
 
 
+def paired_by_subset(
+    members: list[RunSummary], reference: list[RunSummary], measure: Callable[[RunSummary], float]
+) -> list[float]:
+    """Per training subset, measure(member) - measure(the reference run with the same subset and
+    initialisation seed), averaged over the seeds both ran on that subset: one difference per subset, in
+    subset order. Two trainings on one subset are not independent draws of the data; counting them as two
+    pairs would narrow the interval."""
+    by_seed = {seed_of(r): r for r in reference}
+    per_subset: dict[int, list[float]] = defaultdict(list)
+    for run in members:
+        if seed_of(run) in by_seed:
+            per_subset[run.config.shuf_seed].append(measure(run) - measure(by_seed[seed_of(run)]))
+    return [sum(points) / len(points) for _, points in sorted(per_subset.items())]
+
+
 def paired_differences(members: list[RunSummary], reference: list[RunSummary]) -> list[float]:
-    """100 (test accuracy of each member - that of the reference run on the same training subset)."""
-    by_seed = {seed_of(r): r.best.test_acc for r in reference}
-    return [100 * (r.best.test_acc - by_seed[seed_of(r)]) for r in members if seed_of(r) in by_seed]
+    """Test accuracy (points) of the members - that of the reference, paired by training subset
+    (``paired_by_subset``)."""
+    return paired_by_subset(members, reference, lambda run: 100 * run.best.test_acc)
 
 
 PROJECTED = "+project-sn"

@@ -442,10 +442,16 @@ def read_metrics(run_dir: str | Path) -> list[MetricsRow]:
         if not line.strip():
             continue
         try:
-            rows.append(MetricsRow(**json.loads(line)))
+            row = MetricsRow(**json.loads(line))
         except (json.JSONDecodeError, TypeError) as error:
             reason = f"{path}, line {number}, is not a metrics row ({error})"
             raise RunFolderError(f"{reason}; the file is damaged") from None
+        for name in ("train_acc", "val_acc", "test_acc"):  # a loss may diverge; an accuracy is a share
+            value = getattr(row, name)
+            if value is not None and not (isinstance(value, (int, float)) and 0 <= value <= 1):
+                raise RunFolderError(f"{path}, line {number}: {name} is {value!r}, not an accuracy in [0, 1]; "
+                                     "the file is damaged")  # fmt: skip
+        rows.append(row)
     return rows
 
 

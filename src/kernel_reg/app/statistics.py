@@ -54,6 +54,8 @@ def paired(differences: Sequence[float], alpha: float = ALPHA) -> Paired:
     n = len(differences)
     if n < 2:
         raise ValueError(f"a paired comparison needs at least 2 differences, got {n}")
+    if not all(math.isfinite(d) for d in differences):
+        raise ValueError(f"a paired comparison needs finite differences, got {list(differences)}")
     t = require("scipy.stats", "stats", "a paired t-interval").t
     mean = statistics.fmean(differences)
     se = statistics.stdev(differences) / math.sqrt(n)
@@ -66,6 +68,8 @@ def paired(differences: Sequence[float], alpha: float = ALPHA) -> Paired:
 
 def holm(p_values: Sequence[float]) -> list[float]:
     """Holm's step-down adjusted p-values, in the order given."""
+    if not all(0 <= p <= 1 for p in p_values):  # also refuses NaN, which would sort anywhere
+        raise ValueError(f"Holm's correction needs p-values in [0, 1], got {list(p_values)}")
     m = len(p_values)
     order = sorted(range(m), key=lambda i: p_values[i])
     adjusted, running = [0.0] * m, 0.0

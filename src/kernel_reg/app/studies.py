@@ -176,6 +176,20 @@ def studies(runs: list[RunSummary]) -> list[Study]:
     return result
 
 
+def unaugmented_by_epochs(found: list[Study], experiment: str) -> dict[int, Study]:
+    """The studies of ``experiment`` without data augmentation, by their number of training epochs (the
+    one of fewest epochs is the main study, longer ones are controls); ValueError when two share a length."""
+    plain: dict[int, Study] = {}
+    for study in found:
+        if study.experiment == experiment and not study.differs.get("aug"):
+            length = study.runs[0].config.num_epochs
+            if length in plain:
+                raise ValueError(f"two studies of {experiment} without augmentation at {length} epochs: "
+                                 f"{plain[length].title}; {study.title}")  # fmt: skip
+            plain[length] = study
+    return plain
+
+
 @dataclass
 class Selection:
     """The runs of a study by setting (seeds pooled: whole configurations equal but for seed fields; a
