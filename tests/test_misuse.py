@@ -140,19 +140,29 @@ def test_reg_none_is_accepted_as_no_regularizer():
 
 
 def test_ctrl_c_during_train_says_what_was_kept_and_exits_130(tmp_path, tiny_flags):
+    import os
     import signal
     import subprocess
     import sys
     import time
 
-    command = [sys.executable, "-m", "kernel_reg", "train", *tiny_flags, "--root", str(tmp_path), "--num-epochs", "500"]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    command = [sys.executable, "-X", "faulthandler", "-m", "kernel_reg", "train", *tiny_flags, "--root", str(tmp_path),
+               "--num-epochs", "500"]  # fmt: skip
+    # one thread: the test is about the signal, not threads (it once timed out on an overloaded machine)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
     metrics = tmp_path / "fmnist1000_vgg5" / "tmp" / "metrics.jsonl"
     deadline = time.monotonic() + 120
     while not metrics.is_file() and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.2)
+    assert metrics.is_file(), "the training wrote no evaluation in 120 s"
     process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=120)
+    try:
+        _, stderr = process.communicate(timeout=120)
+    except subprocess.TimeoutExpired:  # where it hangs: faulthandler prints every thread's stack on SIGABRT
+        process.send_signal(signal.SIGABRT)
+        _, stderr = process.communicate(timeout=60)
+        pytest.fail(f"no exit 120 s after SIGINT; its stacks:\n{stderr}")
     assert process.returncode == 130, stderr
     assert stderr.count("\n") == 1 and "Traceback" not in stderr, stderr
     assert "stopped during epoch" in stderr and "checkpoint of epoch" in stderr and "rerun the same command" in stderr

@@ -101,7 +101,11 @@ def test_set_aside_hidden_and_damaged_runs_are_left_out(tmp_path):
     assert "broken_metrics/metrics.jsonl, line 1, is not a metrics row" in warnings[1]
     assert run_path(kept).with_name("kept.old-20261125-120000").is_dir()
     table, files = write_report(tmp_path, tmp_path / "out", warn=warnings.append)
-    assert "kept.old" not in table and "broken" not in table and files[0].read_text() == table
+    assert "kept.old" not in table and files[0].read_text() == table
+    left_out = table.split("## Left out\n")[1]  # the report itself says which runs it misses, and why
+    assert "fmnist1000_vgg5/broken_config/config.json is not valid JSON" in left_out
+    assert "broken_metrics/metrics.jsonl, line 1" in left_out and str(tmp_path) not in table
+    assert "broken" not in table.split("## Left out")[0]
 
 
 def test_a_run_copied_into_two_folders_is_one_sample(tmp_path):
@@ -188,7 +192,7 @@ def test_the_paired_table_calls_a_gain_by_the_holm_adjusted_t_test(tmp_path):
             f"{vat.p_holm:.3g} | no evidence | {vat.mean:+.2f} +- {vat.se:.2f} |") in table  # fmt: skip
     assert "over the 2 comparisons of this table" in table
     one = paired_table([r for r in collect_runs(tmp_path) if r.config.shuf_seed < 1])
-    assert "needs 2 paired subsets" in one
+    assert "needs 2 paired subsets" in one and "No comparison of this table has 2 paired subsets yet" in one
 
 
 def test_two_initialisations_of_one_subset_count_as_one_paired_subset(tmp_path):

@@ -223,6 +223,8 @@ def paired_header(first: str, difference: str) -> list[str]:
 
 def verdict_note(comparisons: int) -> str:
     """The rule behind the verdicts of a table of ``comparisons`` paired comparisons, one Holm family."""
+    if comparisons == 0:
+        return "\nNo comparison of this table has 2 paired subsets yet: no verdict.\n"
     return (f"\nVerdicts: Holm-adjusted p < {ALPHA:g} over the {comparisons} comparisons of this table "
             "(t-test on paired subsets, n - 1 degrees of freedom); 'no evidence' otherwise. Intervals are per "
             "comparison (not adjusted).\n")  # fmt: skip
@@ -236,7 +238,13 @@ def write_report(
     matplotlib = require("matplotlib", "plots", "kernel-reg report (its figures)")
 
     matplotlib.use("Agg")
-    runs = collect_runs(root, warn)
+    skipped: list[str] = []
+
+    def note(line: str) -> None:
+        skipped.append(line)
+        warn(line)
+
+    runs = collect_runs(root, note)
     if not runs:
         raise FileNotFoundError(f"no run with logged evaluations under {root}")
     out = Path(out_dir or root)
@@ -275,5 +283,8 @@ def write_report(
         text += "\nPlots: " + ", ".join(f"[{f.name}]({f.name})" for f in files) + "\n"
         sections.append(text)
     table = "\n".join(sections)
+    if skipped:  # a reader of the report must know that runs are missing from it, not only the terminal
+        here = f"{Path(root)}/"  # paths relative to the root: no path of this machine in a published report
+        table += "\n## Left out\n\n" + "".join(f"- {line.replace(here, '')}\n" for line in skipped)
     atomic_write_text(out / "report.md", table)
     return table, written
