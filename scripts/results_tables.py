@@ -347,7 +347,8 @@ def regenerate(text: str, name: str = "RESULTS.md") -> tuple[str, list[str]]:
     done = 0  # text[:done] is in pieces
     opened: tuple[int, str, str, int] | None = None  # line, kind, argument, offset where its body starts
     for marker in MARKER.finditer(text):
-        line, where = marker.group(0).strip(), f"{name}:{text.count(chr(10), 0, marker.start()) + 1}"
+        line, number = marker.group(0).strip(), text.count("\n", 0, marker.start()) + 1
+        where = f"{name}:{number}"
         if marker.group(1) is None:
             start = START.fullmatch(line)
             if start is None:
@@ -356,7 +357,7 @@ def regenerate(text: str, name: str = "RESULTS.md") -> tuple[str, list[str]]:
             if opened is not None:
                 raise SystemExit(f"{where}: a block starts inside the block '{opened[1]} {opened[2]}' of line "
                                  f"{opened[0]}; end that one with {END} first")  # fmt: skip
-            opened = (int(where.rpartition(":")[2]), start[1], start[2], marker.end() + 1)
+            opened = (number, start[1], start[2], marker.end() + 1)
             continue
         if line != END:
             raise SystemExit(f"{where}: '{line}' is not a block end; write {END}")
