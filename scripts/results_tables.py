@@ -34,7 +34,7 @@ only change when the records do. Kinds:
   the worst of it and twice it, with Square at the middle radius, certified accuracy and Lipschitz bound.
 - ``claim2 EXPERIMENT``: claim 2 replicated (``results/robustness_claim2``): per setting, the mean over its
   seeds of the clean and robust accuracy (robustness.json) with 95% t-intervals, and the training loss at
-  the last epoch with its change over the last ``PLATEAU`` epochs (has it stopped falling?); then each
+  the last epoch with its change over the last learning-rate stage (has it stopped falling?); then each
   combination with the projection against PGD-l2 alone at the same epsilon, paired on training subsets,
   clean and at every radius, Holm-adjusted over the whole table.
 """
@@ -72,7 +72,6 @@ import robustness_summary  # noqa: E402
 
 SMALL_DATA = ROOT / "results" / "small_data_fit"  # the small-data study's run folders
 CLAIM2 = ROOT / "results" / "robustness_claim2"  # claim 2 replicated: its run folders
-PLATEAU = 30  # epochs over which the training loss should no longer fall (claim 2's last learning-rate stage)
 MARKER = re.compile(r"^[ \t]*<!--\s*(end\s+)?generated\b.*$", re.M)  # any line that looks like a marker
 START = re.compile(r"<!-- generated: (\S+) (\S+) -->")
 END = "<!-- end generated -->"
@@ -156,13 +155,6 @@ def setting_of(run: RunSummary) -> str:
     return f"{run.method} ({params})" if params else run.method
 
 
-def loss_change(run: RunSummary) -> float:
-    """The relative change (%) of the training loss over the last ``PLATEAU`` epochs of ``run``."""
-    last = run.metrics[-1]
-    before = min(run.metrics, key=lambda row: abs(row.epoch - (last.epoch - PLATEAU)))
-    return 100 * (last.train_loss - before.train_loss) / before.train_loss
-
-
 def epsilon_of(run: RunSummary) -> object:
     """The epsilon of a run's first regularizer (the lower bound of a combination), None without one."""
     return dict(run.config.regs[0].params).get("epsilon") if run.config.regs else None
@@ -196,12 +188,13 @@ def claim2(experiment: str) -> str:
 
     images = sorted({r.robustness.n for r in runs})  # type: ignore[union-attr]
     lines = [f"| setting | seeds | clean | {' | '.join(f'l2 {k}' for k in radii)} | train loss, last epoch "
-             f"| its change over the last {PLATEAU} epochs (%) |",
+             "| its change over the last learning-rate stage (%) |",
              "|---|---|---|" + "---|" * len(radii) + "---|---|"]  # fmt: skip
     for name, members in settings.items():
         cells = [interval([measure(r, key) for r in members]) for key in ("clean", *radii)]
         loss = f"{sum(r.metrics[-1].train_loss for r in members) / len(members):.3f}"
-        change = interval([loss_change(r) for r in members])
+        changes = [c for r in members if (c := r.last_stage_loss_change) is not None]
+        change = interval(changes) if len(changes) == len(members) else "-"  # a stage of one evaluation: none
         lines.append(f"| {name} | {len(members)} | {' | '.join(cells)} | {loss} | {change} |")
     lines.append(f"\nAccuracies in % on the first {', '.join(map(str, images))} test images, mean over the seeds "
                  "[95% t-interval, n - 1 degrees of freedom]; robust: the evaluation recorded in each run's "

@@ -524,7 +524,10 @@ def test_every_panel_of_the_small_multiples_names_its_axes(tmp_path, monkeypatch
     monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig))
     runs = collect_runs(tmp_path)
     assert plots.plot_learning_curves(runs, Path("curves.png")) and plots.plot_rkhs_bracket(runs, Path("b.png"))
-    for figure, ylabel in zip(figures, ("accuracy (%)", "bound on the RKHS norm (log scale)")):
+    assert plots.plot_training_loss(runs, Path("loss.png"))
+    assert len(figures) == 3
+    ylabels = ("accuracy (%)", "bound on the RKHS norm (log scale)", "training loss (log scale)")
+    for figure, ylabel in zip(figures, ylabels):
         panels = [ax for ax in figure.axes if ax.get_visible()]
         assert len(panels) == 5
         for index, ax in enumerate(panels):
@@ -555,3 +558,70 @@ def test_a_collapsed_setting_does_not_flatten_the_learning_curves_it_is_not_sele
     low, _ = figure.axes[0].get_ylim()
     assert low == 70  # the lowest selected value after the first quarter, 73%, less 3 points, to a multiple of 5
     assert "settings that stay lower run below it" in figure._suptitle.get_text()
+
+
+@pytest.mark.parametrize("num_epochs, sched_step", [(90, 30), (91, 30), (60, 7), (5, 10), (10, 10), (1, 1)])
+def test_the_last_learning_rate_stage_is_where_steplr_reaches_its_final_rate(tmp_path, num_epochs, sched_step):
+    """``RunSummary.last_stage`` against torch's own StepLR, stepped once per epoch as training does: the first
+    epoch (from 0) trained at the rate of the last epoch."""
+    import torch
+
+    from kernel_reg.app.studies import RunSummary
+
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, sched_step, 0.5)
+    rates = []
+    for _ in range(num_epochs):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    config = preset_config("fmnist1000_vgg5", root=str(tmp_path), num_epochs=num_epochs, sched_step=sched_step)
+    assert RunSummary(tmp_path, config, [], None).last_stage == rates.index(rates[-1])
+
+
+def test_the_loss_change_over_the_last_stage_is_measured_from_its_first_evaluation(tmp_path):
+    from kernel_reg.app.studies import RunSummary
+
+    config = preset_config("fmnist1000_vgg5", root=str(tmp_path), num_epochs=60, sched_step=25)  # last stage: 50-59
+    row = MetricsRow(epoch=0, lr=0.05, train_loss=1.0, train_acc=0.5, val_acc=0.5, test_acc=0.5,
+                     rkhs_lower_grad=1.0, rkhs_lower_delta=1.0, rkhs_upper_spectral=10.0, seconds_per_epoch=0.1,
+                     eval_seconds=0.1)  # fmt: skip
+    losses = {0: 2.3, 20: 0.9, 45: 0.5, 50: 0.40, 55: 0.39, 59: 0.38}  # 45: before the stage, its drop not counted
+    rows = [dataclasses.replace(row, epoch=e, train_loss=v) for e, v in losses.items()]
+    assert RunSummary(tmp_path, config, rows, None).last_stage_loss_change == pytest.approx(100 * (0.38 - 0.40) / 0.40)
+    alone = [r for r in rows if r.epoch != 55 and r.epoch != 50]  # one evaluation in the stage: nothing to compare
+    assert RunSummary(tmp_path, config, alone, None).last_stage_loss_change is None
+
+
+def test_the_training_loss_figure_shows_runs_without_a_validation_split(tmp_path, monkeypatch):
+    """A robustness study trains on every image (no validation split, so no selection): its training losses
+    are still drawn, each setting's legend giving its mean change over the last stage, the stage shaded."""
+    from kernel_reg.app import plots
+
+    change = {}
+    for epsilon in (1.0, 2.0):
+        for subset in range(2):
+            config = make_run(tmp_path, f"pgd{epsilon:g}_s{subset}", 0.7, val_acc=None, regs=("pgd-l2",),
+                              epsilon=epsilon, num_epochs=30, sched_step=10, n_val=0, shuf_seed=subset)  # fmt: skip
+            last = 0.5 * epsilon + 0.1 * subset
+            row = MetricsRow(epoch=0, lr=0.05, train_loss=2.0, train_acc=0.5, val_acc=None, test_acc=0.5,
+                             rkhs_lower_grad=1.0, rkhs_lower_delta=1.0, rkhs_upper_spectral=10.0,
+                             seconds_per_epoch=0.1, eval_seconds=0.1)  # fmt: skip
+            rows = [row, dataclasses.replace(row, epoch=20, train_loss=1.2 * last),
+                    dataclasses.replace(row, epoch=29, train_loss=last)]  # fmt: skip
+            write_metrics(run_path(config), rows)
+            change.setdefault(epsilon, []).append(100 * (last - 1.2 * last) / (1.2 * last))
+    make_run(tmp_path, "none", 0.8, val_acc=None, num_epochs=30, sched_step=10, n_val=0)  # one evaluation: none
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig))
+    runs = collect_runs(tmp_path)
+    assert not plots.plot_learning_curves(runs, Path("curves.png"))  # nothing selected without validation
+    assert plots.plot_training_loss(runs, Path("loss.png"))
+    (figure,) = figures
+    none, pgd = figure.axes[:2]
+    assert [t.get_text() for t in none.get_legend().get_texts()] == ["none: one evaluation"]
+    texts = [t.get_text() for t in pgd.get_legend().get_texts()]
+    assert texts == [f"epsilon={e:g}: {statistics.mean(change[e]):+.1f}%" for e in (1.0, 2.0)]
+    assert pgd.get_yscale() == "log"
+    (stage,) = pgd.patches  # the last learning-rate stage, epochs 20-29
+    assert (stage.get_x(), stage.get_x() + stage.get_width()) == pytest.approx((20, 29))

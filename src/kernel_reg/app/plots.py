@@ -1,5 +1,5 @@
-"""The report's figures: small multiples of learning curves and of the RKHS-norm bracket per method, and
-the trade-off between standard and adversarial accuracy (a method has one colour in every figure); the
+"""The report's figures: small multiples of learning curves, training losses and the RKHS-norm bracket per
+method, and the trade-off between standard and adversarial accuracy (a method has one colour in every figure); the
 certified-accuracy curves of Lipschitz networks."""
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from .rundir import (
     Robustness,
 )
 from .statistics import Paired, paired
-from .studies import RunSummary, select
+from .studies import RunSummary, family, pool_settings, select
 
 # A method's place in tab20: ten hues for the base methods, and each "+project-sn" combination in the
 # light shade of its base's hue, so that a method and its combination with the projection read as a pair.
@@ -90,7 +90,9 @@ def _panels(count: int, ylabel: str, width: float = 3.3, height: float = 2.6) ->
 
     columns = min(PANEL_COLUMNS, count)
     rows = math.ceil(count / columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(width * columns, height * rows), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(
+        rows, columns, figsize=(width * columns, height * rows), squeeze=False, sharey=True, layout="constrained"
+    )  # room for the figure's title, each panel's title and legend
     flat = list(axes.flat)
     for ax in flat[count:]:
         ax.set_visible(False)
@@ -145,12 +147,12 @@ def plot_learning_curves(runs: list[RunSummary], path: Path) -> bool:
     fig, axes = _panels(len(methods), "accuracy (%)", height=3.3)  # room for each legend below its panel
     shown: list[list[float]] = [] if baseline is None else [baseline[1]]  # what the y axis must show
     others: list[list[float]] = []  # the settings not selected: shown where they fit
-    for ax, method, family in zip(axes, methods, families):
+    for ax, method, tried in zip(axes, methods, families):
         colour = method_colour(method)
-        shared, texts = setting_labels([members[0].config for members in family])
+        shared, texts = setting_labels([members[0].config for members in tried])
         if baseline is not None and method != "none":
             ax.plot(baseline[0], [100 * v for v in baseline[1]], color="0.55", lw=1.0, label="_baseline")
-        for members, text in zip(family, texts):
+        for members, text in zip(tried, texts):
             bold = members is selection.of(method)
             epochs, test = _mean_curve(members, "test_acc")
             (shown if bold else others).append(test)
@@ -164,13 +166,13 @@ def plot_learning_curves(runs: list[RunSummary], path: Path) -> bool:
                 epochs, train = _mean_curve(members, "train_acc")
                 shown.append(train)
                 ax.plot(epochs, [100 * v for v in train], color=colour, lw=1.4, linestyle="--")
-        if len(family) > 1:
-            columns = min(3, len(family))
+        if len(tried) > 1:
+            columns = min(3, len(tried))
             handles, names = ax.get_legend_handles_labels()  # the grey baseline's label starts with "_": left out
             handles, names = _row_major(handles, names, columns)
             ax.legend(handles, names, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=columns,
                       frameon=False, handlelength=1.5, columnspacing=1.0, labelcolor=text_colour(colour))  # fmt: skip
-        ax.set_title(_panel_title(method, shared if len(family) > 1 else texts[0]), fontsize=9)
+        ax.set_title(_panel_title(method, shared if len(tried) > 1 else texts[0]), fontsize=9)
         ax.tick_params(labelsize=7.5)
         ax.grid(alpha=0.3)
     floor = _zoomed_floor(shown)
@@ -182,7 +184,54 @@ def plot_learning_curves(runs: list[RunSummary], path: Path) -> bool:
         "range over seeds, dashed: its training accuracy; grey: the unregularized baseline",
         fontsize=9,
     )
-    fig.tight_layout()
+    _save(fig, path)
+    return True
+
+
+def plot_training_loss(runs: list[RunSummary], path: Path) -> bool:
+    """Has training converged? Small multiples, one panel per method: the training loss of each setting over
+    epochs (cross-entropy on the training set at each evaluation, mean over seeds, log scale; shaded: its range
+    over seeds), settings in a sequential colour by their hyperparameters. Grey: the last learning-rate stage;
+    the legend gives each setting's mean change of the loss over it (``RunSummary.last_stage_loss_change``),
+    about 0% once training no longer lowers it. False when no run has finished."""
+    import matplotlib.ticker
+
+    settings, _ = pool_settings(runs)  # every finished run: a study without a validation split has no selection
+    if not settings:
+        return False
+    methods = sorted({members[0].method for members in settings.values()}, key=lambda m: (m != "none", m))
+    fig, axes = _panels(len(methods), "training loss (log scale)", height=3.3)
+    for ax, method in zip(axes, methods):
+        tried = family(settings, method)
+        shared, texts = setting_labels([members[0].config for members in tried])
+        shades = matplotlib.colormaps["viridis"]([0.85 * i / max(1, len(tried) - 1) for i in range(len(tried))])
+        stage = tried[0][0].last_stage
+        ax.axvspan(stage, max(r.metrics[-1].epoch for members in tried for r in members), color="0.9", lw=0)
+        for members, text, colour in zip(tried, texts, shades):
+            epochs, loss = _mean_curve(members, "train_loss")
+            changes = [c for r in members if (c := r.last_stage_loss_change) is not None]
+            moved = f"{statistics.mean(changes):+.1f}%" if len(changes) == len(members) else "one evaluation"
+            ax.plot(epochs, loss, color=colour, lw=1.6, label=f"{text or method}: {moved}")
+            if len(members) > 1:
+                epochs, low, high = _seed_range(members, "train_loss")
+                ax.fill_between(epochs, low, high, color=colour, alpha=0.2, linewidth=0)
+        ax.set_yscale("log")
+        ax.yaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:g}"))
+        ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        columns = min(2, len(tried))
+        handles, names = ax.get_legend_handles_labels()
+        handles, names = _row_major(handles, names, columns)
+        ax.legend(handles, names, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=columns,
+                  frameon=False, handlelength=1.5, columnspacing=1.0)  # fmt: skip
+        ax.set_title(_panel_title(method, shared if len(tried) > 1 else ""), fontsize=9)
+        ax.tick_params(labelsize=7.5)
+        ax.grid(alpha=0.3)
+    fig.suptitle(
+        "training loss per setting (cross-entropy on the training set; mean over seeds, shaded: their range)\n"
+        "grey: the last learning-rate stage; legend: the loss's change over it (about 0% once converged)",
+        fontsize=9,
+    )
     _save(fig, path)
     return True
 
@@ -210,7 +259,6 @@ def plot_rkhs_bracket(runs: list[RunSummary], path: Path) -> bool:
         ax.grid(alpha=0.3)
     fig.suptitle("RKHS-norm bracket at the selected setting: lower bounds (solid: sup ||grad f||, dashed: "
                  "||f||_delta / eps), spectral upper bound (dotted); grey: no regularization", fontsize=9)  # fmt: skip
-    fig.tight_layout()
     _save(fig, path)
     return True
 
@@ -443,12 +491,18 @@ def plot_certified_tradeoff(
 
 
 def _save(fig: Any, path: Path) -> None:
+    """``fig`` to ``path`` (written beside it, then renamed) as a PNG of 256 colours: a third of the bytes of
+    matplotlib's own, for figures that are committed with their reports."""
     import matplotlib.pyplot as plt
+    from PIL import Image  # matplotlib's own dependency
 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp, dpi=110, bbox_inches="tight")
     plt.close(fig)
+    with Image.open(tmp) as image:
+        palette = image.convert("RGB").quantize(256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+    palette.save(tmp, format="PNG", optimize=True)
     tmp.replace(path)
 
 

@@ -20,7 +20,7 @@ from .config import (
     hyperparameter_text,
 )
 from .extras import require
-from .plots import plot_learning_curves, plot_rkhs_bracket, plot_tradeoff
+from .plots import plot_learning_curves, plot_rkhs_bracket, plot_tradeoff, plot_training_loss
 from .rundir import (
     Robustness,
     atomic_write_text,
@@ -255,6 +255,7 @@ def write_report(
         suffix = "" if len(groups) == 1 else f"_{study.slug}"
         figures: list[tuple[Path, Callable[[list[RunSummary], Path], bool]]] = [
             (out / f"learning_curves{suffix}.png", plot_learning_curves),
+            (out / f"training_loss{suffix}.png", plot_training_loss),
             (out / f"rkhs_bracket{suffix}.png", plot_rkhs_bracket),
             *((out / f"tradeoff_{n}{suffix}.png", partial(plot_tradeoff, norm=n)) for n in ("l2", "linf")),
         ]

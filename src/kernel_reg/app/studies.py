@@ -80,6 +80,23 @@ class RunSummary:
         return per_epoch * (self.metrics[-1].epoch + 1) + per_evaluation * len(self.metrics)
 
     @property
+    def last_stage(self) -> int:
+        """The first epoch of the last learning-rate stage (the rate decays after every ``sched_step`` epochs,
+        epochs counted from 0); 0 when it never decays."""
+        return (self.config.num_epochs - 1) // self.config.sched_step * self.config.sched_step
+
+    @property
+    def last_stage_loss_change(self) -> float | None:
+        """How much the training loss still moved at the final learning rate: 100 (L_last - L_first) / L_first
+        (%), from the first evaluation in the last learning-rate stage to the last evaluation; about 0 when
+        training has stopped lowering it. None with fewer than two evaluations in that stage."""
+        stage = [row for row in self.metrics if row.epoch >= self.last_stage]
+        if len(stage) < 2:
+            return None
+        first, last = stage[0].train_loss, stage[-1].train_loss
+        return 100 * (last - first) / first
+
+    @property
     def best(self) -> MetricsRow:
         """The evaluation of best validation accuracy (ties: the earliest), or the last one."""
         with_val = [m for m in self.metrics if m.val_acc is not None]
@@ -204,8 +221,13 @@ class Selection:
 
     def family(self, method: str) -> list[list[RunSummary]]:
         """The settings tried for ``method``, each a list of seeds, in ``setting_order``."""
-        members = [runs for runs in self.settings.values() if runs[0].method == method]
-        return sorted(members, key=lambda runs: setting_order(runs[0].config))
+        return family(self.settings, method)
+
+
+def family(settings: dict[str, list[RunSummary]], method: str) -> list[list[RunSummary]]:
+    """The settings of ``method`` among ``settings`` (setting_key -> its seeds), in ``setting_order``."""
+    members = [runs for runs in settings.values() if runs[0].method == method]
+    return sorted(members, key=lambda runs: setting_order(runs[0].config))
 
 
 def setting_order(config: Config) -> list[tuple[str, tuple[int, float, str]]]:
@@ -251,21 +273,28 @@ def bracket(selection: Selection, method: str, diverged: Sequence[RunSummary] = 
 def select(runs: list[RunSummary]) -> Selection:
     """Pool the finished runs with a validation accuracy into settings, and select per method (as the
     paper selected the hyperparameters)."""
-    settings: dict[str, list[RunSummary]] = defaultdict(list)
-    duplicates: list[str] = []
-    for run in sorted(runs, key=lambda r: r.name):
-        if run.finished and run.best.val_acc is not None:
-            same = settings[setting_key(run.config)]
-            twin = next((r for r in same if identity(r.config) == identity(run.config)), None)
-            if twin is None:
-                same.append(run)
-            else:  # the same configuration, seeds included: one sample, not two
-                duplicates.append(f"{run.name} repeats {twin.name} (the same configuration, seeds included)")
+    settings, duplicates = pool_settings([run for run in runs if run.finished and run.best.val_acc is not None])
     families: dict[str, list[str]] = defaultdict(list)
     for key, members in settings.items():
         families[members[0].method].append(key)
     chosen = {method: _best_setting(keys, settings) for method, keys in families.items()}
     return Selection(dict(settings), chosen, duplicates)
+
+
+def pool_settings(runs: list[RunSummary]) -> tuple[dict[str, list[RunSummary]], list[str]]:
+    """The finished runs by setting (setting_key -> its seeds: configurations equal but for seed fields), and
+    what was counted once: a configuration found twice, seeds included, is one sample, not two."""
+    settings: dict[str, list[RunSummary]] = defaultdict(list)
+    duplicates: list[str] = []
+    for run in sorted(runs, key=lambda r: r.name):
+        if run.finished:
+            same = settings[setting_key(run.config)]
+            twin = next((r for r in same if identity(r.config) == identity(run.config)), None)
+            if twin is None:
+                same.append(run)
+            else:
+                duplicates.append(f"{run.name} repeats {twin.name} (the same configuration, seeds included)")
+    return dict(settings), duplicates
 
 
 def seed_of(run: RunSummary) -> tuple[int, int]:
