@@ -194,11 +194,13 @@ def claim2(experiment: str) -> str:
         cells = [interval([measure(r, key) for r in members]) for key in ("clean", *radii)]
         loss = f"{sum(r.metrics[-1].train_loss for r in members) / len(members):.3f}"
         changes = [c for r in members if (c := r.last_stage_loss_change) is not None]
-        change = interval(changes) if len(changes) == len(members) else "-"  # a stage of one evaluation: none
+        change = interval(changes) if len(changes) == len(members) else "-"
         lines.append(f"| {name} | {len(members)} | {' | '.join(cells)} | {loss} | {change} |")
     lines.append(f"\nAccuracies in % on the first {', '.join(map(str, images))} test images, mean over the seeds "
                  "[95% t-interval, n - 1 degrees of freedom]; robust: the evaluation recorded in each run's "
-                 "robustness.json.\n")  # fmt: skip
+                 "robustness.json. Loss change: from the first evaluation of the last learning-rate stage to "
+                 "the last ('-': not measured for a seed: one evaluation in the stage, a loss not finite "
+                 "or 0).\n")  # fmt: skip
     rows: dict[str, list[float]] = {}
     for name, members in settings.items():
         method = members[0].method

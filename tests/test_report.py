@@ -560,8 +560,11 @@ def test_a_collapsed_setting_does_not_flatten_the_learning_curves_it_is_not_sele
     assert "settings that stay lower run below it" in figure._suptitle.get_text()
 
 
-@pytest.mark.parametrize("num_epochs, sched_step", [(90, 30), (91, 30), (60, 7), (5, 10), (10, 10), (1, 1)])
-def test_the_last_learning_rate_stage_is_where_steplr_reaches_its_final_rate(tmp_path, num_epochs, sched_step):
+@pytest.mark.parametrize(
+    "num_epochs, sched_step, gamma",
+    [(90, 30, 0.5), (91, 30, 0.5), (60, 7, 0.1), (5, 10, 0.5), (10, 10, 0.5), (1, 1, 0.5), (30, 10, 1.0)],  # fmt: skip
+)
+def test_the_last_learning_rate_stage_is_where_steplr_reaches_its_final_rate(tmp_path, num_epochs, sched_step, gamma):
     """``RunSummary.last_stage`` against torch's own StepLR, stepped once per epoch as training does: the first
     epoch (from 0) trained at the rate of the last epoch."""
     import torch
@@ -569,14 +572,15 @@ def test_the_last_learning_rate_stage_is_where_steplr_reaches_its_final_rate(tmp
     from kernel_reg.app.studies import RunSummary
 
     optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, sched_step, 0.5)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, sched_step, gamma)
     rates = []
     for _ in range(num_epochs):
         rates.append(optimizer.param_groups[0]["lr"])
         optimizer.step()
         scheduler.step()
-    config = preset_config("fmnist1000_vgg5", root=str(tmp_path), num_epochs=num_epochs, sched_step=sched_step)
-    assert RunSummary(tmp_path, config, [], None).last_stage == rates.index(rates[-1])
+    config = preset_config("fmnist1000_vgg5", root=str(tmp_path), num_epochs=num_epochs, sched_step=sched_step,
+                           sched_gamma=gamma)  # fmt: skip
+    assert RunSummary(tmp_path, config, [], None).last_stage == rates.index(rates[-1])  # gamma 1: one rate, from 0
 
 
 def test_the_loss_change_over_the_last_stage_is_measured_from_its_first_evaluation(tmp_path):
@@ -591,6 +595,9 @@ def test_the_loss_change_over_the_last_stage_is_measured_from_its_first_evaluati
     assert RunSummary(tmp_path, config, rows, None).last_stage_loss_change == pytest.approx(100 * (0.38 - 0.40) / 0.40)
     alone = [r for r in rows if r.epoch != 55 and r.epoch != 50]  # one evaluation in the stage: nothing to compare
     assert RunSummary(tmp_path, config, alone, None).last_stage_loss_change is None
+    for first, last in [(0.0, 0.0), (0.0, 0.1), (float("nan"), 0.3), (0.4, float("inf"))]:  # no relative change
+        ends = [dataclasses.replace(rows[3], train_loss=first), dataclasses.replace(rows[5], train_loss=last)]
+        assert RunSummary(tmp_path, config, rows[:3] + ends, None).last_stage_loss_change is None
 
 
 def test_the_training_loss_figure_shows_runs_without_a_validation_split(tmp_path, monkeypatch):
@@ -619,9 +626,80 @@ def test_the_training_loss_figure_shows_runs_without_a_validation_split(tmp_path
     assert plots.plot_training_loss(runs, Path("loss.png"))
     (figure,) = figures
     none, pgd = figure.axes[:2]
-    assert [t.get_text() for t in none.get_legend().get_texts()] == ["none: one evaluation"]
+    assert [t.get_text() for t in none.get_legend().get_texts()] == ["none: not measured"]
     texts = [t.get_text() for t in pgd.get_legend().get_texts()]
     assert texts == [f"epsilon={e:g}: {statistics.mean(change[e]):+.1f}%" for e in (1.0, 2.0)]
     assert pgd.get_yscale() == "log"
     (stage,) = pgd.patches  # the last learning-rate stage, epochs 20-29
     assert (stage.get_x(), stage.get_x() + stage.get_width()) == pytest.approx((20, 29))
+
+
+def _loss_run(root, name, losses, **changes):
+    """A finished run folder whose evaluations have the training losses ``losses`` ({epoch: loss})."""
+    config = make_run(root, name, 0.7, val_acc=None, n_val=0, num_epochs=max(losses) + 1, **changes)
+    row = MetricsRow(epoch=0, lr=0.05, train_loss=1.0, train_acc=0.5, val_acc=None, test_acc=0.5,
+                     rkhs_lower_grad=1.0, rkhs_lower_delta=1.0, rkhs_upper_spectral=10.0, seconds_per_epoch=0.1,
+                     eval_seconds=0.1)  # fmt: skip
+    write_metrics(run_path(config), [dataclasses.replace(row, epoch=e, train_loss=v) for e, v in losses.items()])
+
+
+def _boxes(figure):
+    figure.canvas.draw()  # lays the figure out (constrained layout) and places every text
+    return figure.canvas.get_renderer()
+
+
+def test_a_panel_of_twelve_settings_keeps_its_legend_under_its_x_label(tmp_path, monkeypatch):
+    from kernel_reg.app import plots
+
+    epsilons = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 5.0)
+    for index, epsilon in enumerate(epsilons):
+        _loss_run(tmp_path, f"pgd{index}", {0: 2.0, 10: 1.0, 20: 0.5, 29: 0.4 + 0.01 * index}, regs=("pgd-l2",),
+                  epsilon=epsilon, sched_step=10)  # fmt: skip
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig))
+    assert plots.plot_training_loss(collect_runs(tmp_path), Path("loss.png"))
+    (figure,) = figures
+    renderer = _boxes(figure)
+    (ax,) = [a for a in figure.axes if a.get_visible()]
+    legend = ax.get_legend().get_window_extent(renderer)
+    label = ax.xaxis.label.get_window_extent(renderer)
+    assert legend.y1 < label.y0  # pixels grow upwards: the legend's top is under the x label's bottom
+    styles = [(line.get_color(), line.get_linestyle()) for line in ax.get_lines()]
+    assert len(set(styles)) == len(epsilons)  # no two settings drawn alike
+
+
+@pytest.mark.parametrize("lowest, plain", [(0.2, True), (1e-7, False), (1e-4, False)])
+def test_the_loss_axis_labels_never_run_into_each_other(tmp_path, monkeypatch, lowest, plain):
+    """Losses over 1 decade get plain 1-2-5 labels; losses down to 1e-4 or 1e-7 one label per decade, none
+    covering the next."""
+    from kernel_reg.app import plots
+
+    _loss_run(tmp_path, "none", {0: 3.0, 10: 1.0, 20: (3 * lowest) ** 0.5, 29: lowest}, sched_step=10)
+    _loss_run(tmp_path, "pgd", {0: 3.0, 10: 1.0, 20: 0.5, 29: 0.3}, sched_step=10, regs=("pgd-l2",))
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig))
+    assert plots.plot_training_loss(collect_runs(tmp_path), Path("loss.png"))
+    (figure,) = figures
+    renderer = _boxes(figure)
+    ax = figure.axes[0]
+    low, high = ax.get_ylim()
+    shown = [t for t in ax.yaxis.get_major_ticks() if low <= t.get_loc() <= high and t.label1.get_text()]
+    assert len(shown) >= 2
+    boxes = sorted((t.label1.get_window_extent(renderer) for t in shown), key=lambda b: b.y0)
+    assert all(below.y1 <= above.y0 for below, above in zip(boxes, boxes[1:]))
+    texts = [t.label1.get_text() for t in shown]
+    assert all(text.replace(".", "").isdigit() for text in texts) == plain, texts
+
+
+def test_runs_of_two_schedules_in_one_panel_each_shade_their_own_last_stage(tmp_path, monkeypatch):
+    """``plot_training_loss`` called with runs a report would keep apart (30 and 60 epochs): each schedule's last
+    stage is shaded, not the first run's stretched over both."""
+    from kernel_reg.app import plots
+
+    _loss_run(tmp_path, "short", {0: 2.0, 20: 1.0, 29: 0.9}, regs=("pgd-l2",), sched_step=10)
+    _loss_run(tmp_path, "long", {0: 2.0, 50: 1.0, 59: 0.9}, regs=("pgd-l2",), epsilon=2.0, sched_step=10)
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig))
+    assert plots.plot_training_loss(collect_runs(tmp_path), Path("loss.png"))
+    spans = sorted((p.get_x(), p.get_x() + p.get_width()) for p in figures[0].axes[0].patches)
+    assert spans == [(20, 29), (50, 59)]

@@ -166,12 +166,8 @@ def plot_learning_curves(runs: list[RunSummary], path: Path) -> bool:
                 epochs, train = _mean_curve(members, "train_acc")
                 shown.append(train)
                 ax.plot(epochs, [100 * v for v in train], color=colour, lw=1.4, linestyle="--")
-        if len(tried) > 1:
-            columns = min(3, len(tried))
-            handles, names = ax.get_legend_handles_labels()  # the grey baseline's label starts with "_": left out
-            handles, names = _row_major(handles, names, columns)
-            ax.legend(handles, names, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=columns,
-                      frameon=False, handlelength=1.5, columnspacing=1.0, labelcolor=text_colour(colour))  # fmt: skip
+        if len(tried) > 1:  # the grey baseline's label starts with "_": left out of the legend
+            _legend_below(ax, min(3, len(tried)), labelcolor=text_colour(colour))
         ax.set_title(_panel_title(method, shared if len(tried) > 1 else texts[0]), fontsize=9)
         ax.tick_params(labelsize=7.5)
         ax.grid(alpha=0.3)
@@ -189,13 +185,13 @@ def plot_learning_curves(runs: list[RunSummary], path: Path) -> bool:
 
 
 def plot_training_loss(runs: list[RunSummary], path: Path) -> bool:
-    """Has training converged? Small multiples, one panel per method: the training loss of each setting over
-    epochs (cross-entropy on the training set at each evaluation, mean over seeds, log scale; shaded: its range
-    over seeds), settings in a sequential colour by their hyperparameters. Grey: the last learning-rate stage;
-    the legend gives each setting's mean change of the loss over it (``RunSummary.last_stage_loss_change``),
-    about 0% once training no longer lowers it. False when no run has finished."""
-    import matplotlib.ticker
-
+    """Has training stopped lowering the training loss? Small multiples, one panel per method: each setting's
+    training loss over epochs (the cross-entropy of the clean training set at each evaluation, not the
+    regularized objective; mean over seeds, log scale; shaded: its range over seeds), settings in a
+    sequential colour by their hyperparameters. Grey: the last learning-rate stage; the legend gives each
+    setting's change of the loss over it (``RunSummary.last_stage_loss_change``, the mean over seeds of each
+    seed's change). Near 0%: the loss no longer falls (a run stuck at chance too); on a training set the
+    network fits, the loss keeps falling towards 0 by a steady share. False when no run has finished."""
     settings, _ = pool_settings(runs)  # every finished run: a study without a validation split has no selection
     if not settings:
         return False
@@ -204,36 +200,77 @@ def plot_training_loss(runs: list[RunSummary], path: Path) -> bool:
     for ax, method in zip(axes, methods):
         tried = family(settings, method)
         shared, texts = setting_labels([members[0].config for members in tried])
-        shades = matplotlib.colormaps["viridis"]([0.85 * i / max(1, len(tried) - 1) for i in range(len(tried))])
-        stage = tried[0][0].last_stage
-        ax.axvspan(stage, max(r.metrics[-1].epoch for members in tried for r in members), color="0.9", lw=0)
-        for members, text, colour in zip(tried, texts, shades):
+        for start, end in sorted({(r.last_stage, r.metrics[-1].epoch) for members in tried for r in members}):
+            ax.axvspan(start, end, color="0.5", alpha=0.2, lw=0)  # one span, unless schedules differ
+        for index, (members, text) in enumerate(zip(tried, texts)):
+            colour = _sequential(index, len(tried))
             epochs, loss = _mean_curve(members, "train_loss")
             changes = [c for r in members if (c := r.last_stage_loss_change) is not None]
-            moved = f"{statistics.mean(changes):+.1f}%" if len(changes) == len(members) else "one evaluation"
-            ax.plot(epochs, loss, color=colour, lw=1.6, label=f"{text or method}: {moved}")
+            moved = f"{statistics.mean(changes):+.1f}%" if len(changes) == len(members) else "not measured"
+            ax.plot(epochs, loss, color=colour, lw=1.6, linestyle=LINE_STYLES[index // 5 % len(LINE_STYLES)],
+                    label=f"{text or method}: {moved}")  # fmt: skip
             if len(members) > 1:
                 epochs, low, high = _seed_range(members, "train_loss")
                 ax.fill_between(epochs, low, high, color=colour, alpha=0.2, linewidth=0)
         ax.set_yscale("log")
-        ax.yaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
-        ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:g}"))
-        ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-        columns = min(2, len(tried))
-        handles, names = ax.get_legend_handles_labels()
-        handles, names = _row_major(handles, names, columns)
-        ax.legend(handles, names, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=columns,
-                  frameon=False, handlelength=1.5, columnspacing=1.0)  # fmt: skip
+        _legend_below(ax, min(2, len(tried)))
         ax.set_title(_panel_title(method, shared if len(tried) > 1 else ""), fontsize=9)
         ax.tick_params(labelsize=7.5)
         ax.grid(alpha=0.3)
+    _log_ticks(axes)
     fig.suptitle(
-        "training loss per setting (cross-entropy on the training set; mean over seeds, shaded: their range)\n"
-        "grey: the last learning-rate stage; legend: the loss's change over it (about 0% once converged)",
+        "training loss per setting (cross-entropy of the clean training set; mean over seeds, shaded: their range)\n"
+        "grey: the last learning-rate stage; legend: the loss's change over it (near 0%: no longer falling)",
         fontsize=9,
     )
     _save(fig, path)
     return True
+
+
+LINE_STYLES = ("-", "--", ":")  # the first five settings of a panel solid, the next five dashed, ...
+LEGEND_DROP = 0.42  # inches from a panel's bottom edge down to its legend: under its tick labels and x label
+
+
+def _sequential(index: int, count: int) -> Any:
+    """The colour of the ``index``-th of ``count`` settings of a panel: viridis, dark to light, five shades
+    at most (settings beyond five repeat them with another line style)."""
+    import matplotlib
+
+    shades = min(count, 5)
+    return matplotlib.colormaps["viridis"](0.85 * (index % shades) / max(1, shades - 1))
+
+
+def _legend_below(ax: Any, columns: int, labelcolor: Any = None) -> None:
+    """The panel's legend under its x label, entries read across ``columns`` to a row, at a fixed drop in
+    inches: a drop in axes fractions shrinks with the panel, and a tall legend would then cover the label."""
+    import matplotlib.transforms
+
+    handles, names = ax.get_legend_handles_labels()
+    handles, names = _row_major(handles, names, columns)
+    drop = matplotlib.transforms.ScaledTranslation(0, -LEGEND_DROP, ax.figure.dpi_scale_trans)
+    ax.legend(handles, names, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, 0.0),
+              bbox_transform=ax.transAxes + drop, ncol=columns, frameon=False, handlelength=1.5,
+              columnspacing=1.0, labelcolor=labelcolor)  # fmt: skip
+
+
+def _log_ticks(axes: list[Any]) -> None:
+    """Tick labels for log-scale panels that share their y axis: 1, 2 and 5 per decade as plain numbers
+    while the curves span at most 3 decades above 0.001; else one per decade as powers of 10 (labels at
+    1-2-5 would run into each other, and plain numbers would mix 0.0001 with 5e-05)."""
+    import matplotlib.ticker
+
+    values = [v for ax in axes for line in ax.get_lines() for v in line.get_ydata() if 0 < v < math.inf]
+    if not values:
+        return
+    low, high = min(values), max(values)
+    axis = axes[0].yaxis  # shared by every panel
+    if low >= 1e-3 and math.log10(high / low) <= 3:
+        axis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+        axis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:g}"))
+    else:
+        axis.set_major_locator(matplotlib.ticker.LogLocator(numticks=12))
+        axis.set_major_formatter(matplotlib.ticker.LogFormatterSciNotation())
+    axis.set_minor_formatter(matplotlib.ticker.NullFormatter())
 
 
 def plot_rkhs_bracket(runs: list[RunSummary], path: Path) -> bool:

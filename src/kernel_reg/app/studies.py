@@ -6,6 +6,7 @@ alone)."""
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -81,19 +82,27 @@ class RunSummary:
 
     @property
     def last_stage(self) -> int:
-        """The first epoch of the last learning-rate stage (the rate decays after every ``sched_step`` epochs,
-        epochs counted from 0); 0 when it never decays."""
+        """The first epoch of the last learning-rate stage (the rate is multiplied by ``sched_gamma`` after
+        every ``sched_step`` epochs, epochs counted from 0); 0 when it never changes."""
+        if self.config.sched_gamma == 1:
+            return 0
         return (self.config.num_epochs - 1) // self.config.sched_step * self.config.sched_step
 
     @property
     def last_stage_loss_change(self) -> float | None:
         """How much the training loss still moved at the final learning rate: 100 (L_last - L_first) / L_first
-        (%), from the first evaluation in the last learning-rate stage to the last evaluation; about 0 when
-        training has stopped lowering it. None with fewer than two evaluations in that stage."""
+        (%), from the first evaluation in the last learning-rate stage (made after its first epoch, or later
+        when evaluations do not fall on its start) to the last evaluation. Near 0 once the loss no longer
+        falls (a run stuck at chance too); a loss falling towards 0 on a fitted training set keeps a steady
+        relative fall. The loss is the clean training cross-entropy, not the regularized objective. None where
+        it cannot be measured: fewer than two evaluations in that stage, a loss that is not finite (a loss may
+        diverge), or a first loss of 0."""
         stage = [row for row in self.metrics if row.epoch >= self.last_stage]
         if len(stage) < 2:
             return None
         first, last = stage[0].train_loss, stage[-1].train_loss
+        if not (math.isfinite(first) and math.isfinite(last)) or first <= 0:
+            return None
         return 100 * (last - first) / first
 
     @property
