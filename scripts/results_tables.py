@@ -162,10 +162,15 @@ def epsilon_of(run: RunSummary) -> object:
 
 def interval(values: list[float]) -> str:
     """'mean [low, high]', the 95% t-interval of the mean at n - 1 degrees of freedom ('mean' for one value)."""
+
+    def one(value: float) -> str:
+        text = f"{value:.1f}"
+        return "0.0" if text == "-0.0" else text  # a change of -0.01% is no fall
+
     if len(values) == 1:
-        return f"{values[0]:.1f}"
+        return one(values[0])
     c = paired(values)
-    return f"{c.mean:.1f} [{c.low:.1f}, {c.high:.1f}]"
+    return f"{one(c.mean)} [{one(c.low)}, {one(c.high)}]"
 
 
 def claim2(experiment: str) -> str:

@@ -257,3 +257,10 @@ def test_the_reproduction_table_reads_each_output_and_refuses_another_file(tmp_p
     (tmp_path / "log.txt").write_text("epoch 0, test_acc 0.4\n")
     with pytest.raises(SystemExit, match="log.txt is not the output of kernel-reg reproduce"):
         tables.reproduction("log.txt")
+
+
+def test_an_interval_never_prints_minus_zero():
+    tables = load_script()
+    assert tables.interval([-0.01]) == "0.0"
+    assert tables.interval([-0.04, 0.02, 0.0]).startswith("0.0 [")  # the mean, -0.0067, rounds to 0.0
+    assert tables.interval([-2.0]) == "-2.0"
