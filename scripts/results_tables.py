@@ -26,9 +26,9 @@ only change when the records do. Kinds:
 - ``finite-difference EXPERIMENT``: grad-l2 with the finite-difference parameter gradient against the
   exact one (``results/finite_difference``), per training subset beside the small-data baseline on it, the
   mean +- s.e. and the paired t-interval and p of finite difference - exact.
-- ``reproduction FILE[,FILE...]``: what each committed output of ``kernel-reg reproduce`` says: its thread
-  count, how many evaluations the retraining matched bit for bit, its largest differences, the last test
-  accuracy recorded and retrained, and its exit status.
+- ``reproduction FILE[,FILE...]``: what each committed output of ``kernel-reg reproduce`` says: the run
+  retrained, its thread count, how many evaluations the retraining matched bit for bit, its largest
+  differences, the last test accuracy recorded and retrained, and its exit status.
 - ``robustness FOLDER``: the table of ``scripts/robustness_summary.py FOLDER`` (a robustness sweep's
   experiment folder under results/): per evaluated run, clean, robust at each radius under the budget and
   the worst of it and twice it, with Square at the middle radius, certified accuracy and Lipschitz bound.
@@ -296,20 +296,23 @@ def finite_difference(experiment: str) -> str:
 
 def reproduction(files: str) -> str:
     """The committed ``kernel-reg reproduce`` outputs as a table (see the module docstring)."""
-    lines = ["| threads | evaluations bit-identical | largest difference (test / validation accuracy, points) "
-             "| last test accuracy, recorded / retrained | exit |", "|---|---|---|---|---|"]  # fmt: skip
+    lines = ["| run | threads | evaluations bit-identical | largest difference (test / validation accuracy, points) "
+             "| last test accuracy, recorded / retrained | exit |", "|---|---|---|---|---|---|"]  # fmt: skip
     for name in files.split(","):
         text = (ROOT / name).read_text()
+        run = re.search(r"^\$ kernel-reg reproduce (\S+)", text, re.M)
         threads = re.search(r"--threads (\d+)", text)
         same = re.search(r"(\d+) of (\d+) evaluations bit-identical; last test accuracy recorded ([\d.]+)%, "
                          r"retrained ([\d.]+)%", text)  # fmt: skip
         status = re.search(r"^exit (\d+)$", text, re.M)
-        if threads is None or same is None or status is None:
+        if run is None or threads is None or same is None or status is None:
             raise SystemExit(f"{name} is not the output of kernel-reg reproduce --threads N (with its exit status)")
         differences = text.partition("largest differences")[2]  # empty when every evaluation matched
         gaps = {k: float(v) for k, v in re.findall(r"(\w+_acc) ([\d.]+)", differences)}
         largest = f"{100 * gaps.get('test_acc', 0):.2f} / {100 * gaps.get('val_acc', 0):.2f}"
-        lines.append(f"| {threads[1]} | {same[1]} of {same[2]} | {largest} | {same[3]} / {same[4]} | {status[1]} |")
+        folder = f"`{Path(run[1]).parent.name}/{Path(run[1]).name}`"
+        lines.append(f"| {folder} | {threads[1]} | {same[1]} of {same[2]} | {largest} | {same[3]} / {same[4]} "
+                     f"| {status[1]} |")  # fmt: skip
     return "\n".join(lines)
 
 

@@ -242,18 +242,18 @@ def test_the_reproduction_table_reads_each_output_and_refuses_another_file(tmp_p
     tables = load_script()
     monkeypatch.setattr(tables, "ROOT", tmp_path)
     (tmp_path / "same.txt").write_text(
-        "$ kernel-reg reproduce RUN --threads 1\nepoch 0, val_acc 0.5000, test_acc 0.4000\n"
+        "$ kernel-reg reproduce results/x/exp/run_a --threads 1\nepoch 0, val_acc 0.5000, test_acc 0.4000\n"
         "3 of 3 evaluations bit-identical; last test accuracy recorded 80.39%, retrained 80.39%\nexit 0\n"
     )
     (tmp_path / "apart.txt").write_text(
-        "$ kernel-reg reproduce RUN --threads 4\n"
+        "$ kernel-reg reproduce results/x/exp/run_b/ --threads 4\n"
         "1 of 3 evaluations bit-identical; last test accuracy recorded 80.39%, retrained 80.10%\n"
         "kernel-reg reproduce: the retrained run differs from the record (largest differences: train_loss 0.1, "
         "train_acc 0.02, val_acc 0.0031, test_acc 0.0125)\nexit 1\n"
     )
     rows = tables.reproduction("same.txt,apart.txt").splitlines()[2:]
-    assert rows[0] == "| 1 | 3 of 3 | 0.00 / 0.00 | 80.39 / 80.39 | 0 |"  # the epoch lines are no differences
-    assert rows[1] == "| 4 | 1 of 3 | 1.25 / 0.31 | 80.39 / 80.10 | 1 |"
+    assert rows[0] == "| `exp/run_a` | 1 | 3 of 3 | 0.00 / 0.00 | 80.39 / 80.39 | 0 |"  # epoch lines: no differences
+    assert rows[1] == "| `exp/run_b` | 4 | 1 of 3 | 1.25 / 0.31 | 80.39 / 80.10 | 1 |"
     (tmp_path / "log.txt").write_text("epoch 0, test_acc 0.4\n")
     with pytest.raises(SystemExit, match="log.txt is not the output of kernel-reg reproduce"):
         tables.reproduction("log.txt")
