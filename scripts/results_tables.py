@@ -37,13 +37,18 @@ only change when the records do. Kinds:
   the last epoch with its change over the last learning-rate stage (has it stopped falling?); then each
   combination with the projection against PGD-l2 alone at the same epsilon, paired on training subsets,
   clean and at every radius, Holm-adjusted over the whole table.
+- ``claim2-full EXPERIMENT``: claim 2's front-defining models evaluated on every test image
+  (``scripts/claim2_front.py``, records under ``results/robustness_claim2/full_test``), each beside its
+  study record on the first images.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
+import math
 import re
 import stat
 import sys
@@ -60,7 +65,7 @@ from kernel_reg.app.report import (
     selection_table,
     verdict_note,
 )
-from kernel_reg.app.rundir import atomic_write_text, read_certification
+from kernel_reg.app.rundir import Robustness, atomic_write_text, read_certification, read_robustness
 from kernel_reg.app.statistics import family, paired
 from kernel_reg.app.studies import RunSummary, Study, collect_runs, seed_of, select, studies, unaugmented_by_epochs
 from kernel_reg.progress import say
@@ -149,12 +154,6 @@ def augmentation(argument: str) -> str:
     return "\n".join(lines) + "\n" + verdict_note(len(tested)) + schedule
 
 
-def setting_of(run: RunSummary) -> str:
-    """A run's method and hyperparameters, e.g. 'pgd-l2+project-sn (epsilon=1, tau=1.5)'."""
-    params = hyperparameter_text(run.config)
-    return f"{run.method} ({params})" if params else run.method
-
-
 def epsilon_of(run: RunSummary) -> object:
     """The epsilon of a run's first regularizer (the lower bound of a combination), None without one."""
     return dict(run.config.regs[0].params).get("epsilon") if run.config.regs else None
@@ -184,7 +183,7 @@ def claim2(experiment: str) -> str:
     radii = sorted({k for r in runs for k in r.robustness.l2}, key=float)  # type: ignore[union-attr]
     settings: dict[str, list[RunSummary]] = {}
     for run in sorted(runs, key=lambda r: (r.method, hyperparameter_text(r.config), seed_of(r))):
-        settings.setdefault(setting_of(run), []).append(run)
+        settings.setdefault(run.setting, []).append(run)
 
     def measure(run: RunSummary, key: str) -> float:
         rob = run.robustness
@@ -224,6 +223,41 @@ def claim2(experiment: str) -> str:
     lines += paired_header("comparison", "accuracy difference")
     lines += [paired_row(label, "-", tested.get(label), len(d)) for label, d in rows.items()]
     return "\n".join(lines) + "\n" + verdict_note(len(tested))
+
+
+def claim2_full(experiment: str) -> str:
+    """The front-defining models of claim 2 evaluated on every test image (``scripts/claim2_front.py``: one
+    ``robustness.json`` per model under ``results/robustness_claim2/full_test/<run folder>``), each beside its
+    study record on the first images; the attack settings must be the record's but for the images."""
+    records = sorted((CLAIM2 / "full_test").glob("*/robustness.json"))
+    if not records:
+        return ("No front-defining model of claim 2 has been evaluated on every test image yet "
+                "(`python scripts/claim2_front.py | bash`, on a GPU).")  # fmt: skip
+    study = {run.path.name: run for s in _studies(CLAIM2) if s.experiment == experiment for run in s.runs}
+    rows = []
+    for path in records:
+        run = study.get(path.parent.name)
+        if run is None or run.robustness is None:
+            raise SystemExit(f"{path.relative_to(ROOT)}: no evaluated run of {experiment} has that folder name")
+        full, first = read_robustness(path.parent), run.robustness
+        assert full is not None
+        if dataclasses.replace(full.settings, n_test=first.settings.n_test) != first.settings:
+            raise SystemExit(f"{path.relative_to(ROOT)}: evaluated with other attack settings than its record")
+        rows.append((run, full, first))
+    radii = sorted({k for _, full, _ in rows for k in full.l2}, key=float)
+    sizes = sorted({first.n for _, _, first in rows})
+
+    def cells(record: Robustness) -> str:
+        return " | ".join(f"{100 * v:.1f}" for v in (record.clean, *(record.l2.get(k, math.nan) for k in radii)))
+
+    columns = " | ".join(["clean", *(f"l2 {k}" for k in radii)])
+    lines = [f"| model (first training subset) | test images | {columns} | its record: test images | {columns} |",
+             "|---|---|" + "---|" * (len(radii) + 2) + "---|" * (len(radii) + 1)]  # fmt: skip
+    for run, full, first in sorted(rows, key=lambda row: row[0].setting):
+        lines.append(f"| {run.setting} | {full.n} | {cells(full)} | {first.n} | {cells(first)} |")
+    lines.append(f"\nAccuracies in %; the same attacks on all {rows[0][1].n} test images and, as recorded by the "
+                 f"study, on the first {', '.join(map(str, sizes))}.")  # fmt: skip
+    return "\n".join(lines)
 
 
 def _folder(folder: str) -> Path:
@@ -322,7 +356,8 @@ def robustness(folder: str) -> str:
 
 
 GENERATORS: dict[str, Callable[[str], str]] = {
-    "paired": paired_study, "augmentation": augmentation, "claim2": claim2, "robustness": robustness,
+    "paired": paired_study, "augmentation": augmentation, "claim2": claim2, "claim2-full": claim2_full,
+    "robustness": robustness,
     "selection": selection,
     "certified": certified,
     "certifications": certifications,

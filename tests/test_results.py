@@ -1,5 +1,6 @@
 """RESULTS.md's generated tables: each is what scripts/results_tables.py makes from the committed records."""
 
+import dataclasses
 import importlib.util
 import subprocess
 import sys
@@ -264,3 +265,102 @@ def test_an_interval_never_prints_minus_zero():
     assert tables.interval([-0.01]) == "0.0"
     assert tables.interval([-0.04, 0.02, 0.0]).startswith("0.0 [")  # the mean, -0.0067, rounds to 0.0
     assert tables.interval([-2.0]) == "-2.0"
+
+
+def load_front_script():
+    spec = importlib.util.spec_from_file_location("claim2_front", ROOT / "scripts" / "claim2_front.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_front_is_every_point_no_other_matches_or_beats_in_both():
+    """Against the definition, checked pair by pair on random points with ties."""
+    import random
+
+    front = load_front_script().front
+    rng = random.Random(0)
+    for _ in range(200):
+        points = {f"p{i}": (rng.choice([0.7, 0.8, 0.9]), rng.choice([0.1, 0.2, 0.3])) for i in range(6)}
+        kept = front(points)
+        for name, (x, y) in points.items():
+            beaten = any(a >= x and b >= y and (a, b) != (x, y) for a, b in points.values())
+            assert (name in kept) == (not beaten)
+    assert front({"a": (0.9, 0.1), "b": (0.9, 0.1)}) == ["a", "b"]  # equal points: neither dominates
+
+
+def _claim2_study(root, settings):
+    """Evaluated claim-2 runs: name -> (regularizer changes, [(clean, robust at l2 1) per subset])."""
+    import dataclasses
+
+    from kernel_reg.app.rundir import run_path, write_robustness
+    from kernel_reg.app.suite import EvalSettings
+    from test_report import make_run, robustness
+
+    evaluated = EvalSettings(
+        l2_eps=(0.5, 1.0), linf_eps=(), attacks=("strong",), n_test=2000, converge_every_radius=True
+    )
+    for name, (changes, points) in settings.items():
+        for subset, (clean, robust) in enumerate(points):
+            config = make_run(root, f"{name}_s{subset}", 0.5, experiment="fmnist_vgg5", n_train=10000,
+                              shuf_seed=subset, seed=42 + subset, **changes)  # fmt: skip
+            record = robustness(2000, "-", clean=clean, settings=evaluated)
+            write_robustness(run_path(config), dataclasses.replace(record, l2={"0.5": robust + 0.1, "1": robust}))
+    return evaluated
+
+
+def test_the_front_script_evaluates_each_front_setting_on_every_image_as_its_record_was(tmp_path, capsys):
+    import argparse
+    import shlex
+
+    from kernel_reg.app import suite
+
+    script = load_front_script()
+    evaluated = _claim2_study(tmp_path, {
+        "none": ({}, [(0.90, 0.10), (0.92, 0.12)]),  # the cleanest
+        "pgd1": ({"regs": ("pgd-l2",), "epsilon": 1.0}, [(0.80, 0.50), (0.82, 0.50)]),
+        "pgd2": ({"regs": ("pgd-l2",), "epsilon": 2.0}, [(0.70, 0.60), (0.70, 0.62)]),  # the most robust
+        "worse": ({"regs": ("pgd-l2",), "epsilon": 1.5}, [(0.75, 0.45), (0.75, 0.45)]),  # below pgd1 on both
+    })  # fmt: skip
+    assert script.main([str(tmp_path / "fmnist_vgg5"), "--out", "OUT", "--device", "cuda"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "# front at l2 0.5: none; pgd-l2 (epsilon=1); pgd-l2 (epsilon=2)"
+    commands = [shlex.split(line) for line in out if not line.startswith("#")]
+    assert [Path(c[2]).name for c in commands] == ["none_s0", "pgd1_s0", "pgd2_s0"]  # first subsets, no 'worse'
+    parser = argparse.ArgumentParser()
+    suite.add_flags(parser)
+    parser.add_argument("--out")
+    parser.add_argument("--weights")
+    parser.add_argument("--device")
+    args = parser.parse_args(commands[0][3:])
+    assert suite.from_args(args) == dataclasses.replace(evaluated, n_test=None)  # every image, the same attacks
+    assert (args.out, args.weights, args.device) == ("OUT", "last", "cuda")
+
+
+def test_the_full_test_table_sets_each_model_beside_its_record_and_refuses_other_attacks(tmp_path, monkeypatch):
+    from kernel_reg.app.rundir import read_robustness, write_robustness
+
+    tables = load_script()
+    monkeypatch.setattr(tables, "CLAIM2", tmp_path)
+    monkeypatch.setattr(tables, "ROOT", tmp_path)
+    tables._studies.cache_clear()
+    evaluated = _claim2_study(tmp_path, {"pgd1": ({"regs": ("pgd-l2",), "epsilon": 1.0}, [(0.80, 0.50)])})
+    assert "No front-defining model" in tables.claim2_full("fmnist_vgg5")
+    record = read_robustness(tmp_path / "fmnist_vgg5" / "pgd1_s0")
+    full = dataclasses.replace(record, n=10000, clean=0.815, l2={"0.5": 0.58, "1": 0.49},
+                               settings=dataclasses.replace(evaluated, n_test=None))  # fmt: skip
+    (tmp_path / "full_test" / "pgd1_s0").mkdir(parents=True)
+    write_robustness(tmp_path / "full_test" / "pgd1_s0", full)
+    table = tables.claim2_full("fmnist_vgg5")
+    assert "| pgd-l2 (epsilon=1) | 10000 | 81.5 | 58.0 | 49.0 | 2000 | 80.0 | 60.0 | 50.0 |" in table
+    write_robustness(
+        tmp_path / "full_test" / "pgd1_s0",
+        dataclasses.replace(full, settings=dataclasses.replace(evaluated, n_test=None, steps=10)),
+    )
+    with pytest.raises(SystemExit, match="other attack settings"):
+        tables.claim2_full("fmnist_vgg5")
+    write_robustness(tmp_path / "full_test" / "pgd1_s0", full)
+    (tmp_path / "full_test" / "stray").mkdir()
+    write_robustness(tmp_path / "full_test" / "stray", full)
+    with pytest.raises(SystemExit, match="no evaluated run of fmnist_vgg5"):
+        tables.claim2_full("fmnist_vgg5")

@@ -48,6 +48,31 @@ def test_flags_set_each_setting_in_the_units_the_command_line_uses():
     assert parse("--eps-linf").linf_eps == () and parse("--eps-linf", "8").linf_eps == (8 / 255,)
 
 
+@pytest.mark.parametrize("record", RECORDS, ids=lambda path: str(path.parent.relative_to(ROOT)))
+def test_the_flags_of_every_recorded_evaluation_give_it_again(record):
+    """``to_flags``: what a published evaluation was run with, as command-line arguments that parse back to it."""
+    settings = read_robustness(record.parent).settings
+    if settings.seed is None:  # evaluated before seeded attacks: no flag gives the global generator
+        with pytest.raises(ValueError, match="seed is None"):
+            suite.to_flags(settings)
+        return
+    assert parse(*suite.to_flags(settings)) == settings
+
+
+def test_flags_round_trip_every_field_changed_and_refuse_what_they_cannot_say():
+    changed = EvalSettings(
+        l2_eps=(0.1, 1 / 3), linf_eps=(), attacks=("apgd-ce", "square"), steps=7, l2_step_size=0.1 + 0.2,
+        linf_step_size=0.002, restarts=3, n_target_classes=4, queries=50, n_test=None, batch_size=64, checks=False,
+        converge_every_radius=True, seed=5, lipschitz_probe=0,
+    )  # fmt: skip
+    arguments = suite.to_flags(changed)
+    assert parse(*arguments) == changed
+    assert arguments[arguments.index("--eval-n-test") + 1] == "0" and "--no-checks" in arguments
+    assert suite.to_flags(EvalSettings()) and parse(*suite.to_flags(EvalSettings())) == EvalSettings()
+    with pytest.raises(ValueError, match="cannot give these settings exactly"):
+        suite.to_flags(dataclasses.replace(changed, linf_eps=(0.123456789 / 255,)))
+
+
 def test_an_unknown_attack_is_refused_with_the_valid_names():
     with pytest.raises(ValueError, match="apgd-ce") as error:
         parse("--attacks", "pgd,fgsm")

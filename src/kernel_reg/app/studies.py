@@ -18,6 +18,7 @@ from .config import (
     SEED_FIELDS,
     Config,
     format_value,
+    hyperparameter_text,
     hyperparameters,
     identity,
     method_label,
@@ -63,6 +64,12 @@ class RunSummary:
     @property
     def method(self) -> str:
         return method_label(self.config)
+
+    @property
+    def setting(self) -> str:
+        """Its method and hyperparameters, e.g. 'pgd-l2+project-sn (epsilon=1, tau=1.5)'."""
+        params = hyperparameter_text(self.config)
+        return f"{self.method} ({params})" if params else self.method
 
     @property
     def finished(self) -> bool:

@@ -379,6 +379,31 @@ def flags_set(settings: EvalSettings) -> list[str]:
             if getattr(settings, f.name) != getattr(defaults, f.name)]  # fmt: skip
 
 
+def to_flags(settings: EvalSettings) -> list[str]:
+    """The command-line arguments of ``add_flags`` that give back ``settings``: ``from_args`` of them parsed
+    equals it (floats written by ``repr``, which reads back exactly). ValueError for settings the command
+    line cannot give: an unseeded evaluation of an old record (seed None), a linf radius that is no multiple
+    of 1e-6/255."""
+    arguments: list[str] = []
+    for f in dataclasses.fields(EvalSettings):
+        flag: Flag = f.metadata["flag"]
+        value = getattr(settings, f.name)
+        if flag.kind is None:  # a switch: given when it changes the default
+            if value != getattr(EvalSettings(), f.name):
+                arguments.append(flag.names[0])
+            continue
+        if value is None and flag.shown is None:
+            raise ValueError(f"{f.name} is None, which {flag.names[0]} cannot give")
+        shown = flag.shown(value) if flag.shown else value
+        values = shown if isinstance(shown, list) else [shown]
+        arguments += [flag.names[0], *(repr(v) if isinstance(v, float) else str(v) for v in values)]
+    parser = argparse.ArgumentParser()
+    add_flags(parser)
+    if from_args(parser.parse_args(arguments)) != settings:
+        raise ValueError(f"the command line cannot give these settings exactly: {settings}")
+    return arguments
+
+
 def from_args(args: argparse.Namespace) -> EvalSettings:
     """The settings that the options of ``add_flags`` give; ValueError naming the flag at fault."""
     fields = dataclasses.fields(EvalSettings)
