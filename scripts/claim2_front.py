@@ -39,12 +39,6 @@ def front(points: Mapping[str, Point]) -> list[str]:
     return [name for name, p in points.items() if not any(dominates(q, p) for q in points.values())]
 
 
-def evaluated_settings(runs: list[RunSummary]) -> dict[str, list[RunSummary]]:
-    """The finished and evaluated runs by setting (its seeds), each seed once."""
-    settings, _ = pool_settings([run for run in runs if run.robustness is not None])
-    return settings
-
-
 def fronts(settings: Mapping[str, list[RunSummary]]) -> dict[str, list[str]]:
     """Per l2 radius every setting was evaluated at: the settings on its front (setting keys)."""
     radii = set.intersection(*(set(r.robustness.l2) for runs in settings.values() for r in runs))  # type: ignore[union-attr]
@@ -78,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.study.is_dir():
         parser.error(f"{args.study}: no such folder (a claim-2 study, e.g. results/robustness_claim2/fmnist_vgg5)")
-    settings = evaluated_settings(collect_runs(args.study, lambda line: print(f"# skipped: {line}", file=sys.stderr)))
+    runs = collect_runs(args.study, lambda line: print(f"# skipped: {line}", file=sys.stderr))
+    settings, _ = pool_settings([run for run in runs if run.robustness is not None])  # finished, each seed once
     if not settings:
         parser.error(f"{args.study}: no finished run with a robustness.json yet")
     chosen: list[str] = []

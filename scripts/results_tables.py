@@ -67,7 +67,16 @@ from kernel_reg.app.report import (
 )
 from kernel_reg.app.rundir import Robustness, atomic_write_text, read_certification, read_robustness
 from kernel_reg.app.statistics import family, paired
-from kernel_reg.app.studies import RunSummary, Study, collect_runs, seed_of, select, studies, unaugmented_by_epochs
+from kernel_reg.app.studies import (
+    RunSummary,
+    Study,
+    collect_runs,
+    last_stage_loss_changes,
+    seed_of,
+    select,
+    studies,
+    unaugmented_by_epochs,
+)
 from kernel_reg.progress import say
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -197,8 +206,8 @@ def claim2(experiment: str) -> str:
     for name, members in settings.items():
         cells = [interval([measure(r, key) for r in members]) for key in ("clean", *radii)]
         loss = f"{sum(r.metrics[-1].train_loss for r in members) / len(members):.3f}"
-        changes = [c for r in members if (c := r.last_stage_loss_change) is not None]
-        change = interval(changes) if len(changes) == len(members) else "-"
+        changes = last_stage_loss_changes(members)
+        change = "-" if changes is None else interval(changes)
         lines.append(f"| {name} | {len(members)} | {' | '.join(cells)} | {loss} | {change} |")
     lines.append(f"\nAccuracies in % on the first {', '.join(map(str, images))} test images, mean over the seeds "
                  "[95% t-interval, n - 1 degrees of freedom]; robust: the evaluation recorded in each run's "

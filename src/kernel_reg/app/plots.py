@@ -25,7 +25,7 @@ from .rundir import (
     Robustness,
 )
 from .statistics import Paired, paired
-from .studies import RunSummary, family, pool_settings, select
+from .studies import RunSummary, family, last_stage_loss_changes, pool_settings, select
 
 # A method's place in tab20: ten hues for the base methods, and each "+project-sn" combination in the
 # light shade of its base's hue, so that a method and its combination with the projection read as a pair.
@@ -205,8 +205,8 @@ def plot_training_loss(runs: list[RunSummary], path: Path) -> bool:
         for index, (members, text) in enumerate(zip(tried, texts)):
             colour = _sequential(index, len(tried))
             epochs, loss = _mean_curve(members, "train_loss")
-            changes = [c for r in members if (c := r.last_stage_loss_change) is not None]
-            moved = f"{statistics.mean(changes):+.1f}%" if len(changes) == len(members) else "not measured"
+            changes = last_stage_loss_changes(members)
+            moved = "not measured" if changes is None else f"{statistics.mean(changes):+.1f}%"
             ax.plot(epochs, loss, color=colour, lw=1.6, linestyle=LINE_STYLES[index // 5 % len(LINE_STYLES)],
                     label=f"{text or method}: {moved}")  # fmt: skip
             if len(members) > 1:

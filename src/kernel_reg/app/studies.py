@@ -121,6 +121,12 @@ class RunSummary:
         return max(with_val, key=lambda m: (m.val_acc, -m.epoch))
 
 
+def last_stage_loss_changes(runs: Sequence[RunSummary]) -> list[float] | None:
+    """Each run's ``last_stage_loss_change`` (the seeds of one setting), or None when one cannot be measured."""
+    changes = [c for run in runs if (c := run.last_stage_loss_change) is not None]
+    return changes if len(changes) == len(runs) else None
+
+
 def _set_aside_or_hidden(path: Path, root: Path) -> bool:
     """A folder that ``--fresh`` set aside (``name.old-<time>``) or a hidden one (``.submitit``)."""
     return any(part.startswith(".") or ".old-" in part for part in path.relative_to(root).parts)
