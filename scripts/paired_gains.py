@@ -13,7 +13,7 @@ from pathlib import Path
 from kernel_reg.app.plots import plot_paired_gains
 from kernel_reg.app.report import paired_comparisons
 from kernel_reg.app.statistics import family
-from kernel_reg.app.studies import collect_runs, studies, unaugmented_by_epochs
+from kernel_reg.app.studies import collect_runs, main_study, studies, unaugmented_by_epochs
 from kernel_reg.progress import say
 
 SIZES = {"fmnist1000_vgg5": "1000 examples", "fmnist300_vgg5": "300 examples"}
@@ -29,12 +29,12 @@ def main() -> None:
     found = studies(collect_runs(args.root))
     panels = {}
     for experiment, size in SIZES.items():
-        try:  # the main study: without augmentation (a control of its own), of fewest epochs (longer: controls)
-            plain = unaugmented_by_epochs(found, experiment)
+        try:  # the main study: without augmentation (a control of its own), of fewest epochs
+            main_of_size = main_study(unaugmented_by_epochs(found, experiment))
         except ValueError as error:
             raise SystemExit(f"{args.root} holds {error}") from None
-        if plain:
-            rows = paired_comparisons(plain[min(plain)].runs)
+        if main_of_size is not None:
+            rows = paired_comparisons(main_of_size.runs)
             tested = family({f"{ref}:{m}": d for ref, m, _, d in rows})  # the report's family: Holm over both tables
             panels[size] = {k.split(":", 1)[1]: c for k, c in tested.items() if k.startswith("baseline:")}
     out = args.out or args.root / "paired_gains.png"

@@ -72,6 +72,8 @@ from kernel_reg.app.studies import (
     Study,
     collect_runs,
     last_stage_loss_changes,
+    main_study,
+    pool_settings,
     seed_of,
     select,
     studies,
@@ -107,10 +109,10 @@ def small_data_studies(experiment: str, epochs: int | None = None) -> tuple[Stud
         plain = unaugmented_by_epochs(found, experiment)
     except ValueError as error:
         raise SystemExit(f"results/small_data_fit holds {error}") from None
-    if not plain:
+    main = main_study(plain)
+    if main is None:
         raise SystemExit(f"results/small_data_fit holds no study of {experiment} without augmentation")
-    main = plain[min(plain)]
-    epochs = min(plain) if epochs is None else epochs
+    epochs = main.runs[0].config.num_epochs if epochs is None else epochs
     augmented = {str(s.differs.get("aug_transforms", "auto")): s for s in found
                  if s.differs.get("aug") and s.runs[0].config.num_epochs == epochs}  # fmt: skip
     return plain.get(epochs, main), augmented
@@ -190,9 +192,14 @@ def claim2(experiment: str) -> str:
     if len(found) != 1:
         raise SystemExit(f"results/robustness_claim2 holds {len(found)} studies of {experiment}; expected one")
     radii = sorted({k for r in runs for k in r.robustness.l2}, key=float)  # type: ignore[union-attr]
+    pooled, _ = pool_settings(runs)  # a configuration found twice, seeds included, is one sample
     settings: dict[str, list[RunSummary]] = {}
-    for run in sorted(runs, key=lambda r: (r.method, hyperparameter_text(r.config), seed_of(r))):
-        settings.setdefault(run.setting, []).append(run)
+    for members in sorted(pooled.values(), key=lambda m: (m[0].method, hyperparameter_text(m[0].config))):
+        if members[0].setting in settings:
+            raise SystemExit(f"results/robustness_claim2: two settings of {experiment} read "
+                             f"'{members[0].setting}' ({members[0].name}, {settings[members[0].setting][0].name}); "
+                             "they differ in a field the table does not name")  # fmt: skip
+        settings[members[0].setting] = sorted(members, key=seed_of)
 
     def measure(run: RunSummary, key: str) -> float:
         rob = run.robustness

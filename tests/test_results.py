@@ -237,6 +237,11 @@ def test_claim_2_pairs_each_combination_with_pgd_at_its_epsilon_and_shows_the_lo
     assert f" | 3 | {clean_gain:+.2f} [" in lines[f"{both} - pgd-l2 (epsilon=1), clean"]
     assert "first 2000 test images" in table and "over the 3 comparisons" in table  # clean, l2 0.5, l2 1
     assert not any(label.startswith("none -") for label in lines)  # the baseline is no combination
+    import shutil
+
+    shutil.copytree(run_path(config).parent / "pgd_0", run_path(config).parent / "pgd_0_again")  # one run, twice
+    tables._studies.cache_clear()
+    assert tables.claim2("fmnist_vgg5") == table  # counted once: 3 seeds, the same means and intervals
 
 
 def test_the_reproduction_table_reads_each_output_and_refuses_another_file(tmp_path, monkeypatch):

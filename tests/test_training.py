@@ -584,3 +584,15 @@ def test_augmentations_compose_and_auto_keeps_each_data_sets_own():
     assert all(torch.equal(f, c) or torch.equal(f, c.flip(-1)) for f, c in zip(flipped, colour))
     assert any(not torch.equal(f, c) for f, c in zip(flipped, colour))
     assert build_augmentation(config.replace(aug=False), (1, 28, 28), torch.Generator()) is None
+
+
+def test_each_row_records_the_learning_rate_its_epoch_trained_at(tmp_path, tiny):
+    """The StepLR definition: epoch e trains at lr * gamma ** (e // sched_step), the last epoch included
+    (not the rate the scheduler has moved to after it); a resumed run records the same rates."""
+    config = tiny(tmp_path, num_epochs=5, eval_delta=1, lr=0.2, sched_step=2, sched_gamma=0.5)
+    metrics = train(config, log=lambda _: None)
+    assert [row.lr for row in metrics] == pytest.approx([0.2, 0.2, 0.1, 0.1, 0.05])
+    cut = tiny(tmp_path / "cut", num_epochs=3, eval_delta=1, lr=0.2, sched_step=2, sched_gamma=0.5)
+    train(cut, log=lambda _: None)
+    resumed = train(cut.updated({"num_epochs": 5}), log=lambda _: None)
+    assert [row.lr for row in resumed] == [row.lr for row in metrics]

@@ -186,7 +186,8 @@ def locked(run_dir: str | Path, purpose: str, create: bool = False, remedy: str 
 class MetricsRow:
     """One evaluation during training: losses and accuracies (val_acc None without a validation set),
     the RKHS-norm bracket on the probe batch (its lower bounds None at evaluations that skip them, see
-    ``Config.probe_delta``), the learning rate, the projection radius when projecting, and the cost:
+    ``Config.probe_delta``), the learning rate of that epoch's steps, the projection radius when projecting,
+    and the cost:
     seconds per training epoch since the last evaluation, seconds of this evaluation, of which
     ``bracket_seconds`` for the lower bounds."""
 

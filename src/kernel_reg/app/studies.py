@@ -9,7 +9,7 @@ import json
 import math
 import statistics
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -227,6 +227,12 @@ def unaugmented_by_epochs(found: list[Study], experiment: str) -> dict[int, Stud
                                  f"{plain[length].title}; {study.title}")  # fmt: skip
             plain[length] = study
     return plain
+
+
+def main_study(plain: Mapping[int, Study]) -> Study | None:
+    """The main study among ``unaugmented_by_epochs``'s: the one of fewest epochs (a longer one is a control
+    of training length); None when there is none."""
+    return plain[min(plain)] if plain else None
 
 
 @dataclass

@@ -414,6 +414,7 @@ def _train(
         for epoch in range(start_epoch, config.num_epochs):
             began = time.perf_counter()
             tau = regs.projection.radius(epoch) if regs.projection is not None else None
+            lr = optimizer.param_groups[0]["lr"]  # the rate of this epoch's steps, read before the scheduler moves it
             model.train()
             steps = math.ceil(splits.train_x.shape[0] / config.batch_size)
             for x, y in progress(
@@ -446,7 +447,7 @@ def _train(
                 record = _evaluate(model, splits, config, probe_x if lower_bounds else None)
                 row = MetricsRow(
                     epoch=epoch,
-                    lr=optimizer.param_groups[0]["lr"],
+                    lr=lr,
                     seconds_per_epoch=sum(epoch_seconds) / len(epoch_seconds),
                     eval_seconds=time.perf_counter() - eval_began,
                     tau=tau,
