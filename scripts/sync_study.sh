@@ -1,34 +1,34 @@
 #!/bin/bash
 # Copy a study's finished runs (trained to their last epoch, or diverged) from the folder a sweep writes into
 # the repository's results/: their records (config, metrics, provenance, robustness, certificates, published
-# weights, divergence), never checkpoints; a run still training is left for a later copy. E.g.
+# weights, divergence), never checkpoints; a run still training is left for a later copy, a damaged one
+# named (exit 1). Runs the package's Python (PYTHON, default the repository's .venv). E.g.
 #   scripts/sync_study.sh /work/study/results/small_data_fit results/small_data_fit
 set -euo pipefail
+PYTHON=${PYTHON:-$(cd "$(dirname "$0")/.." && pwd)/.venv/bin/python}  # the package's reading of run folders
 if [ $# -ne 2 ]; then echo "usage: $0 FROM TO (a sweep's results folder, the repository's)" >&2; exit 2; fi
 if [ ! -d "$1" ]; then echo "$0: $1: no such folder (FROM is the sweep's results folder)" >&2; exit 2; fi
 to=$(mkdir -p "$2" && cd "$2" && pwd) || { echo "$0: cannot create $2" >&2; exit 1; }  # absolute, either way
 if [ "$(cd "$1" && pwd)" = "$to" ]; then echo "$0: FROM and TO are one folder ($to)" >&2; exit 2; fi
 cd "$1"
-python3 - "$to" <<'PY'
-import json
+"$PYTHON" - "$to" <<'PY'
 import shutil
 import sys
 from pathlib import Path
 
+from kernel_reg.app.rundir import RunFolderError, read_config, read_divergence, read_metrics, trained_to_end
+from kernel_reg.app.studies import run_folders
+
 RECORDS = ("config.json", "metrics.jsonl", "provenance.json", "robustness.json", "certified.json", "certified_val.json",
            "weights.pt", "diverged.json")
-to, copied, left = Path(sys.argv[1]), 0, []
-for config in sorted(Path(".").rglob("config.json")):
-    run = config.parent
-    if any(part.startswith(".") or ".old-" in part for part in run.parts):  # hidden, or set aside by --fresh
-        continue
-    lines = (run / "metrics.jsonl").read_text().splitlines() if (run / "metrics.jsonl").is_file() else []
+to, copied, left, damaged = Path(sys.argv[1]), 0, [], []
+for run in run_folders("."):  # the rule of `kernel-reg report`: set-aside and hidden folders are not runs
     try:
-        last = json.loads(lines[-1])["epoch"] if lines else -1
-        finished = last == json.loads(config.read_text())["num_epochs"] - 1
-    except (ValueError, KeyError, TypeError):  # not records of a finished run
-        finished = False
-    if not finished and not (run / "diverged.json").is_file():
+        done = trained_to_end(read_config(run), read_metrics(run)) or read_divergence(run) is not None
+    except RunFolderError as error:
+        damaged.append(f"{run} ({error})")
+        continue
+    if not done:
         left.append(str(run))
         continue
     try:
@@ -40,4 +40,6 @@ for config in sorted(Path(".").rglob("config.json")):
         sys.exit(f"sync_study.sh: {to / run}: {error.strerror}; {copied} runs copied before it")
     copied += 1
 print(f"copied {copied} finished runs" + (f"; left {len(left)} unfinished: {', '.join(left)}" if left else ""))
+if damaged:
+    sys.exit("sync_study.sh: not copied, their records are damaged: " + "; ".join(damaged))
 PY

@@ -15,7 +15,7 @@ from kernel_reg.app.cli import main
 from kernel_reg.app.config import check_run_name, identity, preset_config, setting_key, short_hash
 from kernel_reg.app.evaluation import evaluate_run
 from kernel_reg.app.report import collect_runs, selection_table
-from kernel_reg.app.rundir import read_metrics, read_robustness, run_path
+from kernel_reg.app.rundir import read_metrics, read_robustness, run_path, write_metrics
 from kernel_reg.app.suite import EvalSettings
 from kernel_reg.app.sweep import (
     Cluster,
@@ -276,42 +276,75 @@ def test_a_diverged_run_is_recorded_reported_and_skipped_by_sweeps(tmp_path, tin
     assert read_divergence(run_path(config)) is not None
 
 
+def _study_run(folder: Path, trained_to: int, num_epochs: int = 2) -> None:
+    """A run folder of a sweep trained to epoch ``trained_to``: config and metrics written through the
+    run-folder module (no training), and a checkpoint."""
+    from kernel_reg.app.rundir import MetricsRow, write_config
+
+    folder.mkdir(parents=True)
+    write_config(folder, preset_config("fmnist300_vgg5", name=folder.name, num_epochs=num_epochs))
+    row = MetricsRow(epoch=trained_to, lr=0.05, train_loss=1.0, train_acc=0.5, val_acc=0.5, test_acc=0.5,
+                     rkhs_lower_grad=1.0, rkhs_lower_delta=1.0, rkhs_upper_spectral=10.0,
+                     seconds_per_epoch=0.1)  # fmt: skip
+    write_metrics(folder, [row])
+    (folder / "checkpoint.pt").write_text("weights")
+
+
 @pytest.mark.parametrize("relative", [True, False])
 def test_sync_study_copies_records_only_where_it_is_told(tmp_path, relative):
     """scripts/sync_study.sh copies each finished run's records, never a checkpoint, a hidden folder or a run
     still training, into the destination as the caller names it (a relative one once landed inside the
     source folder)."""
+    import sys
+
     source = tmp_path / "sweep" / "results"
     run = source / "fmnist300_vgg5" / "none_s0"
     hidden = source / ".before" / "old_s0"
     training = source / "fmnist300_vgg5" / "none_s1"
     for folder, epoch in ((run, 1), (hidden, 1), (training, 0)):
-        folder.mkdir(parents=True)
-        (folder / "config.json").write_text('{"num_epochs": 2}')
-        (folder / "metrics.jsonl").write_text(f'{{"epoch": {epoch}, "run": "{folder.name}"}}\n')
-        (folder / "checkpoint.pt").write_text("weights")
+        _study_run(folder, epoch)
     caller = tmp_path / "repo"
     caller.mkdir()
     target = "results/study" if relative else str(tmp_path / "elsewhere")
     script = Path(__file__).parents[1] / "scripts" / "sync_study.sh"
-    subprocess.run(["bash", script, source, target], cwd=caller, check=True, capture_output=True)
+    env = {**os.environ, "PYTHON": sys.executable}
+    subprocess.run(["bash", script, source, target], cwd=caller, check=True, capture_output=True, env=env)
     copied = (caller / target if relative else Path(target)) / "fmnist300_vgg5" / "none_s0"
     assert sorted(p.name for p in copied.iterdir()) == ["config.json", "metrics.jsonl"]
     assert (copied / "metrics.jsonl").read_text() == (run / "metrics.jsonl").read_text()
     assert not (copied.parent / "none_s1").exists()  # still training: left for a later copy
     assert sorted(p.name for p in source.iterdir()) == [".before", "fmnist300_vgg5"]  # nothing written back
     assert not list(caller.rglob("old_s0"))
-    usage = subprocess.run(["bash", script, source], cwd=caller, capture_output=True, text=True)
+    usage = subprocess.run(["bash", script, source], cwd=caller, capture_output=True, text=True, env=env)
     assert usage.returncode == 2 and "usage" in usage.stderr
     set_aside = source / "fmnist300_vgg5" / "none_s0.old-20261207-101500"  # what --fresh keeps
     shutil.copytree(run, set_aside)
     target = tmp_path / "again"
-    subprocess.run(["bash", script, source, target], cwd=caller, check=True, capture_output=True)
+    subprocess.run(["bash", script, source, target], cwd=caller, check=True, capture_output=True, env=env)
     assert sorted(p.name for p in (target / "fmnist300_vgg5").iterdir()) == ["none_s0"]
     for args, message in (((tmp_path / "nope", target), "no such folder"), ((source, source), "one folder")):
-        refused = subprocess.run(["bash", script, *args], cwd=caller, capture_output=True, text=True)
+        refused = subprocess.run(["bash", script, *args], cwd=caller, capture_output=True, text=True, env=env)
         assert refused.returncode == 2 and message in refused.stderr
     assert not (tmp_path / "nope").exists()
+
+
+def test_sync_study_copies_a_diverged_run_and_names_a_damaged_one(tmp_path):
+    """A diverged run is finished (its record says why); a run whose records the package cannot read is
+    named and not copied, the others are, and the exit status says something was left out."""
+    import sys
+
+    source = tmp_path / "sweep"
+    _study_run(source / "exp" / "good_s0", 1)
+    _study_run(source / "exp" / "diverged_s0", 0, num_epochs=5)
+    (source / "exp" / "diverged_s0" / "diverged.json").write_text('{"reason": "loss became nan at epoch 0"}')
+    _study_run(source / "exp" / "broken_s0", 1)
+    (source / "exp" / "broken_s0" / "metrics.jsonl").write_text('{"epoch": 0, "lr"')
+    script = Path(__file__).parents[1] / "scripts" / "sync_study.sh"
+    done = subprocess.run(["bash", script, source, tmp_path / "to"], capture_output=True, text=True,
+                          env={**os.environ, "PYTHON": sys.executable})  # fmt: skip
+    assert done.returncode == 1 and "exp/broken_s0" in done.stderr and "damaged" in done.stderr
+    assert sorted(p.name for p in (tmp_path / "to" / "exp").iterdir()) == ["diverged_s0", "good_s0"]
+    assert (tmp_path / "to" / "exp" / "diverged_s0" / "diverged.json").is_file()
 
 
 def test_seeds_parse_as_a_count_or_an_inclusive_range():

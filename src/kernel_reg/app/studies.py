@@ -127,9 +127,15 @@ def last_stage_loss_changes(runs: Sequence[RunSummary]) -> list[float] | None:
     return changes if len(changes) == len(runs) else None
 
 
-def _set_aside_or_hidden(path: Path, root: Path) -> bool:
-    """A folder that ``--fresh`` set aside (``name.old-<time>``) or a hidden one (``.submitit``)."""
-    return any(part.startswith(".") or ".old-" in part for part in path.relative_to(root).parts)
+def run_folders(root: str | Path) -> list[Path]:
+    """Every folder under ``root`` (any depth, ``root`` included) with a config.json, but the folders that
+    ``--fresh`` set aside (``name.old-<time>``) and hidden ones (``.submitit``), and what lies in them."""
+    root = Path(root)
+
+    def set_aside_or_hidden(folder: Path) -> bool:
+        return any(part.startswith(".") or ".old-" in part for part in folder.relative_to(root).parts)
+
+    return [path.parent for path in sorted(root.rglob(CONFIG)) if not set_aside_or_hidden(path.parent)]
 
 
 def collect_runs(root: str | Path, warn: Warn = lambda _: None) -> list[RunSummary]:
@@ -137,10 +143,7 @@ def collect_runs(root: str | Path, warn: Warn = lambda _: None) -> list[RunSumma
     aside by ``--fresh`` and hidden ones are ignored, damaged ones skipped with a one-line ``warn``."""
     root = Path(root)
     runs = []
-    for config_path in sorted(root.rglob(CONFIG)):
-        run_dir = config_path.parent
-        if _set_aside_or_hidden(run_dir, root):
-            continue
+    for run_dir in run_folders(root):
         try:
             metrics = read_metrics(run_dir)
             if not metrics:
