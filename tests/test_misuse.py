@@ -395,3 +395,36 @@ def test_ctrl_c_during_evaluate_is_one_line_exit_130_and_writes_nothing(tmp_path
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "interrupted" in err and "intact" in err
     assert not (run_dir / "robustness.json").exists()
+
+
+def test_evaluate_interrupted_then_rerun_resumes_and_writes_the_uninterrupted_record(tmp_path, tiny_flags, monkeypatch,
+                                                                                   capsys):  # fmt: skip
+    """Ctrl-C in the middle of `kernel-reg evaluate`: the batches done are in robustness.journal/; the same
+    command resumes from them, writes the record an uninterrupted evaluation writes and removes the journal."""
+    from kernel_reg.app import cli
+    from kernel_reg.app.journal import JOURNAL, Journal
+    from kernel_reg.app.rundir import read_robustness
+
+    assert cli.main(["train", *tiny_flags, "--root", str(tmp_path), "--num-epochs", "1"]) == 0
+    run_dir = tmp_path / "fmnist1000_vgg5" / "tmp"
+    flags = ["--eps-l2", "0.5", "1", "--eps-linf", "--attacks", "strong", "--attack-steps", "3", "--eval-n-test",
+             "64", "--eval-batch-size", "16", "--device", "cpu"]  # fmt: skip
+    assert cli.main(["evaluate", str(run_dir), *flags, "--out", str(tmp_path / "whole")]) == 0
+    whole = tmp_path / "whole" / "tmp"
+    real, calls = Journal.batch, []
+
+    def interrupted(self, stage, index, compute):
+        calls.append(stage)
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        return real(self, stage, index, compute)
+
+    monkeypatch.setattr(Journal, "batch", interrupted)
+    assert cli.main(["evaluate", str(run_dir), *flags]) == 130
+    assert len(list((run_dir / JOURNAL).glob("*.pt"))) == 4 and not (run_dir / "robustness.json").exists()
+    monkeypatch.setattr(Journal, "batch", real)
+    capsys.readouterr()
+    assert cli.main(["evaluate", str(run_dir), *flags]) == 0
+    assert "resuming, 4 batches already evaluated" in capsys.readouterr().out
+    assert read_robustness(run_dir) == read_robustness(whole)
+    assert not (run_dir / JOURNAL).exists() and not (whole / JOURNAL).exists()

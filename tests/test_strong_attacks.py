@@ -1,6 +1,7 @@
 """APGD, Square and the worst case: exact answers on linear models, comparisons on a trained network,
 and the gradient-masking checks."""
 
+import shutil
 from dataclasses import replace
 
 import pytest
@@ -226,3 +227,104 @@ def test_the_printed_summary_gives_the_doubled_budget_the_square_check_and_what_
     fired = [c.check for c in (square, converged) if c.fired]
     assert f"  gradient-masking checks: 2 run, {len(fired)} fired:" in lines
     assert [line for line in lines if line.startswith("  WARNING")] == [f"  WARNING: {name}" for name in fired]
+
+
+RESUMABLE = EvalSettings(
+    l2_eps=(0.5, 1.0), linf_eps=(8 / 255,), attacks=("strong",), steps=3, n_target_classes=2, queries=20,
+    batch_size=50, converge_every_radius=True, seed=3,
+)  # fmt: skip
+
+
+@pytest.mark.parametrize("share", [0.1, 0.5, 0.95])
+def test_an_interrupted_evaluation_resumes_from_its_journal_to_the_record_of_an_uninterrupted_one(
+    trained, tmp_path, monkeypatch, share
+):
+    """Interrupted at batch k (share of all batches: in the first attack, a middle radius, the last checks), run
+    again: the first k - 1 batches come from the journal (the generator restored after each), the result is
+    the uninterrupted evaluation's, every field, and the journal is gone only once the caller removes it."""
+    from kernel_reg.app.journal import Journal
+
+    model, x, y = trained
+    whole = evaluate_model(model, x, y, RESUMABLE, (1, 28, 28))
+    asked = []
+    real = Journal.batch
+
+    def counting(self, stage, index, compute):
+        asked.append(f"{stage}#{index}")
+        return real(self, stage, index, compute)
+
+    monkeypatch.setattr(Journal, "batch", counting)
+    assert evaluate_model(model, x, y, RESUMABLE, (1, 28, 28), journal=tmp_path / "all") == whole
+    total, cut = len(asked), max(2, int(share * len(asked)))
+    assert total > 20 and len(set(asked)) == total  # every stage's batches, each once
+
+    def interrupted(self, stage, index, compute):
+        if len(asked) + 1 == cut:
+            raise KeyboardInterrupt
+        return counting(self, stage, index, compute)
+
+    asked.clear()
+    monkeypatch.setattr(Journal, "batch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate_model(model, x, y, RESUMABLE, (1, 28, 28), journal=tmp_path / "journal")
+    monkeypatch.setattr(Journal, "batch", real)
+    lines = []
+    resumed = evaluate_model(model, x, y, RESUMABLE, (1, 28, 28), journal=tmp_path / "journal", log=lines.append)
+    assert lines == [f"journal: resuming, {cut - 1} batches already evaluated"]
+    assert resumed == whole
+    assert len(list((tmp_path / "journal").glob("*.pt"))) == total  # the caller removes it
+
+
+def test_a_journal_of_another_evaluation_or_a_damaged_one_is_set_aside(trained, tmp_path):
+    model, x, y = trained
+    settings = replace(RESUMABLE, l2_eps=(0.5,), linf_eps=(), converge_every_radius=False, checks=False)
+    journal = tmp_path / "robustness.journal"
+    fresh = evaluate_model(model, x, y, settings, (1, 28, 28), journal=journal)
+    for other in (replace(settings, seed=4), replace(settings, steps=4)):  # other draws, other attacks
+        lines = []
+        assert evaluate_model(model, x, y, other, (1, 28, 28), journal=journal, log=lines.append) == evaluate_model(
+            model, x, y, other, (1, 28, 28)
+        )
+        assert len(lines) == 1 and "the journal of another evaluation" in lines[0]
+    lines = []
+    evaluate_model(model[:-1].append(nn.Linear(256, 10)), x, y, settings, (1, 28, 28), journal=journal,
+                   log=lines.append)  # fmt: skip
+    assert "another evaluation" in lines[0]  # other weights
+    evaluate_model(model, x, y, settings, (1, 28, 28), journal=journal)
+    entry = sorted(journal.glob("*.pt"))[1]
+
+    def damages():
+        yield entry.write_bytes(b"")  # an entry emptied
+        yield entry.write_bytes(entry.read_bytes()[:100])  # an entry cut short
+        yield (journal / "key").unlink()  # no key
+        shutil.rmtree(journal)
+        yield journal.write_bytes(b"a file where the folder was")
+
+    for _ in damages():
+        lines = []
+        assert evaluate_model(model, x, y, settings, (1, 28, 28), journal=journal, log=lines.append) == fresh
+        assert len(lines) == 1 and "unreadable" in lines[0] and "starting afresh" in lines[0], lines
+        assert (journal / "key").is_file()
+
+
+def test_a_batch_asked_twice_in_one_evaluation_is_a_bug_not_a_replay(tmp_path):
+    from kernel_reg.app.journal import Journal
+
+    book = Journal(tmp_path / "journal", "key", torch.Generator())
+    book.batch("l2 eps 1", 0, lambda: torch.ones(3, dtype=torch.bool))
+    with pytest.raises(AssertionError, match="asked for twice"):
+        book.batch("l2 eps 1", 0, lambda: torch.ones(3, dtype=torch.bool))
+
+
+def test_the_evaluation_neither_reads_nor_moves_the_global_rng(trained):
+    """Every draw, the Lipschitz lower bound's starting directions included, comes from the settings' seed:
+    two evaluations after different global seeds give one record, and the global state is left as it was."""
+    model, x, y = trained
+    settings = replace(RESUMABLE, l2_eps=(0.5,), linf_eps=(), lipschitz_probe=20)
+    records = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        state = torch.get_rng_state()
+        records.append(evaluate_model(model, x, y, settings, (1, 28, 28)))
+        assert torch.equal(torch.get_rng_state(), state)
+    assert records[0] == records[1] and records[0].lipschitz_lower > 0

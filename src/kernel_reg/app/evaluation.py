@@ -22,6 +22,7 @@ from ..deprecation import moved_names, warn
 from . import checks, metrics, suite
 from .builders import LoadedRun, load_run
 from .checks import radius_text
+from .journal import JOURNAL, Journal, discard_journal, evaluation_key
 from .rundir import (
     CHECKPOINT,
     ROBUSTNESS,
@@ -66,12 +67,14 @@ def masking_checks(
     certified: dict[str, float] | None,
     survivors: dict[str, dict[float, torch.Tensor]],
     generator: torch.Generator | None = None,
+    journal: Journal | None = None,
 ) -> tuple[list[MaskingCheck], dict[str, dict[str, float]]]:
     """The measurements behind the checks of ``checks`` and their verdicts, and the accuracies under twice
     the budget at the checked radii (random draws from ``generator``).
 
     ``accuracies[norm][eps_key]``: the robust accuracies; ``survivors[norm]``: per radius to check (the
-    middle one first), whether each example is unbroken by the evaluation attack there.
+    middle one first), whether each example is unbroken by the evaluation attack there; ``journal``: see
+    ``evaluate_model``.
     """
     n = x.shape[0]
     found = [checks.rises_with_eps(norm, [accuracies[norm][k] for k in sorted(accuracies[norm], key=float)], n)
@@ -82,7 +85,7 @@ def masking_checks(
             base = int(alive.sum()) / n
             attack = suite.build_eval_attack(norm, eps, settings, 2, generator)
             where = f"{norm} eps {radius_text(norm, eps)}, 2x budget"
-            stronger = int(metrics.robust_correct(model, attack, x, y, settings.batch_size, where).sum()) / n
+            stronger = int(metrics.robust_correct(model, attack, x, y, settings.batch_size, where, journal).sum()) / n
             doubled[norm][suite.eps_key(eps)] = stronger
             found += [checks.rises_with_budget(norm, eps, base, stronger, n),
                       checks.not_converged(norm, eps, base, stronger)]  # fmt: skip
@@ -94,7 +97,7 @@ def masking_checks(
         if todo.numel():
             square = Square(norm=norm, eps=eps, queries=settings.queries, generator=generator)
             where = f"{norm} eps {radius_text(norm, eps)}, Square"
-            unbroken = metrics.robust_correct(model, square, x[todo], y[todo], settings.batch_size, where)
+            unbroken = metrics.robust_correct(model, square, x[todo], y[todo], settings.batch_size, where, journal)
             broken = int((~unbroken).sum())
         found.append(checks.square_beats_gradients(norm, eps, broken, int(todo.numel()), settings.queries, n))
     found.append(checks.zero_gradients(metrics.zero_gradient_share(model, x, y, settings.batch_size)))
@@ -104,7 +107,13 @@ def masking_checks(
 
 
 def evaluate_model(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: suite.EvalSettings, input_shape: Sequence[int]
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    settings: suite.EvalSettings,
+    input_shape: Sequence[int],
+    journal: Path | None = None,
+    log: Callable[[str], None] = lambda _: None,
 ) -> Robustness:
     """Clean, robust (l2 and linf) and certified-l2 accuracies of ``model`` on (x, y), the attacks that
     produced them, and the gradient-masking checks (``epoch``, ``weights`` and ``trained_to`` left unset).
@@ -120,12 +129,20 @@ def evaluate_model(
         y: their class indices, (n,).
         settings: the attacks, radii and checks.
         input_shape: the shape of one input, without the batch dimension, for the Lipschitz bound.
+        journal: a folder that keeps each attacked batch's result as it comes (``journal.Journal``): run again
+            after an interruption, the evaluation resumes from it and returns what an uninterrupted one
+            returns. Default: none. The caller removes it once the result is written.
+        log: receives a line when a journal is resumed or set aside.
 
     Returns:
         A ``rundir.Robustness``; its accuracy dicts are keyed by ``suite.eps_key(eps)``.
     """
     generator = settings.generator()
-    clean_ok = metrics.robust_correct(model, metrics.unchanged, x, y, settings.batch_size, "clean accuracy")
+    book = None
+    if journal is not None:
+        key = evaluation_key([*model.state_dict().items(), ("x", x), ("y", y)], settings.to_dict())
+        book = Journal(journal, key, generator, log)
+    clean_ok = metrics.robust_correct(model, metrics.unchanged, x, y, settings.batch_size, "clean accuracy", book)
     per_example = {"clean": pack_bits(clean_ok)}
     accuracies: dict[str, dict[str, float]] = {}
     survivors: dict[str, dict[float, torch.Tensor]] = {}
@@ -136,7 +153,7 @@ def evaluate_model(
         for eps in radii:
             attack = suite.build_eval_attack(norm, eps, settings, 1, generator)
             where = f"{norm} eps {radius_text(norm, eps)}"
-            alive_at[eps] = metrics.robust_correct(model, attack, x, y, settings.batch_size, where)
+            alive_at[eps] = metrics.robust_correct(model, attack, x, y, settings.batch_size, where, book)
             accuracies[norm][suite.eps_key(eps)] = int(alive_at[eps].sum()) / len(y)
             per_example[f"{norm}/{suite.eps_key(eps)}"] = pack_bits(alive_at[eps])
         if radii:
@@ -155,7 +172,9 @@ def evaluate_model(
         for e in settings.l2_eps:
             certified[suite.eps_key(e)] = int((radius > e).sum()) / len(y)
             per_example[f"certified_l2/{suite.eps_key(e)}"] = pack_bits(radius > e)
-    lower = lipschitz.lipschitz_lower_bound(model, x[: settings.lipschitz_probe]) if settings.lipschitz_probe else None
+    lower = None
+    if settings.lipschitz_probe:  # its own draws: the attacks' stream stays what it was before it was seeded
+        lower = lipschitz.lipschitz_lower_bound(model, x[: settings.lipschitz_probe], generator=settings.generator())
     attacks = {norm: suite.describe_attacks(norm, settings) for norm in ("l2", "linf") if accuracies[norm]}
     attacks["certified_l2"] = (
         "f_y - f_j > K[y, j] * eps for every j != y, K[y, j] = min(sqrt(2) L, ||w_y - w_j|| L_body): Gram-iteration"
@@ -164,7 +183,7 @@ def evaluate_model(
     found: list[MaskingCheck] | None = None
     doubled: dict[str, dict[str, float]] = {}
     if settings.checks:
-        found, doubled = masking_checks(model, x, y, settings, accuracies, certified, survivors, generator)
+        found, doubled = masking_checks(model, x, y, settings, accuracies, certified, survivors, generator, book)
     return Robustness(
         clean=int(clean_ok.sum()) / len(y), n=len(y), l2=accuracies["l2"], linf=accuracies["linf"],
         lipschitz_bound=bound, lipschitz_lower=lower,
@@ -254,7 +273,8 @@ def evaluate_run(
     """Evaluate a run folder's weights of best validation accuracy (``which="last"``, or a run without a
     validation set: its last weights) on its test set; ``log`` gets the summary lines before
     ``robustness.json`` is written, holding the lock of the folder written. A folder that is locked or not
-    writable fails at once, before any work.
+    writable fails at once, before any work. Each attacked batch's result is kept in ``robustness.journal/`` in
+    that folder until the record is written: the same call after an interruption resumes from it.
 
     Args:
         run_dir: the run folder.
@@ -281,7 +301,9 @@ def evaluate_run(
     loading = dict(device=device, n_test=settings.n_test, data_dir=data_dir, allow_other_data=allow_other_data)
     with measuring(Path(run_dir), ROBUSTNESS, "kernel-reg evaluate", which, out, in_place, **loading) as (run, folder):
         run.model.requires_grad_(False)  # attacks differentiate inputs only (orthogonal layers then cache Q)
-        result = evaluate_model(run.model, run.splits.test_x, run.splits.test_y, settings, run.splits.input_shape)
+        journal = folder / JOURNAL
+        test_x, test_y = run.splits.test_x, run.splits.test_y
+        result = evaluate_model(run.model, test_x, test_y, settings, run.splits.input_shape, journal, log)
         result = dataclasses.replace(
             result, epoch=run.epoch, weights=run.weights, trained_to=run.trained_to, data=run.data,
             data_override=run.data_override,
@@ -289,6 +311,7 @@ def evaluate_run(
         for line in summary(result):
             log(line)
         write_robustness(folder, result)
+        discard_journal(journal)
     return result
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -15,6 +16,7 @@ from ..attacks import AttackFn
 from ..guard import preserved_state
 from ..progress import progress
 from .data import batches
+from .journal import Journal
 
 
 def _in_batches(
@@ -55,7 +57,13 @@ def accuracy(
 
 
 def robust_correct(
-    model: nn.Module, attack: AttackFn, x: torch.Tensor, y: torch.Tensor, batch_size: int, description: str = "attack"
+    model: nn.Module,
+    attack: AttackFn,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    batch_size: int,
+    description: str = "attack",
+    journal: Journal | None = None,
 ) -> torch.Tensor:
     """Per example: still correctly classified after ``attack``, argmax_j f_j(attack(x_i)) = y_i.
 
@@ -68,16 +76,24 @@ def robust_correct(
         x: the inputs, (n, *shape).
         y: their class indices, (n,).
         batch_size: examples per attack call, >= 1.
-        description: the progress bar's label (default "attack").
+        description: the progress bar's label (default "attack"), and the stage's name in ``journal``.
+        journal: where each batch's result is kept and, for a resumed evaluation, found (default: none).
 
     Returns:
         A bool tensor (n,) on x's device: True where the attack failed.
     """
-    correct = []
-    for xb, yb in _in_batches(x, y, batch_size, description):
+
+    def unbroken(xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
         x_adv = attack(model, xb, yb)
         with preserved_state(model, mode=False), torch.no_grad():
-            correct.append(model(x_adv).argmax(1) == yb)
+            return model(x_adv).argmax(1) == yb
+
+    correct = []
+    for index, (xb, yb) in enumerate(_in_batches(x, y, batch_size, description)):
+        if journal is None:
+            correct.append(unbroken(xb, yb))
+        else:
+            correct.append(journal.batch(description, index, partial(unbroken, xb, yb)).to(yb.device))
     return torch.cat(correct)
 
 

@@ -187,8 +187,7 @@ class MetricsRow:
     """One evaluation during training: losses and accuracies (val_acc None without a validation set),
     the RKHS-norm bracket on the probe batch (its lower bounds None at evaluations that skip them, see
     ``Config.probe_delta``), the learning rate of that epoch's steps, the projection radius when projecting,
-    and the cost:
-    seconds per training epoch since the last evaluation, seconds of this evaluation, of which
+    and the cost: seconds per training epoch since the last evaluation, seconds of this evaluation, of which
     ``bracket_seconds`` for the lower bounds."""
 
     epoch: int

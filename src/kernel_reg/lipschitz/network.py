@@ -12,6 +12,7 @@ from torch import nn
 
 from ..guard import preserved_state, uncompiled
 from ..progress import progress
+from ..tensors import randn
 from .layer_bounds import LINEAR_LAYERS, _layer_bound
 
 Bound = float | torch.Tensor  # a bound, or a differentiable estimate
@@ -139,11 +140,14 @@ def compose_bound(
     return bound(model)
 
 
-def lipschitz_lower_bound(model: nn.Module, x: torch.Tensor, steps: int = 10) -> float:
+def lipschitz_lower_bound(
+    model: nn.Module, x: torch.Tensor, steps: int = 10, generator: torch.Generator | None = None
+) -> float:
     """An empirical lower bound on the l2 Lipschitz constant of ``model`` (eval mode): the largest spectral
     norm of its Jacobian at the inputs ``x``, max_i ||J_f(x_i)||_2, each by ``steps`` power-iteration steps
-    on J^T J (each step one forward-mode and one reverse-mode product). Since L >= ||J_f(x)||_2 at every x,
-    the ratio of this to ``lipschitz_upper_bound`` says how tight the certificate is (1: exact).
+    on J^T J (each step one forward-mode and one reverse-mode product), from random starting directions
+    drawn from ``generator`` (default: the global RNG). Since L >= ||J_f(x)||_2 at every x, the ratio of
+    this to ``lipschitz_upper_bound`` says how tight the certificate is (1: exact).
 
     Shape:
         x: (n, *shape), the inputs to probe.
@@ -154,7 +158,7 @@ def lipschitz_lower_bound(model: nn.Module, x: torch.Tensor, steps: int = 10) ->
         return 0.0
     x = x.detach()
     with preserved_state(model, mode=False), torch.enable_grad():
-        v = torch.randn_like(x)
+        v = randn(tuple(x.shape), x, generator)
         v = v / v.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *[1] * (x.dim() - 1))
         sigma = torch.zeros(x.shape[0], device=x.device, dtype=x.dtype)
         for _ in range(steps):
