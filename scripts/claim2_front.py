@@ -8,7 +8,7 @@ training subset is evaluated again, with the attack settings its record used, on
 ``--out`` (the records of the first 2,000 images stay where they are):
 
     python scripts/claim2_front.py [results/robustness_claim2/fmnist_vgg5] \\
-        [--out results/robustness_claim2/full_test] [--device cuda] | bash
+        [--out results/robustness_claim2/full_test] [--device cuda] [--missing] | bash
 
 It prints the front at each radius as comments, then one ``kernel-reg evaluate`` command a line.
 """
@@ -23,6 +23,7 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
+from kernel_reg.app.rundir import ROBUSTNESS
 from kernel_reg.app.studies import RunSummary, collect_runs, pool_settings, seed_of
 from kernel_reg.app.suite import to_flags
 
@@ -69,6 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("study", nargs="?", default="results/robustness_claim2/fmnist_vgg5", type=Path)
     parser.add_argument("--out", default="results/robustness_claim2/full_test", help="where the records go")
     parser.add_argument("--device", help="e.g. cuda (default: the evaluation's own choice)")
+    parser.add_argument(
+        "--missing", action="store_true", help="only the evaluations without a record in --out (one begun resumes)"
+    )
     args = parser.parse_args(argv)
     if not args.study.is_dir():
         parser.error(f"{args.study}: no such folder (a claim-2 study, e.g. results/robustness_claim2/fmnist_vgg5)")
@@ -82,7 +86,11 @@ def main(argv: list[str] | None = None) -> int:
         chosen += [k for k in keys if k not in chosen]
     for key in chosen:
         first = min(settings[key], key=seed_of)
-        print(command(first, args.out, args.device))
+        done = Path(args.out) / first.path.resolve().name / ROBUSTNESS  # where `evaluate --out` writes it
+        if args.missing and done.is_file():
+            print(f"# done: {done}")
+        else:
+            print(command(first, args.out, args.device))
     return 0
 
 

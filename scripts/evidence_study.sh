@@ -41,3 +41,8 @@ $KR sweep --grid-file results/robustness_claim2/grid.yaml --seeds 3 --init-seed-
 # at 1000 examples too, the augmented runs do not fit their data in 300 epochs (training accuracy 86-93% at
 # the last epoch): the 600-epoch arm, after claim 2 (about 4 CPU hours)
 long fmnist1000_vgg5
+# the front-defining models of claim 2 on all 10,000 test images (item 4), on this CPU where a GPU has not
+# done them yet (their records then in the checkout, skipped by --missing): each about 5 times its
+# 2,000-image evaluation; an interrupted evaluation resumes from its journal, so one may span sessions
+PATH="$(pwd)/.venv/bin:$PATH" python scripts/claim2_front.py results/robustness_claim2/fmnist_vgg5 \
+  --out results/robustness_claim2/full_test --device cpu --missing | bash

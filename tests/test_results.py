@@ -340,6 +340,12 @@ def test_the_front_script_evaluates_each_front_setting_on_every_image_as_its_rec
     args = parser.parse_args(commands[0][3:])
     assert suite.from_args(args) == dataclasses.replace(evaluated, n_test=None)  # every image, the same attacks
     assert (args.out, args.weights, args.device) == ("OUT", "last", "cuda")
+    (tmp_path / "OUT" / "pgd1_s0").mkdir(parents=True)  # one evaluation done (as `evaluate --out OUT` writes it)
+    (tmp_path / "OUT" / "pgd1_s0" / "robustness.json").write_text("{}")
+    assert script.main([str(tmp_path / "fmnist_vgg5"), "--out", str(tmp_path / "OUT"), "--missing"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert [Path(shlex.split(c)[2]).name for c in out if not c.startswith("#")] == ["none_s0", "pgd2_s0"]
+    assert f"# done: {tmp_path / 'OUT' / 'pgd1_s0' / 'robustness.json'}" in out
 
 
 def test_the_full_test_table_sets_each_model_beside_its_record_and_refuses_other_attacks(tmp_path, monkeypatch):
