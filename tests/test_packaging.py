@@ -1,5 +1,6 @@
 """The package as users install it: version, optional extras, portable locks, licence files, citation."""
 
+import os
 import re
 import subprocess
 import sys
@@ -121,3 +122,24 @@ def test_every_application_module_has_a_layer_and_every_library_module_is_forbid
     packages = {p.parent.name for p in top.glob("*/__init__.py")}
     forbidden = {m.removeprefix("kernel_reg.") for m in contracts["forbidden"]["source_modules"]}
     assert (modules | packages) - {"app", "__init__", "__main__"} == forbidden
+
+
+def test_the_version_is_that_of_the_source_tree_imported_not_of_another_installed_checkout(tmp_path):
+    """An editable install of one checkout with PYTHONPATH at another (a study's worktree): the version
+    recorded in provenance is the imported tree's; a tree whose pyproject is not kernel-reg's, or none,
+    leaves the installed metadata's."""
+    import shutil
+    import subprocess
+    import sys
+
+    package = Path(kernel_reg.__file__).parent
+    for name, version, expected in (("kernel-reg", "9.8.7", "9.8.7"), ("other", "9.8.7", kernel_reg.__version__)):
+        tree = tmp_path / name
+        shutil.copytree(package, tree / "src" / "kernel_reg", ignore=shutil.ignore_patterns("__pycache__"))
+        (tree / "pyproject.toml").write_text(f'[build-system]\nrequires = []\n\n[project]\nname = "{name}"\n'
+                                             f'version = "{version}"\n\n[tool.x]\nversion = "0"\n')  # fmt: skip
+        probe = "import kernel_reg; print(kernel_reg.__file__, kernel_reg.__version__)"
+        done = subprocess.run([sys.executable, "-c", probe], env={**os.environ, "PYTHONPATH": str(tree / "src")},
+                              capture_output=True, text=True, check=True)  # fmt: skip
+        imported, found = done.stdout.split()
+        assert Path(imported).is_relative_to(tree) and found == expected
