@@ -18,7 +18,8 @@ SOURCE_TREE = Path(__file__).resolve().parents[3]  # the repository root of an e
 
 
 def package_version() -> str:
-    """The installed version of kernel-reg (its metadata), or "unknown" when it is not installed."""
+    """The version of the kernel-reg code that runs (``kernel_reg.__version__``: its source tree's
+    pyproject.toml from a checkout, else the installed metadata), or "unknown"."""
     return kernel_reg.__version__
 
 

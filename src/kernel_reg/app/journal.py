@@ -95,7 +95,8 @@ class Journal:
             self.generator.set_state(state)
             return result
         result = compute()
-        self.entries[name] = (result.detach().cpu(), self.generator.get_state())
-        entry = {"batch": name, "result": self.entries[name][0], "generator": self.entries[name][1]}
-        atomic_torch_save(entry, self.path / f"{len(self.entries):06d}.pt")
+        kept, state = result.detach().cpu(), self.generator.get_state()
+        self.entries[name] = (kept, state)
+        entry = self.path / f"{len(self.entries):06d}.pt"
+        atomic_torch_save({"batch": name, "result": kept, "generator": state}, entry)
         return result
