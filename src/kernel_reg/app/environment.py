@@ -13,8 +13,7 @@ from typing import Any
 import torch
 
 import kernel_reg
-
-SOURCE_TREE = Path(__file__).resolve().parents[3]  # the repository root of an editable install
+from kernel_reg._source import SOURCE_TREE
 
 
 def package_version() -> str:
