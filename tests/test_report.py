@@ -359,6 +359,27 @@ def test_a_figure_the_runs_no_longer_give_is_removed_not_left_beside_the_report(
     assert curves not in files and not curves.exists() and "learning_curves.png" not in text
 
 
+def test_figures_renamed_when_the_folder_gains_a_second_study_leave_no_stale_copy(tmp_path):
+    make_run(tmp_path, "gp", 0.8, regs=("gradient-penalty",))
+    _, single = write_report(tmp_path)
+    assert tmp_path / "learning_curves.png" in single
+    other = make_run(tmp_path, "gp", 0.7, experiment="fmnist300_vgg5", regs=("gradient-penalty",))
+    text, files = write_report(tmp_path)
+    pngs = sorted(p.name for p in tmp_path.glob("*.png"))
+    assert pngs == sorted(f.name for f in files if f.suffix == ".png")  # every figure there is linked
+    assert "learning_curves.png" not in pngs and any(p.startswith("learning_curves_fmnist300_vgg5") for p in pngs)
+    assert all(f"[{name}]({name})" in text for name in pngs)
+    keep = tmp_path / "my_notes.png"  # not one of the report's figures: never touched
+    keep.write_bytes(b"png")
+    (tmp_path / "report.md").write_text(text + "[my_notes.png](my_notes.png)\n")
+    for path in run_path(other).iterdir():
+        path.unlink()
+    run_path(other).rmdir()  # back to one study: its figures lose their suffix again
+    _, files = write_report(tmp_path)
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == sorted([*(f.name for f in files[1:]), "my_notes.png"])
+    assert tmp_path / "learning_curves.png" in files and keep.read_bytes() == b"png"
+
+
 def test_the_table_gives_each_runs_training_time_from_its_own_timing(tmp_path):
     """Evaluations at epochs 4, 9 and 14 at 2, 3 and 500 s an epoch (a process paused while it trained
     the third stretch), 1 s each: the median, 3 s an epoch, times 15 epochs, plus 3 s, = 48 s."""

@@ -7,6 +7,7 @@ validation set); the table gives the test accuracy there, and the robust and cer
 
 from __future__ import annotations
 
+import re
 import statistics
 from collections import defaultdict
 from collections.abc import Callable
@@ -230,6 +231,25 @@ def verdict_note(comparisons: int) -> str:
             "comparison (not adjusted).\n")  # fmt: skip
 
 
+# each study's figures: file name (before its study's suffix) and what draws it (False: nothing to draw)
+FIGURES: tuple[tuple[str, Callable[[list[RunSummary], Path], bool]], ...] = (
+    ("learning_curves", plot_learning_curves),
+    ("training_loss", plot_training_loss),
+    ("rkhs_bracket", plot_rkhs_bracket),
+    *((f"tradeoff_{norm}", partial(plot_tradeoff, norm=norm)) for norm in ("l2", "linf")),
+)
+# a report's link to one of its figures beside it: [name](name), name = a figure's stem, its suffix, ".png"
+FIGURE_LINK = re.compile(rf"\[((?:{'|'.join(stem for stem, _ in FIGURES)})(?:_[\w.-]+)?\.png)\]\(\1\)")
+
+
+def linked_figures(report: Path) -> set[str]:
+    """The file names of the figures that the report at ``report`` links to (none when it is absent)."""
+    try:
+        return set(FIGURE_LINK.findall(report.read_text(errors="replace")))
+    except FileNotFoundError:
+        return set()
+
+
 def write_report(
     root: str | Path, out_dir: str | Path | None = None, warn: Warn = lambda _: None
 ) -> tuple[str, list[Path]]:
@@ -250,21 +270,15 @@ def write_report(
     out = Path(out_dir or root)
     check_writable(out, "the report is written there; choose another --out")
     groups = studies(runs)
+    earlier = linked_figures(out / "report.md")
     sections, written = [], [out / "report.md"]
     for study in groups:
         suffix = "" if len(groups) == 1 else f"_{study.slug}"
-        figures: list[tuple[Path, Callable[[list[RunSummary], Path], bool]]] = [
-            (out / f"learning_curves{suffix}.png", plot_learning_curves),
-            (out / f"training_loss{suffix}.png", plot_training_loss),
-            (out / f"rkhs_bracket{suffix}.png", plot_rkhs_bracket),
-            *((out / f"tradeoff_{n}{suffix}.png", partial(plot_tradeoff, norm=n)) for n in ("l2", "linf")),
-        ]
         files = []
-        for path, plot in figures:
+        for stem, plot in FIGURES:
+            path = out / f"{stem}{suffix}.png"
             if plot(study.runs, path):
                 files.append(path)
-            else:  # an earlier report's figure of runs since changed would sit beside this report, unlinked
-                path.unlink(missing_ok=True)
         written += files
         text = f"## {study.title}\n\n"
         if study.differs:
@@ -288,4 +302,8 @@ def write_report(
         here = f"{Path(root)}/"  # paths relative to the root: no path of this machine in a published report
         table += "\n## Left out\n\n" + "".join(f"- {line.replace(here, '')}\n" for line in skipped)
     atomic_write_text(out / "report.md", table)
+    # an earlier report's figure that this one does not draw (its runs changed, or its study was renamed when
+    # the folder gained a second study) would sit beside this report, unlinked and out of date
+    for name in earlier - {path.name for path in written}:
+        (out / name).unlink(missing_ok=True)
     return table, written
