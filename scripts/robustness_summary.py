@@ -68,7 +68,7 @@ def table(root: str | Path, before: str | None = None) -> str:
     if before is not None:
         header += [f"eps {k}: at {before}" for k in keys]
     header += [f"{middle}: worst incl. Square"] + [f"certified {k}" for k in keys] + ["Lipschitz bound"]
-    lines = [f"Attack: {first.attacks['l2']}.", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines = [f"Attack: {first.described()['l2']}.", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += [line for _, line in sorted(row(r, before) for r in runs)]
     return "\n".join(lines)
 

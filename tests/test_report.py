@@ -143,13 +143,23 @@ def test_robust_columns_are_titled_by_the_attacks_that_gave_them(tmp_path):
 
 def test_each_row_says_which_evaluation_its_numbers_come_from(tmp_path):
     a, b = make_run(tmp_path, "a", 0.7), make_run(tmp_path, "b", 0.6, shuf_seed=1)
-    write_robustness(run_path(a), robustness(64, "PGD-l2 (3 steps of 0.5, 1 restart(s))"))
-    write_robustness(run_path(b), robustness(32, "APGD-CE-l2 (10 steps, 1 restart(s))"))
+    write_robustness(run_path(a), robustness(64, "-", settings=EvalSettings(steps=3)))
+    write_robustness(run_path(b), robustness(32, "-", settings=EvalSettings(attacks=("apgd-ce",), steps=10)))
     table = markdown_table(collect_runs(tmp_path))
     row = {line.split(" | ")[0][2:]: line for line in table.splitlines() if line.startswith("| fmnist")}
     assert " | [1] | 50.0 | 25.0 |" in row["fmnist1000_vgg5/a"] and " | [2] | 50.0 |" in row["fmnist1000_vgg5/b"]
-    assert "- [1] 64 test images, last weights of epoch 0; l2: PGD-l2 (3 steps of 0.5" in table
-    assert "- [2] 32 test images, last weights of epoch 0; l2: APGD-CE-l2 (10 steps" in table
+    assert "- [1] 64 test images, last weights of epoch 0; l2: PGD-l2 (3 steps of 0.5, 1 restart(s))" in table
+    assert "- [2] 32 test images, last weights of epoch 0; l2: APGD-CE-l2 (10 steps, 1 restart(s))" in table
+
+
+@pytest.mark.parametrize("targets", [3, 9])
+def test_an_evaluations_note_names_apgd_ts_target_classes_even_where_its_record_did_not(tmp_path, targets):
+    config = make_run(tmp_path, "a", 0.7)
+    settings = EvalSettings(attacks=("strong",), n_target_classes=targets)
+    old_wording = "worst case of APGD-CE-l2 (100 steps, 1 restart(s)) + APGD-T-l2 (100 steps, 1 restart(s))"
+    write_robustness(run_path(config), robustness(64, old_wording, settings=settings))  # as 0.2.1 wrote it
+    table = markdown_table(collect_runs(tmp_path))
+    assert f"+ APGD-T-l2 (100 steps, 1 restart(s), {targets} target classes)" in table
 
 
 def test_an_evaluation_of_weights_trained_since_is_left_out(tmp_path):

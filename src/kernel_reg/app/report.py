@@ -94,7 +94,7 @@ def markdown_table(runs: list[RunSummary]) -> str:
 
 def _evaluation_text(robustness: Robustness) -> str:
     """What a run's robust accuracies mean: the test images and the attacks (the table's "eval" notes)."""
-    attacks = "; ".join(f"{norm}: {text}" for norm, text in robustness.attacks.items())
+    attacks = "; ".join(f"{norm}: {text}" for norm, text in robustness.described().items())
     return f"{robustness.n} test images, {robustness.weights or 'best'} weights of epoch {robustness.epoch}; {attacks}"
 
 

@@ -42,7 +42,7 @@ from ..deprecation import moved_names, warn
 from .config import Config, upgrade_legacy
 from .data import EMBEDDED, DataRecord
 from .environment import Environment
-from .suite import EvalSettings
+from .suite import EvalSettings, describe_attacks
 
 # moved to kernel_reg.builders in 0.2 (importable from here, with a DeprecationWarning, until 0.3)
 __getattr__ = moved_names(
@@ -296,6 +296,13 @@ class Robustness:
         """ "pairwise" (f_y - f_j > K[y, j] eps for every j, today's) or "global" (margin > sqrt(2) L eps,
         the rule of records written before per-pair certificates), as ``attacks["certified_l2"]`` says."""
         return "global" if self.attacks.get("certified_l2", "").startswith("margin > sqrt(2)") else "pairwise"
+
+    def described(self) -> dict[str, str]:
+        """``attacks`` with the robust accuracies' attacks worded from ``settings`` by today's
+        ``suite.describe_attacks``: records written before it named APGD-T's target classes (0.2.2) say
+        how many were used, like newer ones."""
+        return {key: describe_attacks(key, self.settings) if key in ("l2", "linf") else text
+                for key, text in self.attacks.items()}  # fmt: skip
 
     @property
     def suspicious(self) -> list[str]:

@@ -286,6 +286,10 @@ def _gradient_budget(norm: str, s: EvalSettings) -> str:
     return f"{s.steps} steps, {s.restarts} restart(s)"
 
 
+def _targeted_budget(norm: str, s: EvalSettings) -> str:  # at most k - 1 of the targets exist for k classes
+    return f"{_gradient_budget(norm, s)}, {s.n_target_classes} target classes"
+
+
 EVAL_ATTACKS: dict[str, EvalAttack] = {
     attack.name: attack
     for attack in (
@@ -296,7 +300,7 @@ EVAL_ATTACKS: dict[str, EvalAttack] = {
         # DLR loss towards each likely wrong class in turn
         EvalAttack("apgd-ce", "APGD-CE", partial(_apgd, "ce", False), _gradient_budget),
         EvalAttack("apgd-dlr", "APGD-DLR", partial(_apgd, "dlr", False), _gradient_budget),
-        EvalAttack("apgd-t", "APGD-T", partial(_apgd, "dlr", True), _gradient_budget),
+        EvalAttack("apgd-t", "APGD-T", partial(_apgd, "dlr", True), _targeted_budget),
         # gradient-free random search (Andriushchenko et al.)
         EvalAttack("square", "Square", _square, lambda norm, s: f"{s.queries} queries"),
         # the worst case of APGD-CE and APGD-T, AutoAttack's white-box part
