@@ -32,6 +32,9 @@ only change when the records do. Kinds:
 - ``robustness FOLDER``: the table of ``scripts/robustness_summary.py FOLDER`` (a robustness sweep's
   experiment folder under results/): per evaluated run, clean, robust at each radius under the budget and
   the worst of it and twice it, with Square at the middle radius, certified accuracy and Lipschitz bound.
+- ``reattack PUBLISHED,AGAIN``: the runs of the study folder PUBLISHED that ``kernel-reg evaluate --out
+  AGAIN`` attacked again (say, with more target classes): both robust accuracies and their worst case at
+  each l2 radius, and how many images only one of the two broke, from their per-image records on the same images.
 - ``claim2 EXPERIMENT``: claim 2 replicated (``results/robustness_claim2``): per setting, the mean over its
   seeds of the clean and robust accuracy (robustness.json) with 95% t-intervals, and the training loss at
   the last epoch with its change over the last learning-rate stage (has it stopped falling?); then each
@@ -55,7 +58,9 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from kernel_reg.app.config import hyperparameter_text
+import numpy as np
+
+from kernel_reg.app.config import hyperparameter_text, method_label
 from kernel_reg.app.report import (
     paired_by_subset,
     paired_differences,
@@ -65,7 +70,15 @@ from kernel_reg.app.report import (
     selection_table,
     verdict_note,
 )
-from kernel_reg.app.rundir import Robustness, atomic_write_text, read_certification, read_robustness
+from kernel_reg.app.rundir import (
+    ROBUSTNESS,
+    Robustness,
+    atomic_write_text,
+    read_certification,
+    read_config,
+    read_robustness,
+    unpack_bits,
+)
 from kernel_reg.app.statistics import family, paired
 from kernel_reg.app.studies import (
     RunSummary,
@@ -276,6 +289,56 @@ def claim2_full(experiment: str) -> str:
     return "\n".join(lines)
 
 
+def reattack(folders: str) -> str:
+    """``PUBLISHED,AGAIN``: each run of the study folder PUBLISHED that AGAIN (``kernel-reg evaluate ...
+    --out AGAIN``) attacked again: its published and new robust accuracies and their worst case on the
+    images both evaluated (the first ones), and per radius the images that only one of the two broke, from
+    their per-image records (the same weights and clean predictions are required)."""
+    published, again = (_folder(folder) for folder in folders.split(",", 1))
+    records = sorted(again.glob(f"*/{ROBUSTNESS}"))
+    if not records:
+        return f"No run of {published.relative_to(ROOT)} has been attacked again yet."
+    rows, descriptions = [], set()
+    for path in records:
+        run = published / path.parent.name
+        first, second = read_robustness(run), read_robustness(path.parent)
+        if first is None or second is None:
+            raise SystemExit(f"{path.relative_to(ROOT)}: {run.relative_to(ROOT)} has no published evaluation")
+        n = min(first.n, second.n)
+        clean = [unpack_bits(r.per_example["clean"], n) for r in (first, second)]
+        if (first.weights, first.epoch) != (second.weights, second.epoch) or (clean[0] != clean[1]).any():
+            raise SystemExit(f"{path.relative_to(ROOT)}: not the published evaluation's weights (its clean "
+                             "predictions differ)")  # fmt: skip
+        descriptions.add((first.described()["l2"], second.described()["l2"], n))
+        rows.append((run, first, second))
+    if len(descriptions) != 1:
+        raise SystemExit(f"{again.relative_to(ROOT)}: its records were not all made under one pair of settings "
+                         "on one number of images")  # fmt: skip
+    (before, after, n), radii = descriptions.pop(), sorted(rows[0][2].l2, key=float)
+
+    def unbroken(record: Robustness, key: str) -> np.ndarray:
+        return unpack_bits(record.per_example[f"l2/{key}"], n)
+
+    lines = ["| method | strength | clean | " + " | ".join(f"l2 {k}: published / again / worst" for k in radii)
+             + " | broken only again | broken only in the published |",
+             "|---|---|---|" + "---|" * len(radii) + "---|---|"]  # fmt: skip
+    for run, first, second in sorted(rows, key=lambda row: (method_label(read_config(row[0])), row[0].name)):
+        config = read_config(run)
+        cells = [
+            " / ".join(f"{100 * kept.mean():.1f}" for kept in (a, b, a & b))
+            for a, b in ((unbroken(first, k), unbroken(second, k)) for k in radii)
+        ]
+        cells += [" / ".join(str(int((unbroken(kept, k) & ~unbroken(broke, k)).sum())) for k in radii)
+                  for broke, kept in ((second, first), (first, second))]  # fmt: skip
+        clean = 100 * unpack_bits(first.per_example["clean"], n).mean()
+        lines.append(f"| {method_label(config)} | {hyperparameter_text(config) or '-'} | {clean:.1f} | "
+                     + " | ".join(cells) + " |")  # fmt: skip
+    lines.append(f"\nAccuracy in % on the first {n} test images, the same weights. Published: {before}. "
+                 f"Again: {after}. Worst: unbroken by both. Broken only ...: images (at l2 {' / '.join(radii)}) that "
+                 "one evaluation broke and the other did not.")  # fmt: skip
+    return "\n".join(lines)
+
+
 def _folder(folder: str) -> Path:
     """``folder`` of the repository, which must exist."""
     if not (ROOT / folder).is_dir():
@@ -373,7 +436,7 @@ def robustness(folder: str) -> str:
 
 GENERATORS: dict[str, Callable[[str], str]] = {
     "paired": paired_study, "augmentation": augmentation, "claim2": claim2, "claim2-full": claim2_full,
-    "robustness": robustness,
+    "robustness": robustness, "reattack": reattack,
     "selection": selection,
     "certified": certified,
     "certifications": certifications,

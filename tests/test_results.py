@@ -375,3 +375,43 @@ def test_the_full_test_table_sets_each_model_beside_its_record_and_refuses_other
     write_robustness(tmp_path / "full_test" / "stray", full)
     with pytest.raises(SystemExit, match="no evaluated run of fmnist_vgg5"):
         tables.claim2_full("fmnist_vgg5")
+
+
+def test_a_reattack_is_compared_with_the_published_evaluation_image_by_image(tmp_path, monkeypatch):
+    import dataclasses
+
+    import numpy as np
+
+    from kernel_reg.app.rundir import pack_bits, run_path, write_robustness
+    from kernel_reg.app.suite import EvalSettings
+    from test_report import make_run, robustness
+
+    tables = load_script()
+    monkeypatch.setattr(tables, "ROOT", tmp_path)
+    config = make_run(tmp_path / "study", "pgd", 0.8, regs=("pgd-l2",), epsilon=1.0)
+    published = run_path(config)
+    clean = np.array([1, 1, 1, 1, 1, 1, 0, 1], bool)
+    kept = {"0.5": [1, 1, 1, 1, 0, 1, 0, 0], "2": [1, 0, 1, 1, 0, 0, 0, 0]}  # the published evaluation, 8 images
+
+    def record(n, unbroken, targets):
+        base = robustness(n, "-", settings=EvalSettings(attacks=("strong",), n_target_classes=targets))
+        per_example = {"clean": pack_bits(clean[:n]), **{f"l2/{k}": pack_bits(np.array(v[:n], bool))
+                                                         for k, v in unbroken.items()}}  # fmt: skip
+        return dataclasses.replace(base, l2={k: float(np.mean(v[:n])) for k, v in unbroken.items()},
+                                   per_example=per_example)  # fmt: skip
+
+    write_robustness(published, record(8, kept, 3))
+    again = tmp_path / "again" / published.name
+    again.mkdir(parents=True)
+    # on the first 4 images: at 2 it breaks image 2 as well, and spares image 1, which the published one broke
+    write_robustness(again, record(4, {"0.5": [1, 1, 1, 1], "2": [1, 1, 0, 1]}, 9))
+    table = tables.reattack(f"study/{published.parent.name},again")
+    row = next(line for line in table.splitlines() if line.startswith("| pgd-l2 "))
+    # first 4 images: clean 4/4; at 0.5 all kept by both; at 2 each keeps 3, both only images 0 and 3
+    assert row == "| pgd-l2 | epsilon=1 | 100.0 | 100.0 / 100.0 / 100.0 | 75.0 / 75.0 / 50.0 | 0 / 1 | 0 / 1 |"
+    assert "first 4 test images" in table and "3 target classes" in table and "9 target classes" in table
+    other = dataclasses.replace(record(4, kept, 9), per_example={**record(4, kept, 9).per_example,
+                                                                 "clean": pack_bits(~clean[:4])})  # fmt: skip
+    write_robustness(again, other)  # other weights: their clean predictions differ
+    with pytest.raises(SystemExit, match="not the published evaluation's weights"):
+        tables.reattack(f"study/{published.parent.name},again")
