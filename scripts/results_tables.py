@@ -310,11 +310,11 @@ def reattack(folders: str) -> str:
             raise SystemExit(f"{path.relative_to(ROOT)}: not the published evaluation's weights (its clean "
                              "predictions differ)")  # fmt: skip
         descriptions.add((first.described()["l2"], second.described()["l2"], n))
-        rows.append((run, first, second))
+        rows.append((run.name, read_config(run), first, second, clean[0]))
     if len(descriptions) != 1:
         raise SystemExit(f"{again.relative_to(ROOT)}: its records were not all made under one pair of settings "
                          "on one number of images")  # fmt: skip
-    (before, after, n), radii = descriptions.pop(), sorted(rows[0][2].l2, key=float)
+    (before, after, n), radii = descriptions.pop(), sorted(rows[0][3].l2, key=float)
 
     def unbroken(record: Robustness, key: str) -> np.ndarray:
         return unpack_bits(record.per_example[f"l2/{key}"], n)
@@ -322,16 +322,13 @@ def reattack(folders: str) -> str:
     lines = ["| method | strength | clean | " + " | ".join(f"l2 {k}: published / again / worst" for k in radii)
              + " | broken only again | broken only in the published |",
              "|---|---|---|" + "---|" * len(radii) + "---|---|"]  # fmt: skip
-    for run, first, second in sorted(rows, key=lambda row: (method_label(read_config(row[0])), row[0].name)):
-        config = read_config(run)
-        cells = [
-            " / ".join(f"{100 * kept.mean():.1f}" for kept in (a, b, a & b))
-            for a, b in ((unbroken(first, k), unbroken(second, k)) for k in radii)
-        ]
-        cells += [" / ".join(str(int((unbroken(kept, k) & ~unbroken(broke, k)).sum())) for k in radii)
-                  for broke, kept in ((second, first), (first, second))]  # fmt: skip
-        clean = 100 * unpack_bits(first.per_example["clean"], n).mean()
-        lines.append(f"| {method_label(config)} | {hyperparameter_text(config) or '-'} | {clean:.1f} | "
+    for _, config, first, second, clean in sorted(rows, key=lambda row: (method_label(row[1]), row[0])):
+        flags = [(unbroken(first, k), unbroken(second, k)) for k in radii]  # per radius: unbroken (published, again)
+        cells = [" / ".join(f"{100 * kept.mean():.1f}" for kept in (a, b, a & b)) for a, b in flags]
+        # broken only again, then broken only in the published
+        cells += [" / ".join(str(int(only.sum())) for only in (a & ~b for a, b in flags)),
+                  " / ".join(str(int(only.sum())) for only in (b & ~a for a, b in flags))]  # fmt: skip
+        lines.append(f"| {method_label(config)} | {hyperparameter_text(config) or '-'} | {100 * clean.mean():.1f} | "
                      + " | ".join(cells) + " |")  # fmt: skip
     lines.append(f"\nAccuracy in % on the first {n} test images, the same weights. Published: {before}. "
                  f"Again: {after}. Worst: unbroken by both. Broken only ...: images (at l2 {' / '.join(radii)}) that "

@@ -2,6 +2,7 @@
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -128,10 +129,6 @@ def test_the_version_is_that_of_the_source_tree_imported_not_of_another_installe
     """An editable install of one checkout with PYTHONPATH at another (a study's worktree): the version
     recorded in provenance is the imported tree's; a tree whose pyproject is not kernel-reg's, or none,
     leaves the installed metadata's."""
-    import shutil
-    import subprocess
-    import sys
-
     package = Path(kernel_reg.__file__).parent
     for name, version, expected in (("kernel-reg", "9.8.7", "9.8.7"), ("other", "9.8.7", kernel_reg.__version__)):
         tree = tmp_path / name
