@@ -4,8 +4,10 @@ image.
 A setting defines the front at a radius when no other setting matches or beats both its mean clean accuracy
 and its mean robust accuracy there (over its seeds; one of the two strictly): the points of the fronts that
 ``kernel-reg report`` draws. For each setting on the front at any recorded l2 radius, the run of its first
-training subset is evaluated again, with the attack settings its record used, on all the test images, into
-``--out`` (the records of the first 2,000 images stay where they are):
+training subset whose weights are here (``checkpoint.pt`` where it trained, ``weights.pt`` where published)
+is evaluated again, with the attack settings its record used, on all the test images, into ``--out`` (the
+records of the first 2,000 images stay where they are); a setting none of whose runs has weights here is
+named in a comment, and the exit status is then 1:
 
     python scripts/claim2_front.py [results/robustness_claim2/fmnist_vgg5] \\
         [--out results/robustness_claim2/full_test] [--device cuda] [--missing] | bash
@@ -23,10 +25,11 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-from kernel_reg.app.rundir import ROBUSTNESS
+from kernel_reg.app.rundir import CHECKPOINT, ROBUSTNESS, WEIGHTS
 from kernel_reg.app.studies import RunSummary, collect_runs, pool_settings, seed_of
 from kernel_reg.app.suite import to_flags
 
+WEIGHT_FILES = (CHECKPOINT, WEIGHTS)  # where it trained, where it is published
 Point = tuple[float, float]  # (mean clean accuracy, mean robust accuracy)
 
 
@@ -84,14 +87,22 @@ def main(argv: list[str] | None = None) -> int:
     for radius, keys in fronts(settings).items():
         print(f"# front at l2 {radius}: " + "; ".join(settings[k][0].setting for k in keys))
         chosen += [k for k in keys if k not in chosen]
+    unweighted = 0
     for key in chosen:
-        first = min(settings[key], key=seed_of)
+        weighted = [r for r in sorted(settings[key], key=seed_of) if any((r.path / f).is_file() for f in WEIGHT_FILES)]
+        if not weighted:
+            unweighted += 1
+            folders = ", ".join(r.path.name for r in settings[key])
+            print(f"# no weights of {settings[key][0].setting} here (no {CHECKPOINT} or {WEIGHTS} in {folders}): "
+                  "its seeds' records, no model to evaluate")  # fmt: skip
+            continue
+        first = weighted[0]
         done = Path(args.out) / first.path.resolve().name / ROBUSTNESS  # where `evaluate --out` writes it
         if args.missing and done.is_file():
             print(f"# done: {done}")
         else:
             print(command(first, args.out, args.device))
-    return 0
+    return 1 if unweighted else 0
 
 
 if __name__ == "__main__":

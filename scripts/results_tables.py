@@ -27,8 +27,9 @@ only change when the records do. Kinds:
   exact one (``results/finite_difference``), per training subset beside the small-data baseline on it, the
   mean +- s.e. and the paired t-interval and p of finite difference - exact.
 - ``reproduction FILE[,FILE...]``: what each committed output of ``kernel-reg reproduce`` says: the run
-  retrained, its thread count, how many evaluations the retraining matched bit for bit, its largest
-  differences, the last test accuracy recorded and retrained, and its exit status.
+  retrained, its thread count, the machine it was retrained on when not the record's (CPU model and
+  instruction set), how many evaluations the retraining matched bit for bit, its largest differences, the
+  last test accuracy recorded and retrained, and its exit status.
 - ``robustness FOLDER``: the table of ``scripts/robustness_summary.py FOLDER`` (a robustness sweep's
   experiment folder under results/): per evaluated run, clean, robust at each radius under the budget and
   the worst of it and twice it, with Square at the middle radius, certified accuracy and Lipschitz bound.
@@ -406,8 +407,9 @@ def finite_difference(experiment: str) -> str:
 
 def reproduction(files: str) -> str:
     """The committed ``kernel-reg reproduce`` outputs as a table (see the module docstring)."""
-    lines = ["| run | threads | evaluations bit-identical | largest difference (test / validation accuracy, points) "
-             "| last test accuracy, recorded / retrained | exit |", "|---|---|---|---|---|---|"]  # fmt: skip
+    lines = ["| run | threads | retrained on | evaluations bit-identical "
+             "| largest difference (test / validation accuracy, points) | last test accuracy, recorded / retrained "
+             "| exit |", "|---|---|---|---|---|---|---|"]  # fmt: skip
     for name in files.split(","):
         text = (ROOT / name).read_text()
         run = re.search(r"^\$ kernel-reg reproduce (\S+)", text, re.M)
@@ -415,14 +417,20 @@ def reproduction(files: str) -> str:
         same = re.search(r"(\d+) of (\d+) evaluations bit-identical; last test accuracy recorded ([\d.]+)%, "
                          r"retrained ([\d.]+)%", text)  # fmt: skip
         status = re.search(r"^exit (\d+)$", text, re.M)
+        machine = re.search(r"^not the record's machine: .*; this run on (.+?); its numbers", text, re.M)
         if run is None or threads is None or same is None or status is None:
             raise SystemExit(f"{name} is not the output of kernel-reg reproduce --threads N (with its exit status)")
         differences = text.partition("largest differences")[2]  # empty when every evaluation matched
         gaps = {k: float(v) for k, v in re.findall(r"(\w+_acc) ([\d.]+)", differences)}
-        largest = f"{100 * gaps.get('test_acc', 0):.2f} / {100 * gaps.get('val_acc', 0):.2f}"
+        validated = re.search(r"^epoch \d+, .*val_acc", text, re.M)  # a run without a validation split: "-"
+        val = f"{100 * gaps.get('val_acc', 0):.2f}" if validated else "-"
+        largest = f"{100 * gaps.get('test_acc', 0):.2f} / {val}"
         folder = f"`{Path(run[1]).parent.name}/{Path(run[1]).name}`"
-        lines.append(f"| {folder} | {threads[1]} | {same[1]} of {same[2]} | {largest} | {same[3]} / {same[4]} "
-                     f"| {status[1]} |")  # fmt: skip
+        where = "the record's machine"  # outputs before 0.2.3 do not say; those committed were made on it
+        if machine is not None:  # "cpu: MODEL, N thread(s), INSTRUCTION SET": the threads have their column
+            where = ", ".join(p for p in machine[1].removeprefix("cpu: ").split(", ") if not p.endswith("thread(s)"))
+        lines.append(f"| {folder} | {threads[1]} | {where} | {same[1]} of {same[2]} | {largest} "
+                     f"| {same[3]} / {same[4]} | {status[1]} |")  # fmt: skip
     return "\n".join(lines)
 
 

@@ -12,6 +12,7 @@ from kernel_reg.app import data
 from kernel_reg.app.builders import load_run
 from kernel_reg.app.config import identity
 from kernel_reg.app.data import DataMismatchError, DataNotFoundError
+from kernel_reg.app.environment import Environment
 from kernel_reg.app.evaluation import evaluate_run
 from kernel_reg.app.rundir import (
     CONFIG,
@@ -100,6 +101,9 @@ def test_a_run_records_its_data_and_environment_and_no_machine_path(tmp_path, ti
     (session,) = record.trainings
     assert session.torch == torch.__version__ and session.threads == torch.get_num_threads()
     assert session.from_epoch == 0 and session.device.startswith("cpu") and session.data_override is None
+    assert session.cpu_capability == torch.backends.cpu.get_cpu_capability()
+    old = {k: v for k, v in session.to_dict().items() if k != "cpu_capability"}  # a record made before 0.2.3
+    assert Environment.from_dict(old).cpu_capability is None
     # resumed for one more epoch: a second session, from epoch 1
     train(config.replace(num_epochs=2), log=lambda _: None)
     assert [s.from_epoch for s in read_provenance(run_dir).trainings] == [0, 1]

@@ -88,7 +88,7 @@ def test_the_rewrite_keeps_the_file_mode_follows_a_link_and_refuses_a_read_only_
     link.symlink_to(results)
     done = _run_script(link)
     assert done.returncode == 0, done.stderr
-    assert link.is_symlink() and "| 1 | 16 of 16 |" in results.read_text()  # the target is rewritten
+    assert link.is_symlink() and "| 1 | the record's machine | 16 of 16 |" in results.read_text()  # target rewritten
     assert results.stat().st_mode & 0o777 == 0o640
     assert [p.name for p in tmp_path.iterdir() if p.name not in ("RESULTS.md", "link.md")] == []  # no temporary left
 
@@ -101,7 +101,7 @@ def test_a_closed_pipe_after_the_rewrite_is_no_error(tmp_path):
     command = f"{sys.executable} {SCRIPT} --results {results} | true; exit ${{PIPESTATUS[0]}}"
     done = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0 and "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr
-    assert "| 1 | 16 of 16 |" in results.read_text()
+    assert "| 1 | the record's machine | 16 of 16 |" in results.read_text()
 
 
 @pytest.mark.parametrize(
@@ -253,13 +253,27 @@ def test_the_reproduction_table_reads_each_output_and_refuses_another_file(tmp_p
     )
     (tmp_path / "apart.txt").write_text(
         "$ kernel-reg reproduce results/x/exp/run_b/ --threads 4\n"
+        "retraining results/x/exp/run_b into runs/exp/run_b on 4 thread(s)\n"
+        "epoch 0, val_acc 0.5000, test_acc 0.4000\n"
+        "not the record's machine: the record trained on cpu: Intel Xeon, 4 thread(s), AVX512; this run on "
+        "cpu: AMD EPYC 7B13, 4 thread(s), AVX2; its numbers may differ in the last bits, then drift\n"
         "1 of 3 evaluations bit-identical; last test accuracy recorded 80.39%, retrained 80.10%\n"
         "kernel-reg reproduce: the retrained run differs from the record (largest differences: train_loss 0.1, "
-        "train_acc 0.02, val_acc 0.0031, test_acc 0.0125)\nexit 1\n"
+        "train_acc 0.02, val_acc 0.0031, test_acc 0.0125); the record trained on cpu: Intel Xeon, 4 thread(s), "
+        "AVX512; this run on cpu: AMD EPYC 7B13, 4 thread(s), AVX2\nexit 1\n"
     )
     rows = tables.reproduction("same.txt,apart.txt").splitlines()[2:]
-    assert rows[0] == "| `exp/run_a` | 1 | 3 of 3 | 0.00 / 0.00 | 80.39 / 80.39 | 0 |"  # epoch lines: no differences
-    assert rows[1] == "| `exp/run_b` | 4 | 1 of 3 | 1.25 / 0.31 | 80.39 / 80.10 | 1 |"
+    assert rows[0] == "| `exp/run_a` | 1 | the record's machine | 3 of 3 | 0.00 / 0.00 | 80.39 / 80.39 | 0 |"
+    assert rows[1] == "| `exp/run_b` | 4 | AMD EPYC 7B13, AVX2 | 1 of 3 | 1.25 / 0.31 | 80.39 / 80.10 | 1 |"
+    (tmp_path / "plain.txt").write_text(  # a run without a validation split
+        "$ kernel-reg reproduce results/x/exp/run_c --threads 1\nepoch 0, train_loss 1.0, test_acc 0.4000\n"
+        "0 of 1 evaluations bit-identical; last test accuracy recorded 40.00%, retrained 41.00%\n"
+        "kernel-reg reproduce: the retrained run differs from the record (largest differences: train_loss 0.1, "
+        "train_acc 0.02, val_acc 0, test_acc 0.01)\nexit 1\n"
+    )
+    assert tables.reproduction("plain.txt").splitlines()[2] == (
+        "| `exp/run_c` | 1 | the record's machine | 0 of 1 | 1.00 / - | 40.00 / 41.00 | 1 |"
+    )
     (tmp_path / "log.txt").write_text("epoch 0, test_acc 0.4\n")
     with pytest.raises(SystemExit, match="log.txt is not the output of kernel-reg reproduce"):
         tables.reproduction("log.txt")
@@ -311,6 +325,7 @@ def _claim2_study(root, settings):
                               shuf_seed=subset, seed=42 + subset, **changes)  # fmt: skip
             record = robustness(2000, "-", clean=clean, settings=evaluated)
             write_robustness(run_path(config), dataclasses.replace(record, l2={"0.5": robust + 0.1, "1": robust}))
+            (run_path(config) / "weights.pt").write_bytes(b"")  # published weights (their presence is read)
     return evaluated
 
 
@@ -346,6 +361,17 @@ def test_the_front_script_evaluates_each_front_setting_on_every_image_as_its_rec
     out = capsys.readouterr().out.splitlines()
     assert [Path(shlex.split(c)[2]).name for c in out if not c.startswith("#")] == ["none_s0", "pgd2_s0"]
     assert f"# done: {tmp_path / 'OUT' / 'pgd1_s0' / 'robustness.json'}" in out
+    # the first subset's weights lost (not published, its machine gone): the next subset's are evaluated
+    (tmp_path / "fmnist_vgg5" / "pgd2_s0" / "weights.pt").unlink()
+    assert script.main([str(tmp_path / "fmnist_vgg5"), "--out", "OUT"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert [Path(shlex.split(c)[2]).name for c in out if not c.startswith("#")] == ["none_s0", "pgd1_s0", "pgd2_s1"]
+    for subset in (0, 1):  # no weights of any subset: named, no command, exit status 1
+        (tmp_path / "fmnist_vgg5" / f"none_s{subset}" / "weights.pt").unlink()
+    assert script.main([str(tmp_path / "fmnist_vgg5"), "--out", "OUT"]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert [Path(shlex.split(c)[2]).name for c in out if not c.startswith("#")] == ["pgd1_s0", "pgd2_s1"]
+    assert "# no weights of none here (no checkpoint.pt or weights.pt in none_s0, none_s1)" in "\n".join(out)
 
 
 def test_the_full_test_table_sets_each_model_beside_its_record_and_refuses_other_attacks(tmp_path, monkeypatch):

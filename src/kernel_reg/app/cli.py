@@ -421,7 +421,8 @@ def _reproduce_command(args: argparse.Namespace, argv: Sequence[str]) -> int:
     if result.exact:
         return 0
     largest = ", ".join(f"{name} {result.largest[name]:.3g}" for name in COMPARED)
-    print(f"kernel-reg reproduce: the retrained run differs from the record (largest differences: {largest})",
+    why = "" if result.machines is None else f"; {result.machines}"
+    print(f"kernel-reg reproduce: the retrained run differs from the record (largest differences: {largest}){why}",
           file=sys.stderr)  # fmt: skip
     return 1
 

@@ -1,5 +1,6 @@
-"""What a run was computed with: package version, git commit, torch and Python versions, device, threads
-and the determinism settings; recorded in the run folder each time training starts or resumes."""
+"""What a run was computed with: package version, git commit, torch and Python versions, device (the CPU's
+model), threads, the instruction set of torch's CPU kernels and the determinism settings; recorded in the
+run folder each time training starts or resumes."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ import torch
 
 import kernel_reg
 from kernel_reg._source import SOURCE_TREE
+
+CPUINFO = Path("/proc/cpuinfo")
 
 
 def package_version() -> str:
@@ -41,10 +44,25 @@ def git_state(tree: Path = SOURCE_TREE) -> tuple[str | None, bool | None]:
     return commit.strip(), None if status is None else bool(status.strip())
 
 
+def cpu_model(cpuinfo: Path = CPUINFO) -> str:
+    """The CPU's model name as Linux reports it (``model name`` in /proc/cpuinfo), else what ``platform``
+    says (often only the architecture, e.g. "x86_64")."""
+    try:
+        for line in cpuinfo.read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and value.strip():
+                return value.strip()
+    except (OSError, UnicodeDecodeError):
+        pass
+    return platform.processor() or platform.machine()
+
+
 @dataclass(frozen=True)
 class Environment:
     """The software and machine one training session ran with, from ``from_epoch`` on; ``data_override``:
-    why it went on although its data differed from the run's record (``--allow-other-data``), else None."""
+    why it went on although its data differed from the run's record (``--allow-other-data``), else None;
+    ``cpu_capability``: the instruction set torch's CPU kernels use ("AVX2", "AVX512", ...; None in records
+    made before 0.2.3), which with the thread count fixes the order of a CPU training's floating-point sums."""
 
     package_version: str
     commit: str | None
@@ -59,6 +77,7 @@ class Environment:
     cudnn_benchmark: bool
     from_epoch: int = 0
     data_override: str | None = None
+    cpu_capability: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -71,7 +90,7 @@ class Environment:
 def capture(device: torch.device, from_epoch: int = 0, data_override: str | None = None) -> Environment:
     """The environment of this process, training on ``device``."""
     commit, dirty = git_state()
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model()
     return Environment(
         package_version=package_version(),
         commit=commit,
@@ -86,4 +105,5 @@ def capture(device: torch.device, from_epoch: int = 0, data_override: str | None
         cudnn_benchmark=bool(torch.backends.cudnn.benchmark),
         from_epoch=from_epoch,
         data_override=data_override,
+        cpu_capability=torch.backends.cpu.get_cpu_capability(),
     )
