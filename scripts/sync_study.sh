@@ -2,7 +2,10 @@
 # Copy a study's finished runs (trained to their last epoch, or diverged) from the folder a sweep writes into
 # the repository's results/: their records (config, metrics, provenance, robustness, certificates, published
 # weights, divergence), never checkpoints; a run still training is left for a later copy, a damaged one
-# named (exit 1). Runs the package's Python (PYTHON, default the repository's .venv). E.g.
+# named (exit 1). A run whose evaluation is under way also brings its journal (robustness.journal/), so
+# that a later session resumes it from its published weights (`kernel-reg export` them first: the runs
+# without are named); a copied journal whose evaluation has since finished is removed. Runs the package's
+# Python (PYTHON, default the repository's .venv). E.g.
 #   scripts/sync_study.sh /work/study/results/small_data_fit results/small_data_fit
 set -euo pipefail
 PYTHON=${PYTHON:-$(cd "$(dirname "$0")/.." && pwd)/.venv/bin/python}  # the package's reading of run folders
@@ -16,12 +19,13 @@ import shutil
 import sys
 from pathlib import Path
 
+from kernel_reg.app.journal import JOURNAL
 from kernel_reg.app.rundir import RunFolderError, read_config, read_divergence, read_metrics, trained_to_end
 from kernel_reg.app.studies import run_folders
 
 RECORDS = ("config.json", "metrics.jsonl", "provenance.json", "robustness.json", "certified.json", "certified_val.json",
            "weights.pt", "diverged.json")
-to, copied, left, damaged = Path(sys.argv[1]), 0, [], []
+to, copied, left, damaged, unpublished = Path(sys.argv[1]), 0, [], [], []
 for run in run_folders("."):  # the rule of `kernel-reg report`: set-aside and hidden folders are not runs
     try:
         done = trained_to_end(read_config(run), read_metrics(run)) or read_divergence(run) is not None
@@ -36,10 +40,19 @@ for run in run_folders("."):  # the rule of `kernel-reg report`: set-aside and h
         for record in RECORDS:
             if (run / record).is_file():
                 shutil.copy2(run / record, to / run / record)
+        if (run / JOURNAL).is_dir() and not (run / "robustness.json").is_file():  # an evaluation under way
+            shutil.copytree(run / JOURNAL, to / run / JOURNAL, dirs_exist_ok=True)
+            if not (run / "weights.pt").is_file():
+                unpublished.append(str(run))
+        elif (to / run / JOURNAL).is_dir():  # its evaluation has finished since the last copy
+            shutil.rmtree(to / run / JOURNAL)
     except OSError as error:
         sys.exit(f"sync_study.sh: {to / run}: {error.strerror}; {copied} runs copied before it")
     copied += 1
 print(f"copied {copied} finished runs" + (f"; left {len(left)} unfinished: {', '.join(left)}" if left else ""))
+if unpublished:
+    print("evaluations under way without published weights (their journals resume only with them; "
+          f"kernel-reg export RUN, then copy again): {', '.join(unpublished)}")
 if damaged:
     sys.exit("sync_study.sh: not copied, their records are damaged: " + "; ".join(damaged))
 PY

@@ -347,6 +347,38 @@ def test_sync_study_copies_a_diverged_run_and_names_a_damaged_one(tmp_path):
     assert (tmp_path / "to" / "exp" / "diverged_s0" / "diverged.json").is_file()
 
 
+def test_sync_study_brings_the_journal_of_an_evaluation_under_way_and_drops_it_once_finished(tmp_path):
+    """A trained run whose evaluation is under way: its journal is copied (a later session resumes it),
+    the run named while its weights are not published; once its record is written, the copy's journal goes."""
+    import sys
+
+    source, target = tmp_path / "sweep", tmp_path / "to"
+    run = source / "exp" / "pgd_s0"
+    _study_run(run, 1)
+    (run / "robustness.journal").mkdir()
+    (run / "robustness.journal" / "key").write_text("abc")
+    (run / "robustness.journal" / "000001.pt").write_bytes(b"batch")
+    script = Path(__file__).parents[1] / "scripts" / "sync_study.sh"
+    env = {**os.environ, "PYTHON": sys.executable}
+
+    def sync() -> str:
+        return subprocess.run(["bash", script, source, target], check=True, capture_output=True, text=True,
+                              env=env).stdout  # fmt: skip
+
+    assert "without published weights" in sync() and "exp/pgd_s0" in sync()
+    copied = target / "exp" / "pgd_s0"
+    assert sorted(p.name for p in (copied / "robustness.journal").iterdir()) == ["000001.pt", "key"]
+    assert not (copied / "checkpoint.pt").exists()
+    (run / "weights.pt").write_bytes(b"published")  # kernel-reg export
+    (run / "robustness.journal" / "000002.pt").write_bytes(b"batch")
+    assert "without published weights" not in sync()
+    assert len(list((copied / "robustness.journal").iterdir())) == 3 and (copied / "weights.pt").is_file()
+    shutil.rmtree(run / "robustness.journal")  # the evaluation finished: its record written, its journal gone
+    (run / "robustness.json").write_text("{}")
+    sync()
+    assert (copied / "robustness.json").is_file() and not (copied / "robustness.journal").exists()
+
+
 def test_seeds_parse_as_a_count_or_an_inclusive_range():
     assert list(parse_seeds("3")) == [0, 1, 2]
     assert list(parse_seeds("3-7")) == [3, 4, 5, 6, 7]
