@@ -25,11 +25,10 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-from kernel_reg.app.rundir import CHECKPOINT, ROBUSTNESS, WEIGHTS
+from kernel_reg.app.rundir import CHECKPOINT, ROBUSTNESS, WEIGHTS, saved_weights
 from kernel_reg.app.studies import RunSummary, collect_runs, pool_settings, seed_of
 from kernel_reg.app.suite import to_flags
 
-WEIGHT_FILES = (CHECKPOINT, WEIGHTS)  # where it trained, where it is published
 Point = tuple[float, float]  # (mean clean accuracy, mean robust accuracy)
 
 
@@ -89,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         chosen += [k for k in keys if k not in chosen]
     unweighted = 0
     for key in chosen:
-        weighted = [r for r in sorted(settings[key], key=seed_of) if any((r.path / f).is_file() for f in WEIGHT_FILES)]
+        weighted = [r for r in sorted(settings[key], key=seed_of) if saved_weights(r.path) is not None]
         if not weighted:
             unweighted += 1
             folders = ", ".join(r.path.name for r in settings[key])

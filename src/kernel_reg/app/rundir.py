@@ -627,14 +627,20 @@ def write_checkpoint(run_dir: str | Path, checkpoint: Checkpoint) -> None:
     atomic_torch_save(checkpoint.to_dict(), Path(run_dir) / CHECKPOINT)
 
 
+def saved_weights(run_dir: str | Path) -> Path | None:
+    """Where a run folder's weights are: ``checkpoint.pt`` where it trained, else its published ``weights.pt``;
+    None when it holds neither."""
+    return next((Path(run_dir) / f for f in (CHECKPOINT, WEIGHTS) if (Path(run_dir) / f).is_file()), None)
+
+
 def read_checkpoint(run_dir: str | Path, device: torch.device | str = "cpu", weights: bool = False) -> Checkpoint:
     """The training state of a run folder; RunFolderError when it is missing, truncated or corrupt.
 
     ``weights``: a folder without ``checkpoint.pt`` may give its published ``weights.pt`` instead (the last
     and the best weights with their epochs, no optimizer state; see ``export_weights``)."""
     path = Path(run_dir) / CHECKPOINT
-    if weights and not path.is_file() and (Path(run_dir) / WEIGHTS).is_file():
-        path = Path(run_dir) / WEIGHTS
+    if weights:
+        path = saved_weights(run_dir) or path
     if not path.is_file():
         published = f" (nor the published weights, {WEIGHTS})" if weights else ""
         raise RunFolderError(f"{run_dir} has no {CHECKPOINT}{published}: train it first")
