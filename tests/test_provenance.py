@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from kernel_reg.app import data
+from kernel_reg.app import data, environment
 from kernel_reg.app.builders import load_run
 from kernel_reg.app.config import identity
 from kernel_reg.app.data import DataMismatchError, DataNotFoundError
@@ -19,6 +19,7 @@ from kernel_reg.app.rundir import (
     PROVENANCE,
     ROBUSTNESS,
     WEIGHTS,
+    Robustness,
     export_weights,
     read_provenance,
     read_robustness,
@@ -142,6 +143,15 @@ def test_evaluation_checks_the_test_data_and_records_them(tmp_path, tiny):
     with torch.no_grad():
         correct = (run.model(run.splits.test_x).argmax(1) == run.splits.test_y).numpy()
     assert (flags == correct).all()
+    # what computed it: this machine, named with what fixes its rounding; the record keeps it
+    here = environment.machine(torch.device("cpu"))
+    threads = torch.get_num_threads()
+    assert here == (f"cpu: {environment.cpu_model()}, {torch.backends.cpu.get_cpu_capability()}, {threads} thread"
+                    + "s" * (threads > 1))  # fmt: skip
+    assert result.machines == (here,) == read_robustness(run_dir).machines
+    old = json.loads((run_dir / ROBUSTNESS).read_text())
+    del old["machines"]  # a record made before 0.2.4
+    assert Robustness.from_dict(old).machines == ()
     other = copy_embedded(tmp_path / "other", change_pixel=True)  # other training images, same test images
     assert evaluate_run(run_dir, QUICK, "cpu", data_dir=str(other)).data_override is None
     test_changed = tmp_path / "test changed"

@@ -275,6 +275,52 @@ def test_an_interrupted_evaluation_resumes_from_its_journal_to_the_record_of_an_
     assert len(list((tmp_path / "journal").glob("*.pt"))) == total  # the caller removes it
 
 
+def test_a_journal_resumed_on_another_machine_says_so_in_the_record(trained, tmp_path, monkeypatch):
+    """Half the batches journaled on another kind of machine (or, before 0.2.4, on one not recorded), the rest
+    here: the numbers are the uninterrupted evaluation's, the record and the summary name both machines in
+    that order, and resuming says where the journal's batches were computed."""
+    from kernel_reg.app import environment
+    from kernel_reg.app.evaluation import summary
+    from kernel_reg.app.journal import Journal
+
+    model, x, y = trained
+    settings = replace(RESUMABLE, l2_eps=(0.5,), linf_eps=(), converge_every_radius=False, checks=False)
+    here = environment.machine(x.device)
+    whole = evaluate_model(model, x, y, settings, (1, 28, 28))
+    assert whole.machines == (here,)
+    real = Journal.batch
+    for other, named in (("cpu: Other CPU, AVX512, 1 thread", "cpu: Other CPU, AVX512, 1 thread"),
+                         (None, "a machine not recorded")):  # fmt: skip
+        journal = tmp_path / f"journal {named}"
+        done = []
+
+        def elsewhere(self, stage, index, compute):
+            if len(done) == 3:
+                raise KeyboardInterrupt
+            done.append(stage)
+            return real(self, stage, index, compute)
+
+        monkeypatch.setattr(Journal, "batch", elsewhere)
+        monkeypatch.setattr(environment, "machine", lambda device: other or "dropped below")
+        with pytest.raises(KeyboardInterrupt):
+            evaluate_model(model, x, y, settings, (1, 28, 28), journal=journal)
+        monkeypatch.undo()
+        if other is None:  # entries as 0.2.3 wrote them, without a machine
+            for entry in journal.glob("*.pt"):
+                saved = torch.load(entry, weights_only=True)
+                del saved["machine"]
+                torch.save(saved, entry)
+        lines = []
+        resumed = evaluate_model(model, x, y, settings, (1, 28, 28), journal=journal, log=lines.append)
+        assert lines == [f"{journal.name}: resuming, 3 batches already evaluated (computed on {named}; "
+                         f"this one is {here})"]  # fmt: skip
+        recorded = other or "not recorded"
+        assert resumed.machines == (recorded, here)
+        assert replace(resumed, machines=whole.machines) == whole
+        assert summary(resumed)[-1] == f"  computed on 2 machines, in this order: {recorded}; {here}"
+    assert not any("computed on" in line for line in summary(whole))
+
+
 def test_a_journal_of_another_evaluation_or_a_damaged_one_is_set_aside(trained, tmp_path):
     model, x, y = trained
     settings = replace(RESUMABLE, l2_eps=(0.5,), linf_eps=(), converge_every_radius=False, checks=False)

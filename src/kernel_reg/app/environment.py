@@ -57,6 +57,22 @@ def cpu_model(cpuinfo: Path = CPUINFO) -> str:
     return platform.processor() or platform.machine()
 
 
+def device_name(device: torch.device) -> str:
+    """ "cpu: <the CPU's model>" or "cuda: <the GPU's name>"."""
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model()
+    return f"{device.type}: {name}"
+
+
+def machine(device: torch.device) -> str:
+    """What fixes the floating-point results of a computation on ``device`` besides the code: the device's
+    name and, on the CPU, the instruction set of torch's kernels and the thread count ("cpu: AMD EPYC, AVX2,
+    1 thread"; "cuda: NVIDIA H100 80GB HBM3")."""
+    if device.type != "cpu":
+        return device_name(device)
+    threads = torch.get_num_threads()
+    return f"{device_name(device)}, {torch.backends.cpu.get_cpu_capability()}, {threads} thread{'s' * (threads > 1)}"
+
+
 @dataclass(frozen=True)
 class Environment:
     """The software and machine one training session ran with, from ``from_epoch`` on; ``data_override``:
@@ -90,7 +106,6 @@ class Environment:
 def capture(device: torch.device, from_epoch: int = 0, data_override: str | None = None) -> Environment:
     """The environment of this process, training on ``device``."""
     commit, dirty = git_state()
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model()
     return Environment(
         package_version=package_version(),
         commit=commit,
@@ -98,7 +113,7 @@ def capture(device: torch.device, from_epoch: int = 0, data_override: str | None
         torch=torch.__version__,
         python=platform.python_version(),
         platform=f"{platform.system()} {platform.machine()}",
-        device=f"{device.type}: {name}",
+        device=device_name(device),
         threads=torch.get_num_threads(),
         deterministic_algorithms=torch.are_deterministic_algorithms_enabled(),
         cudnn_deterministic=bool(torch.backends.cudnn.deterministic),

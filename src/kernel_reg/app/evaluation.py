@@ -19,7 +19,7 @@ from .. import lipschitz
 from ..arguments import check_choice, check_positive
 from ..attacks import Square
 from ..deprecation import moved_names, warn
-from . import checks, metrics, suite
+from . import checks, environment, metrics, suite
 from .builders import LoadedRun, load_run
 from .checks import radius_text
 from .journal import JOURNAL, Journal, discard_journal, evaluation_key
@@ -138,10 +138,11 @@ def evaluate_model(
         A ``rundir.Robustness``; its accuracy dicts are keyed by ``suite.eps_key(eps)``.
     """
     generator = settings.generator()
+    here = environment.machine(x.device)
     book = None
     if journal is not None:
         key = evaluation_key([*model.state_dict().items(), ("x", x), ("y", y)], settings.to_dict())
-        book = Journal(journal, key, generator, log)
+        book = Journal(journal, key, generator, log, here)
     clean_ok = metrics.robust_correct(model, metrics.unchanged, x, y, settings.batch_size, "clean accuracy", book)
     per_example = {"clean": pack_bits(clean_ok)}
     accuracies: dict[str, dict[str, float]] = {}
@@ -189,6 +190,7 @@ def evaluate_model(
         lipschitz_bound=bound, lipschitz_lower=lower,
         certified_l2=certified, attacks=attacks, settings=settings, doubled=doubled,
         masking_checks=None if found is None else tuple(found), certified_note=note, per_example=per_example,
+        machines=tuple(dict.fromkeys([*(book.machines if book else ()), here])),
     )  # fmt: skip
 
 
@@ -223,6 +225,8 @@ def summary(result: Robustness) -> list[str]:
         lines.append(f"  gradient-masking checks: {len(result.masking_checks)} run, "
                      + (f"{fired} fired:" if fired else "none fired"))  # fmt: skip
     lines += [f"  WARNING: {name}" for name in result.suspicious]
+    if len(result.machines) > 1:  # resumed elsewhere: each batch is a valid attack, not bit for bit one machine's
+        lines.append(f"  computed on {len(result.machines)} machines, in this order: {'; '.join(result.machines)}")
     return lines
 
 

@@ -2,10 +2,12 @@
 interrupted evaluation, run again, resumes where it stopped and returns what an uninterrupted one returns.
 
 The journal is a folder: a ``key`` file naming the evaluation it belongs to (weights, data, settings, device,
-threads) and one file per batch done, written whole or not at all, holding the batch's per-example result
-and the state of the attacks' random generator after it: restoring that state when a batch is skipped keeps
-every later draw what it would have been. A journal of another evaluation, or one that cannot be read, is
-cleared and the evaluation starts afresh: a journal is never trusted beyond its key."""
+threads) and one file per batch done, written whole or not at all, holding the batch's per-example result,
+the state of the attacks' random generator after it (restoring that state when a batch is skipped keeps
+every later draw what it would have been) and the machine that computed it (``environment.machine``: a
+journal may be resumed on another kind of CPU, whose kernels round differently, and the record says so).
+A journal of another evaluation, or one that cannot be read, is cleared and the evaluation starts afresh:
+a journal is never trusted beyond its key."""
 
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from .rundir import atomic_torch_save, atomic_write_text
 JOURNAL = "robustness.journal"  # beside the robustness.json it leads to
 FORMAT = 1
 KEY = "key"
+UNRECORDED = "not recorded"  # the machine of a batch journaled before 0.2.4
 
 
 def evaluation_key(tensors: Iterable[tuple[str, torch.Tensor]], settings: dict[str, Any]) -> str:
@@ -57,13 +60,16 @@ class Journal:
         key: the evaluation it belongs to (``evaluation_key``).
         generator: the attacks' generator, whose state each entry keeps.
         log: receives one line when a journal is resumed or cleared.
+        machine: what computes the batches this process adds (``environment.machine``).
     """
 
     def __init__(
-        self, path: Path, key: str, generator: torch.Generator, log: Callable[[str], None] = lambda _: None
-    ) -> None:
-        self.path, self.generator = path, generator
+        self, path: Path, key: str, generator: torch.Generator, log: Callable[[str], None] = lambda _: None,
+        machine: str = UNRECORDED,
+    ) -> None:  # fmt: skip
+        self.path, self.generator, self.machine = path, generator, machine
         self.entries: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.computed_on: dict[str, str] = {}  # batch -> its machine
         self._asked: set[str] = set()
         if path.exists():
             try:
@@ -74,10 +80,13 @@ class Journal:
                     for entry in sorted(path.glob("*.pt")):
                         saved = torch.load(entry, weights_only=True)
                         self.entries[saved["batch"]] = (saved["result"], saved["generator"])
-                    log(f"{path.name}: resuming, {len(self.entries)} batches already evaluated")
+                        self.computed_on[saved["batch"]] = saved.get("machine", UNRECORDED)
+                    others = ["a machine not recorded" if m == UNRECORDED else m for m in self.machines if m != machine]
+                    log(f"{path.name}: resuming, {len(self.entries)} batches already evaluated"
+                        + (f" (computed on {'; '.join(others)}; this one is {machine})" if others else ""))  # fmt: skip
                     return
             except Exception as error:  # noqa: BLE001 (any damage: the evaluation is redone, never read from it)
-                self.entries = {}
+                self.entries, self.computed_on = {}, {}
                 log(f"{path.name}: unreadable ({type(error).__name__}: {error}); starting afresh")
             discard_journal(path)
         path.mkdir(parents=True)
@@ -96,7 +105,12 @@ class Journal:
             return result
         result = compute()
         kept, state = result.detach().cpu(), self.generator.get_state()
-        self.entries[name] = (kept, state)
+        self.entries[name], self.computed_on[name] = (kept, state), self.machine
         entry = self.path / f"{len(self.entries):06d}.pt"
-        atomic_torch_save({"batch": name, "result": kept, "generator": state}, entry)
+        atomic_torch_save({"batch": name, "result": kept, "generator": state, "machine": self.machine}, entry)
         return result
+
+    @property
+    def machines(self) -> list[str]:
+        """The machines that computed the journal's batches, each once, in the order of their first batch."""
+        return list(dict.fromkeys(self.computed_on.values()))

@@ -290,6 +290,9 @@ class Robustness:
     # per test image, in order (``pack_bits``): "clean" correct, "l2/<eps_key>" / "linf/<eps_key>" unbroken by
     # the attack, "certified_l2/<eps_key>" certified; what ``kernel-reg verify`` compares on the first N images
     per_example: dict[str, str] = field(default_factory=dict)
+    # what computed it (``environment.machine``): a resumed journal's machines first, then the one that finished
+    # it (and computed the certificates); empty in records made before 0.2.4
+    machines: tuple[str, ...] = ()
 
     @property
     def certified_rule(self) -> str:
@@ -327,6 +330,7 @@ class Robustness:
         if checks is not None:
             values["masking_checks"] = tuple(MaskingCheck(**c) for c in checks)
         values["settings"] = EvalSettings.from_dict(values["settings"])
+        values["machines"] = tuple(values.get("machines", ()))
         _data_from(values)
         return cls(**values)
 
