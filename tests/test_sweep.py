@@ -415,3 +415,63 @@ def test_run_names_show_an_augmentation_that_differs_from_the_presets():
     (off,) = expand(cifar, [parse_grid("reg=none aug=false")], 1)
     (same,) = expand(cifar, [parse_grid("reg=none")], 1)
     assert (off.name, same.name) == ("none_noaug_s0", "none_s0")
+
+
+def _device_tree(repo: Path, *args: str) -> subprocess.CompletedProcess:
+    import sys
+
+    script = Path(__file__).parents[1] / "scripts" / "device_tree.py"
+    return subprocess.run([sys.executable, script, *args], cwd=repo, capture_output=True, text=True)
+
+
+def test_device_tree_takes_the_largest_weights_out_of_a_device_call_and_restores_them(tmp_path):
+    """The tree a device call sends (tracked and untracked-not-ignored files) brought under a limit by taking
+    the largest weights out of git's index, largest first, those under --keep staying; files on disk and HEAD
+    untouched, commits refused meanwhile; restore leaves the checkout exactly as it was."""
+    repo = tmp_path / "repo"
+    sizes = {"results/big/weights.pt": 6000, "results/mid/weights.pt": 3000, "results/small/weights.pt": 1000,
+             "results/keep/weights.pt": 7000, "results/notes.json": 500, "src/code.py": 500}  # fmt: skip
+    for name, size in sizes.items():
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        (repo / name).write_bytes(bytes(range(256)) * (size // 256) + b"x" * (size % 256))
+    committing = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m"]
+    subprocess.run(["git", "init", "-q", repo], check=True)
+    subprocess.run(["git", "add", "."], cwd=repo, check=True)
+    subprocess.run([*committing, "records"], cwd=repo, check=True)
+    (repo / "results/new/weights.pt").parent.mkdir()
+    (repo / "results/new/weights.pt").write_bytes(b"n" * 2000)  # exported, not committed yet: it travels too
+    exclude = repo / ".git/info/exclude"
+    before = {"exclude": exclude.read_text(), "status": subprocess.run(
+        ["git", "status", "--porcelain"], cwd=repo, capture_output=True, text=True).stdout}  # fmt: skip
+    limit = ["--limit", str(15000 / 2**20), "--room", "0"]  # 20,000 bytes sent: 5,000 must go
+    over = _device_tree(repo, "size", *limit)
+    assert over.returncode == 1 and "over" in over.stdout
+    # what cannot fit is refused before anything changes
+    refused = _device_tree(repo, "shrink", "--keep", "results", "--limit", str(15000 / 2**20))
+    assert refused.returncode == 1 and "results/keep/weights.pt" in refused.stderr
+    done = _device_tree(repo, "shrink", "--keep", "results/keep", *limit)
+    assert done.returncode == 0, done.stderr
+    tracked = subprocess.run(["git", "ls-files"], cwd=repo, capture_output=True, text=True).stdout.split()
+    assert "results/big/weights.pt" not in tracked and "results/mid/weights.pt" in tracked  # 6,000 was enough
+    assert _device_tree(repo, "size", *limit).returncode == 0
+    assert all((repo / name).stat().st_size == size for name, size in sizes.items())
+    commit = subprocess.run([*committing, "x", "--allow-empty"], cwd=repo, capture_output=True, text=True)
+    assert commit.returncode != 0 and "device_tree.py restore" in commit.stderr
+    assert _device_tree(repo, "shrink", *limit).returncode == 1  # once
+    # a tighter limit: the largest go first, then the untracked export, never the kept folder
+    assert _device_tree(repo, "restore").returncode == 0
+    tighter = _device_tree(repo, "shrink", "--keep", "results/keep", "--limit", str(9500 / 2**20), "--room", "0")
+    assert tighter.returncode == 0 and "took 3 weights files" in tighter.stdout
+    status = subprocess.run(["git", "status", "--porcelain"], cwd=repo, capture_output=True, text=True).stdout
+    assert "results/new/" not in status and "D  results/big/weights.pt" in status
+    assert "D  results/mid/weights.pt" in status and "results/keep" not in status and "results/small" not in status
+    assert _device_tree(repo, "restore").returncode == 0
+    after = {"exclude": exclude.read_text(), "status": subprocess.run(
+        ["git", "status", "--porcelain"], cwd=repo, capture_output=True, text=True).stdout}  # fmt: skip
+    assert after == before and not (repo / ".git/hooks/pre-commit").exists()
+    assert "nothing to restore" in _device_tree(repo, "restore").stdout
+    # a weights file with staged changes is not taken out: restore could not give them back
+    (repo / "results/big/weights.pt").write_bytes(b"retrained")
+    subprocess.run(["git", "add", "results/big/weights.pt"], cwd=repo, check=True)
+    staged = _device_tree(repo, "shrink", *limit)
+    assert staged.returncode == 1 and "staged changes" in staged.stderr
