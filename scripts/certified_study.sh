@@ -9,8 +9,10 @@
 #   scripts/certified_study.sh evaluate   # attacked and certified on all 10,000 test images, the same ones
 #   python scripts/certified_selection.py final runs/certified_final/fmnist_vgg5/* --reference NAME
 # The choice is made on the validation examples alone; the test set is read once, by the last two steps.
+# ROOT (default runs) holds the run folders and the logs: scripts/gpu_session.sh sets it to a folder it commits.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+ROOT=${ROOT:-runs}
 KR=${KR:-kernel-reg}
 PY=${PY:-python}
 EPOCHS=${EPOCHS:-30}
@@ -29,23 +31,23 @@ declare -A CANDIDATES=(
   [w64_m0.7]="--width 64 --lipschitz-margin 0.7"
   [w64_m1.0]="--width 64 --lipschitz-margin 1.0"
 )
-mkdir -p runs
+mkdir -p "$ROOT"
 pids=()
 wait_all() {  # every background training, failing when one did (its log names the error)
   local failed=0
   for pid in "${pids[@]}"; do wait "$pid" || failed=1; done
-  if [ $failed -ne 0 ]; then echo "a training failed: see runs/*.log" >&2; exit 1; fi
+  if [ $failed -ne 0 ]; then echo "a training failed: see $ROOT/*.log" >&2; exit 1; fi
 }
 
 case "${1:-}" in
   select)
     for name in "${!CANDIDATES[@]}"; do  # kernel-reg train resumes a run folder (a finished one at once)
       # shellcheck disable=SC2086
-      $KR train $RECIPE ${CANDIDATES[$name]} $EXTRA --root runs/certified_select --name "$name" > "runs/select_$name.log" 2>&1 &
+      $KR train $RECIPE ${CANDIDATES[$name]} $EXTRA --root "$ROOT/certified_select" --name "$name" > "$ROOT/select_$name.log" 2>&1 &
       pids+=($!)
     done
     wait_all
-    $KR certify runs/certified_select/fmnist_vgg5/* --split val --weights last --eps 0.1 0.25 0.5
+    $KR certify "$ROOT"/certified_select/fmnist_vgg5/* --split val --weights last --eps 0.1 0.25 0.5
     ;;
   final)
     name=${2:?"usage: $0 final CANDIDATE (one of: ${!CANDIDATES[*]})"}
@@ -53,14 +55,14 @@ case "${1:-}" in
     margin=$(sed 's/.*--lipschitz-margin \([0-9.]*\).*/\1/' <<< "$flags")
     width=$(sed 's/.*--width \([0-9]*\).*/\1/' <<< "$flags")
     for s in 0 1 2; do  # each seed its own initialisation and its own validation examples
-      $KR train $RECIPE $flags $EXTRA --root runs/certified_final --name "${name}_s$s" \
-        --seed $((42 + s)) --shuf-seed $s > "runs/final_${name}_s$s.log" 2>&1 &
+      $KR train $RECIPE $flags $EXTRA --root "$ROOT/certified_final" --name "${name}_s$s" \
+        --seed $((42 + s)) --shuf-seed $s > "$ROOT/final_${name}_s$s.log" 2>&1 &
       pids+=($!)
-      run=runs/certified_final/fmnist_vgg5/torchlip_${name}_s$s
-      [ -f "$run/weights.pt" ] || $PY scripts/torchlip_baseline.py --root runs/certified_final \
+      run=$ROOT/certified_final/fmnist_vgg5/torchlip_${name}_s$s
+      [ -f "$run/weights.pt" ] || $PY scripts/torchlip_baseline.py --root "$ROOT/certified_final" \
         --name "torchlip_${name}_s$s" --width "$width" --lipschitz-margin "$margin" --optimizer adam --lr 0.001 \
         --ce-scale 10 --batch-size 512 --num-epochs $EPOCHS --sched-step 10 --n-val "$VAL" --seed $((42 + s)) \
-        --shuf-seed $s $DEEL_EXTRA > "runs/final_torchlip_${name}_s$s.log" 2>&1 &
+        --shuf-seed $s $DEEL_EXTRA > "$ROOT/final_torchlip_${name}_s$s.log" 2>&1 &
       pids+=($!)
     done
     wait_all
@@ -68,8 +70,8 @@ case "${1:-}" in
   evaluate)
     # --in-place: deel-torchlip's folders hold only weights.pt, which marks a published folder
     shopt -s nullglob
-    finals=(runs/certified_final/fmnist_vgg5/*/)
-    if [ ${#finals[@]} -eq 0 ]; then echo "$0 evaluate: no run under runs/certified_final/fmnist_vgg5: run final first" >&2; exit 2; fi
+    finals=("$ROOT"/certified_final/fmnist_vgg5/*/)
+    if [ ${#finals[@]} -eq 0 ]; then echo "$0 evaluate: no run under $ROOT/certified_final/fmnist_vgg5: run final first" >&2; exit 2; fi
     for run in "${finals[@]}"; do
       [ -f "$run/certified.json" ] || $KR certify "$run" --weights last --eps 0.1 0.25 0.5 --in-place
       [ -f "$run/robustness.json" ] || $KR evaluate "$run" --weights last --eps-l2 0.1 0.25 0.5 --eps-linf \

@@ -1,0 +1,211 @@
+"""One stage of issue 29's GPU work per lent session, within the device tool's limits: 15 minutes of device
+time (one call of at most 10), a tree of at most 64 MiB sent (data and wheels carried included), at most 8
+files of 16 MiB each back.
+
+    python scripts/gpu_session.py prepare          # here: data and missing wheels into .device/, tree shrunk
+    # the device tool: run(command="python3 scripts/gpu_session.py stage select", carry=[".device"], timeout_s=600)
+    python scripts/gpu_session.py unpack FILES_AT  # here: the records into the checkout, the tree restored
+
+The stages, one per lent session and in this order (each resumable; records go under results/ to commit):
+``select`` (item 5: 5 candidates on 55,000 training images, certified on the 5,000 held out), ``final``
+(the candidate that ``certified_selection.py select --json results/certified_study/selection.json`` chose,
+and deel-torchlip's layers, 3 seeds each), ``evaluate`` (attacked and certified on all 10,000 test images),
+``front`` (item 4: claim 2's front-defining models on all 10,000 test images). A stage that reaches the
+deadline is stopped (SIGTERM: trainings keep their last checkpoint, evaluations their journal) and what it
+wrote comes back all the same.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DEVICE = Path(".device")  # ignored by git; carried to the device
+DATA, WHEELS = DEVICE / "fashion-mnist", DEVICE / "wheels"
+DEBIAN = Path("/usr/share/datasets/fashion-mnist")
+PINS = ("deel-torchlip==1.0.5", "submitit==1.5.4")  # what the device's image lacks (its python3 holds torch)
+STUDY = Path("results/certified_study")  # certified_study.sh's ROOT here
+FRONT = Path("results/robustness_claim2/full_test")
+OUTPUTS = {"select": STUDY, "final": STUDY, "evaluate": STUDY, "front": FRONT}
+DEADLINE = 510.0  # seconds of work: the rest of the call's 600 s stops, exports and packs
+PIECE, MAX_PIECES, MAX_TOTAL = 15 * 2**20, 8, 60 * 2**20  # what the tool brings back: 8 files of 16 MiB, 64 MiB
+
+
+def stage_command(stage: str) -> list[str]:
+    """The command of ``stage`` (run from the checkout's root)."""
+    if stage in ("select", "evaluate"):
+        return ["bash", "scripts/certified_study.sh", stage]
+    if stage == "final":
+        import json
+
+        selection = STUDY / "selection.json"
+        if not selection.is_file():
+            raise SystemExit(f"final: {selection} is missing: unpack select's records, then run "
+                             f"python scripts/certified_selection.py select {STUDY}/certified_select/fmnist_vgg5/* "
+                             f"--json {selection}, and commit it")  # fmt: skip
+        return ["bash", "scripts/certified_study.sh", "final", json.loads(selection.read_text())["chosen"]]
+    if stage == "front":
+        device = os.environ.get("GPU_DEVICE", "cuda")
+        return ["bash", "-c", f"{sys.executable} scripts/claim2_front.py results/robustness_claim2/fmnist_vgg5 "
+                f"--out {FRONT} --device {device} --missing | bash"]  # fmt: skip
+    raise SystemExit(f"unknown stage {stage!r}: one of {', '.join(OUTPUTS)}")
+
+
+def run_until(command: list[str], deadline: float, log: Path, env: dict[str, str]) -> tuple[int, bool]:
+    """Run ``command`` in its own process group, its output to ``log``, for at most ``deadline`` seconds; past
+    it the whole group gets SIGTERM (SIGKILL 60 s later). Returns (exit status, whether it was stopped)."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("a") as sink:
+        process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        try:
+            return process.wait(timeout=deadline), False
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                return process.wait(timeout=60), True
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                return process.wait(), True
+
+
+def archive(folder: Path, skip_checkpoints: bool) -> bytes:
+    """``folder`` as a gzipped tar (paths relative to the checkout), without the checkpoint of a run that has
+    published weights, or without every checkpoint when ``skip_checkpoints``."""
+
+    def keep(member: tarfile.TarInfo) -> tarfile.TarInfo | None:
+        path = Path(member.name)
+        if path.name == "checkpoint.pt" and (skip_checkpoints or (path.parent / "weights.pt").exists()):
+            return None
+        return member
+
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        tar.add(str(folder), filter=keep)
+    return buffer.getvalue()
+
+
+def pack(stage: str, folder: Path, out: Path) -> list[Path]:
+    """Write ``folder`` into ``out`` as ``<stage>.tgz.000``, ``.001``, ... (pieces of PIECE bytes), leaving out
+    checkpoints when the whole would exceed MAX_TOTAL; SystemExit when even that does not fit."""
+    data = archive(folder, skip_checkpoints=False)
+    if len(data) > MAX_TOTAL:
+        print(f"{folder}: {len(data) / 2**20:.1f} MiB with its checkpoints: packed without them (their runs "
+              "cannot resume from this archive)")  # fmt: skip
+        data = archive(folder, skip_checkpoints=True)
+    pieces = [data[i : i + PIECE] for i in range(0, len(data), PIECE)]
+    if len(data) > MAX_TOTAL or len(pieces) > MAX_PIECES:
+        raise SystemExit(f"{folder}: {len(data) / 2**20:.1f} MiB, more than the {MAX_TOTAL / 2**20:.0f} MiB the "
+                         "device tool brings back")  # fmt: skip
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for index, piece in enumerate(pieces):
+        written.append(out / f"{stage}.tgz.{index:03d}")
+        written[-1].write_bytes(piece)
+    return written
+
+
+def unpack(files_at: Path, root: Path) -> list[str]:
+    """Extract the archives of ``files_at`` (``<stage>.tgz.NNN`` pieces) into ``root``; returns the names
+    written. SystemExit for a member outside the folders the stages write, or a link."""
+    names: list[str] = []
+    stages = sorted({p.name.split(".tgz.")[0] for p in files_at.glob("*.tgz.[0-9][0-9][0-9]")})
+    if not stages:
+        raise SystemExit(f"{files_at}: no <stage>.tgz.NNN pieces")
+    for stage in stages:
+        pieces = sorted(files_at.glob(f"{stage}.tgz.[0-9][0-9][0-9]"))
+        with tarfile.open(fileobj=io.BytesIO(b"".join(p.read_bytes() for p in pieces)), mode="r:gz") as tar:
+            members = tar.getmembers()
+            allowed = OUTPUTS.get(stage)
+            for member in members:
+                path = Path(member.name)
+                if allowed is None or not (member.isfile() or member.isdir()) or path.is_absolute() \
+                        or ".." in path.parts or not (path == allowed or allowed in path.parents):  # fmt: skip
+                    raise SystemExit(f"{stage}: {member.name} is not a file under {allowed}; nothing extracted")
+            safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}  # Python >= 3.10.12
+            tar.extractall(root, members=members, **safe)
+            names += [m.name for m in members if m.isfile()]
+    return names
+
+
+def prepare(root: Path) -> None:
+    """Data and wheels into .device/, then the tree shrunk (``device_tree.py``) to leave room for them."""
+    data = root / DATA
+    data.mkdir(parents=True, exist_ok=True)
+    found = sorted(DEBIAN.glob("*-ubyte.gz"))
+    if len(found) != 4:
+        raise SystemExit(f"{DEBIAN}: the four Fashion-MNIST IDX files are not there: apt-get install "
+                         "dataset-fashion-mnist")  # fmt: skip
+    for source in found:
+        if not (data / source.name).is_file() or (data / source.name).stat().st_size != source.stat().st_size:
+            shutil.copyfile(source, data / source.name)
+    subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
+                    "--dest", str(root / WHEELS), *PINS], check=True)  # fmt: skip
+    carried = sum(p.stat().st_size for p in (root / DEVICE).rglob("*") if p.is_file())
+    room = carried / 2**20 + 2
+    keep = ["results/robustness_claim2", str(STUDY)]
+    subprocess.run([sys.executable, str(root / "scripts" / "device_tree.py"), "shrink", "--keep", *keep, "--room",
+                    f"{room:.1f}"], cwd=root, check=True)  # fmt: skip
+    print(f'then: run(command="python3 scripts/gpu_session.py stage STAGE", carry=["{DEVICE}"], timeout_s=600)')
+
+
+def stage(name: str, root: Path, out: Path, deadline: float) -> int:
+    """Run stage ``name`` on this (device) machine until ``deadline`` seconds, then pack its records to ``out``."""
+    started = time.monotonic()
+    command = stage_command(name)
+    wheels = sorted(str(p) for p in (root / WHEELS).glob("*.whl"))
+    if wheels:
+        subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-index", "--no-deps", *wheels],
+                       check=True)  # fmt: skip
+    if (root / DATA).is_dir() and not DEBIAN.is_dir():  # the device's image: the data where Debian puts them
+        shutil.copytree(root / DATA, DEBIAN)
+    env = {**os.environ, "PYTHONPATH": f"{root / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+           "KR": f"{sys.executable} -m kernel_reg", "PY": sys.executable, "ROOT": str(STUDY)}  # fmt: skip
+    log = root / OUTPUTS[name] / f"gpu_{name}.log"
+    remaining = deadline - (time.monotonic() - started)
+    status, stopped = run_until(command, remaining, log, env)
+    print(f"{name}: exit status {status}{', stopped at the deadline' if stopped else ''} after "
+          f"{time.monotonic() - started:.0f} s; its log: {log.relative_to(root)}")  # fmt: skip
+    if name == "final":  # the weights to publish; an unfinished run's say which epoch they are of
+        finals = sorted((root / STUDY / "certified_final").glob("*/*/checkpoint.pt"))
+        for checkpoint in finals:
+            subprocess.run([*env["KR"].split(), "export", str(checkpoint.parent)], env=env, check=False)
+    for path in pack(name, OUTPUTS[name], out):
+        print(f"packed {path.name} ({path.stat().st_size / 2**20:.1f} MiB)")
+    return 0 if status == 0 else 1
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="action", required=True)
+    sub.add_parser("prepare", help="here: data and wheels into .device/, the tree shrunk")
+    run = sub.add_parser("stage", help="on the device: one stage, packed into $OUT")
+    run.add_argument("name", choices=tuple(OUTPUTS))
+    run.add_argument("--deadline", type=float, default=DEADLINE, help="seconds of work (default 510)")
+    back = sub.add_parser("unpack", help="here: the pieces the device brought back, then the tree restored")
+    back.add_argument("files_at", type=Path)
+    args = parser.parse_args()
+    os.chdir(ROOT)
+    if args.action == "prepare":
+        prepare(ROOT)
+    elif args.action == "stage":
+        out = os.environ.get("OUT")
+        if not out:
+            raise SystemExit("stage: OUT is not set (the device tool sets it to the folder it brings back)")
+        sys.exit(stage(args.name, ROOT, Path(out), args.deadline))
+    else:
+        for name in unpack(args.files_at, ROOT):
+            print(name)
+        subprocess.run([sys.executable, str(ROOT / "scripts" / "device_tree.py"), "restore"], check=True)
+
+
+if __name__ == "__main__":
+    main()
