@@ -32,7 +32,9 @@ ROOT = Path(__file__).resolve().parents[1]
 DEVICE = Path(".device")  # ignored by git; carried to the device
 DATA, WHEELS = DEVICE / "fashion-mnist", DEVICE / "wheels"
 DEBIAN = Path("/usr/share/datasets/fashion-mnist")
-PINS = ("deel-torchlip==1.0.5", "submitit==1.5.4")  # what the device's image lacks (its python3 holds torch)
+# what the device's image lacks (its python3 holds torch, numpy, scipy, matplotlib, tqdm, pyyaml), and filelock
+# at this checkout's version (the image's may be older than the 3.30 pyproject.toml asks for)
+PINS = ("deel-torchlip==1.0.5", "submitit==1.5.4", "filelock==4.0.8")
 STUDY = Path("results/certified_study")  # certified_study.sh's ROOT here
 FRONT = Path("results/robustness_claim2/full_test")
 OUTPUTS = {"select": STUDY, "final": STUDY, "evaluate": STUDY, "front": FRONT}
