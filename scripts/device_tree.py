@@ -16,12 +16,14 @@ otherwise delete the weights from the repository.
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 LIMIT = 64 * 2**20  # the device tool's limit on the tree it sends
-STATE = "device-tree-shrunk"  # in the worktree's git folder: the paths taken out, one per line
+STATE = "device-tree-shrunk.json"  # in the worktree's git folder: what shrink took out and the exclude file before
 BEGIN = "# device_tree.py shrink: published weights left out of device calls (python scripts/device_tree.py restore)"
 END = "# device_tree.py shrink: end"
 HOOK = """#!/bin/sh
@@ -34,7 +36,9 @@ fi
 
 
 def git(*args: str, root: Path) -> str:
-    return subprocess.run(["git", *args], cwd=root, check=True, capture_output=True, text=True).stdout
+    """git's output; every path argument is a literal path, never a pattern (``run[1]`` is not ``run1``)."""
+    env = {**os.environ, "GIT_LITERAL_PATHSPECS": "1"}
+    return subprocess.run(["git", *args], cwd=root, env=env, check=True, capture_output=True, text=True).stdout
 
 
 def git_path(name: str, root: Path) -> Path:
@@ -65,13 +69,27 @@ def mib(size: int) -> str:
     return f"{size / 2**20:.1f} MiB"
 
 
+def shrunk_worktrees(root: Path) -> list[Path]:
+    """The state files of every worktree of this repository that is shrunk (the hook and the exclude file are
+    shared by all of them, so one at a time)."""
+    common = root / git("rev-parse", "--git-common-dir", root=root).strip()
+    return [p for p in [common / STATE, *sorted(common.glob(f"worktrees/*/{STATE}"))] if p.is_file()]
+
+
 def shrink(root: Path, keep: list[str], room: int, limit: int = LIMIT) -> list[str]:
     """Take the largest weights files under results/ (not under ``keep``) out of the tree sent until it is at
-    most ``limit`` - ``room`` bytes; returns them. SystemExit when already shrunk, when a candidate has staged
-    changes, or when the rest does not fit."""
-    state = git_path(STATE, root)
-    if state.exists():
-        raise SystemExit(f"already shrunk ({state} lists the files): python scripts/device_tree.py restore first")
+    most ``limit`` - ``room`` bytes; returns them. SystemExit, before any change, when a worktree is already
+    shrunk, when commits cannot be guarded (another pre-commit hook, core.hooksPath), when a candidate has
+    staged changes, or when the rest does not fit."""
+    shrunk = shrunk_worktrees(root)
+    if shrunk:
+        raise SystemExit(f"already shrunk ({shrunk[0]}): python scripts/device_tree.py restore in that worktree first")
+    hooks_path = subprocess.run(["git", "config", "core.hooksPath"], cwd=root, capture_output=True, text=True).stdout
+    hook = git_path("hooks/pre-commit", root)
+    if hooks_path.strip():
+        raise SystemExit("core.hooksPath is set: commits could not be refused while shrunk; unset it first")
+    if hook.exists() and "device_tree.py" not in hook.read_text(errors="replace"):
+        raise SystemExit(f"{hook} is not this script's: commits could not be refused while shrunk; set it aside first")
     files = sent(root)
     total, target = sum(files.values()), limit - room
     prefixes = tuple(k.rstrip("/") + "/" for k in keep)
@@ -80,9 +98,6 @@ def shrink(root: Path, keep: list[str], room: int, limit: int = LIMIT) -> list[s
         key=lambda n: -files[n],
     )
     tracked = set(listed(root, "--cached"))
-    staged = [n for n in candidates if n in tracked and git("diff", "--cached", "--name-only", "--", n, root=root)]
-    if staged:
-        raise SystemExit(f"{', '.join(staged)}: staged changes; commit them first, so that restore finds them in HEAD")
     chosen: list[str] = []
     for name in candidates:
         if total <= target:
@@ -93,53 +108,61 @@ def shrink(root: Path, keep: list[str], room: int, limit: int = LIMIT) -> list[s
         biggest = sorted(files, key=lambda n: -files[n])[:5]
         raise SystemExit(f"the tree is {mib(total)} without every weights file that may leave, over "
                          f"{mib(target)}; the largest files left: {', '.join(biggest)}")  # fmt: skip
+    removed = [n for n in chosen if n in tracked]
+    staged = [n for n in removed if git("diff", "--cached", "--name-only", "--", n, root=root)]
+    if staged:
+        raise SystemExit(f"{', '.join(staged)}: staged changes; commit them first, so that restore finds them in HEAD")
     if not chosen:
         print(f"the tree is {mib(total)}, within {mib(target)}: nothing to take out")
         return []
-    removed = [n for n in chosen if n in tracked]
+    exclude = git_path("info/exclude", root)
+    before = exclude.read_bytes() if exclude.exists() else None
+    record = {"chosen": chosen, "exclude": None if before is None else before.decode("utf-8", "surrogateescape")}
+    git_path(STATE, root).write_text(json.dumps(record))
     if removed:
         git("rm", "-q", "--cached", "--", *removed, root=root)
-    state.write_text("".join(f"{n}\n" for n in chosen))
-    exclude = git_path("info/exclude", root)
     exclude.parent.mkdir(parents=True, exist_ok=True)
-    before = exclude.read_text() if exclude.exists() else ""
-    separator = "" if not before or before.endswith("\n") else "\n"
-    exclude.write_text(before + separator + "\n".join([BEGIN, *map(pattern, chosen), END]) + "\n")
-    hook = git_path("hooks/pre-commit", root)
-    if hook.exists() and "device_tree.py" not in hook.read_text():
-        print(f"warning: {hook} is not this script's; commits are not refused while shrunk", file=sys.stderr)
-    else:
-        hook.parent.mkdir(parents=True, exist_ok=True)
-        hook.write_text(HOOK.format(state=STATE))
-        hook.chmod(0o755)
+    separator = b"" if not before or before.endswith(b"\n") else b"\n"
+    block = "\n".join([BEGIN, *map(pattern, chosen), END]) + "\n"
+    exclude.write_bytes((before or b"") + separator + block.encode("utf-8", "surrogateescape"))
+    hook.parent.mkdir(parents=True, exist_ok=True)
+    hook.write_text(HOOK.format(state=STATE))
+    hook.chmod(0o755)
     print(f"took {len(chosen)} weights files out of the tree sent ({mib(sum(files.values()))} -> {mib(total)}; on "
           "disk and in HEAD as before); commits are refused until: python scripts/device_tree.py restore")  # fmt: skip
     return chosen
 
 
 def restore(root: Path) -> list[str]:
-    """Undo ``shrink``: the files back in the index as HEAD has them, the exclude lines and the hook gone."""
+    """Undo ``shrink``: the files back in the index as HEAD has them, the exclude file as it was (byte for byte,
+    unless edited meanwhile: then only the lines shrink added go), the hook gone."""
     state = git_path(STATE, root)
     if not state.exists():
         print("not shrunk: nothing to restore")
         return []
-    chosen = state.read_text().split()
-    in_head = set(git("ls-tree", "-r", "--name-only", "HEAD", "--", *chosen, root=root).split("\n")) - {""}
+    record = json.loads(state.read_text())
+    chosen: list[str] = record["chosen"]
+    in_head = set(git("ls-tree", "-r", "-z", "--name-only", "HEAD", "--", *chosen, root=root).split("\0")) - {""}
     if in_head:
         git("reset", "-q", "HEAD", "--", *sorted(in_head), root=root)
     exclude = git_path("info/exclude", root)
-    lines = exclude.read_text().split("\n")
-    if BEGIN in lines and END in lines:
-        lines = lines[: lines.index(BEGIN)] + lines[lines.index(END) + 1 :]
-    kept = "\n".join(lines)
-    if kept.strip():
-        exclude.write_text(kept)
-    else:  # shrink made it
-        exclude.unlink()
-    state.unlink()
+    before = None if record["exclude"] is None else record["exclude"].encode("utf-8", "surrogateescape")
+    block = ("\n".join([BEGIN, *map(pattern, chosen), END]) + "\n").encode("utf-8", "surrogateescape")
+    now = exclude.read_bytes() if exclude.exists() else b""
+    if now.endswith(block) and now[: -len(block)].rstrip(b"\n") == (before or b"").rstrip(b"\n"):
+        if before is None:
+            exclude.unlink()
+        else:
+            exclude.write_bytes(before)
+    else:  # edited meanwhile: only shrink's lines go
+        lines = now.split(b"\n")
+        if BEGIN.encode() in lines and END.encode() in lines:
+            lines = lines[: lines.index(BEGIN.encode())] + lines[lines.index(END.encode()) + 1 :]
+        exclude.write_bytes(b"\n".join(lines))
     hook = git_path("hooks/pre-commit", root)
-    if hook.exists() and "device_tree.py" in hook.read_text():
+    if hook.exists() and "device_tree.py" in hook.read_text(errors="replace"):
         hook.unlink()
+    state.unlink()
     print(f"restored {len(chosen)} weights files to the tree sent")
     return chosen
 

@@ -11,13 +11,14 @@ The stages, one per lent session and in this order (each resumable; records go u
 (the candidate that ``certified_selection.py select --json results/certified_study/selection.json`` chose,
 and deel-torchlip's layers, 3 seeds each), ``evaluate`` (attacked and certified on all 10,000 test images),
 ``front`` (item 4: claim 2's front-defining models on all 10,000 test images). A stage that reaches the
-deadline is stopped (SIGTERM: trainings keep their last checkpoint, evaluations their journal) and what it
-wrote comes back all the same.
+deadline is stopped (SIGTERM to its process group: trainings keep their last checkpoint, evaluations their
+journal) and what it wrote comes back all the same.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import os
 import shutil
@@ -26,6 +27,7 @@ import subprocess
 import sys
 import tarfile
 import time
+import zlib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,7 +40,7 @@ PINS = ("deel-torchlip==1.0.5", "submitit==1.5.4", "filelock==4.0.8")
 STUDY = Path("results/certified_study")  # certified_study.sh's ROOT here
 FRONT = Path("results/robustness_claim2/full_test")
 OUTPUTS = {"select": STUDY, "final": STUDY, "evaluate": STUDY, "front": FRONT}
-DEADLINE = 510.0  # seconds of work: the rest of the call's 600 s stops, exports and packs
+DEADLINE, GRACE = 480.0, 30.0  # seconds of work, then of SIGTERM: the rest of the call's 600 s exports and packs
 PIECE, MAX_PIECES, MAX_TOTAL = 15 * 2**20, 8, 60 * 2**20  # what the tool brings back: 8 files of 16 MiB, 64 MiB
 
 
@@ -63,20 +65,35 @@ def stage_command(stage: str) -> list[str]:
 
 
 def run_until(command: list[str], deadline: float, log: Path, env: dict[str, str]) -> tuple[int, bool]:
-    """Run ``command`` in its own process group, its output to ``log``, for at most ``deadline`` seconds; past
-    it the whole group gets SIGTERM (SIGKILL 60 s later). Returns (exit status, whether it was stopped)."""
+    """Run ``command`` in its own process group, its output to ``log``, until it and every process of its group
+    have ended or ``deadline`` seconds have passed; then the group gets SIGTERM, and SIGKILL after GRACE
+    seconds. Returns (the command's exit status, whether it was stopped)."""
     log.parent.mkdir(parents=True, exist_ok=True)
+    end = time.monotonic() + deadline
     with log.open("a") as sink:
         process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        try:
-            return process.wait(timeout=deadline), False
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                return process.wait(timeout=60), True
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                return process.wait(), True
+        while (status := process.poll()) is None or group_alive(process.pid):
+            if time.monotonic() > end:
+                break
+            time.sleep(0.2)
+        else:
+            return status, False
+        for signum in (signal.SIGTERM, signal.SIGKILL):  # the whole group: a script's background trainings too
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signum)
+            stop = time.monotonic() + GRACE
+            while (process.poll() is None or group_alive(process.pid)) and time.monotonic() < stop:
+                time.sleep(0.2)
+        return process.wait(), True
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether a process of group ``pgid`` is still running."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def archive(folder: Path, skip_checkpoints: bool) -> bytes:
@@ -116,26 +133,49 @@ def pack(stage: str, folder: Path, out: Path) -> list[Path]:
 
 
 def unpack(files_at: Path, root: Path) -> list[str]:
-    """Extract the archives of ``files_at`` (``<stage>.tgz.NNN`` pieces) into ``root``; returns the names
-    written. SystemExit for a member outside the folders the stages write, or a link."""
-    names: list[str] = []
-    stages = sorted({p.name.split(".tgz.")[0] for p in files_at.glob("*.tgz.[0-9][0-9][0-9]")})
-    if not stages:
+    """Extract the archives of ``files_at`` (``<stage>.tgz.NNN`` pieces) into ``root``; returns the files
+    written. Every archive is read and checked before anything is written: SystemExit for an unknown stage, a
+    piece missing, a damaged archive, or a member that is not a folder or a file below the stage's folder
+    (a link, a device, a path up or outside), or that would be written through a link of the checkout."""
+    found = sorted(files_at.glob("*.tgz.[0-9][0-9][0-9]"))
+    if not found:
         raise SystemExit(f"{files_at}: no <stage>.tgz.NNN pieces")
-    for stage in stages:
+    archives = []
+    for stage in sorted({p.name.split(".tgz.")[0] for p in found}):
+        allowed = OUTPUTS.get(stage)
+        if allowed is None:
+            raise SystemExit(f"{stage}.tgz: not a stage (one of {', '.join(OUTPUTS)}); nothing extracted")
         pieces = sorted(files_at.glob(f"{stage}.tgz.[0-9][0-9][0-9]"))
-        with tarfile.open(fileobj=io.BytesIO(b"".join(p.read_bytes() for p in pieces)), mode="r:gz") as tar:
-            members = tar.getmembers()
-            allowed = OUTPUTS.get(stage)
-            for member in members:
-                path = Path(member.name)
-                if allowed is None or not (member.isfile() or member.isdir()) or path.is_absolute() \
-                        or ".." in path.parts or not (path == allowed or allowed in path.parents):  # fmt: skip
-                    raise SystemExit(f"{stage}: {member.name} is not a file under {allowed}; nothing extracted")
-            safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}  # Python >= 3.10.12
-            tar.extractall(root, members=members, **safe)
-            names += [m.name for m in members if m.isfile()]
-    return names
+        numbers = [int(p.name.rsplit(".", 1)[1]) for p in pieces]
+        if numbers != list(range(len(pieces))):
+            missing = sorted(set(range(max(numbers) + 1)) - set(numbers))
+            raise SystemExit(f"{stage}.tgz: piece {missing[0]:03d} is missing; nothing extracted")
+        data = b"".join(p.read_bytes() for p in pieces)
+        try:
+            with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
+                members = [(m, tar.extractfile(m).read() if m.isfile() else None) for m in tar.getmembers()]
+        except (tarfile.TarError, OSError, EOFError, zlib.error) as error:
+            raise SystemExit(f"{stage}.tgz: damaged or cut short ({error}); nothing extracted") from None
+        for member, _ in members:
+            path = Path(member.name)
+            inside = allowed in path.parents or (member.isdir() and path == allowed)
+            if not (member.isfile() or member.isdir()) or path.is_absolute() or ".." in path.parts or not inside:
+                raise SystemExit(f"{stage}: {member.name} is not a file or folder below {allowed}; nothing extracted")
+            through = [root / Path(*path.parts[:i]) for i in range(1, len(path.parts) + 1)]
+            if any(p.is_symlink() for p in through):
+                raise SystemExit(f"{stage}: {member.name} would be written through a link; nothing extracted")
+        archives.append(members)
+    written = []
+    for members in archives:
+        for member, content in members:
+            target = root / member.name
+            if content is None:
+                target.mkdir(parents=True, exist_ok=True)
+            else:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(content)
+                written.append(member.name)
+    return written
 
 
 def prepare(root: Path) -> None:
@@ -191,7 +231,7 @@ def main() -> None:
     sub.add_parser("prepare", help="here: data and wheels into .device/, the tree shrunk")
     run = sub.add_parser("stage", help="on the device: one stage, packed into $OUT")
     run.add_argument("name", choices=tuple(OUTPUTS))
-    run.add_argument("--deadline", type=float, default=DEADLINE, help="seconds of work (default 510)")
+    run.add_argument("--deadline", type=float, default=DEADLINE, help="seconds of work (default 480)")
     back = sub.add_parser("unpack", help="here: the pieces the device brought back, then the tree restored")
     back.add_argument("files_at", type=Path)
     args = parser.parse_args()

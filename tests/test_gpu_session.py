@@ -25,57 +25,94 @@ def _device_tree(repo: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, script, *args], cwd=repo, capture_output=True, text=True)
 
 
-def test_device_tree_takes_the_largest_weights_out_of_a_device_call_and_restores_them(tmp_path):
-    """The tree a device call sends (tracked and untracked-not-ignored files) brought under a limit by taking
-    the largest weights out of git's index, largest first, those under --keep staying; files on disk and HEAD
-    untouched, commits refused meanwhile; restore leaves the checkout exactly as it was."""
+BIG, LOOKALIKE = "results/big #[1]/weights.pt", "results/big #1/weights.pt"  # a glob would take both
+
+
+def _repo(tmp_path: Path) -> tuple[Path, dict[str, int]]:
+    """A committed checkout of weights and records, an exported weights file not committed yet, and an exclude
+    file without a final newline."""
     repo = tmp_path / "repo"
-    sizes = {"results/big/weights.pt": 6000, "results/mid/weights.pt": 3000, "results/small/weights.pt": 1000,
-             "results/keep/weights.pt": 7000, "results/notes.json": 500, "src/code.py": 500}  # fmt: skip
+    sizes = {BIG: 6000, "results/mid/weights.pt": 3000, LOOKALIKE: 1000, "results/keep/weights.pt": 7000,
+             "results/notes.json": 500, "src/code.py": 500}  # fmt: skip
     for name, size in sizes.items():
         (repo / name).parent.mkdir(parents=True, exist_ok=True)
         (repo / name).write_bytes(bytes(range(256)) * (size // 256) + b"x" * (size % 256))
-    committing = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m"]
     subprocess.run(["git", "init", "-q", repo], check=True)
     subprocess.run(["git", "add", "."], cwd=repo, check=True)
-    subprocess.run([*committing, "records"], cwd=repo, check=True)
+    subprocess.run([*COMMIT, "records"], cwd=repo, check=True)
     (repo / "results/new/weights.pt").parent.mkdir()
     (repo / "results/new/weights.pt").write_bytes(b"n" * 2000)  # exported, not committed yet: it travels too
-    exclude = repo / ".git/info/exclude"
-    before = {"exclude": exclude.read_text(), "status": subprocess.run(
-        ["git", "status", "--porcelain"], cwd=repo, capture_output=True, text=True).stdout}  # fmt: skip
+    (repo / ".git/info").mkdir(exist_ok=True)
+    (repo / ".git/info/exclude").write_bytes(b"*.tmp")
+    return repo, sizes
+
+
+COMMIT = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m"]
+
+
+def _state(repo: Path) -> tuple[bytes, bytes, list[str]]:
+    status = subprocess.run(["git", "status", "--porcelain", "-z"], cwd=repo, capture_output=True).stdout
+    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=repo, capture_output=True, text=True).stdout.split("\0")
+    return (repo / ".git/info/exclude").read_bytes(), status, tracked
+
+
+def test_device_tree_takes_the_largest_weights_out_of_a_device_call_and_restores_them(tmp_path):
+    """The tree a device call sends (tracked and untracked-not-ignored files) brought under a limit by taking
+    the largest weights out of git's index, largest first, those under --keep staying, names taken literally
+    (a space, '#', '['); files on disk and HEAD untouched, commits refused meanwhile; restore leaves the index,
+    the status and the exclude file byte for byte as they were."""
+    repo, sizes = _repo(tmp_path)
+    before = _state(repo)
     limit = ["--limit", str(15000 / 2**20), "--room", "0"]  # 20,000 bytes sent: 5,000 must go
     over = _device_tree(repo, "size", *limit)
     assert over.returncode == 1 and "over" in over.stdout
     # what cannot fit is refused before anything changes
     refused = _device_tree(repo, "shrink", "--keep", "results", "--limit", str(15000 / 2**20))
-    assert refused.returncode == 1 and "results/keep/weights.pt" in refused.stderr
+    assert refused.returncode == 1 and "results/keep/weights.pt" in refused.stderr and _state(repo) == before
     done = _device_tree(repo, "shrink", "--keep", "results/keep", *limit)
     assert done.returncode == 0, done.stderr
-    tracked = subprocess.run(["git", "ls-files"], cwd=repo, capture_output=True, text=True).stdout.split()
-    assert "results/big/weights.pt" not in tracked and "results/mid/weights.pt" in tracked  # 6,000 was enough
+    tracked = _state(repo)[2]
+    assert BIG not in tracked and LOOKALIKE in tracked and "results/mid/weights.pt" in tracked  # 6,000 was enough
     assert _device_tree(repo, "size", *limit).returncode == 0
     assert all((repo / name).stat().st_size == size for name, size in sizes.items())
-    commit = subprocess.run([*committing, "x", "--allow-empty"], cwd=repo, capture_output=True, text=True)
+    commit = subprocess.run([*COMMIT, "x", "--allow-empty"], cwd=repo, capture_output=True, text=True)
     assert commit.returncode != 0 and "device_tree.py restore" in commit.stderr
     assert _device_tree(repo, "shrink", *limit).returncode == 1  # once
     # a tighter limit: the largest go first, then the untracked export, never the kept folder
-    assert _device_tree(repo, "restore").returncode == 0
+    assert _device_tree(repo, "restore").returncode == 0 and _state(repo) == before
     tighter = _device_tree(repo, "shrink", "--keep", "results/keep", "--limit", str(9500 / 2**20), "--room", "0")
     assert tighter.returncode == 0 and "took 3 weights files" in tighter.stdout
-    status = subprocess.run(["git", "status", "--porcelain"], cwd=repo, capture_output=True, text=True).stdout
-    assert "results/new/" not in status and "D  results/big/weights.pt" in status
-    assert "D  results/mid/weights.pt" in status and "results/keep" not in status and "results/small" not in status
+    status = _state(repo)[1].split(b"\0")
+    assert f"D  {BIG}".encode() in status and b"D  results/mid/weights.pt" in status
+    assert not any(b"results/new" in line or b"results/keep" in line or b"big #1" in line for line in status)
     assert _device_tree(repo, "restore").returncode == 0
-    after = {"exclude": exclude.read_text(), "status": subprocess.run(
-        ["git", "status", "--porcelain"], cwd=repo, capture_output=True, text=True).stdout}  # fmt: skip
-    assert after == before and not (repo / ".git/hooks/pre-commit").exists()
+    assert _state(repo) == before and not (repo / ".git/hooks/pre-commit").exists()
     assert "nothing to restore" in _device_tree(repo, "restore").stdout
     # a weights file with staged changes is not taken out: restore could not give them back
-    (repo / "results/big/weights.pt").write_bytes(b"retrained")
-    subprocess.run(["git", "add", "results/big/weights.pt"], cwd=repo, check=True)
-    staged = _device_tree(repo, "shrink", *limit)
-    assert staged.returncode == 1 and "staged changes" in staged.stderr
+    (repo / BIG).write_bytes(b"r" * 6000)
+    subprocess.run(["git", "add", f":(literal){BIG}"], cwd=repo, check=True)
+    staged = _device_tree(repo, "shrink", "--keep", "results/keep", *limit)
+    assert staged.returncode == 1 and f"{BIG}: staged changes" in staged.stderr
+
+
+def test_device_tree_shrinks_one_worktree_at_a_time_and_only_where_commits_can_be_refused(tmp_path):
+    """The hook and the exclude file are shared by a repository's worktrees: a second worktree cannot shrink
+    while one is; a pre-commit hook of the user's is never replaced (nothing changes, the reason is named)."""
+    repo, _ = _repo(tmp_path)
+    limit = ["--limit", str(15000 / 2**20), "--room", "0"]
+    other = tmp_path / "other"
+    subprocess.run(["git", "worktree", "add", "-q", other, "-b", "other"], cwd=repo, check=True)
+    assert _device_tree(repo, "shrink", *limit).returncode == 0
+    second = _device_tree(other, "shrink", *limit)
+    assert second.returncode == 1 and "already shrunk" in second.stderr
+    assert _device_tree(other, "restore").stdout.startswith("not shrunk")
+    assert _device_tree(repo, "restore").returncode == 0
+    before = _state(repo)
+    hook = repo / ".git/hooks/pre-commit"
+    hook.write_text("#!/bin/sh\nexit 0\n")
+    mine = _device_tree(repo, "shrink", *limit)
+    assert mine.returncode == 1 and "not this script's" in mine.stderr
+    assert _state(repo) == before and hook.read_text() == "#!/bin/sh\nexit 0\n"
 
 
 def _study(root: Path) -> dict[str, bytes]:
@@ -122,45 +159,88 @@ def test_a_stage_comes_back_in_pieces_the_tool_returns_and_unpacks_to_the_same_f
         gpu.pack("final", gpu.STUDY, tmp_path / "none")
 
 
-def test_unpacking_refuses_anything_outside_the_stage_s_folder(tmp_path, monkeypatch):
-    """An archive with a member outside the stage's folder (a path up, a source file, a link) extracts
-    nothing."""
+def _archive(*members: tuple[str, bytes | None, bytes]) -> bytes:
+    """A gzipped tar of (name, content or None, type) members."""
     import io
     import tarfile
 
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for name, content, kind in members:
+            info = tarfile.TarInfo(name)
+            info.type = kind
+            info.size = len(content or b"")
+            if kind == tarfile.SYMTYPE:
+                info.linkname = "/etc/passwd"
+            tar.addfile(info, None if content is None else io.BytesIO(content))
+    return buffer.getvalue()
+
+
+def test_unpacking_is_all_or_nothing_and_only_below_the_stage_s_folder(tmp_path):
+    """Every archive is checked before anything is written: a member outside its stage's folder (a path up, a
+    look-alike folder, a source file, the folder's own name as a file, a link), an unknown stage, a missing
+    piece, a damaged archive, or a write through a link already in the checkout: nothing extracted, the
+    reason named."""
+    import tarfile
+
     gpu = load_gpu_session()
-    for name, kind in (("results/certified_study/../../src/evil.py", tarfile.REGTYPE),
-                       ("src/kernel_reg/__init__.py", tarfile.REGTYPE),
-                       ("results/certified_study/link", tarfile.SYMTYPE)):  # fmt: skip
-        buffer = io.BytesIO()
-        with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-            good = tarfile.TarInfo("results/certified_study/gpu_select.log")
-            good.size = 2
-            tar.addfile(good, io.BytesIO(b"ok"))
-            bad = tarfile.TarInfo(name)
-            bad.type = kind
-            bad.linkname = "/etc/passwd" if kind == tarfile.SYMTYPE else ""
-            tar.addfile(bad, io.BytesIO(b"") if kind == tarfile.SYMTYPE else None)
-        out = tmp_path / "out"
-        out.mkdir(exist_ok=True)
-        (out / "select.tgz.000").write_bytes(buffer.getvalue())
+    good = ("results/certified_study/gpu_select.log", b"ok", tarfile.REGTYPE)
+    final_ok = _archive(("results/certified_study/certified_final/a.json", b"{}", tarfile.REGTYPE))
+    checkout = tmp_path / "checkout"
+    checkout.mkdir()
+    cases = {
+        "up": {"select.tgz.000": _archive(good, ("results/certified_study/../../src/evil.py", b"x", tarfile.REGTYPE)),
+               "final.tgz.000": final_ok},
+        "look-alike": {"select.tgz.000": _archive(good, ("results/certified_study_evil/x", b"x", tarfile.REGTYPE))},
+        "source": {"select.tgz.000": _archive(good, ("src/kernel_reg/__init__.py", b"x", tarfile.REGTYPE))},
+        "root as a file": {"select.tgz.000": _archive(("results/certified_study", b"x", tarfile.REGTYPE))},
+        "link": {"select.tgz.000": _archive(good, ("results/certified_study/link", None, tarfile.SYMTYPE))},
+        "front into the study": {"front.tgz.000": _archive(good)},
+        "unknown stage": {"train.tgz.000": _archive(good)},
+    }  # fmt: skip
+    whole = _archive(good, ("results/certified_study/big.bin", os.urandom(3000), tarfile.REGTYPE))
+    cases["missing piece"] = {"select.tgz.000": whole[:1000], "select.tgz.002": whole[2000:]}
+    cases["cut short"] = {"select.tgz.000": whole[:2000]}
+    for reason, pieces in cases.items():
+        out = tmp_path / reason
+        out.mkdir()
+        for name, data in pieces.items():
+            (out / name).write_bytes(data)
         with pytest.raises(SystemExit, match="nothing extracted"):
-            gpu.unpack(out, tmp_path / "checkout")
-        assert not (tmp_path / "checkout").exists()
+            gpu.unpack(out, checkout)
+        assert not any(checkout.iterdir()), reason
+    # a link already in the checkout is not written through
+    (checkout / "results").mkdir()
+    (checkout / "src").mkdir()
+    (checkout / "results/certified_study").symlink_to(checkout / "src")
+    out = tmp_path / "through"
+    out.mkdir()
+    (out / "select.tgz.000").write_bytes(_archive(good))
+    with pytest.raises(SystemExit, match="through a link"):
+        gpu.unpack(out, checkout)
+    assert not any((checkout / "src").iterdir())
 
 
-def test_a_stage_past_its_deadline_is_stopped_with_every_process_it_started(tmp_path):
+def test_a_stage_past_its_deadline_is_stopped_with_every_process_it_started(tmp_path, monkeypatch):
+    """Past the deadline the whole process group is stopped, a child that ignores SIGTERM killed after the
+    grace period; a script whose leader ends while its background work goes on is waited for, not packed
+    under it; an exit status passes through."""
     gpu = load_gpu_session()
-    marker = tmp_path / "child.pid"
+    monkeypatch.setattr(gpu, "GRACE", 1.0)
+    stubborn = tmp_path / "stubborn.pid"
     started = time.monotonic()
-    status, stopped = gpu.run_until(["bash", "-c", f"sleep 60 & echo $! > {marker}; wait"], 1.0,
-                                    tmp_path / "log", dict(os.environ))  # fmt: skip
-    assert stopped and status != 0 and time.monotonic() - started < 30
-    child = int(marker.read_text())
+    child = f"trap '' TERM; echo $$ > {stubborn}; sleep 60"
+    status, stopped = gpu.run_until(["bash", "-c", f'bash -c "{child}" & exit 0'], 1.5, tmp_path / "log",
+                                    dict(os.environ))  # fmt: skip
+    assert stopped and status == 0 and time.monotonic() - started < 20
     time.sleep(0.2)
-    assert not Path(f"/proc/{child}").exists() or "Z" in Path(f"/proc/{child}/stat").read_text().split()[2]
-    status, stopped = gpu.run_until(["bash", "-c", "exit 3"], 10.0, tmp_path / "log", dict(os.environ))
-    assert (status, stopped) == (3, False)
+    pid = int(stubborn.read_text())
+    assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
+    done = tmp_path / "done"
+    status, stopped = gpu.run_until(["bash", "-c", f"(sleep 1; touch {done}) & exit 0"], 20.0, tmp_path / "log",
+                                    dict(os.environ))  # fmt: skip
+    assert (status, stopped) == (0, False) and done.exists()  # waited for the background work
+    assert gpu.run_until(["bash", "-c", "exit 3"], 10.0, tmp_path / "log", dict(os.environ)) == (3, False)
 
 
 def test_the_final_stage_needs_the_committed_selection(tmp_path, monkeypatch):
