@@ -314,3 +314,19 @@ def test_a_number_without_per_image_flags_compares_only_on_all_its_images(publis
     every = zoo.verify(entry.name, None, copy / zoo.INDEX)
     (attacked,) = [c for c in every if c.what.startswith("attacked l2 accuracy at 0.5")]
     assert attacked.n == record["n"] and attacked.recorded == record["l2"]["0.5"] and attacked.agrees
+
+
+def test_verify_says_when_a_record_was_computed_on_another_machine(published, tmp_path):
+    """A record computed elsewhere (another CPU's kernels can turn an attack on a borderline image) is named
+    with both machines before the comparisons; one computed on this machine, or before records said, is not."""
+    from kernel_reg.app.environment import machine
+
+    copy, entry, path, record = copied_record(published, tmp_path)
+    here, other = machine(torch.device("cpu")), "cpu: Other CPU, AVX512, 1 thread"
+    for machines, noted in (([], False), ([here], False), ([other], True)):
+        record["machines"] = machines
+        path.write_text(json.dumps(record))
+        lines: list[str] = []
+        assert all(c.agrees for c in zoo.verify(entry.name, 7, copy / zoo.INDEX, log=lines.append))
+        notes = [line for line in lines if line.startswith("note")]
+        assert notes == ([f"note     robustness.json was computed on {other}; this machine is {here}"] if noted else [])

@@ -26,14 +26,16 @@ from torch import nn
 from .. import lipschitz
 from .builders import build_model, load_weights, resolve_device
 from .data import INPUT_SHAPES, DataMismatchError, DataRecord, data_mismatch, load_dataset
-from .environment import SOURCE_TREE
+from .environment import SOURCE_TREE, machine
 from .metrics import certified_radii, robust_correct, unchanged
 from .rundir import (
     CERTIFIED,
     CONFIG,
     ROBUSTNESS,
     WEIGHTS,
+    Certification,
     Checkpoint,
+    Robustness,
     RunFolderError,
     atomic_write_text,
     read_certification,
@@ -334,9 +336,14 @@ def verify(
     bounds = lipschitz.lipschitz_bounds(model, entry.input_shape) if any("certified" in r for r in entry.evaluations) \
         else None  # fmt: skip
     found: list[Comparison] = []
+    here = machine(target)
     for record in entry.evaluations:
         n = record["n"] if n_test is None else min(n_test, record["n"])
-        check = _Record(record, _per_example(folder, record["record"]), n, found, log)
+        result = _result(folder, record["record"])
+        computed_on = getattr(result, "machines", ())
+        if computed_on and here not in computed_on:  # other kernels: an attack may turn on a borderline image
+            log(f"note     {record['record']} was computed on {'; '.join(computed_on)}; this machine is {here}")
+        check = _Record(record, result.per_example, n, found, log)
         _verify_record(model, check, test_x[:n].to(target), test_y[:n].to(target), bounds)
     return found
 
@@ -406,14 +413,14 @@ class _Record:
         self.log(comparison.line())
 
 
-def _per_example(folder: Path, record: str) -> dict[str, str]:
+def _result(folder: Path, record: str) -> Robustness | Certification:
     try:
         result = read_robustness(folder) if record == ROBUSTNESS else read_certification(folder)
     except RunFolderError as error:
         raise ZooError(str(error)) from None
     if result is None:
         raise ZooError(f"{folder / record} is gone; the index lists it (`git checkout -- {folder}` restores it)")
-    return result.per_example
+    return result
 
 
 def table(entries: Sequence[ModelEntry]) -> list[str]:
