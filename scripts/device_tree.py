@@ -65,6 +65,11 @@ def pattern(name: str) -> str:
     return "/" + escaped
 
 
+def exclude_block(chosen: list[str]) -> bytes:
+    """The lines shrink adds to the exclude file for ``chosen``, between its markers."""
+    return ("\n".join([BEGIN, *map(pattern, chosen), END]) + "\n").encode("utf-8", "surrogateescape")
+
+
 def mib(size: int) -> str:
     return f"{size / 2**20:.1f} MiB"
 
@@ -123,8 +128,7 @@ def shrink(root: Path, keep: list[str], room: int, limit: int = LIMIT) -> list[s
         git("rm", "-q", "--cached", "--", *removed, root=root)
     exclude.parent.mkdir(parents=True, exist_ok=True)
     separator = b"" if not before or before.endswith(b"\n") else b"\n"
-    block = "\n".join([BEGIN, *map(pattern, chosen), END]) + "\n"
-    exclude.write_bytes((before or b"") + separator + block.encode("utf-8", "surrogateescape"))
+    exclude.write_bytes((before or b"") + separator + exclude_block(chosen))
     hook.parent.mkdir(parents=True, exist_ok=True)
     hook.write_text(HOOK.format(state=STATE))
     hook.chmod(0o755)
@@ -147,7 +151,7 @@ def restore(root: Path) -> list[str]:
         git("reset", "-q", "HEAD", "--", *sorted(in_head), root=root)
     exclude = git_path("info/exclude", root)
     before = None if record["exclude"] is None else record["exclude"].encode("utf-8", "surrogateescape")
-    block = ("\n".join([BEGIN, *map(pattern, chosen), END]) + "\n").encode("utf-8", "surrogateescape")
+    block = exclude_block(chosen)
     now = exclude.read_bytes() if exclude.exists() else b""
     if now.endswith(block) and now[: -len(block)].rstrip(b"\n") == (before or b"").rstrip(b"\n"):
         if before is None:
