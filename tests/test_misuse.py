@@ -197,6 +197,34 @@ def test_a_full_disk_names_the_folder_keeps_the_checkpoint_and_exits_1(tmp_path,
     assert not [p for p in checkpoint.parent.iterdir() if p.name.endswith(".tmp")]
 
 
+def test_ctrl_c_inside_torch_save_is_still_an_interrupt_and_keeps_the_checkpoint(
+    tmp_path, tiny_flags, monkeypatch, capsys
+):
+    # the failure CI once met: SIGINT while torch.save wrote, whose zip writer then raised RuntimeError on
+    # closing the half-written archive, so the run ended with a traceback and exit 1 instead of 130
+    from kernel_reg.app import cli, rundir
+
+    argv = ["train", *tiny_flags, "--root", str(tmp_path), "--num-epochs", "1"]
+    assert cli.main(argv) == 0
+    checkpoint = tmp_path / "fmnist1000_vgg5" / "tmp" / "checkpoint.pt"
+    before = checkpoint.read_bytes()
+
+    def interrupted(obj, f):
+        f.write(b"half an archive")
+        try:
+            raise KeyboardInterrupt
+        finally:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 10624 vs 10576")
+
+    monkeypatch.setattr(rundir.torch, "save", interrupted)
+    capsys.readouterr()
+    assert cli.main([*argv[:-1], "2"]) == 130
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "stopped during epoch" in err and "rerun the same command" in err, err
+    assert checkpoint.read_bytes() == before
+    assert not [p for p in checkpoint.parent.iterdir() if p.name.endswith(".tmp")]
+
+
 # ---- the Lipschitz bound shows its progress (item 14)
 
 

@@ -71,14 +71,17 @@ class DiskFullError(OSError):
     previous version of the file is intact."""
 
 
-def _no_space(error: BaseException) -> bool:
-    """Whether ``error``, or an error it was raised from or during, is "no space left on device"."""
+def _chain(error: BaseException) -> Iterator[BaseException]:
+    """``error``, then the error it was raised from or during, and so on."""
     seen: BaseException | None = error
     while seen is not None:
-        if isinstance(seen, OSError) and seen.errno == errno.ENOSPC:
-            return True
+        yield seen
         seen = seen.__cause__ or seen.__context__
-    return False
+
+
+def _no_space(error: BaseException) -> bool:
+    """Whether ``error``, or an error it was raised from or during, is "no space left on device"."""
+    return any(isinstance(seen, OSError) and seen.errno == errno.ENOSPC for seen in _chain(error))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -99,6 +102,10 @@ def _atomic(path: Path, write: Callable[[IO[bytes]], None]) -> None:
         os.replace(tmp, path)
     except BaseException as error:
         tmp.unlink(missing_ok=True)
+        if any(isinstance(seen, KeyboardInterrupt) for seen in _chain(error)):
+            # Ctrl-C inside the writer can surface as the writer's own error (torch.save's zip writer raises
+            # RuntimeError while closing a half-written archive): the caller must still see the interrupt
+            raise KeyboardInterrupt from None
         if _no_space(error):
             kept = f"the previous {path.name} is intact" if path.exists() else f"no {path.name} was written"
             raise DiskFullError(
