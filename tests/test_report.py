@@ -292,6 +292,45 @@ def test_labels_are_placed_inside_the_frame_without_covering_each_other():
     assert corner[2] <= 200.0 and corner[3] <= 200.0
 
 
+def test_the_length_of_a_segment_inside_a_box_matches_a_fine_sampling_of_the_segment():
+    import math
+    import random
+
+    from kernel_reg.app.plots import _inside_length
+
+    generator = random.Random(1)
+    box = (10.0, 20.0, 60.0, 45.0)
+    cases = [((0.0, 30.0), (100.0, 30.0)), ((10.0, 0.0), (10.0, 100.0)), ((70.0, 0.0), (70.0, 99.0)),
+             ((30.0, 30.0), (30.0, 30.0))]  # fmt: skip
+    cases += [((generator.uniform(-20, 90), generator.uniform(-20, 90)),
+               (generator.uniform(-20, 90), generator.uniform(-20, 90))) for _ in range(200)]  # fmt: skip
+    steps = 20000
+    for (x0, y0), (x1, y1) in cases:
+        length = math.hypot(x1 - x0, y1 - y0)
+        inside = sum(
+            box[0] <= x0 + (x1 - x0) * (k + 0.5) / steps <= box[2] and box[1] <= y0 + (y1 - y0) * (k + 0.5) / steps <= box[3]
+            for k in range(steps)
+        )  # fmt: skip
+        assert _inside_length(box, ((x0, y0), (x1, y1))) == pytest.approx(
+            length * inside / steps, abs=2 * length / steps
+        )
+
+
+def test_a_label_moves_off_a_line_drawn_through_its_first_choice():
+    """The box above right of a point is its first choice; a front's line rising through it sends the
+    label to a box the line does not cross (the claim-2 front once had a label written over its line)."""
+    from kernel_reg.app.plots import _inside_length, label_boxes
+
+    frame, anchor, size = (0.0, 0.0, 400.0, 300.0), (100.0, 100.0), (60.0, 10.0)
+    (free,) = label_boxes([anchor], [size], frame, gap=4.0)
+    assert free == (104.0, 104.0, 164.0, 114.0)
+    line = ((100.0, 100.0), (300.0, 120.0))  # through that box
+    assert _inside_length(free, line) > 0
+    (moved,) = label_boxes([anchor], [size], frame, gap=4.0, segments=[line])
+    assert _inside_length(moved, line) == 0.0
+    assert 0.0 <= moved[0] and moved[2] <= 400.0 and 0.0 <= moved[1] and moved[3] <= 300.0
+
+
 @pytest.mark.parametrize("study", ["robustness_fit", "robustness"])
 def test_the_published_fronts_label_every_point_without_one_label_covering_another(monkeypatch, study):
     """The crowded fronts of the committed robustness studies (48 labels, six methods), drawn: as measured

@@ -8,6 +8,7 @@ import json
 import math
 import statistics
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -331,14 +332,40 @@ def _overlap(a: Box, b: Box) -> float:
     return max(width, 0.0) * max(height, 0.0)
 
 
+Segment = tuple[tuple[float, float], tuple[float, float]]  # a drawn line's piece, its two ends in pixels
+
+
+def _inside_length(box: Box, segment: Segment) -> float:
+    """The length of the part of ``segment`` inside ``box`` (Liang-Barsky clipping: the segment is
+    a + t (b - a), t in [0, 1], and each side of the box bounds t from one side)."""
+    (x0, y0), (x1, y1) = segment
+    dx, dy = x1 - x0, y1 - y0
+    low, high = 0.0, 1.0
+    for step, room in ((-dx, x0 - box[0]), (dx, box[2] - x0), (-dy, y0 - box[1]), (dy, box[3] - y0)):
+        if step == 0:
+            if room < 0:
+                return 0.0  # parallel to this side and outside it
+        elif step < 0:
+            low = max(low, room / step)
+        else:
+            high = min(high, room / step)
+    return max(high - low, 0.0) * math.hypot(dx, dy)
+
+
 def label_boxes(
-    anchors: list[tuple[float, float]], sizes: list[tuple[float, float]], frame: Box, gap: float, passes: int = 6
+    anchors: list[tuple[float, float]],
+    sizes: list[tuple[float, float]],
+    frame: Box,
+    gap: float,
+    passes: int = 6,
+    segments: Sequence[Segment] = (),
 ) -> list[Box]:
     """Where to write each point's label: of the boxes at ``gap`` from its anchor (right of it, left of it or
     centred, or half a label further right or left; above or below it, by up to ``LABEL_LINES`` - 1 more
-    lines), the nearest that stays inside ``frame`` and overlaps least the other labels and the points (all
-    in pixels): placed in order, then each moved again, given all the others, until none moves (at most
-    ``passes`` rounds), since a label placed early cannot see the ones after it."""
+    lines), the nearest that stays inside ``frame`` and covers least the other labels, the points and the
+    drawn ``segments`` (a line counts as a band ``gap`` wide; all in pixels): placed in order, then each moved
+    again, given all the others, until none moves (at most ``passes`` rounds), since a label placed early
+    cannot see the ones after it."""
     points = [(x - gap, y - gap, x + gap, y + gap) for x, y in anchors]
     options: list[list[Box]] = []
     for (x, y), (width, height) in zip(anchors, sizes):
@@ -352,7 +379,11 @@ def label_boxes(
             others = [box for j, box in enumerate(chosen) if j != i and box is not None] + points
             width, height = sizes[i]
             cost = [  # areas in whole pixels: rounding noise must not outrank nearness
-                (round(width * height - _overlap(box, frame)), round(sum(_overlap(box, o) for o in others)), rank)
+                (
+                    round(width * height - _overlap(box, frame)),
+                    round(sum(_overlap(box, o) for o in others) + gap * sum(_inside_length(box, s) for s in segments)),
+                    rank,
+                )
                 for rank, box in enumerate(candidates)
             ]
             best = candidates[min(cost)[2]]
@@ -363,12 +394,20 @@ def label_boxes(
     return [box for box in chosen if box is not None]
 
 
-def _write_labels(ax: Any, labels: list[tuple[float, float, str, Any]], fontsize: float = 7.5) -> None:
-    """Write each (x, y, text, colour) label next to its point without covering another (``label_boxes``).
-    Call it once the figure's layout is final: it places the labels in pixels."""
+def _write_labels(
+    ax: Any,
+    labels: list[tuple[float, float, str, Any]],
+    fontsize: float = 7.5,
+    lines: Sequence[Sequence[tuple[float, float]]] = (),
+) -> None:
+    """Write each (x, y, text, colour) label next to its point without covering another or, where it can,
+    the drawn ``lines`` (each a sequence of (x, y) in data coordinates; ``label_boxes``). Call it once the
+    figure's layout is final: it places the labels in pixels."""
     scale = ax.figure.dpi / 72  # pixels per point
     ax.get_xlim(), ax.get_ylim()  # settles pending autoscaling: transData is stale until then
     anchors = [tuple(ax.transData.transform((x, y))) for x, y, _, _ in labels]
+    pixels = [[tuple(ax.transData.transform(point)) for point in line] for line in lines]
+    segments = [(a, b) for line in pixels for a, b in zip(line, line[1:])]
     renderer = ax.figure.canvas.get_renderer()
 
     def size(text: str) -> tuple[float, float]:  # as drawn, plus room that keeps neighbours apart
@@ -380,7 +419,7 @@ def _write_labels(ax: Any, labels: list[tuple[float, float, str, Any]], fontsize
     sizes = [size(text) for _, _, text, _ in labels]
     frame = tuple(ax.get_window_extent().extents)
     gap = 3.0 * scale
-    boxes = label_boxes(anchors, sizes, frame, gap)
+    boxes = label_boxes(anchors, sizes, frame, gap, segments=segments)
     for (x, y, text, colour), (px, py), box in zip(labels, anchors, boxes):
         offset = ((box[0] - px) / scale, (box[1] - py) / scale)
         # pushed a line away, or half a label sideways: a leader line to its point
@@ -436,6 +475,7 @@ def plot_tradeoff(runs: list[RunSummary], path: Path, norm: str = "l2") -> bool:
     # one wide panel a row: the labels of a crowded front need the width
     fig, axes = plt.subplots(len(keys), 1, figsize=(8.4, 3.5 * len(keys)), squeeze=False)
     labels: dict[Any, list[tuple[float, float, str, Any]]] = defaultdict(list)
+    lines: dict[Any, list[list[tuple[float, float]]]] = defaultdict(list)  # what the labels should not cross
     seeds = False  # some setting has several seeds: its point is a mean with intervals
     attacks = suite.shared_title(norm, (rob.settings for _, rob in evaluated))
     for ax, key in zip(axes[:, 0], keys):
@@ -452,6 +492,7 @@ def plot_tradeoff(runs: list[RunSummary], path: Path, norm: str = "l2") -> bool:
                 xs, x_err, ys, y_err, _ = zip(*points)
                 legend = name if field == norm else f"{name}, certified"
                 ax.plot(xs, ys, style, color=colour, label=legend, mfc=fill, ms=5)
+                lines[ax].append(list(zip(xs, ys)))
                 if any(x_err) or any(y_err):
                     ax.errorbar(xs, ys, xerr=x_err, yerr=y_err, fmt="none", ecolor=colour, elinewidth=0.9, capsize=2)
                     seeds = True
@@ -472,7 +513,7 @@ def plot_tradeoff(runs: list[RunSummary], path: Path, norm: str = "l2") -> bool:
     fig.legend(handles, names, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(3, len(names)), fontsize=8.5,
                frameon=False)  # fmt: skip
     for ax, requests in labels.items():
-        _write_labels(ax, requests)
+        _write_labels(ax, requests, lines=lines[ax])
     _save(fig, path)
     return True
 
