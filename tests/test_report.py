@@ -307,10 +307,8 @@ def test_the_length_of_a_segment_inside_a_box_matches_a_fine_sampling_of_the_seg
     steps = 20000
     for (x0, y0), (x1, y1) in cases:
         length = math.hypot(x1 - x0, y1 - y0)
-        inside = sum(
-            box[0] <= x0 + (x1 - x0) * (k + 0.5) / steps <= box[2] and box[1] <= y0 + (y1 - y0) * (k + 0.5) / steps <= box[3]
-            for k in range(steps)
-        )  # fmt: skip
+        samples = [(x0 + (x1 - x0) * (k + 0.5) / steps, y0 + (y1 - y0) * (k + 0.5) / steps) for k in range(steps)]
+        inside = sum(box[0] <= x <= box[2] and box[1] <= y <= box[3] for x, y in samples)
         assert _inside_length(box, ((x0, y0), (x1, y1))) == pytest.approx(
             length * inside / steps, abs=2 * length / steps
         )
