@@ -358,6 +358,7 @@ def test_sync_study_brings_the_journal_of_an_evaluation_under_way_and_drops_it_o
     (run / "robustness.journal").mkdir()
     (run / "robustness.journal" / "key").write_text("abc")
     (run / "robustness.journal" / "000001.pt").write_bytes(b"batch")
+    (run / "checkpoint.pt").unlink()  # nothing to export weights from (the next test has a checkpoint)
     script = Path(__file__).parents[1] / "scripts" / "sync_study.sh"
     env = {**os.environ, "PYTHON": sys.executable}
 
@@ -377,6 +378,53 @@ def test_sync_study_brings_the_journal_of_an_evaluation_under_way_and_drops_it_o
     (run / "robustness.json").write_text("{}")
     sync()
     assert (copied / "robustness.json").is_file() and not (copied / "robustness.journal").exists()
+
+
+def test_sync_study_exports_the_weights_of_an_evaluation_under_way_from_a_copy_of_its_checkpoint(tmp_path, tiny_flags):
+    """A trained run whose evaluation holds its folder (export in place is refused): the copy gets the
+    weights that `kernel-reg export` writes, nothing is written into the study's folder, and a damaged
+    checkpoint is named (exit 1) while the run's records are still copied."""
+    import sys
+
+    import torch
+
+    from kernel_reg.app import cli
+    from kernel_reg.app.rundir import export_weights, locked
+
+    source, target = tmp_path / "sweep", tmp_path / "to"
+    assert cli.main(["train", *tiny_flags, "--root", str(source), "--num-epochs", "1"]) == 0
+    (run,) = [p.parent for p in source.rglob("checkpoint.pt")]
+    (run / "robustness.journal").mkdir()
+    (run / "robustness.journal" / "key").write_text("abc")
+    before = sorted(p.name for p in run.iterdir())
+    script = Path(__file__).parents[1] / "scripts" / "sync_study.sh"
+    env = {**os.environ, "PYTHON": sys.executable}
+    with locked(run, "kernel-reg evaluate"):  # what the evaluation under way holds
+        done = subprocess.run(["bash", script, source, target], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    assert "exported from a copy" in done.stdout and "without published weights" not in done.stdout
+    assert sorted(p.name for p in run.iterdir()) == before  # nothing written into the study's folder
+    copied = target / run.relative_to(source)
+    reference = tmp_path / "reference"
+    shutil.copytree(run, reference)
+    expected = torch.load(export_weights(reference), weights_only=False)
+    published = torch.load(copied / "weights.pt", weights_only=False)
+
+    def same(a: object, b: object) -> bool:  # tensors bit for bit, containers entry by entry
+        if isinstance(a, torch.Tensor):
+            return isinstance(b, torch.Tensor) and torch.equal(a, b)
+        if isinstance(a, dict):
+            return isinstance(b, dict) and a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+        if isinstance(a, (list, tuple)):
+            return type(a) is type(b) and len(a) == len(b) and all(same(x, z) for x, z in zip(a, b))
+        return a == b
+
+    assert expected["best"] is not None and same(published, expected)
+    (run / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    (copied / "weights.pt").unlink()
+    done = subprocess.run(["bash", script, source, target], capture_output=True, text=True, env=env)
+    assert done.returncode == 1 and "damaged" in done.stderr and "weights" in done.stderr
+    assert (copied / "metrics.jsonl").is_file() and not (copied / "weights.pt").exists()
 
 
 def test_seeds_parse_as_a_count_or_an_inclusive_range():
