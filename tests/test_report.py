@@ -312,6 +312,8 @@ def test_the_length_of_a_segment_inside_a_box_matches_a_fine_sampling_of_the_seg
         assert _inside_length(box, ((x0, y0), (x1, y1))) == pytest.approx(
             length * inside / steps, abs=2 * length / steps
         )
+    for far in (math.nan, math.inf, -math.inf):  # matplotlib's pixels for a point it cannot place
+        assert _inside_length(box, ((30.0, 30.0), (far, 30.0))) == 0.0
 
 
 def test_a_label_moves_off_a_line_drawn_through_its_first_choice():

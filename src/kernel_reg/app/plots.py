@@ -339,6 +339,8 @@ def _inside_length(box: Box, segment: Segment) -> float:
     """The length of the part of ``segment`` inside ``box`` (Liang-Barsky clipping: the segment is
     a + t (b - a), t in [0, 1], and each side of the box bounds t from one side)."""
     (x0, y0), (x1, y1) = segment
+    if not all(map(math.isfinite, (x0, y0, x1, y1))):
+        return 0.0  # a point the axes cannot place (NaN, or off a log scale) is not drawn
     dx, dy = x1 - x0, y1 - y0
     low, high = 0.0, 1.0
     for step, room in ((-dx, x0 - box[0]), (dx, box[2] - x0), (-dy, y0 - box[1]), (dy, box[3] - y0)):
