@@ -6,8 +6,7 @@
 # that a later session resumes it from its published weights: where the run has none, they are exported
 # from a copy of its checkpoint into the copy (`kernel-reg export` in place would be refused while the
 # evaluation holds the folder), and a run with neither is named. A copied journal whose evaluation has since
-# finished is removed. Runs the package's
-# Python (PYTHON, default the repository's .venv). E.g.
+# finished is removed. Runs the package's Python (PYTHON, default the repository's .venv). E.g.
 #   scripts/sync_study.sh /work/study/results/small_data_fit results/small_data_fit
 set -euo pipefail
 PYTHON=${PYTHON:-$(cd "$(dirname "$0")/.." && pwd)/.venv/bin/python}  # the package's reading of run folders
