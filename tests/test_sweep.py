@@ -386,8 +386,6 @@ def test_sync_study_exports_the_weights_of_an_evaluation_under_way_from_a_copy_o
     checkpoint is named (exit 1) while the run's records are still copied."""
     import sys
 
-    import torch
-
     from kernel_reg.app import cli
     from kernel_reg.app.rundir import export_weights, locked
 
@@ -407,19 +405,8 @@ def test_sync_study_exports_the_weights_of_an_evaluation_under_way_from_a_copy_o
     copied = target / run.relative_to(source)
     reference = tmp_path / "reference"
     shutil.copytree(run, reference)
-    expected = torch.load(export_weights(reference), weights_only=False)
-    published = torch.load(copied / "weights.pt", weights_only=False)
-
-    def same(a: object, b: object) -> bool:  # tensors bit for bit, containers entry by entry
-        if isinstance(a, torch.Tensor):
-            return isinstance(b, torch.Tensor) and torch.equal(a, b)
-        if isinstance(a, dict):
-            return isinstance(b, dict) and a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
-        if isinstance(a, (list, tuple)):
-            return type(a) is type(b) and len(a) == len(b) and all(same(x, z) for x, z in zip(a, b))
-        return a == b
-
-    assert expected["best"] is not None and same(published, expected)
+    # torch.save writes the same bytes for the same weights: the copy is what `kernel-reg export` writes
+    assert (copied / "weights.pt").read_bytes() == export_weights(reference).read_bytes()
     (run / "checkpoint.pt").write_bytes(b"not a checkpoint")
     (copied / "weights.pt").unlink()
     done = subprocess.run(["bash", script, source, target], capture_output=True, text=True, env=env)
